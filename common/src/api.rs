@@ -1,0 +1,185 @@
+//! The cluster's wire format: what slaves send the master and what the master answers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::token::Role;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub node_id: String,
+    pub node_name: String,
+    /// Base URL a browser uses to reach the slave's HLS server, e.g. `http://10.0.0.5:8888`.
+    pub public_url: String,
+    /// `rtmp://host:port/live`, handed to teachers.
+    pub rtmp_url: String,
+    pub max_connections: u32,
+    pub version: String,
+    /// Base URL other slaves use to pull streams (defaults to `public_url`).
+    #[serde(default)]
+    pub internal_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub ok: bool,
+    pub node_id: String,
+    /// The master's Ed25519 public key, base64url (the JWK `x`).
+    pub public_key: String,
+    pub jwks: crate::token::Jwks,
+    pub issuer: String,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// One stream as a slave reports it: either it is the origin (a publisher is connected to it)
+/// or it mirrors the stream from `upstream`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamReport {
+    pub path: String,
+    pub origin: bool,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Whether the stream is live (false during the publisher grace period and after it ends).
+    #[serde(default = "yes")]
+    pub live: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Viewer sessions: distinct token ids seen in the last few seconds.
+    pub connections: u32,
+    /// CPU %, 0–100 (of the whole host).
+    pub cpu: f32,
+    /// Memory %, 0–100 (of the whole host).
+    pub memory: f32,
+    #[serde(default)]
+    pub egress_bytes_per_sec: u64,
+    #[serde(default)]
+    pub ingest_bytes_per_sec: u64,
+    #[serde(default)]
+    pub streams: Vec<StreamReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub stats: NodeStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub ok: bool,
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnregisterRequest {
+    pub node_id: String,
+}
+
+/// Sent by an origin the moment a stream starts or ends, so edges and routing react at once
+/// instead of on the next heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamAnnounce {
+    pub node_id: String,
+    pub path: String,
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Healthy,
+    Warning,
+    Critical,
+    Offline,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Healthy => "healthy",
+            NodeStatus::Warning => "warning",
+            NodeStatus::Critical => "critical",
+            NodeStatus::Offline => "offline",
+        }
+    }
+    pub const ALL: [NodeStatus; 4] =
+        [NodeStatus::Healthy, NodeStatus::Warning, NodeStatus::Critical, NodeStatus::Offline];
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub node_name: String,
+    pub current_connections: u32,
+    pub max_connections: u32,
+    /// Tokens issued since the last heartbeat, counted as load until the slave reports them.
+    pub pending_tokens: u32,
+    pub load_percentage: f64,
+    pub cpu_usage: f32,
+    pub memory_usage: f32,
+    pub egress_bytes_per_sec: u64,
+    pub status: NodeStatus,
+    /// Unix seconds (float) of the last heartbeat.
+    pub last_heartbeat: f64,
+    pub heartbeat_age_secs: f64,
+    pub public_url: String,
+    pub rtmp_url: String,
+    pub version: String,
+    pub streams: Vec<StreamReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterNodes {
+    pub total_nodes: usize,
+    pub healthy_nodes: usize,
+    pub total_connections: u64,
+    pub total_capacity: u64,
+    pub utilization: f64,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamView {
+    pub path: String,
+    pub origin: String,
+    pub serving: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStreams {
+    pub streams: Vec<StreamView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub role: Role,
+    pub user_id: String,
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// A node the caller just failed on; it is skipped if any other node qualifies.
+    #[serde(default)]
+    pub exclude: Option<String>,
+    /// The teacher credential (also accepted as `Authorization: Bearer`).
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub hls_url: String,
+    pub expires_at: u64,
+    /// Teacher only: the OBS "Server" field.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rtmp_url: Option<String>,
+    /// Teacher only: the OBS "Stream Key" field, `<name>?key=<publish token>`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stream_key: Option<String>,
+}

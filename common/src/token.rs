@@ -1,0 +1,408 @@
+//! Viewer and publisher tokens: Ed25519-signed JWTs. Only the master holds the private key; a
+//! slave holds the public key and so can check but never mint.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use dashmap::DashMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Student,
+    Teacher,
+    Monitor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Teacher => "teacher",
+            Role::Monitor => "monitor",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Publish,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub role: Role,
+    pub node_id: String,
+    /// Stream path, `live/<name>`.
+    pub path: String,
+    pub action: Action,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    pub alg: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+    pub kid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// The master's signing key. Persisted as a PKCS#8 PEM file so that a restarted master (or a
+/// second master sharing the file) keeps every issued token valid.
+pub struct SigningKey {
+    encoding: EncodingKey,
+    public: Vec<u8>,
+}
+
+const PEM_LABEL: &str = "PRIVATE KEY";
+
+impl SigningKey {
+    pub fn generate() -> anyhow::Result<(Self, Vec<u8>)> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
+        let der = doc.as_ref().to_vec();
+        Ok((Self::from_pkcs8(&der)?, der))
+    }
+
+    pub fn from_pkcs8(der: &[u8]) -> anyhow::Result<Self> {
+        let pair = Ed25519KeyPair::from_pkcs8(der)
+            .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 key: {e}"))?;
+        Ok(Self { encoding: EncodingKey::from_ed_der(der), public: pair.public_key().as_ref().to_vec() })
+    }
+
+    /// Loads the key at `path`, or generates one and saves it there (mode 0600) if the file does
+    /// not exist yet.
+    pub fn load_or_generate(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(pem) => Self::from_pkcs8(&pem_decode(&pem)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (key, der) = Self::generate()?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                write_private(path, &pem_encode(&der))?;
+                tracing::info!(path = %path.display(), "generated a new JWT signing key");
+                Ok(key)
+            }
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// Base64url raw public key: the JWK `x`.
+    pub fn public_x(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.public)
+    }
+
+    /// Key id: a short digest of the public key, so verifiers can tell keys apart.
+    pub fn kid(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(&self.public)[..8])
+    }
+
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: vec![Jwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: self.public_x(),
+                alg: "EdDSA".into(),
+                use_: "sig".into(),
+                kid: self.kid(),
+            }],
+        }
+    }
+
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+fn pem_encode(der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {PEM_LABEL}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {PEM_LABEL}-----\n"));
+    out
+}
+
+fn pem_decode(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
+    Ok(STANDARD.decode(body)?)
+}
+
+/// Why a token was refused. `Invalid` maps to 401, the binding errors to 403.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token is bound to node {0}, not this one")]
+    WrongNode(String),
+    #[error("token is for stream {0}, not this one")]
+    WrongStream(String),
+    #[error("token does not allow {0:?}")]
+    WrongAction(Action),
+}
+
+impl TokenError {
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            TokenError::Missing | TokenError::Invalid(_) | TokenError::Expired => {
+                StatusCode::UNAUTHORIZED
+            }
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl From<TokenError> for crate::ApiError {
+    fn from(e: TokenError) -> Self {
+        let code = match &e {
+            TokenError::Missing => "token_missing",
+            TokenError::Invalid(_) => "token_invalid",
+            TokenError::Expired => "token_expired",
+            TokenError::WrongNode(_) => "token_wrong_node",
+            TokenError::WrongStream(_) => "token_wrong_stream",
+            TokenError::WrongAction(_) => "token_wrong_action",
+        };
+        crate::ApiError::new(e.status(), code, e.to_string())
+    }
+}
+
+/// Checks tokens against the master's public key, caching each verified token until it expires
+/// so that a viewer's tenth request per second costs a hash lookup, not an Ed25519 verification.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<VerifierInner>,
+}
+
+struct VerifierInner {
+    key: DecodingKey,
+    validation: Validation,
+    cache: DashMap<Box<str>, Arc<Claims>>,
+    max_cached: usize,
+}
+
+impl TokenVerifier {
+    /// `x` is the base64url Ed25519 public key (JWK `x`).
+    pub fn from_public_x(x: &str, issuer: &str) -> anyhow::Result<Self> {
+        let raw = URL_SAFE_NO_PAD.decode(x)?;
+        anyhow::ensure!(raw.len() == 32, "an Ed25519 public key is 32 bytes, got {}", raw.len());
+        let key = DecodingKey::from_ed_components(x)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.leeway = 0;
+        Ok(Self {
+            inner: Arc::new(VerifierInner {
+                key,
+                validation,
+                cache: DashMap::new(),
+                max_cached: 200_000,
+            }),
+        })
+    }
+
+    /// Verifies signature, algorithm, issuer and expiry; the bindings (node, stream, action)
+    /// are the caller's to check with [`Claims`] or [`TokenVerifier::authorize`].
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let now = crate::now_unix();
+        if let Some(c) = self.inner.cache.get(token) {
+            if c.exp > now {
+                return Ok(c.clone());
+            }
+            drop(c);
+            self.inner.cache.remove(token);
+            return Err(TokenError::Expired);
+        }
+        if token.len() > 4096 {
+            return Err(TokenError::Invalid("token too long".into()));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.key, &self.inner.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            })?;
+        let claims = Arc::new(data.claims);
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if self.inner.cache.len() >= self.inner.max_cached {
+            self.purge_expired();
+            if self.inner.cache.len() >= self.inner.max_cached {
+                // Still full of live tokens: shed the cache rather than grow without bound.
+                self.inner.cache.clear();
+            }
+        }
+        self.inner.cache.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// Full check for a request on this node: valid, bound to `node_id`, to `path`, and
+    /// allowing `action` (a publish token also allows reading, for the teacher's preview).
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        node_id: &str,
+        path: &str,
+        action: Action,
+    ) -> Result<Arc<Claims>, TokenError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
+        let claims = self.verify(token)?;
+        if claims.node_id != node_id {
+            return Err(TokenError::WrongNode(claims.node_id.clone()));
+        }
+        if claims.path != path {
+            return Err(TokenError::WrongStream(claims.path.clone()));
+        }
+        if action == Action::Publish && claims.action != Action::Publish {
+            return Err(TokenError::WrongAction(action));
+        }
+        Ok(claims)
+    }
+
+    pub fn purge_expired(&self) {
+        let now = crate::now_unix();
+        self.inner.cache.retain(|_, c| c.exp > now);
+    }
+
+    pub fn cached(&self) -> usize {
+        self.inner.cache.len()
+    }
+}
+
+/// Builds claims with a fresh `jti`.
+pub fn new_claims(
+    issuer: &str,
+    user_id: &str,
+    role: Role,
+    node_id: &str,
+    path: &str,
+    action: Action,
+    ttl: Duration,
+) -> Claims {
+    let iat = crate::now_unix();
+    Claims {
+        iss: issuer.to_string(),
+        sub: user_id.to_string(),
+        role,
+        node_id: node_id.to_string(),
+        path: path.to_string(),
+        action,
+        iat,
+        exp: iat + ttl.as_secs().max(1),
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(ttl: u64) -> Claims {
+        new_claims("classcast", "u1", Role::Student, "n1", "live/stream", Action::Read, Duration::from_secs(ttl))
+    }
+
+    #[test]
+    fn sign_verify_and_bindings() {
+        let (key, _) = SigningKey::generate().unwrap();
+        let v = TokenVerifier::from_public_x(&key.public_x(), "classcast").unwrap();
+        let t = key.sign(&claims(60)).unwrap();
+        let c = v.authorize(Some(&t), "n1", "live/stream", Action::Read).unwrap();
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(v.cached(), 1);
+        // Second verification comes from the cache and gives the same claims.
+        assert_eq!(*v.verify(&t).unwrap(), *c);
+        assert!(matches!(v.authorize(Some(&t), "n2", "live/stream", Action::Read), Err(TokenError::WrongNode(_))));
+        assert!(matches!(v.authorize(Some(&t), "n1", "live/other", Action::Read), Err(TokenError::WrongStream(_))));
+        assert!(matches!(v.authorize(Some(&t), "n1", "live/stream", Action::Publish), Err(TokenError::WrongAction(_))));
+        assert_eq!(v.authorize(None, "n1", "live/stream", Action::Read), Err(TokenError::Missing));
+    }
+
+    #[test]
+    fn wrong_key_expired_and_forged() {
+        let (key, _) = SigningKey::generate().unwrap();
+        let (other, _) = SigningKey::generate().unwrap();
+        let v = TokenVerifier::from_public_x(&key.public_x(), "classcast").unwrap();
+        let forged = other.sign(&claims(60)).unwrap();
+        assert!(matches!(v.verify(&forged), Err(TokenError::Invalid(_))));
+        let mut c = claims(60);
+        c.exp = crate::now_unix() - 1;
+        let expired = key.sign(&c).unwrap();
+        assert_eq!(v.verify(&expired), Err(TokenError::Expired));
+        // alg=none: header {"alg":"none"} with the same payload and no signature.
+        let good = key.sign(&claims(60)).unwrap();
+        let payload = good.split('.').nth(1).unwrap();
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), payload);
+        assert!(matches!(v.verify(&none), Err(TokenError::Invalid(_))));
+        // HS256 signed with the public key as the HMAC secret.
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(60),
+            &EncodingKey::from_secret(key.public_x().as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&hs), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn key_file_round_trip() {
+        let dir = std::env::temp_dir().join(format!("cc-key-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("jwt.pem");
+        let a = SigningKey::load_or_generate(&path).unwrap();
+        let b = SigningKey::load_or_generate(&path).unwrap();
+        assert_eq!(a.public_x(), b.public_x());
+        let t = a.sign(&claims(60)).unwrap();
+        let v = TokenVerifier::from_public_x(&b.public_x(), "classcast").unwrap();
+        assert!(v.verify(&t).is_ok());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
