@@ -28,6 +28,10 @@ pub struct RegisterResponse {
     pub jwks: crate::token::Jwks,
     pub issuer: String,
     pub heartbeat_interval_ms: u64,
+    /// Streams live elsewhere in the cluster right now, so a (re-)registering slave starts
+    /// mirroring them without waiting for the next announcement.
+    #[serde(default)]
+    pub streams: Vec<MirrorOrder>,
 }
 
 /// One stream as a slave reports it: either it is the origin (a publisher is connected to it)
@@ -107,8 +111,12 @@ impl NodeStatus {
             NodeStatus::Offline => "offline",
         }
     }
-    pub const ALL: [NodeStatus; 4] =
-        [NodeStatus::Healthy, NodeStatus::Warning, NodeStatus::Critical, NodeStatus::Offline];
+    pub const ALL: [NodeStatus; 4] = [
+        NodeStatus::Healthy,
+        NodeStatus::Warning,
+        NodeStatus::Critical,
+        NodeStatus::Offline,
+    ];
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,4 +190,14 @@ pub struct TokenResponse {
     /// Teacher only: the OBS "Stream Key" field, `<name>?key=<publish token>`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stream_key: Option<String>,
+}
+
+/// Master → slave: a stream went live (or ended) on `origin_node_id`; mirror it (or stop).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MirrorOrder {
+    pub path: String,
+    pub origin_node_id: String,
+    /// Base URL the edge pulls from (the origin's internal URL).
+    pub origin_url: String,
+    pub live: bool,
 }

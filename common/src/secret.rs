@@ -28,7 +28,10 @@ impl ClusterSecret {
         if raw.len() < MIN_SECRET_LEN {
             anyhow::bail!("the cluster secret must be at least {MIN_SECRET_LEN} characters");
         }
-        Ok(Self { digest: Sha256::digest(raw.as_bytes()).into(), raw: raw.into() })
+        Ok(Self {
+            digest: Sha256::digest(raw.as_bytes()).into(),
+            raw: raw.into(),
+        })
     }
 
     /// Generates a random secret, for `classcast up` and the insecure dev mode.
@@ -48,13 +51,18 @@ impl ClusterSecret {
     pub fn matches(&self, candidate: &str) -> bool {
         let d: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
         // Constant-time comparison of the two digests.
-        d.iter().zip(self.digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        d.iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 
     /// Checks `Authorization: Bearer <secret>`; 401 otherwise.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized("missing cluster secret (Authorization: Bearer …)"));
+            return Err(ApiError::unauthorized(
+                "missing cluster secret (Authorization: Bearer …)",
+            ));
         };
         let value = value.to_str().unwrap_or("");
         let token = value.strip_prefix("Bearer ").unwrap_or("");

@@ -17,7 +17,9 @@ impl Default for SysStats {
             sys.refresh_memory();
             sys
         });
-        Self { sys: Mutex::new(sys) }
+        Self {
+            sys: Mutex::new(sys),
+        }
     }
 }
 
@@ -25,7 +27,9 @@ impl SysStats {
     /// (cpu %, memory %) of the host since the previous call.
     pub fn sample(&self) -> (f32, f32) {
         let mut guard = self.sys.lock();
-        let Some(sys) = guard.as_mut() else { return (0.0, 0.0) };
+        let Some(sys) = guard.as_mut() else {
+            return (0.0, 0.0);
+        };
         sys.refresh_cpu_usage();
         sys.refresh_memory();
         let cpu = sys.global_cpu_usage();

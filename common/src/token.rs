@@ -88,7 +88,10 @@ impl SigningKey {
     pub fn from_pkcs8(der: &[u8]) -> anyhow::Result<Self> {
         let pair = Ed25519KeyPair::from_pkcs8(der)
             .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 key: {e}"))?;
-        Ok(Self { encoding: EncodingKey::from_ed_der(der), public: pair.public_key().as_ref().to_vec() })
+        Ok(Self {
+            encoding: EncodingKey::from_ed_der(der),
+            public: pair.public_key().as_ref().to_vec(),
+        })
     }
 
     /// Loads the key at `path`, or generates one and saves it there (mode 0600) if the file does
@@ -235,7 +238,11 @@ impl TokenVerifier {
     /// `x` is the base64url Ed25519 public key (JWK `x`).
     pub fn from_public_x(x: &str, issuer: &str) -> anyhow::Result<Self> {
         let raw = URL_SAFE_NO_PAD.decode(x)?;
-        anyhow::ensure!(raw.len() == 32, "an Ed25519 public key is 32 bytes, got {}", raw.len());
+        anyhow::ensure!(
+            raw.len() == 32,
+            "an Ed25519 public key is 32 bytes, got {}",
+            raw.len()
+        );
         let key = DecodingKey::from_ed_components(x)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
@@ -268,9 +275,9 @@ impl TokenVerifier {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.inner.key, &self.inner.validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid(e.to_string()),
-            })?;
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(e.to_string()),
+        })?;
         let claims = Arc::new(data.claims);
         if claims.exp <= now {
             return Err(TokenError::Expired);
@@ -348,7 +355,15 @@ mod tests {
     use super::*;
 
     fn claims(ttl: u64) -> Claims {
-        new_claims("classcast", "u1", Role::Student, "n1", "live/stream", Action::Read, Duration::from_secs(ttl))
+        new_claims(
+            "classcast",
+            "u1",
+            Role::Student,
+            "n1",
+            "live/stream",
+            Action::Read,
+            Duration::from_secs(ttl),
+        )
     }
 
     #[test]
@@ -356,15 +371,29 @@ mod tests {
         let (key, _) = SigningKey::generate().unwrap();
         let v = TokenVerifier::from_public_x(&key.public_x(), "classcast").unwrap();
         let t = key.sign(&claims(60)).unwrap();
-        let c = v.authorize(Some(&t), "n1", "live/stream", Action::Read).unwrap();
+        let c = v
+            .authorize(Some(&t), "n1", "live/stream", Action::Read)
+            .unwrap();
         assert_eq!(c.node_id, "n1");
         assert_eq!(v.cached(), 1);
         // Second verification comes from the cache and gives the same claims.
         assert_eq!(*v.verify(&t).unwrap(), *c);
-        assert!(matches!(v.authorize(Some(&t), "n2", "live/stream", Action::Read), Err(TokenError::WrongNode(_))));
-        assert!(matches!(v.authorize(Some(&t), "n1", "live/other", Action::Read), Err(TokenError::WrongStream(_))));
-        assert!(matches!(v.authorize(Some(&t), "n1", "live/stream", Action::Publish), Err(TokenError::WrongAction(_))));
-        assert_eq!(v.authorize(None, "n1", "live/stream", Action::Read), Err(TokenError::Missing));
+        assert!(matches!(
+            v.authorize(Some(&t), "n2", "live/stream", Action::Read),
+            Err(TokenError::WrongNode(_))
+        ));
+        assert!(matches!(
+            v.authorize(Some(&t), "n1", "live/other", Action::Read),
+            Err(TokenError::WrongStream(_))
+        ));
+        assert!(matches!(
+            v.authorize(Some(&t), "n1", "live/stream", Action::Publish),
+            Err(TokenError::WrongAction(_))
+        ));
+        assert_eq!(
+            v.authorize(None, "n1", "live/stream", Action::Read),
+            Err(TokenError::Missing)
+        );
     }
 
     #[test]
@@ -381,7 +410,11 @@ mod tests {
         // alg=none: header {"alg":"none"} with the same payload and no signature.
         let good = key.sign(&claims(60)).unwrap();
         let payload = good.split('.').nth(1).unwrap();
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), payload);
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            payload
+        );
         assert!(matches!(v.verify(&none), Err(TokenError::Invalid(_))));
         // HS256 signed with the public key as the HMAC secret.
         let hs = jsonwebtoken::encode(

@@ -1,0 +1,208 @@
+//! Intra-cluster API: registration, heartbeats, stream announcements, and the cluster views.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::api::{
+    Heartbeat, HeartbeatResponse, MirrorOrder, RegisterRequest, RegisterResponse, StreamAnnounce,
+    UnregisterRequest,
+};
+use common::error::JsonBody;
+use common::{ApiError, stream_path};
+
+use crate::AppState;
+use crate::registry::HeartbeatOutcome;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/cluster/register", post(register))
+        .route("/cluster/stats", post(heartbeat))
+        .route("/cluster/unregister", post(unregister))
+        .route("/cluster/streams/announce", post(announce))
+        .route("/cluster/nodes", get(nodes))
+        .route("/cluster/streams", get(streams))
+        .route("/cluster/best-node", get(best_node))
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_base_url(u: &str, schemes: &[&str]) -> bool {
+    url::Url::parse(u).is_ok_and(|p| schemes.contains(&p.scheme()) && p.host().is_some())
+}
+
+async fn register(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<RegisterRequest>, ApiError>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    st.secret.check(&headers).inspect_err(|e| {
+        tracing::warn!(error = %e, "refused registration without a valid cluster secret");
+    })?;
+    let JsonBody(mut req) = body?;
+    if !valid_node_id(&req.node_id) {
+        return Err(ApiError::bad_request(
+            "node_id must be 1–64 chars of [A-Za-z0-9._-]",
+        ));
+    }
+    if !valid_base_url(&req.public_url, &["http", "https"]) {
+        return Err(ApiError::bad_request(
+            "public_url must be an absolute http(s) URL",
+        ));
+    }
+    if let Some(u) = &req.internal_url
+        && !valid_base_url(u, &["http", "https"])
+    {
+        return Err(ApiError::bad_request(
+            "internal_url must be an absolute http(s) URL",
+        ));
+    }
+    if !valid_base_url(&req.rtmp_url, &["rtmp", "rtmps"]) {
+        return Err(ApiError::bad_request(
+            "rtmp_url must be an absolute rtmp:// URL",
+        ));
+    }
+    if req.max_connections == 0 {
+        return Err(ApiError::bad_request("max_connections must be positive"));
+    }
+    req.node_name.truncate(128);
+    req.version.truncate(64);
+    let node_id = req.node_id.clone();
+    let public_url = req.public_url.clone();
+    let t = st.registry.register(req).map_err(|e| {
+        tracing::warn!(%node_id, "{e}");
+        ApiError::unavailable("cluster_full", e.to_string())
+    })?;
+    match t {
+        Some(t) if t.from.is_none() => {
+            tracing::info!(%node_id, %public_url, "slave registered");
+            st.count_transition(&t);
+        }
+        Some(t) => st.log_transition(&t),
+        None => tracing::debug!(%node_id, "slave re-registered"),
+    }
+    let streams = st.registry.live_orders(&node_id);
+    for o in &streams {
+        st.registry.mark_mirroring(&node_id, &o.path);
+    }
+    Ok(Json(RegisterResponse {
+        ok: true,
+        node_id,
+        public_key: st.issuer.key().public_x(),
+        jwks: st.issuer.key().jwks(),
+        issuer: st.issuer.issuer.clone(),
+        heartbeat_interval_ms: st.cfg.heartbeat_interval.as_millis() as u64,
+        streams,
+    }))
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<Heartbeat>, ApiError>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    st.secret
+        .check(&headers)
+        .inspect_err(|e| tracing::warn!(error = %e, "refused heartbeat"))?;
+    let JsonBody(mut hb) = body?;
+    // A heartbeat is small; a node claiming thousands of streams is broken or hostile.
+    hb.stats.streams.truncate(256);
+    hb.stats
+        .streams
+        .retain(|s| stream_path(&s.path).as_deref() == Some(s.path.as_str()));
+    match st.registry.heartbeat(&hb.node_id, hb.stats) {
+        HeartbeatOutcome::Accepted(status, t) => {
+            st.metrics.heartbeats.with_label_values(&["ok"]).inc();
+            if let Some(t) = t {
+                st.log_transition(&t);
+            }
+            Ok(Json(HeartbeatResponse { ok: true, status }))
+        }
+        HeartbeatOutcome::UnknownNode => {
+            st.metrics
+                .heartbeats
+                .with_label_values(&["unknown_node"])
+                .inc();
+            tracing::info!(node_id = %hb.node_id, "heartbeat from an unknown node; asking it to re-register");
+            Err(ApiError::not_found(
+                "unknown_node",
+                "this master does not know the node: re-register at POST /cluster/register",
+            ))
+        }
+    }
+}
+
+async fn unregister(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<UnregisterRequest>, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.secret.check(&headers)?;
+    let JsonBody(req) = body?;
+    match st.registry.unregister(&req.node_id) {
+        Some(t) => {
+            tracing::info!(node_id = %req.node_id, "slave unregistered");
+            st.count_transition(&t);
+            Ok(Json(serde_json::json!({"ok": true})))
+        }
+        None => Err(ApiError::not_found("unknown_node", "no such node")),
+    }
+}
+
+async fn announce(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<StreamAnnounce>, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.secret.check(&headers)?;
+    let JsonBody(a) = body?;
+    let path = stream_path(&a.path).ok_or_else(|| ApiError::bad_request("bad stream path"))?;
+    if !st.registry.announce(&a.node_id, &path, a.live) {
+        return Err(ApiError::not_found(
+            "unknown_node",
+            "re-register at POST /cluster/register",
+        ));
+    }
+    tracing::info!(node_id = %a.node_id, %path, live = a.live, "stream announced");
+    let origin_url = st.registry.internal_url(&a.node_id).unwrap_or_default();
+    let order = MirrorOrder {
+        path,
+        origin_node_id: a.node_id.clone(),
+        origin_url,
+        live: a.live,
+    };
+    st.fan_out_order(order);
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn nodes(State(st): State<AppState>) -> impl IntoResponse {
+    Json(st.registry.cluster_nodes())
+}
+
+async fn streams(State(st): State<AppState>) -> impl IntoResponse {
+    Json(st.registry.cluster_streams())
+}
+
+async fn best_node(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let s = st
+        .registry
+        .select(crate::registry::StreamFilter::Any, None, false)
+        .ok_or_else(|| ApiError::unavailable("no_node", "no slave can take a viewer now"))?;
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({
+            "node_id": s.node_id,
+            "node_name": s.node_name,
+            "public_url": s.public_url,
+            "load_percentage": s.load_percentage,
+            "status": s.status,
+        })),
+    ))
+}

@@ -1,0 +1,160 @@
+//! `POST /api/token`: picks a slave for a viewer and mints a token bound to it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use common::api::{TokenRequest, TokenResponse};
+use common::error::JsonBody;
+use common::token::{Action, Role};
+use common::{ApiError, stream_path};
+
+use crate::AppState;
+use crate::registry::{Selected, StreamFilter};
+
+/// Names students type: letters (any script), digits, space and a few separators.
+pub fn valid_user_id(id: &str) -> bool {
+    let n = id.chars().count();
+    (1..=64).contains(&n)
+        && id.trim() == id
+        && id
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.' | '@'))
+}
+
+pub async fn issue_token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<TokenRequest>, ApiError>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let refuse = |reason: &'static str, e: ApiError| {
+        st.metrics.token_refusals.with_label_values(&[reason]).inc();
+        tracing::info!(reason, error = %e, "token request refused");
+        e
+    };
+    let JsonBody(req) = body.map_err(|e| refuse("bad_request", e))?;
+    if !valid_user_id(&req.user_id) {
+        return Err(refuse(
+            "bad_user_id",
+            ApiError::bad_request("user_id must be 1–64 letters, digits, spaces or -_.@"),
+        ));
+    }
+    let stream = req.stream.as_deref().unwrap_or("live/stream");
+    let path = stream_path(stream).ok_or_else(|| {
+        refuse(
+            "bad_stream",
+            ApiError::bad_request("stream must look like live/<name>, name of [A-Za-z0-9_-]"),
+        )
+    })?;
+    let name = path.trim_start_matches("live/").to_string();
+
+    if req.role == Role::Teacher {
+        let given = req.credential.as_deref().or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+        match (&st.cfg.teacher_credential, given) {
+            (None, _) => {
+                return Err(refuse(
+                    "teacher_disabled",
+                    ApiError::forbidden(
+                        "teacher login is not configured on this master (TEACHER_PASSWORD)",
+                    ),
+                ));
+            }
+            (Some(want), Some(g))
+                if common::secret::ClusterSecret::new(want).is_ok_and(|w| w.matches(g)) => {}
+            _ => {
+                return Err(refuse(
+                    "teacher_credential",
+                    ApiError::unauthorized("wrong teacher credential"),
+                ));
+            }
+        }
+    }
+
+    let chosen: Selected = match req.role {
+        // A teacher goes back to the stream's current origin, so a reconnect within the grace
+        // period continues the same stream; otherwise to the least-loaded node.
+        Role::Teacher => st.registry.origin_of(&path).or_else(|| {
+            st.registry
+                .select(StreamFilter::Any, req.exclude.as_deref(), false)
+        }),
+        Role::Student => {
+            if !st.registry.is_live_anywhere(&path) {
+                return Err(refuse(
+                    "not_live",
+                    ApiError::not_found(
+                        "stream_not_live",
+                        format!("{path} is not live yet; try again shortly"),
+                    ),
+                ));
+            }
+            st.registry
+                .select(StreamFilter::Serving(&path), req.exclude.as_deref(), true)
+        }
+        Role::Monitor => st
+            .registry
+            .select(StreamFilter::Serving(&path), req.exclude.as_deref(), true)
+            .or_else(|| {
+                st.registry
+                    .select(StreamFilter::Any, req.exclude.as_deref(), true)
+            }),
+    }
+    .ok_or_else(|| {
+        refuse(
+            "no_node",
+            ApiError::unavailable("no_node", "no slave can take a viewer now"),
+        )
+    })?;
+
+    let (token, claims) = st
+        .issuer
+        .issue(&req.user_id, req.role, &chosen.node_id, &path, Action::Read)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let base = chosen.public_url.trim_end_matches('/');
+    let mut resp = TokenResponse {
+        hls_url: format!("{base}/live/{name}/index.m3u8?jwt={token}"),
+        token,
+        node_id: chosen.node_id.clone(),
+        node_name: chosen.node_name.clone(),
+        expires_at: claims.exp,
+        rtmp_url: None,
+        stream_key: None,
+    };
+    if req.role == Role::Teacher {
+        let (publish, _) = st
+            .issuer
+            .issue(
+                &req.user_id,
+                Role::Teacher,
+                &chosen.node_id,
+                &path,
+                Action::Publish,
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        resp.rtmp_url = Some(chosen.rtmp_url.clone());
+        resp.stream_key = Some(format!("{name}?key={publish}"));
+    }
+    st.metrics
+        .tokens_issued
+        .with_label_values(&[req.role.as_str()])
+        .inc();
+    Ok(Json(resp))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn user_ids() {
+        use super::valid_user_id as v;
+        assert!(v("alice"));
+        assert!(v("Kim Min-jun"));
+        assert!(v("김민준"));
+        assert!(!v(""));
+        assert!(!v(" alice"));
+        assert!(!v("a<script>"));
+        assert!(!v(&"x".repeat(65)));
+    }
+}
