@@ -1,1 +1,197 @@
+//! A slave: RTMP ingest → CMAF packaging → in-memory LL-HLS, token-checked serving, edge
+//! mirroring, and the cluster agent. Modules follow the data path:
+//! `ingest` → `media` → `hls` → `serve`, with `mirror` feeding `hls` from another slave.
+
+pub mod agent;
+pub mod hls;
+pub mod ingest;
 pub mod media;
+pub mod metrics;
+pub mod mirror;
+pub mod serve;
+pub mod viewers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use common::ApiError;
+use common::api::MirrorOrder;
+use common::error::JsonBody;
+use common::secret::ClusterSecret;
+use common::sysstats::SysStats;
+use common::token::TokenVerifier;
+use parking_lot::RwLock;
+
+use crate::hls::store::{HlsConfig, Source, StreamStore};
+use crate::ingest::rtmp::RtmpLimits;
+use crate::metrics::SlaveMetrics;
+use crate::viewers::ViewerTracker;
+
+#[derive(Debug, Clone)]
+pub struct RtmpConfig {
+    pub limits: RtmpLimits,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            limits: RtmpLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SlaveConfig {
+    pub node_id: String,
+    pub node_name: String,
+    pub master_url: String,
+    pub secret: ClusterSecret,
+    /// Base URL browsers use for HLS.
+    pub public_url: String,
+    /// Base URL other slaves use to pull streams.
+    pub internal_url: String,
+    /// `rtmp://host:port/live`, what teachers paste into OBS.
+    pub rtmp_url: String,
+    pub max_connections: u32,
+    /// Overrides the interval the master asks for (tests).
+    pub heartbeat_interval: Option<Duration>,
+    pub hls: HlsConfig,
+    pub rtmp: RtmpConfig,
+    pub viewer_window: Duration,
+    /// Edge of an edge: pull every stream from this slave instead of the origin.
+    pub upstream_url: Option<String>,
+}
+
+/// Everything the slave's tasks share.
+pub struct SlaveCtx {
+    pub cfg: SlaveConfig,
+    pub store: StreamStore,
+    pub viewers: ViewerTracker,
+    pub metrics: SlaveMetrics,
+    pub sys: SysStats,
+    pub http: reqwest::Client,
+    verifier: RwLock<Option<TokenVerifier>>,
+}
+
+impl SlaveCtx {
+    pub fn new(cfg: SlaveConfig) -> anyhow::Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Arc::new(Self {
+            viewers: ViewerTracker::new(cfg.viewer_window),
+            cfg,
+            store: StreamStore::default(),
+            metrics: SlaveMetrics::new(),
+            sys: SysStats::default(),
+            http,
+            verifier: RwLock::new(None),
+        }))
+    }
+
+    /// The master's public key arrives with registration; until then nothing can be verified.
+    pub fn verifier(&self) -> Option<TokenVerifier> {
+        self.verifier.read().clone()
+    }
+
+    pub fn set_verifier(&self, v: TokenVerifier) {
+        *self.verifier.write() = Some(v);
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .merge(serve::router())
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/internal/mirror", post(mirror_order))
+            .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
+            .layer(tower_http::cors::CorsLayer::permissive())
+            .with_state(self.clone())
+    }
+
+    /// Ends every stream published here, telling the master, as a graceful shutdown should.
+    pub async fn shutdown(self: &Arc<Self>) {
+        for e in self.store.list() {
+            if e.source == Source::Origin && !e.stream.is_ended() {
+                e.stream.end();
+                self.announce(&e.stream.path, false);
+            }
+        }
+        // Let the announcements go out before the unregister.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.unregister().await;
+    }
+}
+
+async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "role": "slave",
+        "node_id": ctx.cfg.node_id,
+        "registered": ctx.verifier().is_some(),
+        "viewers": ctx.viewers.count(),
+        "streams": ctx.store.list().iter().filter(|e| !e.stream.is_ended()).map(|e| e.stream.path.clone()).collect::<Vec<_>>(),
+        "version": common::VERSION,
+    }))
+}
+
+async fn metrics(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
+    ctx.metrics.viewers.set(ctx.viewers.count() as i64);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render())
+}
+
+async fn mirror_order(
+    State(ctx): State<Arc<SlaveCtx>>,
+    headers: HeaderMap,
+    body: Result<JsonBody<MirrorOrder>, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    ctx.cfg.secret.check(&headers)?;
+    let JsonBody(order) = body?;
+    if common::stream_path(&order.path).as_deref() != Some(order.path.as_str()) {
+        return Err(ApiError::bad_request("bad stream path"));
+    }
+    mirror::handle_order(&ctx, order);
+    Ok(axum::Json(serde_json::json!({"ok": true})))
+}
+
+/// Runs a slave on the given listeners until `shutdown` resolves, then unregisters.
+pub async fn serve(
+    cfg: SlaveConfig,
+    rtmp: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ctx = SlaveCtx::new(cfg)?;
+    tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
+    let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
+    let agent = tokio::spawn(agent::Agent::new(ctx.clone()).run());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(http, ctx.router().into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .into_future(),
+    );
+    shutdown.await;
+    tracing::info!("slave shutting down");
+    ingest.abort();
+    ctx.shutdown().await;
+    agent.abort();
+    let _ = tx.send(());
+    // Blocked playlist requests would hold the graceful shutdown for seconds; cap it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(())
+}

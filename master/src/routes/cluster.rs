@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/cluster/streams/announce", post(announce))
         .route("/cluster/nodes", get(nodes))
         .route("/cluster/streams", get(streams))
+        .route("/cluster/streams/origin", get(origin))
         .route("/cluster/best-node", get(best_node))
 }
 
@@ -205,4 +206,25 @@ async fn best_node(State(st): State<AppState>) -> Result<impl IntoResponse, ApiE
             "status": s.status,
         })),
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct OriginQuery {
+    path: String,
+}
+
+/// Where an edge pulls `path` from, for a viewer that arrived before the mirror order.
+async fn origin(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<OriginQuery>,
+) -> Result<Json<MirrorOrder>, ApiError> {
+    st.secret.check(&headers)?;
+    let path = stream_path(&q.path).ok_or_else(|| ApiError::bad_request("bad stream path"))?;
+    let o = st
+        .registry
+        .origin_of(&path)
+        .ok_or_else(|| ApiError::not_found("stream_not_live", format!("{path} is not live")))?;
+    let origin_url = st.registry.internal_url(&o.node_id).unwrap_or(o.public_url);
+    Ok(Json(MirrorOrder { path, origin_node_id: o.node_id, origin_url, live: true }))
 }

@@ -114,6 +114,17 @@ impl AvcConfig {
         })
     }
 
+    /// Whether `other` configures the decoder identically. Publishers re-send
+    /// sequence headers (some before every keyframe) and may re-serialise
+    /// them slightly differently (e.g. with/without the High-profile
+    /// extension); only a change in parameter sets or NAL length size
+    /// warrants a new init segment and a playlist discontinuity.
+    pub fn same_decoder_config(&self, other: &AvcConfig) -> bool {
+        self.sps == other.sps
+            && self.pps == other.pps
+            && self.nal_length_size == other.nal_length_size
+    }
+
     /// RFC 6381 codec string, e.g. `avc1.64001f`.
     pub fn codec_string(&self) -> String {
         format!(
@@ -155,9 +166,28 @@ impl AvcConfig {
 }
 
 fn parse_sps(sps: &[u8]) -> Result<SeqParameterSet, MediaError> {
-    let nal = RefNal::new(sps, &[], true);
-    SeqParameterSet::from_bits(nal.rbsp_bits())
-        .map_err(|e| MediaError::InvalidSps(format!("{e:?}")))
+    let parse = |bytes: &[u8]| {
+        SeqParameterSet::from_bits(RefNal::new(bytes, &[], true).rbsp_bits())
+            .map_err(|e| MediaError::InvalidSps(format!("{e:?}")))
+    };
+    match parse(sps) {
+        Ok(parsed) => Ok(parsed),
+        Err(first_err) => {
+            // h264-reader refuses frame sizes above the MaxFS of the declared
+            // level, and some encoders under-declare their level. Decoders
+            // don't care, and refusing the whole stream over a label would
+            // be worse, so retry as level 6.2 (the largest limits) on a
+            // scratch copy. Byte 3 is level_idc and precedes any
+            // emulation-prevention bytes, so patching it is safe.
+            let mut relabelled = sps.to_vec();
+            if let Some(level) = relabelled.get_mut(3) {
+                *level = 62;
+            }
+            let parsed = parse(&relabelled).map_err(|_| first_err.clone())?;
+            tracing::warn!(error = %first_err, "SPS violates its declared level; accepted anyway");
+            Ok(parsed)
+        }
+    }
 }
 
 fn parse_ext(r: &mut Reader<'_>, record: &Bytes) -> Result<AvcConfigExt, MediaError> {
@@ -255,6 +285,23 @@ pub(crate) mod tests {
             (ext.chroma_format, ext.bit_depth_luma, ext.bit_depth_chroma),
             (1, 8, 8)
         );
+    }
+
+    #[test]
+    fn under_declared_level_is_tolerated() {
+        // 852x480 (1620 MBs) labelled level 1.0 (MaxFS 99).
+        let mut body = hex(SEQ_HDR_852X480);
+        body[5 + 11] = 10;
+        let record = Bytes::from(body).slice(5..);
+        let sps = &record[8..8 + 26];
+        assert_eq!(sps[3], 10);
+        assert!(
+            SeqParameterSet::from_bits(RefNal::new(sps, &[], true).rbsp_bits()).is_err(),
+            "h264-reader alone refuses it"
+        );
+        let cfg = AvcConfig::parse(record).unwrap();
+        assert_eq!((cfg.width, cfg.height), (852, 480));
+        assert_eq!(cfg.codec_string(), "avc1.64000a", "signalled level is kept");
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! [`Packager`]; the HLS layer consumes [`PackagerOutput`].
 //!
 //! Layout:
-//! - [`flv`]: FLV VIDEODATA / AUDIODATA body parsing (legacy + enhanced-RTMP header shape).
-//! - [`avc`]: AVCDecoderConfigurationRecord + SPS (dimensions, RFC 6381 codec string).
-//! - [`aac`]: AudioSpecificConfig.
-//! - [`cmaf`]: init segment and moof+mdat fragment writers.
-//! - [`packager`]: the state machine that turns tags into parts and segments.
+//! - [`flv`] — FLV VIDEODATA / AUDIODATA body parsing (legacy + enhanced-RTMP header shape).
+//! - [`avc`] — AVCDecoderConfigurationRecord + SPS (dimensions, RFC 6381 codec string).
+//! - [`aac`] — AudioSpecificConfig.
+//! - [`cmaf`] — init segment and moof+mdat fragment writers.
+//! - [`packager`] — the state machine that turns tags into parts and segments.
 
 pub mod aac;
 pub mod avc;

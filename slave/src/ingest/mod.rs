@@ -1,0 +1,282 @@
+//! RTMP ingest: one tokio task per connection, from TCP bytes through the rml_rtmp adapter and
+//! the packager into the stream store.
+
+pub mod rtmp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::token::Action;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::SlaveCtx;
+use crate::hls::store::{HlsStream, Source};
+use crate::media::{Packager, PackagerConfig, PackagerOutput};
+use rtmp::{RtmpEvent, RtmpSession, split_stream_key};
+
+pub async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "rtmp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            ctx.metrics.rtmp_connections.inc();
+            let mut conn = Connection::new(ctx.clone(), peer);
+            let res = conn.run(sock).await;
+            conn.finish();
+            ctx.metrics.rtmp_connections.dec();
+            match res {
+                Ok(()) => tracing::debug!(%peer, "rtmp connection closed"),
+                Err(e) => tracing::warn!(%peer, error = %e, "rtmp connection closed with an error"),
+            }
+        });
+    }
+}
+
+/// What this connection publishes, once accepted.
+struct Publishing {
+    stream: Arc<HlsStream>,
+    packager: Packager,
+    /// The next part opens a segment with a DISCONTINUITY (a publisher came back).
+    discontinuity: bool,
+    started: bool,
+}
+
+struct Connection {
+    ctx: Arc<SlaveCtx>,
+    peer: SocketAddr,
+    publishing: Option<Publishing>,
+}
+
+impl Connection {
+    fn new(ctx: Arc<SlaveCtx>, peer: SocketAddr) -> Self {
+        Self { ctx, peer, publishing: None }
+    }
+
+    async fn run(&mut self, mut sock: TcpStream) -> anyhow::Result<()> {
+        sock.set_nodelay(true).ok();
+        let limits = self.ctx.cfg.rtmp.clone();
+        let mut session = RtmpSession::new(limits.limits.clone());
+        let mut buf = vec![0u8; 64 * 1024];
+        let handshake_deadline = Instant::now() + limits.handshake_timeout;
+        loop {
+            let timeout = if session.handshake_done() {
+                limits.idle_timeout
+            } else {
+                handshake_deadline.saturating_duration_since(Instant::now())
+            };
+            let n = match tokio::time::timeout(timeout, sock.read(&mut buf)).await {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) if session.handshake_done() => anyhow::bail!("idle for {timeout:?}"),
+                Err(_) => anyhow::bail!("handshake not completed in time"),
+            };
+            let events = session.feed(&buf[..n]);
+            let out = session.take_output();
+            if !out.is_empty() {
+                sock.write_all(&out).await?;
+            }
+            let mut pending = std::collections::VecDeque::from(events?);
+            while let Some(ev) = pending.pop_front() {
+                let flow = self.handle(&mut session, ev)?;
+                let out = session.take_output();
+                if !out.is_empty() {
+                    sock.write_all(&out).await?;
+                }
+                match flow {
+                    Flow::Continue(more) => pending.extend(more),
+                    Flow::Close(reason) => {
+                        let _ = sock.flush().await;
+                        // Give the peer a moment to read the refusal before the close.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = sock.shutdown().await;
+                        anyhow::bail!("{reason}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, session: &mut RtmpSession, ev: RtmpEvent) -> anyhow::Result<Flow> {
+        let peer = self.peer;
+        match ev {
+            RtmpEvent::Connect { request_id, app } => {
+                if app.trim_end_matches('/') != common::APP {
+                    tracing::warn!(%peer, %app, "rtmp connect refused: unknown app");
+                    session.reject(request_id, "NetConnection.Connect.Rejected", "unknown app; use /live")?;
+                    return Ok(Flow::Close(format!("unknown app {app:?}")));
+                }
+                Ok(Flow::Continue(session.accept(request_id)?))
+            }
+            RtmpEvent::Publish { request_id, stream_key, .. } => {
+                match self.authorize_publish(&stream_key) {
+                    Ok(path) => {
+                        let more = session.accept(request_id)?;
+                        self.start_publishing(path);
+                        Ok(Flow::Continue(more))
+                    }
+                    Err((code, why)) => {
+                        let (name, _) = split_stream_key(&stream_key);
+                        tracing::warn!(%peer, stream = %name, reason = %why, "publish refused");
+                        self.ctx.metrics.publish_refusals.inc();
+                        session.reject(request_id, code, &why)?;
+                        Ok(Flow::Close(format!("publish refused: {why}")))
+                    }
+                }
+            }
+            RtmpEvent::Play { request_id, stream_key } => {
+                let (name, _) = split_stream_key(&stream_key);
+                tracing::info!(%peer, stream = %name, "rtmp play refused: this server plays over HLS");
+                session.reject(request_id, "NetStream.Play.Failed", "play over HLS: /live/<name>/index.m3u8")?;
+                Ok(Flow::Close("rtmp play is not offered".into()))
+            }
+            RtmpEvent::PublishFinished { .. } => {
+                self.stop_publishing("unpublished");
+                Ok(Flow::Continue(Vec::new()))
+            }
+            RtmpEvent::Video { timestamp, data } => {
+                self.media(timestamp, data, true);
+                Ok(Flow::Continue(Vec::new()))
+            }
+            RtmpEvent::Audio { timestamp, data } => {
+                self.media(timestamp, data, false);
+                Ok(Flow::Continue(Vec::new()))
+            }
+            RtmpEvent::Metadata => Ok(Flow::Continue(Vec::new())),
+        }
+    }
+
+    /// Checks the publish token in `name?key=TOKEN`, and that nobody else is live on the path.
+    fn authorize_publish(&self, stream_key: &str) -> Result<String, (&'static str, String)> {
+        const BAD: &str = "NetStream.Publish.BadName";
+        if self.publishing.is_some() {
+            return Err((BAD, "this connection already publishes".into()));
+        }
+        let (name, key) = split_stream_key(stream_key);
+        let path = common::stream_path(name).ok_or((BAD, format!("invalid stream name {name:?}")))?;
+        let verifier = self
+            .ctx
+            .verifier()
+            .ok_or(("NetStream.Publish.Unauthorized", "node not registered with the master yet".to_string()))?;
+        let claims = verifier
+            .authorize(key, &self.ctx.cfg.node_id, &path, Action::Publish)
+            .map_err(|e| ("NetStream.Publish.Unauthorized", format!("stream key refused: {e}")))?;
+        if let Some(e) = self.ctx.store.get(&path) {
+            let st = e.stream.read();
+            if st.publisher_connected && !st.ended {
+                return Err((BAD, format!("{path} is already being published")));
+            }
+            if e.source != Source::Origin && !st.ended {
+                return Err((BAD, format!("{path} is live on another node; publish there")));
+            }
+        }
+        tracing::info!(peer = %self.peer, %path, user = %claims.sub, "publish accepted");
+        Ok(path)
+    }
+
+    fn start_publishing(&mut self, path: String) {
+        let ctx = &self.ctx;
+        let (stream, resumed) = match ctx.store.get(&path) {
+            Some(e) if !e.stream.is_ended() => (e.stream.clone(), true),
+            _ => (ctx.store.create(&path, ctx.cfg.hls.clone(), Source::Origin).stream.clone(), false),
+        };
+        stream.publisher_joined();
+        if resumed {
+            tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");
+        } else {
+            ctx.announce(&path, true);
+        }
+        let packager = Packager::new(PackagerConfig {
+            part_target: ctx.cfg.hls.part_target,
+            segment_target: ctx.cfg.hls.segment_target,
+        });
+        self.publishing = Some(Publishing { stream, packager, discontinuity: resumed, started: false });
+    }
+
+    fn media(&mut self, timestamp: u32, data: Bytes, video: bool) {
+        let Some(p) = self.publishing.as_mut() else { return };
+        self.ctx.metrics.ingest_bytes.inc_by(data.len() as u64);
+        let out = if video { p.packager.push_video(timestamp, data) } else { p.packager.push_audio(timestamp, data) };
+        match out {
+            Ok(outputs) => self.apply(outputs),
+            Err(e) => {
+                self.ctx.metrics.media_errors.inc();
+                tracing::debug!(peer = %self.peer, error = %e, "dropped a media message");
+            }
+        }
+    }
+
+    fn apply(&mut self, outputs: Vec<PackagerOutput>) {
+        let Some(p) = self.publishing.as_mut() else { return };
+        for o in outputs {
+            match o {
+                PackagerOutput::Init { data, codecs, width, height } => {
+                    let res = (width > 0 && height > 0).then_some((width, height));
+                    p.stream.set_init(data, codecs, res);
+                    // A new init mid-stream (SPS change, late audio track) needs a
+                    // DISCONTINUITY before the next part, as a reconnect does.
+                    if p.started {
+                        p.discontinuity = true;
+                    }
+                }
+                PackagerOutput::Part { data, duration, independent, starts_segment, .. } => {
+                    let disc = p.discontinuity && starts_segment;
+                    if disc {
+                        p.discontinuity = false;
+                    }
+                    let starts = starts_segment || !p.started;
+                    p.started = true;
+                    let started_at = Instant::now();
+                    p.stream.push_part(data, duration, independent, starts, disc);
+                    self.ctx.metrics.parts.inc();
+                    self.ctx.metrics.part_publish_seconds.observe(started_at.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// The publisher is gone (unpublish or disconnect): flush, then end the stream unless the
+    /// publisher comes back within the grace period.
+    fn stop_publishing(&mut self, why: &str) {
+        let Some(mut p) = self.publishing.take() else { return };
+        let rest = p.packager.flush();
+        self.publishing = Some(p);
+        self.apply(rest);
+        let p = self.publishing.take().expect("just put back");
+        p.stream.publisher_left();
+        tracing::info!(peer = %self.peer, path = %p.stream.path, why, "publisher left; grace period started");
+        let ctx = self.ctx.clone();
+        let stream = p.stream.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(stream.cfg.grace).await;
+            let gone = {
+                let st = stream.read();
+                !st.publisher_connected && st.publisher_left_at.is_some_and(|t| t.elapsed() >= stream.cfg.grace)
+            };
+            if gone && !stream.is_ended() {
+                tracing::info!(path = %stream.path, "publisher did not come back; stream ended");
+                stream.end();
+                ctx.announce(&stream.path, false);
+            }
+        });
+    }
+
+    fn finish(&mut self) {
+        self.stop_publishing("connection closed");
+    }
+}
+
+enum Flow {
+    Continue(Vec<RtmpEvent>),
+    Close(String),
+}

@@ -1,0 +1,251 @@
+//! The one module that talks to rml_rtmp. Sans-IO: bytes in, events and bytes out. rml_rtmp can
+//! panic on hostile input, so every call into it is behind `catch_unwind`: a panic becomes an
+//! error that closes only the connection that caused it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
+
+#[derive(Debug, Clone)]
+pub struct RtmpLimits {
+    /// Most bytes accepted without a complete message coming out: bounds what a peer can make
+    /// us buffer (one keyframe of a 20 Mbps stream fits easily).
+    pub max_message_bytes: usize,
+    /// Largest chunk size a peer may set.
+    pub max_chunk_size: u32,
+}
+
+impl Default for RtmpLimits {
+    fn default() -> Self {
+        Self { max_message_bytes: 8 * 1024 * 1024, max_chunk_size: 1 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RtmpEvent {
+    Connect { request_id: u32, app: String },
+    Publish { request_id: u32, app: String, stream_key: String },
+    PublishFinished { stream_key: String },
+    Play { request_id: u32, stream_key: String },
+    Video { timestamp: u32, data: Bytes },
+    Audio { timestamp: u32, data: Bytes },
+    Metadata,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtmpError {
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("rml_rtmp panicked on this peer's input: {0}")]
+    Panic(String),
+    #[error("peer sent {0} bytes without completing a message (limit {1})")]
+    MessageTooLarge(usize, usize),
+    #[error("peer set chunk size {0} (limit {1})")]
+    ChunkTooLarge(u32, u32),
+}
+
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, RtmpError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        RtmpError::Panic(msg)
+    })
+}
+
+pub struct RtmpSession {
+    handshake: Option<Handshake>,
+    session: Option<ServerSession>,
+    out: Vec<u8>,
+    since_message: usize,
+    limits: RtmpLimits,
+}
+
+impl RtmpSession {
+    pub fn new(limits: RtmpLimits) -> Self {
+        Self {
+            handshake: Some(Handshake::new(PeerType::Server)),
+            session: None,
+            out: Vec::new(),
+            since_message: 0,
+            limits,
+        }
+    }
+
+    pub fn handshake_done(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Bytes to write to the peer, in order.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<RtmpEvent>, RtmpError> {
+        if let Some(hs) = self.handshake.as_mut() {
+            let res = guarded(|| hs.process_bytes(bytes))?
+                .map_err(|e| RtmpError::Handshake(format!("{e:?}")))?;
+            match res {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    self.out.extend_from_slice(&response_bytes);
+                    return Ok(Vec::new());
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    self.out.extend_from_slice(&response_bytes);
+                    self.handshake = None;
+                    let mut config = ServerSessionConfig::new();
+                    config.chunk_size = 4096;
+                    let (session, initial) = guarded(|| ServerSession::new(config))?
+                        .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+                    self.session = Some(session);
+                    let mut events = self.absorb(initial)?;
+                    // OBS sends Set Chunk Size in the same TCP segment as the end of the
+                    // handshake: those bytes belong to the session.
+                    if !remaining_bytes.is_empty() {
+                        events.extend(self.feed(&remaining_bytes)?);
+                    }
+                    return Ok(events);
+                }
+            }
+        }
+        self.since_message += bytes.len();
+        let session = self.session.as_mut().expect("handshake done");
+        let results = guarded(|| session.handle_input(bytes))?
+            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        let events = self.absorb(results)?;
+        if self.since_message > self.limits.max_message_bytes {
+            return Err(RtmpError::MessageTooLarge(self.since_message, self.limits.max_message_bytes));
+        }
+        Ok(events)
+    }
+
+    pub fn accept(&mut self, request_id: u32) -> Result<Vec<RtmpEvent>, RtmpError> {
+        let session = self.session.as_mut().ok_or_else(|| RtmpError::Protocol("no session".into()))?;
+        let results = guarded(|| session.accept_request(request_id))?
+            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        self.absorb(results)
+    }
+
+    pub fn reject(&mut self, request_id: u32, code: &str, description: &str) -> Result<(), RtmpError> {
+        let session = self.session.as_mut().ok_or_else(|| RtmpError::Protocol("no session".into()))?;
+        let results = guarded(|| session.reject_request(request_id, code, description))?
+            .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        self.absorb(results)?;
+        Ok(())
+    }
+
+    fn absorb(&mut self, results: Vec<ServerSessionResult>) -> Result<Vec<RtmpEvent>, RtmpError> {
+        let mut events = Vec::new();
+        for r in results {
+            match r {
+                ServerSessionResult::OutboundResponse(p) => self.out.extend_from_slice(&p.bytes),
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+                ServerSessionResult::RaisedEvent(ev) => {
+                    self.since_message = 0;
+                    if let Some(e) = self.translate(ev)? {
+                        events.push(e);
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn translate(&mut self, ev: ServerSessionEvent) -> Result<Option<RtmpEvent>, RtmpError> {
+        Ok(match ev {
+            ServerSessionEvent::ClientChunkSizeChanged { new_chunk_size } => {
+                if new_chunk_size > self.limits.max_chunk_size {
+                    return Err(RtmpError::ChunkTooLarge(new_chunk_size, self.limits.max_chunk_size));
+                }
+                None
+            }
+            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+                Some(RtmpEvent::Connect { request_id, app: app_name })
+            }
+            ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
+                Some(RtmpEvent::Publish { request_id, app: app_name, stream_key })
+            }
+            ServerSessionEvent::PublishStreamFinished { stream_key, .. } => {
+                Some(RtmpEvent::PublishFinished { stream_key })
+            }
+            ServerSessionEvent::PlayStreamRequested { request_id, stream_key, .. } => {
+                Some(RtmpEvent::Play { request_id, stream_key })
+            }
+            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+                Some(RtmpEvent::Video { timestamp: timestamp.value, data })
+            }
+            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+                Some(RtmpEvent::Audio { timestamp: timestamp.value, data })
+            }
+            ServerSessionEvent::StreamMetadataChanged { .. } => Some(RtmpEvent::Metadata),
+            _ => None,
+        })
+    }
+}
+
+/// Splits an RTMP stream key `name?key=TOKEN` (the key may also come as `token=` or `jwt=`).
+pub fn split_stream_key(stream_key: &str) -> (&str, Option<&str>) {
+    let (name, query) = match stream_key.split_once('?') {
+        Some((n, q)) => (n, Some(q)),
+        None => (stream_key, None),
+    };
+    let key = query.and_then(|q| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            matches!(k, "key" | "token" | "jwt").then_some(v)
+        })
+    });
+    (name, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys() {
+        assert_eq!(split_stream_key("stream?key=abc"), ("stream", Some("abc")));
+        assert_eq!(split_stream_key("stream"), ("stream", None));
+        assert_eq!(split_stream_key("s?x=1&jwt=t"), ("s", Some("t")));
+    }
+
+    #[test]
+    fn garbage_handshake_is_an_error_not_a_panic() {
+        let mut s = RtmpSession::new(RtmpLimits::default());
+        // Version byte 0x03 is required; anything else is refused.
+        let r = s.feed(&[0xffu8; 1537]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn random_input_never_escapes_as_a_panic() {
+        let mut seed = 0x2545F4914F6CDD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..300 {
+            let mut s = RtmpSession::new(RtmpLimits::default());
+            // A valid C0+C1, then C2, then random chunk bytes.
+            let mut c0c1 = vec![3u8];
+            c0c1.extend(std::iter::repeat_n(0u8, 1536));
+            if s.feed(&c0c1).is_err() {
+                continue;
+            }
+            let _ = s.feed(&[0u8; 1536]);
+            let n = (next() % 600) as usize;
+            let junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let _ = s.feed(&junk);
+        }
+    }
+}

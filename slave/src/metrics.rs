@@ -1,0 +1,103 @@
+//! The slave's Prometheus metrics. Per-stream series are bounded by the number of live streams.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry as PromRegistry, TextEncoder,
+};
+
+pub struct SlaveMetrics {
+    prom: PromRegistry,
+    pub rtmp_connections: IntGauge,
+    pub publish_refusals: IntCounter,
+    pub media_errors: IntCounter,
+    pub ingest_bytes: IntCounter,
+    pub parts: IntCounter,
+    pub part_publish_seconds: Histogram,
+    pub http_requests: IntCounterVec,
+    pub http_refusals: IntCounterVec,
+    pub bytes_out: IntCounter,
+    pub viewers: IntGauge,
+    pub streams: IntGauge,
+    pub mirror_lag_seconds: Histogram,
+    pub upstream_reconnects: IntCounter,
+    pub upstream_connections: IntGauge,
+}
+
+impl SlaveMetrics {
+    pub fn new() -> Self {
+        let prom = PromRegistry::new();
+        let ic = |n: &str, h: &str| IntCounter::new(n, h).unwrap();
+        let ig = |n: &str, h: &str| IntGauge::new(n, h).unwrap();
+        let m = Self {
+            rtmp_connections: ig("classcast_slave_rtmp_connections", "Open RTMP connections"),
+            publish_refusals: ic("classcast_slave_publish_refusals_total", "RTMP publishes refused"),
+            media_errors: ic("classcast_slave_media_errors_total", "Media messages that could not be parsed"),
+            ingest_bytes: ic("classcast_slave_ingest_bytes_total", "Media bytes received over RTMP"),
+            parts: ic("classcast_slave_parts_total", "LL-HLS parts produced or mirrored"),
+            part_publish_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "classcast_slave_part_publish_seconds",
+                    "Time from a part's last frame arriving to the part being servable",
+                )
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]),
+            )
+            .unwrap(),
+            http_requests: IntCounterVec::new(
+                Opts::new("classcast_slave_http_requests_total", "HLS requests by kind"),
+                &["kind"],
+            )
+            .unwrap(),
+            http_refusals: IntCounterVec::new(
+                Opts::new("classcast_slave_http_refusals_total", "HLS requests refused, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            bytes_out: ic("classcast_slave_bytes_out_total", "HLS body bytes sent"),
+            viewers: ig("classcast_slave_viewers", "Viewer sessions (distinct tokens in the window)"),
+            streams: ig("classcast_slave_streams", "Streams served by this node"),
+            mirror_lag_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "classcast_slave_mirror_lag_seconds",
+                    "Time from a part appearing on the origin to it being servable on this edge",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            )
+            .unwrap(),
+            upstream_reconnects: ic("classcast_slave_upstream_reconnects_total", "Edge → origin reconnects"),
+            upstream_connections: ig("classcast_slave_upstream_connections", "Streams mirrored from an upstream"),
+            prom,
+        };
+        let cs: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.rtmp_connections.clone()),
+            Box::new(m.publish_refusals.clone()),
+            Box::new(m.media_errors.clone()),
+            Box::new(m.ingest_bytes.clone()),
+            Box::new(m.parts.clone()),
+            Box::new(m.part_publish_seconds.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_refusals.clone()),
+            Box::new(m.bytes_out.clone()),
+            Box::new(m.viewers.clone()),
+            Box::new(m.streams.clone()),
+            Box::new(m.mirror_lag_seconds.clone()),
+            Box::new(m.upstream_reconnects.clone()),
+            Box::new(m.upstream_connections.clone()),
+        ];
+        for c in cs {
+            m.prom.register(c).unwrap();
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.prom.gather(), &mut buf).ok();
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for SlaveMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

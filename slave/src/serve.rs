@@ -1,0 +1,291 @@
+//! LL-HLS over HTTP: playlists with blocking reload, init/segment/part bytes straight from
+//! memory, every request token-checked (or cluster-secret-checked for edges pulling from us).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use common::ApiError;
+use common::token::Action;
+
+use crate::SlaveCtx;
+use crate::hls::playlist;
+use crate::hls::store::{HlsStream, State as StreamState};
+
+pub fn router() -> Router<Arc<SlaveCtx>> {
+    Router::new().route("/live/{name}/{file}", get(hls_file))
+}
+
+/// The files a stream directory holds.
+#[derive(Debug, PartialEq)]
+pub enum HlsFile {
+    Playlist,
+    Init(u32),
+    Segment(u64),
+    Part(u64, usize),
+}
+
+impl HlsFile {
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "index.m3u8" {
+            return Some(HlsFile::Playlist);
+        }
+        fn num(t: &str) -> Option<&str> {
+            (!t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit())).then_some(t)
+        }
+        if let Some(id) = s.strip_prefix("init").and_then(|r| r.strip_suffix(".mp4")) {
+            return num(id)?.parse().ok().map(HlsFile::Init);
+        }
+        if let Some(m) = s.strip_prefix("seg").and_then(|r| r.strip_suffix(".m4s")) {
+            return num(m)?.parse().ok().map(HlsFile::Segment);
+        }
+        if let Some(r) = s.strip_prefix("part").and_then(|r| r.strip_suffix(".m4s")) {
+            let (m, i) = r.split_once('.')?;
+            return Some(HlsFile::Part(num(m)?.parse().ok()?, num(i)?.parse().ok()?));
+        }
+        None
+    }
+}
+
+/// The query parameters we act on. Unknown ones are ignored, as players add their own.
+#[derive(Debug, Default, PartialEq)]
+pub struct HlsQuery {
+    pub jwt: Option<String>,
+    pub msn: Option<u64>,
+    pub part: Option<usize>,
+}
+
+impl HlsQuery {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        let mut q = HlsQuery::default();
+        let Some(raw) = raw else { return Ok(q) };
+        if raw.len() > 8192 {
+            return Err(ApiError::bad_request("query string too long"));
+        }
+        for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+            match &*k {
+                "jwt" | "token" => q.jwt = Some(v.into_owned()),
+                "_HLS_msn" => {
+                    q.msn = Some(v.parse().map_err(|_| ApiError::bad_request("_HLS_msn must be a non-negative integer"))?)
+                }
+                "_HLS_part" => {
+                    q.part = Some(v.parse().map_err(|_| ApiError::bad_request("_HLS_part must be a non-negative integer"))?)
+                }
+                _ => {}
+            }
+        }
+        if q.part.is_some() && q.msn.is_none() {
+            return Err(ApiError::bad_request("_HLS_part requires _HLS_msn"));
+        }
+        Ok(q)
+    }
+}
+
+/// Who is asking: a viewer with a token, or another slave with the cluster secret.
+enum Caller {
+    Viewer { token: String },
+    Peer,
+}
+
+fn authorize(ctx: &SlaveCtx, headers: &HeaderMap, q: &HlsQuery, path: &str) -> Result<Caller, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) && q.jwt.is_none() {
+        ctx.cfg.secret.check(headers)?;
+        return Ok(Caller::Peer);
+    }
+    let verifier = ctx
+        .verifier()
+        .ok_or_else(|| ApiError::unavailable("not_registered", "this node has not registered with the master yet"))?;
+    let claims = verifier.authorize(q.jwt.as_deref(), &ctx.cfg.node_id, path, Action::Read)?;
+    ctx.viewers.touch(&claims.jti);
+    Ok(Caller::Viewer { token: q.jwt.clone().unwrap_or_default() })
+}
+
+async fn hls_file(
+    State(ctx): State<Arc<SlaveCtx>>,
+    Path((name, file)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match serve_file(&ctx, &name, &file, raw.as_deref(), &headers).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.metrics.http_refusals.with_label_values(&[e.code]).inc();
+            if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN {
+                tracing::info!(stream = %name, %file, error = %e, "hls request refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn serve_file(
+    ctx: &Arc<SlaveCtx>,
+    name: &str,
+    file: &str,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if !common::valid_stream_name(name) {
+        return Err(ApiError::not_found("not_found", "no such stream"));
+    }
+    let kind = HlsFile::parse(file).ok_or_else(|| ApiError::not_found("not_found", "no such file"))?;
+    let path = format!("{}/{name}", common::APP);
+    let q = HlsQuery::parse(raw)?;
+    let caller = authorize(ctx, headers, &q, &path)?;
+    let entry = match ctx.store.get(&path) {
+        Some(e) => e,
+        None => {
+            // A viewer may arrive before the mirror order: start mirroring on demand.
+            match crate::mirror::start_on_demand(ctx, &path).await {
+                Some(e) => e,
+                None => return Err(ApiError::not_found("stream_not_found", format!("{path} is not live here"))),
+            }
+        }
+    };
+    let stream = &entry.stream;
+    let label = match kind {
+        HlsFile::Playlist => "playlist",
+        HlsFile::Init(_) => "init",
+        HlsFile::Segment(_) => "segment",
+        HlsFile::Part(..) => "part",
+    };
+    ctx.metrics.http_requests.with_label_values(&[label]).inc();
+    match kind {
+        HlsFile::Playlist => {
+            let body = playlist_response(stream, &q, &caller).await?;
+            let mut r = respond(ctx, body.into(), "application/vnd.apple.mpegurl", "no-cache");
+            if matches!(caller, Caller::Peer) {
+                let newest = stream.read().segments.back().and_then(|s| s.parts.last()).map(|p| p.created_ms);
+                if let Some(t) = newest {
+                    r.headers_mut().insert(crate::mirror::PART_TIME_HEADER, HeaderValue::from(t));
+                }
+            }
+            Ok(r)
+        }
+        HlsFile::Init(id) => {
+            let data = stream.read().init(id).cloned();
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    // The first init arrives with the first keyframe; wait briefly for it.
+                    let hold = hold_time(stream);
+                    stream.wait_for(hold, |st| st.init(id).is_some()).await;
+                    stream.read().init(id).cloned().ok_or_else(|| ApiError::not_found("not_found", "no such init segment"))?
+                }
+            };
+            Ok(media(ctx, data))
+        }
+        HlsFile::Segment(msn) => {
+            let ready = |st: &StreamState| st.segment(msn).is_some_and(|s| s.complete);
+            let known = { let st = stream.read(); st.segment(msn).is_some() || st.last_msn().is_some_and(|l| msn == l + 1) };
+            if !known {
+                return Err(ApiError::not_found("not_found", "no such segment"));
+            }
+            stream.wait_for(hold_time(stream), ready).await;
+            let data = stream.read().segment(msn).and_then(|s| s.full.clone());
+            data.map(|d| media(ctx, d)).ok_or_else(|| ApiError::not_found("not_found", "segment not available"))
+        }
+        HlsFile::Part(msn, idx) => {
+            let get = |st: &StreamState| st.segment(msn).and_then(|s| s.parts.get(idx)).map(|p| p.data.clone());
+            let (found, next) = {
+                let st = stream.read();
+                let next = match st.segments.back() {
+                    Some(s) if s.complete => msn == s.msn + 1 && idx == 0,
+                    Some(s) => (msn == s.msn && idx == s.parts.len()) || (msn == s.msn + 1 && idx == 0),
+                    None => idx == 0,
+                };
+                (get(&st), next)
+            };
+            if let Some(d) = found {
+                return Ok(media(ctx, d));
+            }
+            if !next {
+                return Err(ApiError::not_found("not_found", "no such part"));
+            }
+            // A preload-hinted part: hold the request until it exists.
+            stream.wait_for(hold_time(stream), |st| st.part_settled(msn, idx)).await;
+            let d = get(&stream.read());
+            d.map(|d| media(ctx, d)).ok_or_else(|| ApiError::not_found("not_found", "part not available"))
+        }
+    }
+}
+
+/// About three target durations, the spec's suggestion for holding a blocking request.
+fn hold_time(stream: &HlsStream) -> Duration {
+    let st = stream.read();
+    let target = playlist::target_duration(&st, &stream.cfg);
+    Duration::from_secs(3 * target)
+}
+
+async fn playlist_response(stream: &Arc<HlsStream>, q: &HlsQuery, caller: &Caller) -> Result<String, ApiError> {
+    if let Some(msn) = q.msn {
+        {
+            let st = stream.read();
+            let last = st.last_msn();
+            let base = last.or_else(|| Some(0)).unwrap_or(0);
+            if !st.ended && msn > base + 2 && last.is_some() {
+                return Err(ApiError::bad_request(format!("_HLS_msn={msn} is too far ahead (last is {base})")));
+            }
+        }
+        let part = q.part;
+        let ready = move |st: &StreamState| match part {
+            Some(p) => st.part_settled(msn, p),
+            None => st.segment(msn).is_some_and(|s| s.complete) || st.last_msn().is_some_and(|l| l > msn),
+        };
+        let ok = stream.wait_for(hold_time(stream), ready).await;
+        if !ok && !stream.is_ended() {
+            return Err(ApiError::unavailable("not_ready", "the requested part did not appear in time"));
+        }
+    }
+    let query = match caller {
+        Caller::Viewer { token } => Some(format!("jwt={token}")),
+        Caller::Peer => None,
+    };
+    let st = stream.read();
+    Ok(playlist::render(&st, &stream.cfg, query.as_deref()))
+}
+
+fn respond(ctx: &SlaveCtx, body: Bytes, content_type: &'static str, cache: &'static str) -> Response {
+    ctx.metrics.bytes_out.inc_by(body.len() as u64);
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+fn media(ctx: &SlaveCtx, data: Bytes) -> Response {
+    respond(ctx, data, "video/mp4", "public, max-age=31536000, immutable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names() {
+        assert_eq!(HlsFile::parse("index.m3u8"), Some(HlsFile::Playlist));
+        assert_eq!(HlsFile::parse("init3.mp4"), Some(HlsFile::Init(3)));
+        assert_eq!(HlsFile::parse("seg12.m4s"), Some(HlsFile::Segment(12)));
+        assert_eq!(HlsFile::parse("part12.4.m4s"), Some(HlsFile::Part(12, 4)));
+        for bad in ["", "seg.m4s", "seg-1.m4s", "part1.m4s", "part1..m4s", "../x", "seg1.m4s/..", "init.mp4", "seg99999999999999999999.m4s"] {
+            assert_eq!(HlsFile::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(HlsQuery::parse(None).unwrap(), HlsQuery::default());
+        let q = HlsQuery::parse(Some("jwt=a.b.c&_HLS_msn=5&_HLS_part=2&x=1")).unwrap();
+        assert_eq!((q.jwt.as_deref(), q.msn, q.part), (Some("a.b.c"), Some(5), Some(2)));
+        assert_eq!(HlsQuery::parse(Some("_HLS_part=1")).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(HlsQuery::parse(Some("_HLS_msn=-1")).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(HlsQuery::parse(Some("_HLS_msn=abc")).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}
