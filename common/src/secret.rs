@@ -6,6 +6,13 @@ use sha2::{Digest, Sha256};
 
 use crate::ApiError;
 
+/// Compares two credentials in time independent of where they differ.
+pub fn credential_eq(a: &str, b: &str) -> bool {
+    let da: [u8; 32] = Sha256::digest(a.as_bytes()).into();
+    let db: [u8; 32] = Sha256::digest(b.as_bytes()).into();
+    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[derive(Clone)]
 pub struct ClusterSecret {
     /// Kept as a digest so comparisons are constant-time in the secret's length and the secret

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `classcast` binary as separate processes on loopback, real
+//! ffmpeg/ffprobe as publisher and players.
+
+mod control_plane;
+mod fanout;
+mod media_plane;
+mod support;

@@ -1,0 +1,336 @@
+//! Test harness: real `classcast` processes on loopback, real ffmpeg, and small HTTP helpers.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_classcast");
+pub const SECRET: &str = "test-cluster-secret-0123456789";
+pub const TEACHER: &str = "teacher-pass";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn log_dir(test: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs").join(test);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process killed when dropped (and by the kernel if the test process dies).
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, log: PathBuf, cmd: &mut Command) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        cmd.stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).stdin(Stdio::null());
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc { name: name.into(), child, log }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit (SIGKILL after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        None
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Timings {
+    pub heartbeat_ms: u64,
+    pub offline_after_ms: u64,
+    pub grace_ms: u64,
+    pub token_ttl_secs: u64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self { heartbeat_ms: 300, offline_after_ms: 1500, grace_ms: 2000, token_ttl_secs: 3600 }
+    }
+}
+
+pub struct SlaveProc {
+    pub id: String,
+    pub rtmp_port: u16,
+    pub http_port: u16,
+    pub proc: Proc,
+}
+
+impl SlaveProc {
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+}
+
+pub struct Cluster {
+    pub test: String,
+    pub master_port: u16,
+    pub key_file: PathBuf,
+    pub master: Option<Proc>,
+    pub slaves: Vec<SlaveProc>,
+    pub timings: Timings,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    pub async fn start(test: &str, n: usize, timings: Timings) -> Cluster {
+        let dir = log_dir(test);
+        let mut c = Cluster {
+            test: test.into(),
+            master_port: free_port(),
+            key_file: dir.join("jwt.pem"),
+            master: None,
+            slaves: Vec::new(),
+            timings,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+        };
+        let _ = std::fs::remove_file(&c.key_file);
+        c.start_master();
+        for i in 0..n {
+            c.add_slave(&format!("s{}", i + 1), &[]);
+        }
+        c.wait_healthy(n).await;
+        c
+    }
+
+    pub fn master_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.master_port)
+    }
+
+    pub fn start_master(&mut self) {
+        let t = &self.timings;
+        let dir = log_dir(&self.test);
+        let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("master")
+            .args(["--bind", &format!("127.0.0.1:{}", self.master_port)])
+            .args(["--jwt-key-file", self.key_file.to_str().unwrap()])
+            .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
+            .args(["--offline-after-ms", &t.offline_after_ms.to_string()])
+            .args(["--token-ttl-secs", &t.token_ttl_secs.to_string()])
+            .env("CLUSTER_SECRET", SECRET)
+            .env("TEACHER_PASSWORD", TEACHER)
+            .env("LOG", "info");
+        self.master = Some(Proc::spawn("master", dir.join(format!("master-{n}.log")), &mut cmd));
+    }
+
+    pub fn add_slave(&mut self, id: &str, extra: &[&str]) -> usize {
+        let t = &self.timings;
+        let (rtmp, http) = (free_port(), free_port());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("slave")
+            .args(["--master-url", &self.master_url()])
+            .args(["--node-id", id])
+            .args(["--rtmp-bind", &format!("127.0.0.1:{rtmp}")])
+            .args(["--http-bind", &format!("127.0.0.1:{http}")])
+            .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
+            .args(["--grace-ms", &t.grace_ms.to_string()])
+            .args(["--viewer-window-ms", "3000"])
+            .args(extra)
+            .env("CLUSTER_SECRET", SECRET)
+            .env("LOG", "info");
+        let proc = Proc::spawn(id, log_dir(&self.test).join(format!("{id}.log")), &mut cmd);
+        self.slaves.push(SlaveProc { id: id.into(), rtmp_port: rtmp, http_port: http, proc });
+        self.slaves.len() - 1
+    }
+
+    pub fn slave(&self, id: &str) -> &SlaveProc {
+        self.slaves.iter().find(|s| s.id == id).unwrap()
+    }
+
+    pub fn slave_mut(&mut self, id: &str) -> &mut SlaveProc {
+        self.slaves.iter_mut().find(|s| s.id == id).unwrap()
+    }
+
+    pub async fn nodes(&self) -> Value {
+        get_json(&self.http, &format!("{}/cluster/nodes", self.master_url())).await.unwrap_or(Value::Null)
+    }
+
+    pub async fn wait_healthy(&self, n: usize) {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            let v = self.nodes().await;
+            v["healthy_nodes"].as_u64() == Some(n as u64)
+        })
+        .await;
+        assert!(ok, "cluster did not reach {n} healthy nodes: {}", self.nodes().await);
+    }
+
+    /// A teacher's (rtmp_url, stream_key) for `stream`.
+    pub async fn teacher(&self, stream: &str) -> (String, String, Value) {
+        let v = self
+            .token(json!({"role": "teacher", "user_id": "teacher", "stream": stream, "credential": TEACHER}))
+            .await
+            .expect("teacher token");
+        (v["rtmp_url"].as_str().unwrap().into(), v["stream_key"].as_str().unwrap().into(), v)
+    }
+
+    pub async fn token(&self, body: Value) -> Result<Value, (u16, Value)> {
+        let r = self.http.post(format!("{}/api/token", self.master_url())).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if status == 200 { Ok(v) } else { Err((status, v)) }
+    }
+
+    pub async fn student(&self, stream: &str, user: &str) -> Value {
+        self.token(json!({"role": "student", "user_id": user, "stream": stream})).await.expect("student token")
+    }
+
+    /// Publishes with ffmpeg to `rtmp_url/stream_key` (a lavfi test pattern, 30 fps, GOP 1 s).
+    pub fn publish(&self, name: &str, rtmp_url: &str, stream_key: &str, seconds: Option<u32>) -> Proc {
+        ffmpeg_publish(&self.test, name, &format!("{rtmp_url}/{stream_key}"), seconds)
+    }
+
+    /// Waits until `stream` is live at its origin and announced.
+    pub async fn wait_live(&self, stream: &str, serving: usize) {
+        let path = format!("live/{stream}");
+        let ok = wait_until(Duration::from_secs(30), || async {
+            let v = get_json(&self.http, &format!("{}/cluster/streams", self.master_url())).await.unwrap_or(Value::Null);
+            v["streams"].as_array().is_some_and(|a| {
+                a.iter().any(|s| s["path"] == path && s["serving"].as_array().map(|x| x.len()).unwrap_or(0) >= serving)
+            })
+        })
+        .await;
+        assert!(ok, "{path} did not go live on {serving} nodes");
+    }
+}
+
+pub fn ffmpeg_publish(test: &str, name: &str, url: &str, seconds: Option<u32>) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
+    if let Some(s) = seconds {
+        cmd.args(["-t", &s.to_string()]);
+    }
+    cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
+    Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
+}
+
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs ffprobe on `url` and returns its JSON (streams), or the error output.
+pub fn ffprobe(url: &str) -> Result<Value, String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "15000000", "-show_entries", "stream=codec_name,width,height", "-of", "json", url])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Decodes `secs` seconds of `url` with ffmpeg; returns (success, stderr).
+pub fn ffmpeg_decode(url: &str, secs: u32) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args([&(secs + 25).to_string(), "ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", url, "-t", &secs.to_string(), "-f", "null", "-"])
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Fetches a playlist with the cluster secret (no tokens in the URIs).
+pub async fn peer_get(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    http.get(url).header("authorization", format!("Bearer {SECRET}")).send().await.unwrap()
+}
+
+pub fn codecs(probe: &Value) -> Vec<String> {
+    probe["streams"].as_array().map(|a| a.iter().map(|s| s["codec_name"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default()
+}
+
+/// (msn, part index) of the last part listed in a playlist.
+pub fn last_part(playlist: &str) -> Option<(u64, usize)> {
+    let mut last = None;
+    for l in playlist.lines() {
+        if let Some(rest) = l.strip_prefix("#EXT-X-PART:") {
+            let uri = rest.split("URI=\"").nth(1)?.split('"').next()?;
+            let r = uri.strip_prefix("part")?.split(".m4s").next()?;
+            let (m, i) = r.split_once('.')?;
+            last = Some((m.parse().ok()?, i.parse().ok()?));
+        }
+    }
+    last
+}
+
+pub fn media_sequence(playlist: &str) -> Option<u64> {
+    playlist.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")?.trim().parse().ok())
+}
