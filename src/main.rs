@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use common::secret::ClusterSecret;
 
 #[derive(Parser, Debug)]
-#[command(name = "classcast", version, about = "Live classroom streaming: RTMP in, LL-HLS out, across a cluster")]
+#[command(
+    name = "classcast",
+    version,
+    about = "Live classroom streaming: RTMP in, LL-HLS out, across a cluster"
+)]
 struct Cli {
     /// Role to run when no subcommand is given (`MODE=master|slave`, as in the original design).
     #[arg(long, env = "MODE", global = true, hide = true)]
@@ -195,13 +199,19 @@ struct HealthArgs {
 
 const INSECURE_DEV_SECRET: &str = "classcast-insecure-dev-secret-do-not-use";
 
-fn resolve_secret(c: &Common, file: Option<&PathBuf>, generate: bool) -> anyhow::Result<ClusterSecret> {
+fn resolve_secret(
+    c: &Common,
+    file: Option<&PathBuf>,
+    generate: bool,
+) -> anyhow::Result<ClusterSecret> {
     if let Some(s) = &c.cluster_secret {
         return ClusterSecret::new(s.trim());
     }
     if let Some(f) = file {
         match std::fs::read_to_string(f) {
-            Ok(s) => return ClusterSecret::new(s.trim()).with_context(|| format!("{}", f.display())),
+            Ok(s) => {
+                return ClusterSecret::new(s.trim()).with_context(|| format!("{}", f.display()));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
                 let s = ClusterSecret::generate();
                 if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -225,7 +235,9 @@ fn resolve_secret(c: &Common, file: Option<&PathBuf>, generate: bool) -> anyhow:
         }
     }
     if c.insecure_dev {
-        tracing::warn!("!!! INSECURE DEV MODE: using a well-known cluster secret. Anyone can join this cluster. Never use this in production. !!!");
+        tracing::warn!(
+            "!!! INSECURE DEV MODE: using a well-known cluster secret. Anyone can join this cluster. Never use this in production. !!!"
+        );
         return ClusterSecret::new(INSECURE_DEV_SECRET);
     }
     anyhow::bail!(
@@ -242,7 +254,14 @@ fn thresholds(t: &MasterTuning) -> master::registry::Thresholds {
     }
 }
 
-fn master_config(bind: SocketAddr, secret: ClusterSecret, key: PathBuf, teacher: Option<String>, hb_ms: u64, t: &MasterTuning) -> master::MasterConfig {
+fn master_config(
+    bind: SocketAddr,
+    secret: ClusterSecret,
+    key: PathBuf,
+    teacher: Option<String>,
+    hb_ms: u64,
+    t: &MasterTuning,
+) -> master::MasterConfig {
     let mut cfg = master::MasterConfig::new(bind, secret, key);
     cfg.teacher_credential = teacher;
     cfg.heartbeat_interval = Duration::from_millis(hb_ms);
@@ -279,7 +298,12 @@ fn hostname() -> String {
         .unwrap_or_else(|| "slave".into())
 }
 
-fn slave_config(a: &SlaveArgs, secret: ClusterSecret, http_port: u16, rtmp_port: u16) -> anyhow::Result<slave::SlaveConfig> {
+fn slave_config(
+    a: &SlaveArgs,
+    secret: ClusterSecret,
+    http_port: u16,
+    rtmp_port: u16,
+) -> anyhow::Result<slave::SlaveConfig> {
     let host = match (&a.public_host, a.http_bind.ip()) {
         (Some(h), _) => h.clone(),
         (None, ip) if ip.is_loopback() => ip.to_string(),
@@ -292,8 +316,14 @@ fn slave_config(a: &SlaveArgs, secret: ClusterSecret, http_port: u16, rtmp_port:
             h
         }
     };
-    let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{host}:{http_port}"));
-    let node_id = a.node_id.clone().unwrap_or_else(|| format!("{}-{http_port}", hostname()));
+    let public_url = a
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{host}:{http_port}"));
+    let node_id = a
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{http_port}", hostname()));
     Ok(slave::SlaveConfig {
         node_name: a.node_name.clone().unwrap_or_else(|| node_id.clone()),
         node_id,
@@ -303,7 +333,9 @@ fn slave_config(a: &SlaveArgs, secret: ClusterSecret, http_port: u16, rtmp_port:
         rtmp_url: format!("rtmp://{host}:{rtmp_port}/live"),
         public_url,
         max_connections: a.max_connections.max(1),
-        heartbeat_interval: Some(Duration::from_millis(a.common.heartbeat_interval_ms.max(50))),
+        heartbeat_interval: Some(Duration::from_millis(
+            a.common.heartbeat_interval_ms.max(50),
+        )),
         hls: hls_config(&a.media),
         rtmp: rtmp_config(&a.media),
         viewer_window: Duration::from_millis(a.media.viewer_window_ms),
@@ -315,7 +347,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -326,12 +359,21 @@ async fn shutdown_signal() {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{what}: cannot listen on {addr}"))
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
 }
 
 async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), a.generate_secret)?;
-    let cfg = master_config(a.bind, secret, a.jwt_key_file.clone(), a.teacher_password.clone(), a.common.heartbeat_interval_ms, &a.tuning);
+    let cfg = master_config(
+        a.bind,
+        secret,
+        a.jwt_key_file.clone(),
+        a.teacher_password.clone(),
+        a.common.heartbeat_interval_ms,
+        &a.tuning,
+    );
     let listener = bind(a.bind, "master").await?;
     master::serve(cfg, listener, shutdown_signal()).await
 }
@@ -340,7 +382,12 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), false)?;
     let rtmp = bind(a.rtmp_bind, "rtmp").await?;
     let http = bind(a.http_bind, "http").await?;
-    let cfg = slave_config(&a, secret, http.local_addr()?.port(), rtmp.local_addr()?.port())?;
+    let cfg = slave_config(
+        &a,
+        secret,
+        http.local_addr()?.port(),
+        rtmp.local_addr()?.port(),
+    )?;
     slave::serve(cfg, rtmp, http, shutdown_signal()).await
 }
 
@@ -354,21 +401,44 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
     let master_listener = bind(master_bind, "master").await?;
     let master_port = master_listener.local_addr()?.port();
     let master_url = format!("http://127.0.0.1:{master_port}");
-    let mcfg = master_config(master_bind, secret.clone(), a.data_dir.join("jwt-ed25519.pem"), Some(teacher.clone()), a.heartbeat_interval_ms, &a.tuning);
+    let mcfg = master_config(
+        master_bind,
+        secret.clone(),
+        a.data_dir.join("jwt-ed25519.pem"),
+        Some(teacher.clone()),
+        a.heartbeat_interval_ms,
+        &a.tuning,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(master::serve(mcfg, master_listener, wait(stop_rx.clone()))));
+    tasks.push(tokio::spawn(master::serve(
+        mcfg,
+        master_listener,
+        wait(stop_rx.clone()),
+    )));
     let mut slaves = Vec::new();
     for i in 0..a.slaves {
         let port = |base: u16| if base == 0 { 0 } else { base + i as u16 };
-        let rtmp = bind(format!("{}:{}", a.bind_host, port(a.rtmp_port_base)).parse()?, "rtmp").await?;
-        let http = bind(format!("{}:{}", a.bind_host, port(a.http_port_base)).parse()?, "http").await?;
+        let rtmp = bind(
+            format!("{}:{}", a.bind_host, port(a.rtmp_port_base)).parse()?,
+            "rtmp",
+        )
+        .await?;
+        let http = bind(
+            format!("{}:{}", a.bind_host, port(a.http_port_base)).parse()?,
+            "http",
+        )
+        .await?;
         let (hp, rp) = (http.local_addr()?.port(), rtmp.local_addr()?.port());
         let args = SlaveArgs {
-            common: Common { cluster_secret: None, insecure_dev: false, heartbeat_interval_ms: a.heartbeat_interval_ms },
+            common: Common {
+                cluster_secret: None,
+                insecure_dev: false,
+                heartbeat_interval_ms: a.heartbeat_interval_ms,
+            },
             master_url: master_url.clone(),
             cluster_secret_file: None,
             node_id: Some(format!("slave-{}", i + 1)),
@@ -383,8 +453,17 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
             media: a.media.clone(),
         };
         let cfg = slave_config(&args, secret.clone(), hp, rp)?;
-        slaves.push((cfg.node_id.clone(), cfg.rtmp_url.clone(), cfg.public_url.clone()));
-        tasks.push(tokio::spawn(slave::serve(cfg, rtmp, http, wait(stop_rx.clone()))));
+        slaves.push((
+            cfg.node_id.clone(),
+            cfg.rtmp_url.clone(),
+            cfg.public_url.clone(),
+        ));
+        tasks.push(tokio::spawn(slave::serve(
+            cfg,
+            rtmp,
+            http,
+            wait(stop_rx.clone()),
+        )));
     }
     let host = &a.public_host;
     println!("\nclasscast is up: a master and {} slave(s).\n", a.slaves);
@@ -392,10 +471,18 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
     for (id, rtmp, http) in &slaves {
         println!("  {id:<10} {rtmp}   {http}");
     }
-    println!("\nTeacher: open http://{host}:{master_port}/teacher and log in with password {teacher}");
-    println!("         (or: curl -s -XPOST http://{host}:{master_port}/api/token -H 'content-type: application/json' \\");
-    println!("                -d '{{\"role\":\"teacher\",\"user_id\":\"teacher\",\"credential\":\"{teacher}\"}}')");
-    println!("         then put the Server and Stream Key it shows into OBS (Settings → Stream → Custom).");
+    println!(
+        "\nTeacher: open http://{host}:{master_port}/teacher and log in with password {teacher}"
+    );
+    println!(
+        "         (or: curl -s -XPOST http://{host}:{master_port}/api/token -H 'content-type: application/json' \\"
+    );
+    println!(
+        "                -d '{{\"role\":\"teacher\",\"user_id\":\"teacher\",\"credential\":\"{teacher}\"}}')"
+    );
+    println!(
+        "         then put the Server and Stream Key it shows into OBS (Settings → Stream → Custom)."
+    );
     println!("Students: open http://{host}:{master_port}/ , type a name, and watch.\n");
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
@@ -418,27 +505,40 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {
     let url = a.url.unwrap_or_else(|| match mode {
         Some("slave") => {
-            let port = std::env::var("HTTP_BIND").ok().and_then(|b| b.rsplit(':').next().map(str::to_string)).unwrap_or("8888".into());
+            let port = std::env::var("HTTP_BIND")
+                .ok()
+                .and_then(|b| b.rsplit(':').next().map(str::to_string))
+                .unwrap_or("8888".into());
             format!("http://127.0.0.1:{port}/health")
         }
         _ => {
-            let port = std::env::var("MASTER_BIND").ok().and_then(|b| b.rsplit(':').next().map(str::to_string)).unwrap_or("8000".into());
+            let port = std::env::var("MASTER_BIND")
+                .ok()
+                .and_then(|b| b.rsplit(':').next().map(str::to_string))
+                .unwrap_or("8000".into());
             format!("http://127.0.0.1:{port}/health")
         }
     });
-    let r = reqwest::Client::new().get(&url).timeout(Duration::from_secs(3)).send().await?;
+    let r = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await?;
     anyhow::ensure!(r.status().is_success(), "{url} answered {}", r.status());
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let cmd = match cli.cmd {
         Some(c) => c,
         None => match cli.mode.as_deref() {

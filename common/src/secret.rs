@@ -10,7 +10,10 @@ use crate::ApiError;
 pub fn credential_eq(a: &str, b: &str) -> bool {
     let da: [u8; 32] = Sha256::digest(a.as_bytes()).into();
     let db: [u8; 32] = Sha256::digest(b.as_bytes()).into();
-    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[derive(Clone)]

@@ -454,7 +454,7 @@ impl Registry {
                     origin: String::new(),
                     serving: Vec::new(),
                 });
-                if s.origin {
+                if s.origin && s.live {
                     e.origin = n.info.node_id.clone();
                 }
                 if s.live {

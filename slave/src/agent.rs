@@ -23,7 +23,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(ctx: Arc<SlaveCtx>) -> Self {
-        Self { ctx, last_sample: Instant::now(), last_bytes_out: 0, last_ingest: 0 }
+        Self {
+            ctx,
+            last_sample: Instant::now(),
+            last_bytes_out: 0,
+            last_ingest: 0,
+        }
     }
 
     fn url(&self, p: &str) -> String {
@@ -102,6 +107,7 @@ impl Agent {
             .store
             .list()
             .iter()
+            .filter(|e| !e.stream.is_ended())
             .map(|e| StreamReport {
                 path: e.stream.path.clone(),
                 origin: e.source == Source::Origin,
@@ -112,8 +118,17 @@ impl Agent {
                 live: !e.stream.is_ended(),
             })
             .collect();
-        ctx.metrics.streams.set(streams.iter().filter(|s| s.live).count() as i64);
-        NodeStats { connections, cpu, memory, egress_bytes_per_sec: egress, ingest_bytes_per_sec: ingest_rate, streams }
+        ctx.metrics
+            .streams
+            .set(streams.iter().filter(|s| s.live).count() as i64);
+        NodeStats {
+            connections,
+            cpu,
+            memory,
+            egress_bytes_per_sec: egress,
+            ingest_bytes_per_sec: ingest_rate,
+            streams,
+        }
     }
 
     /// Heartbeats until the task is dropped. A 404 means the master forgot us (it restarted):
@@ -121,14 +136,21 @@ impl Agent {
     /// interval.
     pub async fn run(mut self) {
         let r = self.register().await;
-        let interval = self.ctx.cfg.heartbeat_interval.unwrap_or(Duration::from_millis(r.heartbeat_interval_ms.max(100)));
+        let interval = self
+            .ctx
+            .cfg
+            .heartbeat_interval
+            .unwrap_or(Duration::from_millis(r.heartbeat_interval_ms.max(100)));
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             self.ctx.viewers.purge();
             self.ctx.store.sweep();
-            let hb = Heartbeat { node_id: self.ctx.cfg.node_id.clone(), stats: self.stats() };
+            let hb = Heartbeat {
+                node_id: self.ctx.cfg.node_id.clone(),
+                stats: self.stats(),
+            };
             let res = self
                 .ctx
                 .http
@@ -157,15 +179,32 @@ impl SlaveCtx {
     /// to an interval late, and edges and routing wait on this).
     pub fn announce(self: &Arc<Self>, path: &str, live: bool) {
         let ctx = self.clone();
-        let body = StreamAnnounce { node_id: self.cfg.node_id.clone(), path: path.to_string(), live };
+        let body = StreamAnnounce {
+            node_id: self.cfg.node_id.clone(),
+            path: path.to_string(),
+            live,
+        };
         tokio::spawn(async move {
-            let url = format!("{}/cluster/streams/announce", ctx.cfg.master_url.trim_end_matches('/'));
+            let url = format!(
+                "{}/cluster/streams/announce",
+                ctx.cfg.master_url.trim_end_matches('/')
+            );
             for attempt in 0..5u32 {
-                let res = ctx.http.post(&url).header("authorization", ctx.cfg.secret.bearer()).json(&body).send().await;
+                let res = ctx
+                    .http
+                    .post(&url)
+                    .header("authorization", ctx.cfg.secret.bearer())
+                    .json(&body)
+                    .send()
+                    .await;
                 match res {
                     Ok(r) if r.status().is_success() => return,
-                    Ok(r) => tracing::warn!(status = %r.status(), path = %body.path, "stream announcement refused"),
-                    Err(e) => tracing::warn!(error = %e, path = %body.path, "stream announcement failed"),
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), path = %body.path, "stream announcement refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %body.path, "stream announcement failed")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
@@ -174,9 +213,22 @@ impl SlaveCtx {
 
     /// Best effort, on graceful shutdown.
     pub async fn unregister(&self) {
-        let url = format!("{}/cluster/unregister", self.cfg.master_url.trim_end_matches('/'));
-        let body = UnregisterRequest { node_id: self.cfg.node_id.clone() };
-        match self.http.post(url).header("authorization", self.cfg.secret.bearer()).json(&body).timeout(Duration::from_secs(2)).send().await {
+        let url = format!(
+            "{}/cluster/unregister",
+            self.cfg.master_url.trim_end_matches('/')
+        );
+        let body = UnregisterRequest {
+            node_id: self.cfg.node_id.clone(),
+        };
+        match self
+            .http
+            .post(url)
+            .header("authorization", self.cfg.secret.bearer())
+            .json(&body)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => tracing::info!("unregistered from the master"),
             Ok(r) => tracing::warn!(status = %r.status(), "unregister refused"),
             Err(e) => tracing::warn!(error = %e, "unregister failed"),

@@ -149,7 +149,13 @@ async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
 
 async fn metrics(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
     ctx.metrics.viewers.set(ctx.viewers.count() as i64);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render())
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        ctx.metrics.render(),
+    )
 }
 
 async fn mirror_order(
@@ -179,11 +185,15 @@ pub async fn serve(
     let agent = tokio::spawn(agent::Agent::new(ctx.clone()).run());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        axum::serve(http, ctx.router().into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .into_future(),
+        axum::serve(
+            http,
+            ctx.router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .into_future(),
     );
     shutdown.await;
     tracing::info!("slave shutting down");

@@ -30,10 +30,22 @@ impl SlaveMetrics {
         let ig = |n: &str, h: &str| IntGauge::new(n, h).unwrap();
         let m = Self {
             rtmp_connections: ig("classcast_slave_rtmp_connections", "Open RTMP connections"),
-            publish_refusals: ic("classcast_slave_publish_refusals_total", "RTMP publishes refused"),
-            media_errors: ic("classcast_slave_media_errors_total", "Media messages that could not be parsed"),
-            ingest_bytes: ic("classcast_slave_ingest_bytes_total", "Media bytes received over RTMP"),
-            parts: ic("classcast_slave_parts_total", "LL-HLS parts produced or mirrored"),
+            publish_refusals: ic(
+                "classcast_slave_publish_refusals_total",
+                "RTMP publishes refused",
+            ),
+            media_errors: ic(
+                "classcast_slave_media_errors_total",
+                "Media messages that could not be parsed",
+            ),
+            ingest_bytes: ic(
+                "classcast_slave_ingest_bytes_total",
+                "Media bytes received over RTMP",
+            ),
+            parts: ic(
+                "classcast_slave_parts_total",
+                "LL-HLS parts produced or mirrored",
+            ),
             part_publish_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "classcast_slave_part_publish_seconds",
@@ -43,17 +55,26 @@ impl SlaveMetrics {
             )
             .unwrap(),
             http_requests: IntCounterVec::new(
-                Opts::new("classcast_slave_http_requests_total", "HLS requests by kind"),
+                Opts::new(
+                    "classcast_slave_http_requests_total",
+                    "HLS requests by kind",
+                ),
                 &["kind"],
             )
             .unwrap(),
             http_refusals: IntCounterVec::new(
-                Opts::new("classcast_slave_http_refusals_total", "HLS requests refused, by reason"),
+                Opts::new(
+                    "classcast_slave_http_refusals_total",
+                    "HLS requests refused, by reason",
+                ),
                 &["reason"],
             )
             .unwrap(),
             bytes_out: ic("classcast_slave_bytes_out_total", "HLS body bytes sent"),
-            viewers: ig("classcast_slave_viewers", "Viewer sessions (distinct tokens in the window)"),
+            viewers: ig(
+                "classcast_slave_viewers",
+                "Viewer sessions (distinct tokens in the window)",
+            ),
             streams: ig("classcast_slave_streams", "Streams served by this node"),
             mirror_lag_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -63,8 +84,14 @@ impl SlaveMetrics {
                 .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
             )
             .unwrap(),
-            upstream_reconnects: ic("classcast_slave_upstream_reconnects_total", "Edge → origin reconnects"),
-            upstream_connections: ig("classcast_slave_upstream_connections", "Streams mirrored from an upstream"),
+            upstream_reconnects: ic(
+                "classcast_slave_upstream_reconnects_total",
+                "Edge → origin reconnects",
+            ),
+            upstream_connections: ig(
+                "classcast_slave_upstream_connections",
+                "Streams mirrored from an upstream",
+            ),
             prom,
         };
         let cs: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -91,7 +118,9 @@ impl SlaveMetrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.prom.gather(), &mut buf).ok();
+        TextEncoder::new()
+            .encode(&self.prom.gather(), &mut buf)
+            .ok();
         String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -36,7 +36,12 @@ pub fn handle_order(ctx: &Arc<SlaveCtx>, order: MirrorOrder) {
 }
 
 /// Starts mirroring `path` unless this node already serves it.
-pub fn start(ctx: &Arc<SlaveCtx>, path: &str, origin_node_id: &str, origin_url: &str) -> Option<Arc<StreamEntry>> {
+pub fn start(
+    ctx: &Arc<SlaveCtx>,
+    path: &str,
+    origin_node_id: &str,
+    origin_url: &str,
+) -> Option<Arc<StreamEntry>> {
     if let Some(e) = ctx.store.get(path)
         && !e.stream.is_ended()
     {
@@ -47,7 +52,9 @@ pub fn start(ctx: &Arc<SlaveCtx>, path: &str, origin_node_id: &str, origin_url: 
         Some(u) => ("upstream".to_string(), u.clone()),
         None => (origin_node_id.to_string(), origin_url.to_string()),
     };
-    let entry = ctx.store.create(path, ctx.cfg.hls.clone(), Source::Edge { upstream_node });
+    let entry = ctx
+        .store
+        .create(path, ctx.cfg.hls.clone(), Source::Edge { upstream_node });
     tracing::info!(%path, upstream = %upstream_url, "mirroring stream");
     let ctx2 = ctx.clone();
     let stream = entry.stream.clone();
@@ -63,8 +70,17 @@ pub fn start(ctx: &Arc<SlaveCtx>, path: &str, origin_node_id: &str, origin_url: 
 
 /// A viewer asked for a stream we do not have: ask the master where it lives and mirror it.
 pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<StreamEntry>> {
-    let url = format!("{}/cluster/streams/origin?path={path}", ctx.cfg.master_url.trim_end_matches('/'));
-    let resp = ctx.http.get(url).header("authorization", ctx.cfg.secret.bearer()).send().await.ok()?;
+    let url = format!(
+        "{}/cluster/streams/origin?path={path}",
+        ctx.cfg.master_url.trim_end_matches('/')
+    );
+    let resp = ctx
+        .http
+        .get(url)
+        .header("authorization", ctx.cfg.secret.bearer())
+        .send()
+        .await
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }
@@ -74,7 +90,9 @@ pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<Stre
     }
     let e = start(ctx, path, &order.origin_node_id, &order.origin_url)?;
     // Give the first pull a moment so the viewer's first playlist is not empty.
-    e.stream.wait_for(Duration::from_secs(2), |st| st.last_part().is_some()).await;
+    e.stream
+        .wait_for(Duration::from_secs(2), |st| st.last_part().is_some())
+        .await;
     Some(e)
 }
 
@@ -101,7 +119,12 @@ async fn pull(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, upstream: &str) {
                 ctx.metrics.upstream_reconnects.inc();
                 tracing::warn!(path = %stream.path, %why, ?backoff, "lost upstream; reconnecting");
                 // An origin that stays unreachable past the publisher grace is gone for good.
-                let idle = stream.read().segments.back().map(|s| s.first_part_at.elapsed()).unwrap_or_default();
+                let idle = stream
+                    .read()
+                    .segments
+                    .back()
+                    .map(|s| s.first_part_at.elapsed())
+                    .unwrap_or_default();
                 if failures_since_data > 3 && idle > stream.cfg.grace + Duration::from_secs(5) {
                     tracing::warn!(path = %stream.path, "upstream unreachable past the grace period; ending");
                     return;
@@ -131,7 +154,14 @@ async fn pull_once(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str) -> 
             Some((m, p)) if !first => format!("{base}/index.m3u8?_HLS_msn={m}&_HLS_part={p}"),
             _ => format!("{base}/index.m3u8"),
         };
-        let resp = match ctx.http.get(&url).header("authorization", &auth).timeout(Duration::from_secs(15)).send().await {
+        let resp = match ctx
+            .http
+            .get(&url)
+            .header("authorization", &auth)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => return PullEnd::Lost(e.to_string()),
         };
@@ -164,7 +194,11 @@ async fn pull_once(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str) -> 
             Err(e) => return PullEnd::Lost(format!("unparseable upstream playlist: {e}")),
         };
         first = false;
-        stream.adopt_origin_header(pl.target_duration, pl.part_target, pl.discontinuity_sequence);
+        stream.adopt_origin_header(
+            pl.target_duration,
+            pl.part_target,
+            pl.discontinuity_sequence,
+        );
         if let Err(e) = sync(ctx, stream, base, &pl).await {
             return PullEnd::Lost(e);
         }
@@ -180,7 +214,12 @@ async fn pull_once(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str) -> 
 
 /// Brings the local copy up to the upstream playlist: missing inits, whole segments for the
 /// old part of the window, parts for the live end.
-async fn sync(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str, pl: &ParsedPlaylist) -> Result<(), String> {
+async fn sync(
+    ctx: &Arc<SlaveCtx>,
+    stream: &Arc<HlsStream>,
+    base: &str,
+    pl: &ParsedPlaylist,
+) -> Result<(), String> {
     let auth = ctx.cfg.secret.bearer();
     let get = |url: String| {
         let auth = auth.clone();
@@ -222,7 +261,14 @@ async fn sync(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str, pl: &Par
         if seg.parts.is_empty() {
             if !have_segment && seg.duration.is_some() {
                 let data = get(format!("{base}/seg{}.m4s", seg.msn)).await?;
-                stream.insert_full_segment(seg.msn, data, seg.duration.unwrap_or(0.0), seg.pdt_ms, seg.discontinuity, seg.init_id);
+                stream.insert_full_segment(
+                    seg.msn,
+                    data,
+                    seg.duration.unwrap_or(0.0),
+                    seg.pdt_ms,
+                    seg.discontinuity,
+                    seg.init_id,
+                );
             }
             continue;
         }
@@ -240,7 +286,15 @@ async fn sync(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str, pl: &Par
     Ok(())
 }
 
-fn insert(ctx: &SlaveCtx, stream: &HlsStream, seg: &ParsedSegment, index: usize, data: bytes::Bytes, duration: f64, independent: bool) {
+fn insert(
+    ctx: &SlaveCtx,
+    stream: &HlsStream,
+    seg: &ParsedSegment,
+    index: usize,
+    data: bytes::Bytes,
+    duration: f64,
+    independent: bool,
+) {
     let t = Instant::now();
     if stream.insert_part(PartIn {
         msn: seg.msn,
@@ -253,6 +307,8 @@ fn insert(ctx: &SlaveCtx, stream: &HlsStream, seg: &ParsedSegment, index: usize,
         init_id: seg.init_id,
     }) {
         ctx.metrics.parts.inc();
-        ctx.metrics.part_publish_seconds.observe(t.elapsed().as_secs_f64());
+        ctx.metrics
+            .part_publish_seconds
+            .observe(t.elapsed().as_secs_f64());
     }
 }

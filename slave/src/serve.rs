@@ -72,10 +72,14 @@ impl HlsQuery {
             match &*k {
                 "jwt" | "token" => q.jwt = Some(v.into_owned()),
                 "_HLS_msn" => {
-                    q.msn = Some(v.parse().map_err(|_| ApiError::bad_request("_HLS_msn must be a non-negative integer"))?)
+                    q.msn = Some(v.parse().map_err(|_| {
+                        ApiError::bad_request("_HLS_msn must be a non-negative integer")
+                    })?)
                 }
                 "_HLS_part" => {
-                    q.part = Some(v.parse().map_err(|_| ApiError::bad_request("_HLS_part must be a non-negative integer"))?)
+                    q.part = Some(v.parse().map_err(|_| {
+                        ApiError::bad_request("_HLS_part must be a non-negative integer")
+                    })?)
                 }
                 _ => {}
             }
@@ -93,17 +97,27 @@ enum Caller {
     Peer,
 }
 
-fn authorize(ctx: &SlaveCtx, headers: &HeaderMap, q: &HlsQuery, path: &str) -> Result<Caller, ApiError> {
+fn authorize(
+    ctx: &SlaveCtx,
+    headers: &HeaderMap,
+    q: &HlsQuery,
+    path: &str,
+) -> Result<Caller, ApiError> {
     if headers.contains_key(header::AUTHORIZATION) && q.jwt.is_none() {
         ctx.cfg.secret.check(headers)?;
         return Ok(Caller::Peer);
     }
-    let verifier = ctx
-        .verifier()
-        .ok_or_else(|| ApiError::unavailable("not_registered", "this node has not registered with the master yet"))?;
+    let verifier = ctx.verifier().ok_or_else(|| {
+        ApiError::unavailable(
+            "not_registered",
+            "this node has not registered with the master yet",
+        )
+    })?;
     let claims = verifier.authorize(q.jwt.as_deref(), &ctx.cfg.node_id, path, Action::Read)?;
     ctx.viewers.touch(&claims.jti);
-    Ok(Caller::Viewer { token: q.jwt.clone().unwrap_or_default() })
+    Ok(Caller::Viewer {
+        token: q.jwt.clone().unwrap_or_default(),
+    })
 }
 
 async fn hls_file(
@@ -134,7 +148,8 @@ async fn serve_file(
     if !common::valid_stream_name(name) {
         return Err(ApiError::not_found("not_found", "no such stream"));
     }
-    let kind = HlsFile::parse(file).ok_or_else(|| ApiError::not_found("not_found", "no such file"))?;
+    let kind =
+        HlsFile::parse(file).ok_or_else(|| ApiError::not_found("not_found", "no such file"))?;
     let path = format!("{}/{name}", common::APP);
     let q = HlsQuery::parse(raw)?;
     let caller = authorize(ctx, headers, &q, &path)?;
@@ -144,7 +159,12 @@ async fn serve_file(
             // A viewer may arrive before the mirror order: start mirroring on demand.
             match crate::mirror::start_on_demand(ctx, &path).await {
                 Some(e) => e,
-                None => return Err(ApiError::not_found("stream_not_found", format!("{path} is not live here"))),
+                None => {
+                    return Err(ApiError::not_found(
+                        "stream_not_found",
+                        format!("{path} is not live here"),
+                    ));
+                }
             }
         }
     };
@@ -159,45 +179,69 @@ async fn serve_file(
     match kind {
         HlsFile::Playlist => {
             let body = playlist_response(stream, &q, &caller).await?;
-            let mut r = respond(ctx, body.into(), "application/vnd.apple.mpegurl", "no-cache");
+            let mut r = respond(
+                ctx,
+                body.into(),
+                "application/vnd.apple.mpegurl",
+                "no-cache",
+            );
             if matches!(caller, Caller::Peer) {
-                let newest = stream.read().segments.back().and_then(|s| s.parts.last()).map(|p| p.created_ms);
+                let newest = stream
+                    .read()
+                    .segments
+                    .back()
+                    .and_then(|s| s.parts.last())
+                    .map(|p| p.created_ms);
                 if let Some(t) = newest {
-                    r.headers_mut().insert(crate::mirror::PART_TIME_HEADER, HeaderValue::from(t));
+                    r.headers_mut()
+                        .insert(crate::mirror::PART_TIME_HEADER, HeaderValue::from(t));
                 }
             }
             Ok(r)
         }
         HlsFile::Init(id) => {
             let data = stream.read().init(id).cloned();
-            let data = match data {
-                Some(d) => d,
-                None => {
-                    // The first init arrives with the first keyframe; wait briefly for it.
-                    let hold = hold_time(stream);
-                    stream.wait_for(hold, |st| st.init(id).is_some()).await;
-                    stream.read().init(id).cloned().ok_or_else(|| ApiError::not_found("not_found", "no such init segment"))?
-                }
-            };
+            let data =
+                match data {
+                    Some(d) => d,
+                    None => {
+                        // The first init arrives with the first keyframe; wait briefly for it.
+                        let hold = hold_time(stream);
+                        stream.wait_for(hold, |st| st.init(id).is_some()).await;
+                        stream.read().init(id).cloned().ok_or_else(|| {
+                            ApiError::not_found("not_found", "no such init segment")
+                        })?
+                    }
+                };
             Ok(media(ctx, data))
         }
         HlsFile::Segment(msn) => {
             let ready = |st: &StreamState| st.segment(msn).is_some_and(|s| s.complete);
-            let known = { let st = stream.read(); st.segment(msn).is_some() || st.last_msn().is_some_and(|l| msn == l + 1) };
+            let known = {
+                let st = stream.read();
+                st.segment(msn).is_some() || st.last_msn().is_some_and(|l| msn == l + 1)
+            };
             if !known {
                 return Err(ApiError::not_found("not_found", "no such segment"));
             }
             stream.wait_for(hold_time(stream), ready).await;
             let data = stream.read().segment(msn).and_then(|s| s.full.clone());
-            data.map(|d| media(ctx, d)).ok_or_else(|| ApiError::not_found("not_found", "segment not available"))
+            data.map(|d| media(ctx, d))
+                .ok_or_else(|| ApiError::not_found("not_found", "segment not available"))
         }
         HlsFile::Part(msn, idx) => {
-            let get = |st: &StreamState| st.segment(msn).and_then(|s| s.parts.get(idx)).map(|p| p.data.clone());
+            let get = |st: &StreamState| {
+                st.segment(msn)
+                    .and_then(|s| s.parts.get(idx))
+                    .map(|p| p.data.clone())
+            };
             let (found, next) = {
                 let st = stream.read();
                 let next = match st.segments.back() {
                     Some(s) if s.complete => msn == s.msn + 1 && idx == 0,
-                    Some(s) => (msn == s.msn && idx == s.parts.len()) || (msn == s.msn + 1 && idx == 0),
+                    Some(s) => {
+                        (msn == s.msn && idx == s.parts.len()) || (msn == s.msn + 1 && idx == 0)
+                    }
                     None => idx == 0,
                 };
                 (get(&st), next)
@@ -209,9 +253,12 @@ async fn serve_file(
                 return Err(ApiError::not_found("not_found", "no such part"));
             }
             // A preload-hinted part: hold the request until it exists.
-            stream.wait_for(hold_time(stream), |st| st.part_settled(msn, idx)).await;
+            stream
+                .wait_for(hold_time(stream), |st| st.part_settled(msn, idx))
+                .await;
             let d = get(&stream.read());
-            d.map(|d| media(ctx, d)).ok_or_else(|| ApiError::not_found("not_found", "part not available"))
+            d.map(|d| media(ctx, d))
+                .ok_or_else(|| ApiError::not_found("not_found", "part not available"))
         }
     }
 }
@@ -223,25 +270,42 @@ fn hold_time(stream: &HlsStream) -> Duration {
     Duration::from_secs(3 * target)
 }
 
-async fn playlist_response(stream: &Arc<HlsStream>, q: &HlsQuery, caller: &Caller) -> Result<String, ApiError> {
+async fn playlist_response(
+    stream: &Arc<HlsStream>,
+    q: &HlsQuery,
+    caller: &Caller,
+) -> Result<String, ApiError> {
     if let Some(msn) = q.msn {
         {
             let st = stream.read();
             let last = st.last_msn();
-            let base = last.or_else(|| Some(0)).unwrap_or(0);
+            let base = last.unwrap_or(0);
             if !st.ended && msn > base + 2 && last.is_some() {
-                return Err(ApiError::bad_request(format!("_HLS_msn={msn} is too far ahead (last is {base})")));
+                return Err(ApiError::bad_request(format!(
+                    "_HLS_msn={msn} is too far ahead (last is {base})"
+                )));
             }
         }
         let part = q.part;
         let ready = move |st: &StreamState| match part {
             Some(p) => st.part_settled(msn, p),
-            None => st.segment(msn).is_some_and(|s| s.complete) || st.last_msn().is_some_and(|l| l > msn),
+            None => {
+                st.segment(msn).is_some_and(|s| s.complete)
+                    || st.last_msn().is_some_and(|l| l > msn)
+            }
         };
         let ok = stream.wait_for(hold_time(stream), ready).await;
         if !ok && !stream.is_ended() {
-            return Err(ApiError::unavailable("not_ready", "the requested part did not appear in time"));
+            return Err(ApiError::unavailable(
+                "not_ready",
+                "the requested part did not appear in time",
+            ));
         }
+    } else {
+        // Plain-HLS players need at least one whole segment; a playlist of parts only would
+        // make them give up. Hold the very first request until a segment completes.
+        let has_segment = |st: &StreamState| st.segments.iter().any(|s| s.complete);
+        stream.wait_for(hold_time(stream), has_segment).await;
     }
     let query = match caller {
         Caller::Viewer { token } => Some(format!("jwt={token}")),
@@ -251,7 +315,12 @@ async fn playlist_response(stream: &Arc<HlsStream>, q: &HlsQuery, caller: &Calle
     Ok(playlist::render(&st, &stream.cfg, query.as_deref()))
 }
 
-fn respond(ctx: &SlaveCtx, body: Bytes, content_type: &'static str, cache: &'static str) -> Response {
+fn respond(
+    ctx: &SlaveCtx,
+    body: Bytes,
+    content_type: &'static str,
+    cache: &'static str,
+) -> Response {
     ctx.metrics.bytes_out.inc_by(body.len() as u64);
     let mut r = Response::new(Body::from(body));
     let h = r.headers_mut();
@@ -261,7 +330,12 @@ fn respond(ctx: &SlaveCtx, body: Bytes, content_type: &'static str, cache: &'sta
 }
 
 fn media(ctx: &SlaveCtx, data: Bytes) -> Response {
-    respond(ctx, data, "video/mp4", "public, max-age=31536000, immutable")
+    respond(
+        ctx,
+        data,
+        "video/mp4",
+        "public, max-age=31536000, immutable",
+    )
 }
 
 #[cfg(test)]
@@ -274,7 +348,17 @@ mod tests {
         assert_eq!(HlsFile::parse("init3.mp4"), Some(HlsFile::Init(3)));
         assert_eq!(HlsFile::parse("seg12.m4s"), Some(HlsFile::Segment(12)));
         assert_eq!(HlsFile::parse("part12.4.m4s"), Some(HlsFile::Part(12, 4)));
-        for bad in ["", "seg.m4s", "seg-1.m4s", "part1.m4s", "part1..m4s", "../x", "seg1.m4s/..", "init.mp4", "seg99999999999999999999.m4s"] {
+        for bad in [
+            "",
+            "seg.m4s",
+            "seg-1.m4s",
+            "part1.m4s",
+            "part1..m4s",
+            "../x",
+            "seg1.m4s/..",
+            "init.mp4",
+            "seg99999999999999999999.m4s",
+        ] {
             assert_eq!(HlsFile::parse(bad), None, "{bad}");
         }
     }
@@ -283,9 +367,21 @@ mod tests {
     fn queries() {
         assert_eq!(HlsQuery::parse(None).unwrap(), HlsQuery::default());
         let q = HlsQuery::parse(Some("jwt=a.b.c&_HLS_msn=5&_HLS_part=2&x=1")).unwrap();
-        assert_eq!((q.jwt.as_deref(), q.msn, q.part), (Some("a.b.c"), Some(5), Some(2)));
-        assert_eq!(HlsQuery::parse(Some("_HLS_part=1")).unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(HlsQuery::parse(Some("_HLS_msn=-1")).unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(HlsQuery::parse(Some("_HLS_msn=abc")).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (q.jwt.as_deref(), q.msn, q.part),
+            (Some("a.b.c"), Some(5), Some(2))
+        );
+        assert_eq!(
+            HlsQuery::parse(Some("_HLS_part=1")).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            HlsQuery::parse(Some("_HLS_msn=-1")).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            HlsQuery::parse(Some("_HLS_msn=abc")).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 }

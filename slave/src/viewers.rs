@@ -14,7 +14,11 @@ pub struct ViewerTracker {
 
 impl ViewerTracker {
     pub fn new(window: Duration) -> Self {
-        Self { seen: DashMap::new(), window, max: 1_000_000 }
+        Self {
+            seen: DashMap::new(),
+            window,
+            max: 1_000_000,
+        }
     }
 
     pub fn touch(&self, jti: &str) {
@@ -35,7 +39,10 @@ impl ViewerTracker {
 
     pub fn count(&self) -> u32 {
         let w = self.window;
-        self.seen.iter().filter(|e| e.value().elapsed() <= w).count() as u32
+        self.seen
+            .iter()
+            .filter(|e| e.value().elapsed() <= w)
+            .count() as u32
     }
 }
 

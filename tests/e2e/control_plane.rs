@@ -36,7 +36,12 @@ async fn heartbeat(c: &Cluster, id: &str, connections: u32, streams: Value) -> (
 }
 
 fn node<'a>(nodes: &'a Value, id: &str) -> &'a Value {
-    nodes["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == id).unwrap_or(&Value::Null)
+    nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .unwrap_or(&Value::Null)
 }
 
 fn live(path: &str, origin: bool) -> Value {
@@ -45,7 +50,12 @@ fn live(path: &str, origin: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_statuses_tokens_balance_and_refusals() {
-    let t = Timings { heartbeat_ms: 200, offline_after_ms: 1000, grace_ms: 1000, token_ttl_secs: 2 };
+    let t = Timings {
+        heartbeat_ms: 200,
+        offline_after_ms: 1000,
+        grace_ms: 1000,
+        token_ttl_secs: 2,
+    };
     let c = Cluster::start("control_plane", 0, t).await;
 
     // --- Registration and its refusals.
@@ -53,7 +63,12 @@ async fn master_statuses_tokens_balance_and_refusals() {
     let again = register(&c, "a", 100).await; // idempotent
     assert_eq!(reg["public_key"], again["public_key"]);
     assert_eq!(reg["heartbeat_interval_ms"], 200);
-    let jwks = get_json(&c.http, &format!("{}/.well-known/jwks.json", c.master_url())).await.unwrap();
+    let jwks = get_json(
+        &c.http,
+        &format!("{}/.well-known/jwks.json", c.master_url()),
+    )
+    .await
+    .unwrap();
     assert_eq!(jwks["keys"][0]["x"], reg["public_key"]);
     assert_eq!(c.nodes().await["total_nodes"], 1);
 
@@ -62,20 +77,51 @@ async fn master_statuses_tokens_balance_and_refusals() {
     let r = c.http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401, "no secret");
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
-    let r = c.http.post(&url).bearer_auth("wrong-secret-wrong-secret").json(&body).send().await.unwrap();
+    let r = c
+        .http
+        .post(&url)
+        .bearer_auth("wrong-secret-wrong-secret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "wrong secret");
-    let r = c.http.post(&url).bearer_auth(SECRET).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let r = c
+        .http
+        .post(&url)
+        .bearer_auth(SECRET)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_json");
     let big = format!("{{\"node_id\":\"{}\"}}", "x".repeat(70 * 1024));
-    let r = c.http.post(&url).bearer_auth(SECRET).header("content-type", "application/json").body(big).send().await.unwrap();
+    let r = c
+        .http
+        .post(&url)
+        .bearer_auth(SECRET)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
-    assert!(node(&c.nodes().await, "rogue").is_null(), "rogue node must not be registered");
+    assert!(
+        node(&c.nodes().await, "rogue").is_null(),
+        "rogue node must not be registered"
+    );
 
     // --- Status transitions from real load figures.
     let stream = live("live/stream", true);
-    for (conns, want) in [(69, "healthy"), (70, "warning"), (90, "critical"), (10, "healthy")] {
+    for (conns, want) in [
+        (69, "healthy"),
+        (70, "warning"),
+        (90, "critical"),
+        (10, "healthy"),
+    ] {
         let (code, v) = heartbeat(&c, "a", conns, stream.clone()).await;
         assert_eq!(code, 200);
         assert_eq!(v["status"], want, "at {conns}%");
@@ -86,12 +132,32 @@ async fn master_statuses_tokens_balance_and_refusals() {
     }
     // Offline after the timeout, back to Healthy after a heartbeat.
     let t0 = Instant::now();
-    assert!(wait_until(Duration::from_secs(5), || async { node(&c.nodes().await, "a")["status"] == "offline" }).await);
-    assert!(t0.elapsed() >= Duration::from_millis(800), "offline too early: {:?}", t0.elapsed());
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            node(&c.nodes().await, "a")["status"] == "offline"
+        })
+        .await
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "offline too early: {:?}",
+        t0.elapsed()
+    );
     let (code, v) = heartbeat(&c, "a", 5, stream.clone()).await;
     assert_eq!((code, v["status"].as_str()), (200, Some("healthy")));
-    let metrics = c.http.get(format!("{}/metrics", c.master_url())).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("classcast_master_status_transitions_total{to=\"offline\"} 1"), "{metrics}");
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.master_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("classcast_master_status_transitions_total{to=\"offline\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("classcast_master_status_transitions_total{to=\"warning\"} 1"));
     assert!(metrics.contains("classcast_master_node_load_percent{node_id=\"a\"} 5"));
 
@@ -104,30 +170,52 @@ async fn master_statuses_tokens_balance_and_refusals() {
     // --- Tokens: node binding, verification with the registration key, expiry.
     let v = c.student("stream", "alice").await;
     assert_eq!(v["node_id"], "a");
-    assert!(v["hls_url"].as_str().unwrap().starts_with("http://a.test:8888/live/stream/index.m3u8?jwt="));
+    assert!(
+        v["hls_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://a.test:8888/live/stream/index.m3u8?jwt=")
+    );
     let token = v["token"].as_str().unwrap();
-    let verifier = TokenVerifier::from_public_x(reg["public_key"].as_str().unwrap(), "classcast").unwrap();
-    let claims = verifier.authorize(Some(token), "a", "live/stream", Action::Read).unwrap();
-    assert_eq!((claims.sub.as_str(), claims.node_id.as_str()), ("alice", "a"));
+    let verifier =
+        TokenVerifier::from_public_x(reg["public_key"].as_str().unwrap(), "classcast").unwrap();
+    let claims = verifier
+        .authorize(Some(token), "a", "live/stream", Action::Read)
+        .unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.node_id.as_str()),
+        ("alice", "a")
+    );
     assert!(!claims.jti.is_empty());
     let other = common::token::SigningKey::generate().unwrap().0;
     let wrong = TokenVerifier::from_public_x(&other.public_x(), "classcast").unwrap();
     assert!(matches!(wrong.verify(token), Err(TokenError::Invalid(_))));
     // TTL is 2 s here: the token expires.
-    let fresh = TokenVerifier::from_public_x(reg["public_key"].as_str().unwrap(), "classcast").unwrap();
+    let fresh =
+        TokenVerifier::from_public_x(reg["public_key"].as_str().unwrap(), "classcast").unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(fresh.verify(token).unwrap_err(), TokenError::Expired);
 
     // Bad inputs to /api/token.
-    for bad in [json!({"role":"student","user_id":"<script>","stream":"stream"}), json!({"role":"student","user_id":"","stream":"stream"}),
-                json!({"role":"student","user_id":"x".repeat(65)}), json!({"role":"student","user_id":"bob","stream":"../etc"})] {
+    for bad in [
+        json!({"role":"student","user_id":"<script>","stream":"stream"}),
+        json!({"role":"student","user_id":"","stream":"stream"}),
+        json!({"role":"student","user_id":"x".repeat(65)}),
+        json!({"role":"student","user_id":"bob","stream":"../etc"}),
+    ] {
         let (code, v) = c.token(bad.clone()).await.unwrap_err();
         assert_eq!(code, 400, "{bad}");
         assert!(v["error"].is_string() && v["message"].is_string());
     }
-    let (code, _) = c.token(json!({"role":"teacher","user_id":"t","credential":"nope"})).await.unwrap_err();
+    let (code, _) = c
+        .token(json!({"role":"teacher","user_id":"t","credential":"nope"}))
+        .await
+        .unwrap_err();
     assert_eq!(code, 401);
-    let (code, v) = c.token(json!({"role":"student","user_id":"bob","stream":"notlive"})).await.unwrap_err();
+    let (code, v) = c
+        .token(json!({"role":"student","user_id":"bob","stream":"notlive"}))
+        .await
+        .unwrap_err();
     assert_eq!((code, v["error"].as_str()), (404, Some("stream_not_live")));
 
     // --- Burst balance: 150 concurrent tokens over 3 idle slaves land 50/50/50 ±1.
@@ -139,7 +227,12 @@ async fn master_statuses_tokens_balance_and_refusals() {
     }
     let reqs = (0..150).map(|i| {
         let c = &c;
-        async move { c.student("burst", &format!("s{i}")).await["node_id"].as_str().unwrap().to_string() }
+        async move {
+            c.student("burst", &format!("s{i}")).await["node_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
     });
     let mut counts = BTreeMap::new();
     for id in futures::future::join_all(reqs).await {
@@ -154,10 +247,19 @@ async fn master_statuses_tokens_balance_and_refusals() {
     heartbeat(&c, "a", 950, live("live/burst", true)).await; // critical
     heartbeat(&c, "b", 750, live("live/burst", false)).await; // warning
     heartbeat(&c, "c", 800, live("live/burst", false)).await; // warning
-    assert_eq!(c.student("burst", "w1").await["node_id"], "b", "warning nodes still take viewers");
-    let v = c.token(json!({"role":"student","user_id":"w2","stream":"burst","exclude":"b"})).await.unwrap();
+    assert_eq!(
+        c.student("burst", "w1").await["node_id"],
+        "b",
+        "warning nodes still take viewers"
+    );
+    let v = c
+        .token(json!({"role":"student","user_id":"w2","stream":"burst","exclude":"b"}))
+        .await
+        .unwrap();
     assert_eq!(v["node_id"], "c");
-    let best = get_json(&c.http, &format!("{}/cluster/best-node", c.master_url())).await.unwrap();
+    let best = get_json(&c.http, &format!("{}/cluster/best-node", c.master_url()))
+        .await
+        .unwrap();
     assert!(best["node_id"] == "b" || best["node_id"] == "c");
     // Let b and c go offline (only a keeps heartbeating): a, although critical, is the only choice.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -172,37 +274,92 @@ async fn master_statuses_tokens_balance_and_refusals() {
     }
     assert_eq!(c.student("burst", "w3").await["node_id"], "a");
     // Nothing left at all → 503 with a JSON error.
-    c.http.post(format!("{}/cluster/unregister", c.master_url())).bearer_auth(SECRET).json(&json!({"node_id":"a"})).send().await.unwrap();
-    let (code, v) = c.token(json!({"role":"monitor","user_id":"m"})).await.unwrap_err();
+    c.http
+        .post(format!("{}/cluster/unregister", c.master_url()))
+        .bearer_auth(SECRET)
+        .json(&json!({"node_id":"a"}))
+        .send()
+        .await
+        .unwrap();
+    let (code, v) = c
+        .token(json!({"role":"monitor","user_id":"m"}))
+        .await
+        .unwrap_err();
     assert_eq!((code, v["error"].as_str()), (503, Some("no_node")));
-    let r = c.http.get(format!("{}/cluster/best-node", c.master_url())).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/cluster/best-node", c.master_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_restart_slave_reregisters_and_key_survives() {
-    let t = Timings { heartbeat_ms: 300, ..Default::default() };
+    let t = Timings {
+        heartbeat_ms: 300,
+        ..Default::default()
+    };
     let mut c = Cluster::start("master_restart", 1, t).await;
-    let jwks1 = get_json(&c.http, &format!("{}/.well-known/jwks.json", c.master_url())).await.unwrap();
-    let tok = c.token(json!({"role":"monitor","user_id":"m"})).await.unwrap();
+    let jwks1 = get_json(
+        &c.http,
+        &format!("{}/.well-known/jwks.json", c.master_url()),
+    )
+    .await
+    .unwrap();
+    let tok = c
+        .token(json!({"role":"monitor","user_id":"m"}))
+        .await
+        .unwrap();
     c.master.as_mut().unwrap().kill9();
     c.start_master();
     // Within one heartbeat (plus process start) the slave is back.
     let t0 = Instant::now();
     c.wait_healthy(1).await;
-    assert!(t0.elapsed() < Duration::from_secs(3), "re-registration took {:?}", t0.elapsed());
-    let jwks2 = get_json(&c.http, &format!("{}/.well-known/jwks.json", c.master_url())).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "re-registration took {:?}",
+        t0.elapsed()
+    );
+    let jwks2 = get_json(
+        &c.http,
+        &format!("{}/.well-known/jwks.json", c.master_url()),
+    )
+    .await
+    .unwrap();
     assert_eq!(jwks1, jwks2, "the signing key must survive a restart");
     // A token from before the restart still verifies on the slave.
     let s = c.slave("s1");
-    let r = c.http.get(format!("{}/live/stream/index.m3u8?jwt={}", s.base(), tok["token"].as_str().unwrap())).send().await.unwrap();
-    assert_eq!(r.status(), 404, "token accepted (the stream is simply not live)");
+    let r = c
+        .http
+        .get(format!(
+            "{}/live/stream/index.m3u8?jwt={}",
+            s.base(),
+            tok["token"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "token accepted (the stream is simply not live)"
+    );
     assert!(c.slave("s1").proc.log_text().contains("re-registering"));
 
     // Graceful slave shutdown unregisters.
     let st = c.slave_mut("s1").proc.terminate(Duration::from_secs(5));
-    assert!(st.is_some_and(|s| s.success()), "slave exits cleanly on SIGTERM");
-    assert!(wait_until(Duration::from_secs(3), || async { c.nodes().await["total_nodes"] == 0 }).await);
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "slave exits cleanly on SIGTERM"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            c.nodes().await["total_nodes"] == 0
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,19 +367,41 @@ async fn up_runs_a_whole_cluster() {
     let dir = log_dir("up");
     let master_port = free_port();
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["up", "--slaves", "3", "--master-port", &master_port.to_string()])
-        .args(["--rtmp-port-base", "0", "--http-port-base", "0", "--heartbeat-interval-ms", "300"])
-        .args(["--data-dir", dir.join("data").to_str().unwrap()]);
+    cmd.args([
+        "up",
+        "--slaves",
+        "3",
+        "--master-port",
+        &master_port.to_string(),
+    ])
+    .args([
+        "--rtmp-port-base",
+        "0",
+        "--http-port-base",
+        "0",
+        "--heartbeat-interval-ms",
+        "300",
+    ])
+    .args(["--data-dir", dir.join("data").to_str().unwrap()]);
     let p = Proc::spawn("up", dir.join("up.log"), &mut cmd);
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{master_port}/cluster/nodes");
     let ok = wait_until(Duration::from_secs(20), || async {
-        get_json(&http, &url).await.is_some_and(|v| v["healthy_nodes"] == 3)
+        get_json(&http, &url)
+            .await
+            .is_some_and(|v| v["healthy_nodes"] == 3)
     })
     .await;
-    assert!(ok, "up did not show 3 healthy slaves; log:\n{}", p.log_text());
+    assert!(
+        ok,
+        "up did not show 3 healthy slaves; log:\n{}",
+        p.log_text()
+    );
     let log = p.log_text();
-    assert!(log.contains("/teacher") && log.contains("Students:"), "up prints next steps:\n{log}");
+    assert!(
+        log.contains("/teacher") && log.contains("Students:"),
+        "up prints next steps:\n{log}"
+    );
 }
 
 #[test]

@@ -11,7 +11,15 @@ use crate::support::*;
 
 fn sign(c: &Cluster, node: &str, path: &str, ttl_secs: i64) -> String {
     let key = SigningKey::load_or_generate(&c.key_file).unwrap();
-    let mut claims = new_claims("classcast", "tester", Role::Student, node, path, Action::Read, Duration::from_secs(3600));
+    let mut claims = new_claims(
+        "classcast",
+        "tester",
+        Role::Student,
+        node,
+        path,
+        Action::Read,
+        Duration::from_secs(3600),
+    );
     claims.exp = (common::now_unix() as i64 + ttl_secs) as u64;
     key.sign(&claims).unwrap()
 }
@@ -35,13 +43,16 @@ fn rtmp_handshake(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).unwrap();
+    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap())
+        .unwrap();
     let mut buf = [0u8; 4096];
     loop {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "server closed during handshake");
         match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).unwrap(),
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                s.write_all(&response_bytes).unwrap()
+            }
             HandshakeProcessResult::Completed { response_bytes, .. } => {
                 s.write_all(&response_bytes).unwrap();
                 return s;
@@ -62,14 +73,17 @@ fn chunk0(csid: u8, type_id: u8, len: u32, payload: &[u8]) -> Vec<u8> {
 
 /// True if the server closes the connection within `within` (reads drain until EOF/reset).
 fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 8192];
     while Instant::now() < deadline {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return true,
         }
     }
@@ -83,13 +97,20 @@ async fn last_part_now(c: &Cluster, base: &str) -> Option<(u64, usize)> {
 
 async fn assert_still_advancing(c: &Cluster, base: &str, what: &str) {
     let before = last_part_now(c, base).await;
-    let ok = wait_until(Duration::from_secs(5), || async { last_part_now(c, base).await > before }).await;
+    let ok = wait_until(Duration::from_secs(5), || async {
+        last_part_now(c, base).await > before
+    })
+    .await;
     assert!(ok, "the good stream stopped advancing after {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
-    let t = Timings { heartbeat_ms: 300, grace_ms: 2500, ..Default::default() };
+    let t = Timings {
+        heartbeat_ms: 300,
+        grace_ms: 2500,
+        ..Default::default()
+    };
     let c = Cluster::start("media_plane", 2, t).await;
     let (s1, s2) = (c.slave("s1"), c.slave("s2"));
 
@@ -97,22 +118,43 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let rtmp1 = format!("rtmp://127.0.0.1:{}/live", s1.rtmp_port);
     let forged = {
         let other = SigningKey::generate().unwrap().0;
-        let claims = new_claims("classcast", "eve", Role::Teacher, "s1", "live/class", Action::Publish, Duration::from_secs(60));
+        let claims = new_claims(
+            "classcast",
+            "eve",
+            Role::Teacher,
+            "s1",
+            "live/class",
+            Action::Publish,
+            Duration::from_secs(60),
+        );
         other.sign(&claims).unwrap()
     };
     let (_, key_s2, _) = {
         // A teacher key is bound to the node the master picks; make one for s2 by asking with s1 excluded.
         let v = c.token(json!({"role":"teacher","user_id":"t","stream":"class","credential":TEACHER,"exclude":"s1"})).await.unwrap();
         assert_eq!(v["node_id"], "s2");
-        (v["rtmp_url"].as_str().unwrap().to_string(), v["stream_key"].as_str().unwrap().to_string(), ())
+        (
+            v["rtmp_url"].as_str().unwrap().to_string(),
+            v["stream_key"].as_str().unwrap().to_string(),
+            (),
+        )
     };
-    for (name, key) in [("nokey", "class".to_string()), ("forged", format!("class?key={forged}")), ("othernode", key_s2)] {
+    for (name, key) in [
+        ("nokey", "class".to_string()),
+        ("forged", format!("class?key={forged}")),
+        ("othernode", key_s2),
+    ] {
         let mut p = c.publish(&format!("pub-{name}"), &rtmp1, &key, Some(3));
-        let st = p.wait_exit(Duration::from_secs(15)).expect("refused publisher must exit");
+        let st = p
+            .wait_exit(Duration::from_secs(15))
+            .expect("refused publisher must exit");
         assert!(!st.success(), "{name}: ffmpeg must see the refusal");
     }
     let log = s1.proc.log_text();
-    assert!(log.matches("publish refused").count() >= 3, "refusals are logged:\n{log}");
+    assert!(
+        log.matches("publish refused").count() >= 3,
+        "refusals are logged:\n{log}"
+    );
 
     // --- The teacher publishes with the key from the master.
     let (rtmp_url, key, teacher) = c.teacher("class").await;
@@ -123,40 +165,85 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
 
     // A second publisher on the live path is refused; the first carries on.
     let mut hijack = c.publish("hijack", &rtmp_url, &key, Some(3));
-    assert!(!hijack.wait_exit(Duration::from_secs(15)).unwrap().success(), "second publisher refused");
-    assert!(publisher.child.try_wait().unwrap().is_none(), "first publisher still streaming");
+    assert!(
+        !hijack.wait_exit(Duration::from_secs(15)).unwrap().success(),
+        "second publisher refused"
+    );
+    assert!(
+        publisher.child.try_wait().unwrap().is_none(),
+        "first publisher still streaming"
+    );
 
     // --- Real-client path: ffprobe and ffmpeg read from the slave the token names.
-    let v = c.token(json!({"role":"student","user_id":"reader","stream":"class"})).await.unwrap();
+    let v = c
+        .token(json!({"role":"student","user_id":"reader","stream":"class"}))
+        .await
+        .unwrap();
     let hls = v["hls_url"].as_str().unwrap().to_string();
     let probe = ffprobe(&hls).unwrap_or_else(|e| panic!("ffprobe failed: {e}"));
     assert_eq!(codecs(&probe), vec!["h264", "aac"], "{probe}");
     let video = &probe["streams"][0];
-    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(640), Some(360)));
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(640), Some(360))
+    );
     let (ok, err) = ffmpeg_decode(&hls, 5);
-    assert!(ok && err.trim().is_empty(), "5 s decode must be clean: {err}");
+    assert!(
+        ok && err.trim().is_empty(),
+        "5 s decode must be clean: {err}"
+    );
 
     // --- Token matrix on the origin.
     let base = origin.base();
     let good = sign(&c, &node, "live/class", 600);
     let pl_url = format!("{base}/live/class/index.m3u8");
-    let r = c.http.get(format!("{pl_url}?jwt={good}")).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{pl_url}?jwt={good}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/vnd.apple.mpegurl");
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     let playlist = r.text().await.unwrap();
-    for tag in ["#EXT-X-VERSION:", "#EXT-X-TARGETDURATION:", "#EXT-X-PART-INF:PART-TARGET=0.2", "CAN-BLOCK-RELOAD=YES",
-                "PART-HOLD-BACK=0.6", "#EXT-X-MAP:URI=", "#EXT-X-PROGRAM-DATE-TIME:", "#EXT-X-PART:", "#EXT-X-PRELOAD-HINT:TYPE=PART", "#EXTINF:"] {
+    for tag in [
+        "#EXT-X-VERSION:",
+        "#EXT-X-TARGETDURATION:",
+        "#EXT-X-PART-INF:PART-TARGET=0.2",
+        "CAN-BLOCK-RELOAD=YES",
+        "PART-HOLD-BACK=0.6",
+        "#EXT-X-MAP:URI=",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        "#EXT-X-PART:",
+        "#EXT-X-PRELOAD-HINT:TYPE=PART",
+        "#EXTINF:",
+    ] {
         assert!(playlist.contains(tag), "playlist lacks {tag}:\n{playlist}");
     }
     // Every URI carries the token, so plain players work unchanged.
-    assert!(playlist.lines().filter(|l| l.contains(".m4s") || l.contains(".mp4")).all(|l| l.contains(&format!("jwt={good}"))));
+    assert!(
+        playlist
+            .lines()
+            .filter(|l| l.contains(".m4s") || l.contains(".mp4"))
+            .all(|l| l.contains(&format!("jwt={good}")))
+    );
     for prefix in ["init", "seg", "part"] {
         let uri = uri_of(&playlist, prefix);
-        let r = c.http.get(format!("{base}/live/class/{uri}")).send().await.unwrap();
+        let r = c
+            .http
+            .get(format!("{base}/live/class/{uri}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{uri}");
         assert_eq!(r.headers()["content-type"], "video/mp4");
-        assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+        assert!(
+            r.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("immutable")
+        );
         let body = r.bytes().await.unwrap();
         let want: &[u8] = if prefix == "init" { b"ftyp" } else { b"moof" };
         assert_eq!(&body[4..8], want, "{uri} starts with {want:?}");
@@ -164,51 +251,131 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let other_node = if node == "s1" { "s2" } else { "s1" };
     let cases = [
         ("missing", String::new(), 401, "token_missing"),
-        ("garbage", "jwt=abc.def.ghi".to_string(), 401, "token_invalid"),
+        (
+            "garbage",
+            "jwt=abc.def.ghi".to_string(),
+            401,
+            "token_invalid",
+        ),
         ("forged", format!("jwt={forged}"), 401, "token_invalid"),
-        ("expired", format!("jwt={}", sign(&c, &node, "live/class", -10)), 401, "token_expired"),
-        ("other node", format!("jwt={}", sign(&c, other_node, "live/class", 600)), 403, "token_wrong_node"),
-        ("other stream", format!("jwt={}", sign(&c, &node, "live/other", 600)), 403, "token_wrong_stream"),
+        (
+            "expired",
+            format!("jwt={}", sign(&c, &node, "live/class", -10)),
+            401,
+            "token_expired",
+        ),
+        (
+            "other node",
+            format!("jwt={}", sign(&c, other_node, "live/class", 600)),
+            403,
+            "token_wrong_node",
+        ),
+        (
+            "other stream",
+            format!("jwt={}", sign(&c, &node, "live/other", 600)),
+            403,
+            "token_wrong_stream",
+        ),
     ];
     let seg = uri_of(&playlist, "seg");
     let seg = seg.split('?').next().unwrap();
     for (what, q, status, code) in cases {
         for file in ["index.m3u8", seg] {
-            let r = c.http.get(format!("{base}/live/class/{file}?{q}")).send().await.unwrap();
+            let r = c
+                .http
+                .get(format!("{base}/live/class/{file}?{q}"))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status().as_u16(), status, "{what} on {file}");
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(v["error"], code, "{what}");
         }
     }
     // Path traversal and unknown files are 404, not a filesystem read.
-    for bad in ["/live/class/..%2F..%2Fetc%2Fpasswd", "/live/..%2Fclass/index.m3u8", "/live/class/seg1.ts"] {
-        let r = c.http.get(format!("{base}{bad}?jwt={good}")).send().await.unwrap();
+    for bad in [
+        "/live/class/..%2F..%2Fetc%2Fpasswd",
+        "/live/..%2Fclass/index.m3u8",
+        "/live/class/seg1.ts",
+    ] {
+        let r = c
+            .http
+            .get(format!("{base}{bad}?jwt={good}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{bad}");
     }
     // Unknown stream: 404.
-    let r = c.http.get(format!("{base}/live/nothing/index.m3u8?jwt={}", sign(&c, &node, "live/nothing", 60))).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!(
+            "{base}/live/nothing/index.m3u8?jwt={}",
+            sign(&c, &node, "live/nothing", 60)
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // --- Blocking reload.
     let (m, i) = last_part(&playlist).unwrap();
     let next = playlist_next(&c, &base, &good, m, i).await;
     let t0 = Instant::now();
-    let r = c.http.get(format!("{pl_url}?jwt={good}&_HLS_msn={}&_HLS_part={}", next.0, next.1)).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!(
+            "{pl_url}?jwt={good}&_HLS_msn={}&_HLS_part={}",
+            next.0, next.1
+        ))
+        .send()
+        .await
+        .unwrap();
     let held = t0.elapsed();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
-    assert!(last_part(&text).unwrap() >= next, "blocking reload returned before the part existed");
-    assert!(held < Duration::from_millis(200 + 600), "held {held:?}, more than a part target plus margin");
+    assert!(
+        last_part(&text).unwrap() >= next,
+        "blocking reload returned before the part existed"
+    );
+    assert!(
+        held < Duration::from_millis(200 + 600),
+        "held {held:?}, more than a part target plus margin"
+    );
     // Far ahead → 400; _HLS_part without _HLS_msn → 400.
-    let r = c.http.get(format!("{pl_url}?jwt={good}&_HLS_msn={}", m + 10)).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{pl_url}?jwt={good}&_HLS_msn={}", m + 10))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.http.get(format!("{pl_url}?jwt={good}&_HLS_part=1")).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{pl_url}?jwt={good}&_HLS_part=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // A preload-hinted part blocks until it exists.
-    let hint = text.lines().find(|l| l.starts_with("#EXT-X-PRELOAD-HINT")).unwrap();
-    let uri = hint.split("URI=\"").nth(1).unwrap().split('"').next().unwrap();
+    let hint = text
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT"))
+        .unwrap();
+    let uri = hint
+        .split("URI=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let t0 = Instant::now();
-    let r = c.http.get(format!("{base}/live/class/{uri}")).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{base}/live/class/{uri}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "preload hint part");
     assert_eq!(&r.bytes().await.unwrap()[4..8], b"moof");
     assert!(t0.elapsed() < Duration::from_millis(800));
@@ -217,13 +384,20 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let port = origin.rtmp_port;
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(&[0xffu8; 1537]).unwrap();
-    assert!(closed_by_server(&mut s, Duration::from_secs(5)), "garbage handshake");
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)),
+        "garbage handshake"
+    );
     assert_still_advancing(&c, &base, "garbage handshake").await;
 
     let mut s = rtmp_handshake(port);
     let amf = [&[0x02u8, 0x00, 0x07][..], b"connect"].concat();
-    s.write_all(&chunk0(3, 0x14, amf.len() as u32, &amf)).unwrap();
-    assert!(closed_by_server(&mut s, Duration::from_secs(5)), "one-value AMF command");
+    s.write_all(&chunk0(3, 0x14, amf.len() as u32, &amf))
+        .unwrap();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)),
+        "one-value AMF command"
+    );
     assert_still_advancing(&c, &base, "one-value AMF command").await;
 
     let mut s = rtmp_handshake(port);
@@ -236,7 +410,10 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     bytes.push(0xc3);
     bytes.extend([0x00u8; 172]);
     s.write_all(&bytes).unwrap();
-    assert!(closed_by_server(&mut s, Duration::from_secs(10)), "interleaved chunk streams");
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(10)),
+        "interleaved chunk streams"
+    );
     assert_still_advancing(&c, &base, "interleaved chunk streams").await;
 
     let mut s = rtmp_handshake(port);
@@ -244,7 +421,9 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let mut bytes = chunk0(2, 0x01, 4, &65536u32.to_be_bytes());
     bytes.extend(chunk0(5, 0x09, 0xff_ffff, &vec![0x17u8; 65536]));
     s.write_all(&bytes).unwrap();
-    let chunk: Vec<u8> = std::iter::once(0xc5u8).chain(std::iter::repeat_n(0u8, 65536)).collect();
+    let chunk: Vec<u8> = std::iter::once(0xc5u8)
+        .chain(std::iter::repeat_n(0u8, 65536))
+        .collect();
     let mut closed = false;
     for _ in 0..200 {
         if s.write_all(&chunk).is_err() {
@@ -252,17 +431,33 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
             break;
         }
     }
-    assert!(closed || closed_by_server(&mut s, Duration::from_secs(5)), "oversized message");
+    assert!(
+        closed || closed_by_server(&mut s, Duration::from_secs(5)),
+        "oversized message"
+    );
     assert_still_advancing(&c, &base, "oversized message").await;
     let log = origin.proc.log_text();
-    assert!(log.contains("rtmp connection closed with an error"), "hostile peers are logged");
-    assert!(c.http.get(format!("{base}/health")).send().await.unwrap().status().is_success());
+    assert!(
+        log.contains("rtmp connection closed with an error"),
+        "hostile peers are logged"
+    );
+    assert!(
+        c.http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
 
     // --- Viewer sessions reach the master as connections.
     assert!(
         wait_until(Duration::from_secs(5), || async {
             let n = c.nodes().await;
-            n["nodes"].as_array().unwrap().iter().any(|x| x["node_id"] == node.as_str() && x["current_connections"].as_u64() >= Some(1))
+            n["nodes"].as_array().unwrap().iter().any(|x| {
+                x["node_id"] == node.as_str() && x["current_connections"].as_u64() >= Some(1)
+            })
         })
         .await,
         "viewer count never reached the master"
@@ -277,7 +472,11 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let reader = tokio::spawn(async move {
         let mut statuses = Vec::new();
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            let r = http.get(format!("{reader_url}?jwt={reader_tok}")).send().await.unwrap();
+            let r = http
+                .get(format!("{reader_url}?jwt={reader_tok}"))
+                .send()
+                .await
+                .unwrap();
             statuses.push(r.status().as_u16());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -288,35 +487,72 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let mut publisher = c.publish("publisher2", &rtmp_url, &key, None);
     let ok = wait_until(Duration::from_secs(10), || async {
         let r = peer_get(&c.http, &pl_url).await;
-        r.text().await.unwrap_or_default().contains("#EXT-X-DISCONTINUITY")
+        r.text()
+            .await
+            .unwrap_or_default()
+            .contains("#EXT-X-DISCONTINUITY")
     })
     .await;
     assert!(ok, "resumed stream has a DISCONTINUITY");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = reader.await.unwrap();
-    assert!(statuses.iter().all(|s| *s == 200), "reader saw {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "reader saw {statuses:?}"
+    );
     let text = peer_get(&c.http, &pl_url).await.text().await.unwrap();
     assert!(!text.contains("ENDLIST"));
-    let msns: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("seg")?.split('.').next()?.parse().ok()).collect();
-    assert!(msns.windows(2).all(|w| w[1] == w[0] + 1), "gap in media sequence: {msns:?}");
+    let msns: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("seg")?.split('.').next()?.parse().ok())
+        .collect();
+    assert!(
+        msns.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap in media sequence: {msns:?}"
+    );
 
     // --- Publisher leaves for good: ENDLIST after the grace period, then the path is free.
     publisher.terminate(Duration::from_secs(3));
     let t0 = Instant::now();
     let ok = wait_until(Duration::from_secs(10), || async {
-        peer_get(&c.http, &pl_url).await.text().await.unwrap_or_default().contains("#EXT-X-ENDLIST")
+        peer_get(&c.http, &pl_url)
+            .await
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("#EXT-X-ENDLIST")
     })
     .await;
     assert!(ok, "no ENDLIST after the grace period");
-    assert!(t0.elapsed() >= Duration::from_millis(2000), "ended before the grace period: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2000),
+        "ended before the grace period: {:?}",
+        t0.elapsed()
+    );
     let mut again = c.publish("publisher3", &rtmp_url, &key, Some(2));
-    assert!(again.wait_exit(Duration::from_secs(20)).unwrap().success(), "the path can be published again");
+    assert!(
+        again.wait_exit(Duration::from_secs(20)).unwrap().success(),
+        "the path can be published again"
+    );
 
     // --- Metrics carry the media figures.
-    let m = c.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in ["classcast_slave_ingest_bytes_total", "classcast_slave_part_publish_seconds_count", "classcast_slave_bytes_out_total",
-                 "classcast_slave_http_refusals_total", "classcast_slave_publish_refusals_total"] {
+    let m = c
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "classcast_slave_ingest_bytes_total",
+        "classcast_slave_part_publish_seconds_count",
+        "classcast_slave_bytes_out_total",
+        "classcast_slave_http_refusals_total",
+        "classcast_slave_publish_refusals_total",
+    ] {
         assert!(m.contains(name), "metrics lack {name}");
     }
     let _ = s2;

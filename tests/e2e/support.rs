@@ -14,11 +14,17 @@ pub const SECRET: &str = "test-cluster-secret-0123456789";
 pub const TEACHER: &str = "teacher-pass";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn log_dir(test: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs").join(test);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e-logs")
+        .join(test);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -33,7 +39,9 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, log: PathBuf, cmd: &mut Command) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
-        cmd.stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).stdin(Stdio::null());
+        cmd.stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .stdin(Stdio::null());
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
@@ -41,8 +49,14 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc { name: name.into(), child, log }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
     }
 
     pub fn signal(&self, sig: i32) {
@@ -103,7 +117,12 @@ pub struct Timings {
 
 impl Default for Timings {
     fn default() -> Self {
-        Self { heartbeat_ms: 300, offline_after_ms: 1500, grace_ms: 2000, token_ttl_secs: 3600 }
+        Self {
+            heartbeat_ms: 300,
+            offline_after_ms: 1500,
+            grace_ms: 2000,
+            token_ttl_secs: 3600,
+        }
     }
 }
 
@@ -140,7 +159,10 @@ impl Cluster {
             master: None,
             slaves: Vec::new(),
             timings,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
         };
         let _ = std::fs::remove_file(&c.key_file);
         c.start_master();
@@ -169,7 +191,11 @@ impl Cluster {
             .env("CLUSTER_SECRET", SECRET)
             .env("TEACHER_PASSWORD", TEACHER)
             .env("LOG", "info");
-        self.master = Some(Proc::spawn("master", dir.join(format!("master-{n}.log")), &mut cmd));
+        self.master = Some(Proc::spawn(
+            "master",
+            dir.join(format!("master-{n}.log")),
+            &mut cmd,
+        ));
     }
 
     pub fn add_slave(&mut self, id: &str, extra: &[&str]) -> usize {
@@ -188,7 +214,12 @@ impl Cluster {
             .env("CLUSTER_SECRET", SECRET)
             .env("LOG", "info");
         let proc = Proc::spawn(id, log_dir(&self.test).join(format!("{id}.log")), &mut cmd);
-        self.slaves.push(SlaveProc { id: id.into(), rtmp_port: rtmp, http_port: http, proc });
+        self.slaves.push(SlaveProc {
+            id: id.into(),
+            rtmp_port: rtmp,
+            http_port: http,
+            proc,
+        });
         self.slaves.len() - 1
     }
 
@@ -201,7 +232,9 @@ impl Cluster {
     }
 
     pub async fn nodes(&self) -> Value {
-        get_json(&self.http, &format!("{}/cluster/nodes", self.master_url())).await.unwrap_or(Value::Null)
+        get_json(&self.http, &format!("{}/cluster/nodes", self.master_url()))
+            .await
+            .unwrap_or(Value::Null)
     }
 
     pub async fn wait_healthy(&self, n: usize) {
@@ -210,7 +243,11 @@ impl Cluster {
             v["healthy_nodes"].as_u64() == Some(n as u64)
         })
         .await;
-        assert!(ok, "cluster did not reach {n} healthy nodes: {}", self.nodes().await);
+        assert!(
+            ok,
+            "cluster did not reach {n} healthy nodes: {}",
+            self.nodes().await
+        );
     }
 
     /// A teacher's (rtmp_url, stream_key) for `stream`.
@@ -219,32 +256,67 @@ impl Cluster {
             .token(json!({"role": "teacher", "user_id": "teacher", "stream": stream, "credential": TEACHER}))
             .await
             .expect("teacher token");
-        (v["rtmp_url"].as_str().unwrap().into(), v["stream_key"].as_str().unwrap().into(), v)
+        (
+            v["rtmp_url"].as_str().unwrap().into(),
+            v["stream_key"].as_str().unwrap().into(),
+            v,
+        )
     }
 
     pub async fn token(&self, body: Value) -> Result<Value, (u16, Value)> {
-        let r = self.http.post(format!("{}/api/token", self.master_url())).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}/api/token", self.master_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let v: Value = r.json().await.unwrap_or(Value::Null);
-        if status == 200 { Ok(v) } else { Err((status, v)) }
+        if status == 200 {
+            Ok(v)
+        } else {
+            Err((status, v))
+        }
     }
 
     pub async fn student(&self, stream: &str, user: &str) -> Value {
-        self.token(json!({"role": "student", "user_id": user, "stream": stream})).await.expect("student token")
+        self.token(json!({"role": "student", "user_id": user, "stream": stream}))
+            .await
+            .expect("student token")
     }
 
     /// Publishes with ffmpeg to `rtmp_url/stream_key` (a lavfi test pattern, 30 fps, GOP 1 s).
-    pub fn publish(&self, name: &str, rtmp_url: &str, stream_key: &str, seconds: Option<u32>) -> Proc {
-        ffmpeg_publish(&self.test, name, &format!("{rtmp_url}/{stream_key}"), seconds)
+    pub fn publish(
+        &self,
+        name: &str,
+        rtmp_url: &str,
+        stream_key: &str,
+        seconds: Option<u32>,
+    ) -> Proc {
+        ffmpeg_publish(
+            &self.test,
+            name,
+            &format!("{rtmp_url}/{stream_key}"),
+            seconds,
+        )
     }
 
     /// Waits until `stream` is live at its origin and announced.
     pub async fn wait_live(&self, stream: &str, serving: usize) {
         let path = format!("live/{stream}");
         let ok = wait_until(Duration::from_secs(30), || async {
-            let v = get_json(&self.http, &format!("{}/cluster/streams", self.master_url())).await.unwrap_or(Value::Null);
+            let v = get_json(
+                &self.http,
+                &format!("{}/cluster/streams", self.master_url()),
+            )
+            .await
+            .unwrap_or(Value::Null);
             v["streams"].as_array().is_some_and(|a| {
-                a.iter().any(|s| s["path"] == path && s["serving"].as_array().map(|x| x.len()).unwrap_or(0) >= serving)
+                a.iter().any(|s| {
+                    s["path"] == path
+                        && s["serving"].as_array().map(|x| x.len()).unwrap_or(0) >= serving
+                })
             })
         })
         .await;
@@ -260,8 +332,19 @@ pub fn ffmpeg_publish(test: &str, name: &str, url: &str, seconds: Option<u32>) -
     if let Some(s) = seconds {
         cmd.args(["-t", &s.to_string()]);
     }
-    cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
+    cmd.args([
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+    ])
+    .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 
@@ -290,7 +373,17 @@ where
 /// Runs ffprobe on `url` and returns its JSON (streams), or the error output.
 pub fn ffprobe(url: &str) -> Result<Value, String> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-rw_timeout", "15000000", "-show_entries", "stream=codec_name,width,height", "-of", "json", url])
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "15000000",
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "json",
+            url,
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -302,19 +395,47 @@ pub fn ffprobe(url: &str) -> Result<Value, String> {
 /// Decodes `secs` seconds of `url` with ffmpeg; returns (success, stderr).
 pub fn ffmpeg_decode(url: &str, secs: u32) -> (bool, String) {
     let out = Command::new("timeout")
-        .args([&(secs + 25).to_string(), "ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", url, "-t", &secs.to_string(), "-f", "null", "-"])
+        .args([
+            &(secs + 25).to_string(),
+            "ffmpeg",
+            "-hide_banner",
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            url,
+            "-t",
+            &secs.to_string(),
+            "-f",
+            "null",
+            "-",
+        ])
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Fetches a playlist with the cluster secret (no tokens in the URIs).
 pub async fn peer_get(http: &reqwest::Client, url: &str) -> reqwest::Response {
-    http.get(url).header("authorization", format!("Bearer {SECRET}")).send().await.unwrap()
+    http.get(url)
+        .header("authorization", format!("Bearer {SECRET}"))
+        .send()
+        .await
+        .unwrap()
 }
 
 pub fn codecs(probe: &Value) -> Vec<String> {
-    probe["streams"].as_array().map(|a| a.iter().map(|s| s["codec_name"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default()
+    probe["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["codec_name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// (msn, part index) of the last part listed in a playlist.
@@ -332,5 +453,10 @@ pub fn last_part(playlist: &str) -> Option<(u64, usize)> {
 }
 
 pub fn media_sequence(playlist: &str) -> Option<u64> {
-    playlist.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")?.trim().parse().ok())
+    playlist.lines().find_map(|l| {
+        l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -226,5 +226,10 @@ async fn origin(
         .origin_of(&path)
         .ok_or_else(|| ApiError::not_found("stream_not_live", format!("{path} is not live")))?;
     let origin_url = st.registry.internal_url(&o.node_id).unwrap_or(o.public_url);
-    Ok(Json(MirrorOrder { path, origin_node_id: o.node_id, origin_url, live: true }))
+    Ok(Json(MirrorOrder {
+        path,
+        origin_node_id: o.node_id,
+        origin_url,
+        live: true,
+    }))
 }

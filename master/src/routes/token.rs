@@ -63,8 +63,7 @@ pub async fn issue_token(
                     ),
                 ));
             }
-            (Some(want), Some(g))
-                if common::secret::credential_eq(want, g) => {}
+            (Some(want), Some(g)) if common::secret::credential_eq(want, g) => {}
             _ => {
                 return Err(refuse(
                     "teacher_credential",

@@ -10,7 +10,10 @@ use super::store::{HlsConfig, State};
 pub const PART_SEGMENTS: usize = 3;
 
 pub fn target_duration(st: &State, cfg: &HlsConfig) -> u64 {
-    st.max_segment.max(cfg.segment_target.as_secs_f64()).ceil().max(1.0) as u64
+    st.max_segment
+        .max(cfg.segment_target.as_secs_f64())
+        .ceil()
+        .max(1.0) as u64
 }
 
 pub fn part_target(st: &State, cfg: &HlsConfig) -> f64 {
@@ -35,7 +38,11 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
     // Discontinuities dropped from the front still count, so that a player's DISCONTINUITY
     // sequence stays aligned as the window moves.
     let dropped_disc = st.discontinuity_seq
-        + st.segments.iter().take(first_listed).filter(|s| s.discontinuity).count() as u64;
+        + st.segments
+            .iter()
+            .take(first_listed)
+            .filter(|s| s.discontinuity)
+            .count() as u64;
 
     let mut out = String::with_capacity(256 + listed.len() * 400);
     out.push_str("#EXTM3U\n#EXT-X-VERSION:9\n");
@@ -62,13 +69,21 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
         if current_init != Some(seg.init_id) {
-            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", q(&format!("init{}.mp4", seg.init_id)));
+            let _ = writeln!(
+                out,
+                "#EXT-X-MAP:URI=\"{}\"",
+                q(&format!("init{}.mp4", seg.init_id))
+            );
             current_init = Some(seg.init_id);
         }
         let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(seg.pdt_ms));
         if i >= parts_from {
             for (pi, p) in seg.parts.iter().enumerate() {
-                let indep = if p.independent { ",INDEPENDENT=YES" } else { "" };
+                let indep = if p.independent {
+                    ",INDEPENDENT=YES"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
                     "#EXT-X-PART:DURATION={:.5},URI=\"{}\"{indep}",
@@ -86,7 +101,11 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
     if st.ended {
         out.push_str("#EXT-X-ENDLIST\n");
     } else if let Some(last) = listed.last() {
-        let (msn, idx) = if last.complete { (last.msn + 1, 0) } else { (last.msn, last.parts.len()) };
+        let (msn, idx) = if last.complete {
+            (last.msn + 1, 0)
+        } else {
+            (last.msn, last.parts.len())
+        };
         let _ = writeln!(
             out,
             "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
@@ -129,7 +148,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let ms = if b.get(19) == Some(&b'.') { num(20..23).unwrap_or(0) } else { 0 };
+    let ms = if b.get(19) == Some(&b'.') {
+        num(20..23).unwrap_or(0)
+    } else {
+        0
+    };
     // Days from civil (inverse of the above).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -174,8 +197,14 @@ mod tests {
         assert!(p.contains("#EXT-X-MAP:URI=\"init0.mp4?jwt=T\""));
         let b = s.read().segments[0].msn;
         assert!(p.contains(&format!("#EXTINF:1.00000,\nseg{b}.m4s?jwt=T\n")));
-        assert!(p.contains(&format!("#EXT-X-PART:DURATION=0.20000,URI=\"part{}.1.m4s?jwt=T\"\n", b + 2)));
-        assert!(p.contains(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part{}.2.m4s?jwt=T\"\n", b + 2)));
+        assert!(p.contains(&format!(
+            "#EXT-X-PART:DURATION=0.20000,URI=\"part{}.1.m4s?jwt=T\"\n",
+            b + 2
+        )));
+        assert!(p.contains(&format!(
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part{}.2.m4s?jwt=T\"\n",
+            b + 2
+        )));
         assert!(p.contains("#EXT-X-PROGRAM-DATE-TIME:"));
         assert!(!p.contains("ENDLIST"));
         s.end();
@@ -195,7 +224,10 @@ mod tests {
         s.push_part(Bytes::from_static(b"p"), d, true, true, true);
         let p = render(&s.read(), &cfg, None);
         let b = s.read().segments[0].msn;
-        assert!(p.contains(&format!("seg{b}.m4s\n#EXT-X-DISCONTINUITY\n")), "{p}");
+        assert!(
+            p.contains(&format!("seg{b}.m4s\n#EXT-X-DISCONTINUITY\n")),
+            "{p}"
+        );
     }
 }
 
@@ -255,16 +287,25 @@ impl ParsedPlaylist {
         let mut init_id = 0u32;
         let mut pending_disc = false;
         let mut cur: Option<ParsedSegment> = None;
-        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| format!("bad number {s:?}"));
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("bad number {s:?}"))
+        };
         let float = |s: &str| {
-            s.trim().parse::<f64>().ok().filter(|f| f.is_finite() && *f >= 0.0).ok_or(format!("bad duration {s:?}"))
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .ok_or(format!("bad duration {s:?}"))
         };
         while let Some(line) = lines.next() {
             let line = line.trim();
             if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
                 p.target_duration = num(v)?;
             } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
-                p.part_target = float(attr(v, "PART-TARGET").ok_or("PART-INF without PART-TARGET")?)?;
+                p.part_target =
+                    float(attr(v, "PART-TARGET").ok_or("PART-INF without PART-TARGET")?)?;
             } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
                 p.media_sequence = num(v)?;
             } else if let Some(v) = line.strip_prefix("#EXT-X-DISCONTINUITY-SEQUENCE:") {
@@ -273,7 +314,10 @@ impl ParsedPlaylist {
                 pending_disc = true;
             } else if let Some(v) = line.strip_prefix("#EXT-X-MAP:") {
                 let uri = attr(v, "URI").ok_or("MAP without URI")?;
-                let id = uri.strip_prefix("init").and_then(|r| r.split(".mp4").next()).ok_or("bad MAP URI")?;
+                let id = uri
+                    .strip_prefix("init")
+                    .and_then(|r| r.split(".mp4").next())
+                    .ok_or("bad MAP URI")?;
                 init_id = id.parse().map_err(|_| "bad init id")?;
             } else if let Some(v) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
                 // Our renderer opens every segment with its PDT.
@@ -323,12 +367,22 @@ mod parse_tests {
         let s = HlsStream::new("live/x".into(), cfg.clone());
         s.set_init(Bytes::from_static(b"i"), "avc1".into(), None);
         for i in 0..23 {
-            s.push_part(Bytes::from_static(b"p"), Duration::from_millis(200), i % 5 == 0, i % 5 == 0, i == 10);
+            s.push_part(
+                Bytes::from_static(b"p"),
+                Duration::from_millis(200),
+                i % 5 == 0,
+                i % 5 == 0,
+                i == 10,
+            );
         }
         let text = render(&s.read(), &cfg, Some("jwt=abc"));
         let p = ParsedPlaylist::parse(&text).unwrap();
         let st = s.read();
-        let listed: Vec<_> = st.segments.iter().skip(st.segments.len().saturating_sub(cfg.window)).collect();
+        let listed: Vec<_> = st
+            .segments
+            .iter()
+            .skip(st.segments.len().saturating_sub(cfg.window))
+            .collect();
         assert_eq!(p.segments.len(), listed.len());
         assert_eq!(p.media_sequence, listed[0].msn);
         assert_eq!(p.part_target, 0.2);

@@ -290,7 +290,15 @@ impl HlsStream {
     }
 
     /// Edge side: a whole segment from the origin, for segments older than the part window.
-    pub fn insert_full_segment(&self, msn: u64, data: Bytes, duration: f64, pdt_ms: u64, discontinuity: bool, init_id: u32) -> bool {
+    pub fn insert_full_segment(
+        &self,
+        msn: u64,
+        data: Bytes,
+        duration: f64,
+        pdt_ms: u64,
+        discontinuity: bool,
+        init_id: u32,
+    ) -> bool {
         let mut st = self.state.write();
         if st.segments.back().is_some_and(|s| s.msn >= msn) {
             return false;
@@ -332,8 +340,12 @@ impl HlsStream {
     /// Drops segments beyond the window plus a retention margin of three target durations,
     /// so that a player that just read an older playlist can still fetch what it lists.
     fn trim(&self, st: &mut State) {
-        let target = st.max_segment.max(self.cfg.segment_target.as_secs_f64()).max(0.1);
-        let keep_extra = (3.0 * target / self.cfg.segment_target.as_secs_f64().max(0.1)).ceil() as usize + 1;
+        let target = st
+            .max_segment
+            .max(self.cfg.segment_target.as_secs_f64())
+            .max(0.1);
+        let keep_extra =
+            (3.0 * target / self.cfg.segment_target.as_secs_f64().max(0.1)).ceil() as usize + 1;
         while st.segments.len() > self.cfg.window + keep_extra {
             if let Some(s) = st.segments.pop_front()
                 && s.discontinuity
@@ -438,13 +450,17 @@ impl StreamStore {
 
     /// Installs a fresh stream object at `path`, replacing an ended one.
     pub fn create(&self, path: &str, cfg: HlsConfig, source: Source) -> Arc<StreamEntry> {
-        let e = Arc::new(StreamEntry { stream: Arc::new(HlsStream::new(path.into(), cfg)), source });
+        let e = Arc::new(StreamEntry {
+            stream: Arc::new(HlsStream::new(path.into(), cfg)),
+            source,
+        });
         self.streams.insert(path.to_string(), e.clone());
         e
     }
 
     pub fn remove_if_same(&self, path: &str, stream: &Arc<HlsStream>) {
-        self.streams.remove_if(path, |_, e| Arc::ptr_eq(&e.stream, stream));
+        self.streams
+            .remove_if(path, |_, e| Arc::ptr_eq(&e.stream, stream));
     }
 
     pub fn list(&self) -> Vec<Arc<StreamEntry>> {
@@ -455,7 +471,7 @@ impl StreamStore {
     pub fn sweep(&self) {
         self.streams.retain(|_, e| {
             let st = e.stream.read();
-            !st.ended_at.is_some_and(|t| t.elapsed() > e.stream.cfg.linger)
+            st.ended_at.is_none_or(|t| t.elapsed() <= e.stream.cfg.linger)
         });
     }
 }
@@ -471,7 +487,11 @@ mod tests {
     #[test]
     fn parts_segments_and_completion() {
         let s = HlsStream::new("live/x".into(), HlsConfig::default());
-        s.set_init(Bytes::from_static(b"init"), "avc1.64001f".into(), Some((640, 360)));
+        s.set_init(
+            Bytes::from_static(b"init"),
+            "avc1.64001f".into(),
+            Some((640, 360)),
+        );
         let d = Duration::from_millis(200);
         let (b, _) = s.push_part(part(1), d, true, true, false);
         assert_eq!(s.push_part(part(2), d, false, false, false), (b, 1));
@@ -489,15 +509,45 @@ mod tests {
     #[test]
     fn out_of_order_parts_are_refused() {
         let s = HlsStream::new("live/x".into(), HlsConfig::default());
-        assert!(!s.insert_part(PartIn { msn: 0, index: 1, data: part(1), duration: 0.2, independent: true, pdt_ms: 0, discontinuity: false, init_id: 0 }));
-        assert!(s.insert_part(PartIn { msn: 5, index: 0, data: part(1), duration: 0.2, independent: true, pdt_ms: 7, discontinuity: false, init_id: 0 }));
-        assert!(!s.insert_part(PartIn { msn: 5, index: 0, data: part(1), duration: 0.2, independent: true, pdt_ms: 7, discontinuity: false, init_id: 0 }));
+        assert!(!s.insert_part(PartIn {
+            msn: 0,
+            index: 1,
+            data: part(1),
+            duration: 0.2,
+            independent: true,
+            pdt_ms: 0,
+            discontinuity: false,
+            init_id: 0
+        }));
+        assert!(s.insert_part(PartIn {
+            msn: 5,
+            index: 0,
+            data: part(1),
+            duration: 0.2,
+            independent: true,
+            pdt_ms: 7,
+            discontinuity: false,
+            init_id: 0
+        }));
+        assert!(!s.insert_part(PartIn {
+            msn: 5,
+            index: 0,
+            data: part(1),
+            duration: 0.2,
+            independent: true,
+            pdt_ms: 7,
+            discontinuity: false,
+            init_id: 0
+        }));
         assert_eq!(s.read().last_part(), Some((5, 0)));
     }
 
     #[test]
     fn window_is_trimmed() {
-        let cfg = HlsConfig { window: 3, ..Default::default() };
+        let cfg = HlsConfig {
+            window: 3,
+            ..Default::default()
+        };
         let s = HlsStream::new("live/x".into(), cfg);
         for _ in 0..50 {
             s.push_part(part(0), Duration::from_secs(1), true, true, false);
@@ -512,12 +562,18 @@ mod tests {
         let s = Arc::new(HlsStream::new("live/x".into(), HlsConfig::default()));
         let s2 = s.clone();
         let waiter = tokio::spawn(async move {
-            s2.wait_for(Duration::from_secs(5), |st| st.last_part().is_some()).await
+            s2.wait_for(Duration::from_secs(5), |st| st.last_part().is_some())
+                .await
         });
         tokio::task::yield_now().await;
         s.push_part(part(1), Duration::from_millis(200), true, true, false);
         assert!(waiter.await.unwrap());
         // Times out when nothing comes.
-        assert!(!s.wait_for(Duration::from_millis(50), |st| st.last_part().is_some_and(|p| p.1 == 1)).await);
+        assert!(
+            !s.wait_for(Duration::from_millis(50), |st| st
+                .last_part()
+                .is_some_and(|p| p.1 == 1))
+                .await
+        );
     }
 }

@@ -49,6 +49,7 @@ struct Publishing {
     /// The next part opens a segment with a DISCONTINUITY (a publisher came back).
     discontinuity: bool,
     started: bool,
+    announced: bool,
 }
 
 struct Connection {
@@ -59,7 +60,11 @@ struct Connection {
 
 impl Connection {
     fn new(ctx: Arc<SlaveCtx>, peer: SocketAddr) -> Self {
-        Self { ctx, peer, publishing: None }
+        Self {
+            ctx,
+            peer,
+            publishing: None,
+        }
     }
 
     async fn run(&mut self, mut sock: TcpStream) -> anyhow::Result<()> {
@@ -113,31 +118,44 @@ impl Connection {
             RtmpEvent::Connect { request_id, app } => {
                 if app.trim_end_matches('/') != common::APP {
                     tracing::warn!(%peer, %app, "rtmp connect refused: unknown app");
-                    session.reject(request_id, "NetConnection.Connect.Rejected", "unknown app; use /live")?;
+                    session.reject(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        "unknown app; use /live",
+                    )?;
                     return Ok(Flow::Close(format!("unknown app {app:?}")));
                 }
                 Ok(Flow::Continue(session.accept(request_id)?))
             }
-            RtmpEvent::Publish { request_id, stream_key, .. } => {
-                match self.authorize_publish(&stream_key) {
-                    Ok(path) => {
-                        let more = session.accept(request_id)?;
-                        self.start_publishing(path);
-                        Ok(Flow::Continue(more))
-                    }
-                    Err((code, why)) => {
-                        let (name, _) = split_stream_key(&stream_key);
-                        tracing::warn!(%peer, stream = %name, reason = %why, "publish refused");
-                        self.ctx.metrics.publish_refusals.inc();
-                        session.reject(request_id, code, &why)?;
-                        Ok(Flow::Close(format!("publish refused: {why}")))
-                    }
+            RtmpEvent::Publish {
+                request_id,
+                stream_key,
+                ..
+            } => match self.authorize_publish(&stream_key) {
+                Ok(path) => {
+                    let more = session.accept(request_id)?;
+                    self.start_publishing(path);
+                    Ok(Flow::Continue(more))
                 }
-            }
-            RtmpEvent::Play { request_id, stream_key } => {
+                Err((code, why)) => {
+                    let (name, _) = split_stream_key(&stream_key);
+                    tracing::warn!(%peer, stream = %name, reason = %why, "publish refused");
+                    self.ctx.metrics.publish_refusals.inc();
+                    session.reject(request_id, code, &why)?;
+                    Ok(Flow::Close(format!("publish refused: {why}")))
+                }
+            },
+            RtmpEvent::Play {
+                request_id,
+                stream_key,
+            } => {
                 let (name, _) = split_stream_key(&stream_key);
                 tracing::info!(%peer, stream = %name, "rtmp play refused: this server plays over HLS");
-                session.reject(request_id, "NetStream.Play.Failed", "play over HLS: /live/<name>/index.m3u8")?;
+                session.reject(
+                    request_id,
+                    "NetStream.Play.Failed",
+                    "play over HLS: /live/<name>/index.m3u8",
+                )?;
                 Ok(Flow::Close("rtmp play is not offered".into()))
             }
             RtmpEvent::PublishFinished { .. } => {
@@ -163,21 +181,30 @@ impl Connection {
             return Err((BAD, "this connection already publishes".into()));
         }
         let (name, key) = split_stream_key(stream_key);
-        let path = common::stream_path(name).ok_or((BAD, format!("invalid stream name {name:?}")))?;
-        let verifier = self
-            .ctx
-            .verifier()
-            .ok_or(("NetStream.Publish.Unauthorized", "node not registered with the master yet".to_string()))?;
+        let path =
+            common::stream_path(name).ok_or((BAD, format!("invalid stream name {name:?}")))?;
+        let verifier = self.ctx.verifier().ok_or((
+            "NetStream.Publish.Unauthorized",
+            "node not registered with the master yet".to_string(),
+        ))?;
         let claims = verifier
             .authorize(key, &self.ctx.cfg.node_id, &path, Action::Publish)
-            .map_err(|e| ("NetStream.Publish.Unauthorized", format!("stream key refused: {e}")))?;
+            .map_err(|e| {
+                (
+                    "NetStream.Publish.Unauthorized",
+                    format!("stream key refused: {e}"),
+                )
+            })?;
         if let Some(e) = self.ctx.store.get(&path) {
             let st = e.stream.read();
             if st.publisher_connected && !st.ended {
                 return Err((BAD, format!("{path} is already being published")));
             }
             if e.source != Source::Origin && !st.ended {
-                return Err((BAD, format!("{path} is live on another node; publish there")));
+                return Err((
+                    BAD,
+                    format!("{path} is live on another node; publish there"),
+                ));
             }
         }
         tracing::info!(peer = %self.peer, %path, user = %claims.sub, "publish accepted");
@@ -188,25 +215,43 @@ impl Connection {
         let ctx = &self.ctx;
         let (stream, resumed) = match ctx.store.get(&path) {
             Some(e) if !e.stream.is_ended() => (e.stream.clone(), true),
-            _ => (ctx.store.create(&path, ctx.cfg.hls.clone(), Source::Origin).stream.clone(), false),
+            _ => (
+                ctx.store
+                    .create(&path, ctx.cfg.hls.clone(), Source::Origin)
+                    .stream
+                    .clone(),
+                false,
+            ),
         };
         stream.publisher_joined();
         if resumed {
             tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");
-        } else {
-            ctx.announce(&path, true);
         }
         let packager = Packager::new(PackagerConfig {
             part_target: ctx.cfg.hls.part_target,
             segment_target: ctx.cfg.hls.segment_target,
         });
-        self.publishing = Some(Publishing { stream, packager, discontinuity: resumed, started: false });
+        // A resumed stream is already announced; a new one is announced with its first part,
+        // so that routing never sends a viewer to a stream with nothing to play yet.
+        self.publishing = Some(Publishing {
+            stream,
+            packager,
+            discontinuity: resumed,
+            started: false,
+            announced: resumed,
+        });
     }
 
     fn media(&mut self, timestamp: u32, data: Bytes, video: bool) {
-        let Some(p) = self.publishing.as_mut() else { return };
+        let Some(p) = self.publishing.as_mut() else {
+            return;
+        };
         self.ctx.metrics.ingest_bytes.inc_by(data.len() as u64);
-        let out = if video { p.packager.push_video(timestamp, data) } else { p.packager.push_audio(timestamp, data) };
+        let out = if video {
+            p.packager.push_video(timestamp, data)
+        } else {
+            p.packager.push_audio(timestamp, data)
+        };
         match out {
             Ok(outputs) => self.apply(outputs),
             Err(e) => {
@@ -217,10 +262,17 @@ impl Connection {
     }
 
     fn apply(&mut self, outputs: Vec<PackagerOutput>) {
-        let Some(p) = self.publishing.as_mut() else { return };
+        let Some(p) = self.publishing.as_mut() else {
+            return;
+        };
         for o in outputs {
             match o {
-                PackagerOutput::Init { data, codecs, width, height } => {
+                PackagerOutput::Init {
+                    data,
+                    codecs,
+                    width,
+                    height,
+                } => {
                     let res = (width > 0 && height > 0).then_some((width, height));
                     p.stream.set_init(data, codecs, res);
                     // A new init mid-stream (SPS change, late audio track) needs a
@@ -229,7 +281,13 @@ impl Connection {
                         p.discontinuity = true;
                     }
                 }
-                PackagerOutput::Part { data, duration, independent, starts_segment, .. } => {
+                PackagerOutput::Part {
+                    data,
+                    duration,
+                    independent,
+                    starts_segment,
+                    ..
+                } => {
                     let disc = p.discontinuity && starts_segment;
                     if disc {
                         p.discontinuity = false;
@@ -237,9 +295,17 @@ impl Connection {
                     let starts = starts_segment || !p.started;
                     p.started = true;
                     let started_at = Instant::now();
-                    p.stream.push_part(data, duration, independent, starts, disc);
+                    p.stream
+                        .push_part(data, duration, independent, starts, disc);
                     self.ctx.metrics.parts.inc();
-                    self.ctx.metrics.part_publish_seconds.observe(started_at.elapsed().as_secs_f64());
+                    self.ctx
+                        .metrics
+                        .part_publish_seconds
+                        .observe(started_at.elapsed().as_secs_f64());
+                    if !p.announced {
+                        p.announced = true;
+                        self.ctx.announce(&p.stream.path, true);
+                    }
                 }
             }
         }
@@ -248,7 +314,9 @@ impl Connection {
     /// The publisher is gone (unpublish or disconnect): flush, then end the stream unless the
     /// publisher comes back within the grace period.
     fn stop_publishing(&mut self, why: &str) {
-        let Some(mut p) = self.publishing.take() else { return };
+        let Some(mut p) = self.publishing.take() else {
+            return;
+        };
         let rest = p.packager.flush();
         self.publishing = Some(p);
         self.apply(rest);
@@ -261,7 +329,10 @@ impl Connection {
             tokio::time::sleep(stream.cfg.grace).await;
             let gone = {
                 let st = stream.read();
-                !st.publisher_connected && st.publisher_left_at.is_some_and(|t| t.elapsed() >= stream.cfg.grace)
+                !st.publisher_connected
+                    && st
+                        .publisher_left_at
+                        .is_some_and(|t| t.elapsed() >= stream.cfg.grace)
             };
             if gone && !stream.is_ended() {
                 tracing::info!(path = %stream.path, "publisher did not come back; stream ended");

@@ -21,18 +21,39 @@ pub struct RtmpLimits {
 
 impl Default for RtmpLimits {
     fn default() -> Self {
-        Self { max_message_bytes: 8 * 1024 * 1024, max_chunk_size: 1 << 20 }
+        Self {
+            max_message_bytes: 8 * 1024 * 1024,
+            max_chunk_size: 1 << 20,
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RtmpEvent {
-    Connect { request_id: u32, app: String },
-    Publish { request_id: u32, app: String, stream_key: String },
-    PublishFinished { stream_key: String },
-    Play { request_id: u32, stream_key: String },
-    Video { timestamp: u32, data: Bytes },
-    Audio { timestamp: u32, data: Bytes },
+    Connect {
+        request_id: u32,
+        app: String,
+    },
+    Publish {
+        request_id: u32,
+        app: String,
+        stream_key: String,
+    },
+    PublishFinished {
+        stream_key: String,
+    },
+    Play {
+        request_id: u32,
+        stream_key: String,
+    },
+    Video {
+        timestamp: u32,
+        data: Bytes,
+    },
+    Audio {
+        timestamp: u32,
+        data: Bytes,
+    },
     Metadata,
 }
 
@@ -98,7 +119,10 @@ impl RtmpSession {
                     self.out.extend_from_slice(&response_bytes);
                     return Ok(Vec::new());
                 }
-                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
                     self.out.extend_from_slice(&response_bytes);
                     self.handshake = None;
                     let mut config = ServerSessionConfig::new();
@@ -122,20 +146,34 @@ impl RtmpSession {
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
         let events = self.absorb(results)?;
         if self.since_message > self.limits.max_message_bytes {
-            return Err(RtmpError::MessageTooLarge(self.since_message, self.limits.max_message_bytes));
+            return Err(RtmpError::MessageTooLarge(
+                self.since_message,
+                self.limits.max_message_bytes,
+            ));
         }
         Ok(events)
     }
 
     pub fn accept(&mut self, request_id: u32) -> Result<Vec<RtmpEvent>, RtmpError> {
-        let session = self.session.as_mut().ok_or_else(|| RtmpError::Protocol("no session".into()))?;
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| RtmpError::Protocol("no session".into()))?;
         let results = guarded(|| session.accept_request(request_id))?
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
         self.absorb(results)
     }
 
-    pub fn reject(&mut self, request_id: u32, code: &str, description: &str) -> Result<(), RtmpError> {
-        let session = self.session.as_mut().ok_or_else(|| RtmpError::Protocol("no session".into()))?;
+    pub fn reject(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        description: &str,
+    ) -> Result<(), RtmpError> {
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| RtmpError::Protocol("no session".into()))?;
         let results = guarded(|| session.reject_request(request_id, code, description))?
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
         self.absorb(results)?;
@@ -163,28 +201,53 @@ impl RtmpSession {
         Ok(match ev {
             ServerSessionEvent::ClientChunkSizeChanged { new_chunk_size } => {
                 if new_chunk_size > self.limits.max_chunk_size {
-                    return Err(RtmpError::ChunkTooLarge(new_chunk_size, self.limits.max_chunk_size));
+                    return Err(RtmpError::ChunkTooLarge(
+                        new_chunk_size,
+                        self.limits.max_chunk_size,
+                    ));
                 }
                 None
             }
-            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
-                Some(RtmpEvent::Connect { request_id, app: app_name })
-            }
-            ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
-                Some(RtmpEvent::Publish { request_id, app: app_name, stream_key })
-            }
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => Some(RtmpEvent::Connect {
+                request_id,
+                app: app_name,
+            }),
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                ..
+            } => Some(RtmpEvent::Publish {
+                request_id,
+                app: app_name,
+                stream_key,
+            }),
             ServerSessionEvent::PublishStreamFinished { stream_key, .. } => {
                 Some(RtmpEvent::PublishFinished { stream_key })
             }
-            ServerSessionEvent::PlayStreamRequested { request_id, stream_key, .. } => {
-                Some(RtmpEvent::Play { request_id, stream_key })
-            }
-            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
-                Some(RtmpEvent::Video { timestamp: timestamp.value, data })
-            }
-            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
-                Some(RtmpEvent::Audio { timestamp: timestamp.value, data })
-            }
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                stream_key,
+                ..
+            } => Some(RtmpEvent::Play {
+                request_id,
+                stream_key,
+            }),
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => Some(RtmpEvent::Video {
+                timestamp: timestamp.value,
+                data,
+            }),
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => Some(RtmpEvent::Audio {
+                timestamp: timestamp.value,
+                data,
+            }),
             ServerSessionEvent::StreamMetadataChanged { .. } => Some(RtmpEvent::Metadata),
             _ => None,
         })
