@@ -50,7 +50,7 @@ impl MasterConfig {
             thresholds: Thresholds::default(),
             token_ttl: Duration::from_secs(3600),
             publish_token_ttl: Duration::from_secs(12 * 3600),
-            max_nodes: 256,
+            max_nodes: 1024,
         }
     }
 }
