@@ -9,6 +9,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
@@ -18,3 +21,8 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets -- --test-threads=4
+
+# The pages in real headless Chromium (playwright-core drives the apt chromium).
+(cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
+cargo build -p classcast
+(cd tests/web && node --test --test-concurrency=1 pages.test.mjs)

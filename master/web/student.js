@@ -1,0 +1,121 @@
+// Student page: get a token from the master, play the class with hls.js in low-latency mode
+// (native HLS where MSE is missing, e.g. iOS Safari), and move to another slave if one fails.
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const video = $('video');
+  const state = (t) => { $('state').textContent = t; };
+  let hls = null;
+  let current = null; // token response
+  let user = '', stream = '';
+  let recovering = false;
+  window.classcast = { events: [], get current() { return current; }, get hls() { return hls; } };
+  const log = (e) => { window.classcast.events.push({ t: Date.now(), ...e }); };
+
+  async function getToken(exclude) {
+    for (;;) {
+      const body = { role: 'student', user_id: user, stream };
+      if (exclude) body.exclude = exclude;
+      let r;
+      try {
+        r = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      } catch (e) {
+        state('Cannot reach the school server; retrying…');
+        await sleep(2000);
+        continue;
+      }
+      const j = await r.json().catch(() => ({}));
+      if (r.ok) return j;
+      if (r.status === 404 && j.error === 'stream_not_live') {
+        state('Waiting for the class to start…');
+        log({ type: 'waiting' });
+        await sleep(2000);
+        continue;
+      }
+      if (r.status === 503) {
+        state('All servers are busy; retrying…');
+        await sleep(2000);
+        continue;
+      }
+      throw new Error(j.message || ('error ' + r.status));
+    }
+  }
+
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  function play(tok) {
+    current = tok;
+    $('node').textContent = tok.node_name + ' (' + tok.node_id + ')';
+    log({ type: 'play', node_id: tok.node_id });
+    if (hls) { hls.destroy(); hls = null; }
+    if (window.Hls && Hls.isSupported()) {
+      hls = new Hls({ lowLatencyMode: true, liveSyncDurationCount: 1, backBufferLength: 30,
+                      manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1 });
+      hls.on(Hls.Events.ERROR, (_, data) => {
+        log({ type: 'hls-error', fatal: data.fatal, details: data.details });
+        if (data.fatal) failover('playback failed (' + data.details + ')');
+      });
+      hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch(() => {}); });
+      hls.loadSource(tok.hls_url);
+      hls.attachMedia(video);
+    } else if (video.canPlayType('application/vnd.apple.mpegurl')) {
+      video.src = tok.hls_url;
+      video.addEventListener('error', () => failover('playback failed'), { once: true });
+      video.play().catch(() => {});
+    } else {
+      state('This browser cannot play HLS video.');
+      return;
+    }
+    state('Connecting to ' + tok.node_name + '…');
+  }
+
+  // Ask for a token that avoids the slave that just failed, and resume there.
+  async function failover(why) {
+    if (recovering) return;
+    recovering = true;
+    const failed = current && current.node_id;
+    log({ type: 'failover', from: failed, why });
+    state('Reconnecting (' + why + ')…');
+    try {
+      play(await getToken(failed));
+    } catch (e) {
+      state('Could not reconnect: ' + e.message);
+    } finally {
+      recovering = false;
+    }
+  }
+
+  // A stalled picture with no error (a slave that vanished mid-request) also triggers failover.
+  let lastTime = 0, lastProgress = Date.now();
+  setInterval(() => {
+    if (!current) return;
+    if (video.currentTime !== lastTime) { lastTime = video.currentTime; lastProgress = Date.now(); }
+    if (!video.paused && Date.now() - lastProgress > 3000) failover('stalled');
+    if (hls && hls.playingDate) {
+      const lat = (Date.now() - hls.playingDate.getTime()) / 1000;
+      $('latency').textContent = lat.toFixed(1) + ' s';
+      window.classcast.latency = lat;
+    }
+    if (!video.paused && video.currentTime > 0) state('Live');
+  }, 500);
+
+  $('join-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    user = $('name').value.trim();
+    stream = $('stream').value.trim() || 'stream';
+    $('join-error').textContent = '';
+    try {
+      $('player').hidden = false;
+      state('Asking for a seat…');
+      play(await getToken());
+    } catch (e) {
+      $('join-error').textContent = e.message;
+    }
+  });
+
+  const params = new URLSearchParams(location.search);
+  if (params.get('name')) {
+    $('name').value = params.get('name');
+    if (params.get('stream')) $('stream').value = params.get('stream');
+    if (params.get('autoplay') !== null) $('join-form').requestSubmit();
+  }
+})();

@@ -1,0 +1,198 @@
+// The pages, played in real headless Chromium: the student page plays the class, the admin page
+// shows the master's numbers, the teacher page's OBS settings publish, and a student recovers
+// when their slave is killed. Screenshots of failures land in target/web-artifacts/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, createWriteStream, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const BIN = process.env.CLASSCAST_BIN || path.join(ROOT, 'target/debug/classcast');
+const ART = path.join(ROOT, 'target/web-artifacts');
+mkdirSync(ART, { recursive: true });
+const SECRET = 'web-test-cluster-secret-0123456789';
+const TEACHER = 'web-teacher-pass';
+const procs = [];
+let browser;
+
+function freePort() {
+  return new Promise((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
+}
+
+function run(name, cmd, args, env = {}) {
+  const log = createWriteStream(path.join(ART, `${name}.log`));
+  const p = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  p.stdout.pipe(log); p.stderr.pipe(log);
+  procs.push(p);
+  return p;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(what, ms, f) {
+  const end = Date.now() + ms;
+  for (;;) {
+    try { const v = await f(); if (v) return v; } catch {}
+    if (Date.now() > end) throw new Error(`timed out: ${what}`);
+    await sleep(100);
+  }
+}
+const json = async (url, init) => (await fetch(url, init)).json();
+
+function publish(name, url) {
+  return run(name, 'ffmpeg', ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+    '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
+    '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '30', '-pix_fmt', 'yuv420p',
+    '-c:a', 'aac', '-b:a', '64k', '-f', 'flv', url]);
+}
+
+async function newPage(name) {
+  const ctx = await browser.newContext({ viewport: { width: 420, height: 860 } }); // a phone-sized screen
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write']).catch(() => {});
+  const page = await ctx.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`); });
+  page._name = name;
+  return page;
+}
+
+async function withShot(page, f) {
+  try { return await f(); }
+  catch (e) { await page.screenshot({ path: path.join(ART, `${page._name}-failure.png`), fullPage: true }).catch(() => {}); throw e; }
+}
+
+// Waits until the student page plays `secs` seconds of video, and returns the node it plays from.
+async function playsFor(page, secs, ms = 30000) {
+  const start = await until('playback starts', ms, () => page.evaluate(() => { const v = document.getElementById('video'); return v.currentTime > 0.2 ? v.currentTime : null; }));
+  await until(`currentTime advances ${secs}s`, ms, () => page.evaluate((s) => document.getElementById('video').currentTime >= s, start + secs));
+  return page.evaluate(() => window.classcast.current.node_id);
+}
+
+let up, upPort;
+before(async () => {
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required'] });
+  upPort = await freePort();
+  rmSync(path.join(ART, 'up-data'), { recursive: true, force: true });
+  up = run('up', BIN, ['up', '--slaves', '2', '--master-port', String(upPort), '--rtmp-port-base', '0', '--http-port-base', '0',
+    '--heartbeat-interval-ms', '500', '--teacher-password', TEACHER, '--data-dir', path.join(ART, 'up-data')]);
+  await until('up is healthy', 30000, async () => (await json(`http://127.0.0.1:${upPort}/cluster/nodes`)).healthy_nodes === 2);
+});
+
+after(async () => {
+  await browser?.close();
+  for (const p of procs) { try { p.kill('SIGKILL'); } catch {} }
+});
+
+test('teacher page OBS settings publish, and the student page plays the class', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const teacher = await newPage('teacher');
+  let server, key;
+  await withShot(teacher, async () => {
+    await teacher.goto(`${base}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.click('button[type=submit]');
+    await teacher.waitForSelector('#settings:not([hidden])');
+    server = (await teacher.textContent('#server')).trim();
+    key = (await teacher.textContent('#key')).trim();
+    // The copy button puts exactly the shown text on the clipboard.
+    await teacher.click('[data-copy=key]');
+    const clip = await teacher.evaluate(() => navigator.clipboard.readText()).catch(() => null);
+    if (clip !== null) assert.equal(clip, key);
+    assert.match(server, /^rtmp:\/\/127\.0\.0\.1:\d+\/live$/);
+    assert.match(key, /^stream\?key=ey/);
+  });
+  // ffmpeg publishes with exactly the URL and key copied from the page.
+  publish('publisher', `${server}/${key}`);
+
+  const student = await newPage('student');
+  await withShot(student, async () => {
+    const errors = [];
+    await student.goto(`${base}/?name=Alice&stream=stream&autoplay`);
+    const node = await playsFor(student, 3);
+    const events = await student.evaluate(() => window.classcast.events);
+    for (const e of events) if (e.type === 'hls-error' && e.fatal) errors.push(e);
+    assert.deepEqual(errors, [], 'no fatal hls.js errors');
+    // It plays from the slave that the token names.
+    const tok = await student.evaluate(() => window.classcast.current);
+    assert.equal(node, tok.node_id);
+    const hlsUrl = await student.evaluate(() => window.classcast.hls.url);
+    const nodes = await json(`${base}/cluster/nodes`);
+    const named = nodes.nodes.find((n) => n.node_id === tok.node_id);
+    assert.ok(hlsUrl.startsWith(named.public_url), `${hlsUrl} is served by ${named.public_url}`);
+    assert.match(await student.textContent('#node'), new RegExp(tok.node_id));
+    const latency = await until('latency estimate', 10000, () => student.evaluate(() => window.classcast.latency));
+    assert.ok(latency > 0 && latency < 5, `latency estimate ${latency}`);
+    await student.screenshot({ path: path.join(ART, 'student.png') });
+  });
+  // The teacher's preview plays too.
+  await withShot(teacher, async () => {
+    await until('preview plays', 30000, () => teacher.evaluate(() => document.getElementById('preview').currentTime > 1));
+    await teacher.screenshot({ path: path.join(ART, 'teacher.png'), fullPage: true });
+  });
+});
+
+test('admin page shows the same numbers as /cluster/nodes', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const admin = await newPage('admin');
+  await withShot(admin, async () => {
+    await admin.goto(`${base}/admin`);
+    await until('admin matches the API', 15000, async () => {
+      const api = await json(`${base}/cluster/nodes`);
+      const rows = await admin.$$eval('#nodes tbody tr', (trs) => trs.map((tr) => ({
+        id: tr.dataset.node, status: tr.querySelector('.badge').textContent, conns: tr.querySelector('.conns').textContent.trim() })));
+      const want = api.nodes.map((n) => ({ id: n.node_id, status: n.status, conns: `${n.current_connections} / ${n.max_connections}` }));
+      const totals = await admin.textContent('#t-nodes');
+      return JSON.stringify(rows) === JSON.stringify(want) && totals === String(api.total_nodes) && rows.length === 2;
+    });
+    assert.equal(await admin.textContent('#t-healthy'), '2');
+    assert.match(await admin.textContent('#streams tbody'), /live\/stream/);
+    await admin.screenshot({ path: path.join(ART, 'admin.png'), fullPage: true });
+  });
+});
+
+test('a student whose slave is killed recovers on another within 5 s', async () => {
+  // Separate processes, so one slave can be killed: a master and three slaves.
+  const mport = await freePort();
+  const master = `http://127.0.0.1:${mport}`;
+  const env = { CLUSTER_SECRET: SECRET };
+  run('fo-master', BIN, ['master', '--bind', `127.0.0.1:${mport}`, '--jwt-key-file', path.join(ART, 'fo-jwt.pem'),
+    '--heartbeat-interval-ms', '300', '--offline-after-ms', '1500', '--teacher-password', TEACHER], env);
+  const slaves = {};
+  for (const id of ['f1', 'f2', 'f3']) {
+    const [r, h] = [await freePort(), await freePort()];
+    slaves[id] = run(`fo-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
+      '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300'], env);
+  }
+  await until('failover cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 3);
+  const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'fo', credential: TEACHER }) });
+  publish('fo-publisher', `${t.rtmp_url}/${t.stream_key}`);
+  const origin = t.node_id;
+
+  const page = await newPage('failover');
+  await withShot(page, async () => {
+    // Land on an edge: killing the origin would end the class everywhere, which is not failover.
+    let node;
+    for (let i = 0; i < 6; i++) {
+      await page.goto(`${master}/?name=Bob${i}&stream=fo&autoplay`);
+      node = await playsFor(page, 1, 30000);
+      if (node !== origin) break;
+    }
+    assert.notEqual(node, origin, 'student landed on an edge');
+    const killedAt = Date.now();
+    slaves[node].kill('SIGKILL');
+    const recovered = await until('recovered on another slave', 15000, () => page.evaluate((dead) => {
+      const v = document.getElementById('video');
+      const c = window.classcast.current;
+      if (!c || c.node_id === dead) return null;
+      window.__t0 ??= v.currentTime;
+      return v.currentTime > window.__t0 + 0.5 ? c.node_id : null;
+    }, node));
+    const took = Date.now() - killedAt;
+    assert.notEqual(recovered, node);
+    assert.ok(took <= 5000, `recovered in ${took} ms`);
+    console.log(`failover: ${node} → ${recovered} in ${took} ms`);
+  });
+});
