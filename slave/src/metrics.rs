@@ -49,9 +49,9 @@ impl SlaveMetrics {
             part_publish_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "classcast_slave_part_publish_seconds",
-                    "Time from a part's last frame arriving to the part being servable",
+                    "Time from a part's first sample arriving over RTMP to the part being servable (includes the part duration)",
                 )
-                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]),
+                .buckets(vec![0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0]),
             )
             .unwrap(),
             http_requests: IntCounterVec::new(

@@ -3,7 +3,7 @@
 //! memory. One upstream connection per stream, however many viewers the edge has.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::api::MirrorOrder;
 
@@ -295,7 +295,6 @@ fn insert(
     duration: f64,
     independent: bool,
 ) {
-    let t = Instant::now();
     if stream.insert_part(PartIn {
         msn: seg.msn,
         index,
@@ -307,8 +306,5 @@ fn insert(
         init_id: seg.init_id,
     }) {
         ctx.metrics.parts.inc();
-        ctx.metrics
-            .part_publish_seconds
-            .observe(t.elapsed().as_secs_f64());
     }
 }

@@ -471,7 +471,8 @@ impl StreamStore {
     pub fn sweep(&self) {
         self.streams.retain(|_, e| {
             let st = e.stream.read();
-            st.ended_at.is_none_or(|t| t.elapsed() <= e.stream.cfg.linger)
+            st.ended_at
+                .is_none_or(|t| t.elapsed() <= e.stream.cfg.linger)
         });
     }
 }

@@ -50,6 +50,9 @@ struct Publishing {
     discontinuity: bool,
     started: bool,
     announced: bool,
+    /// When recent media messages arrived, by RTMP timestamp: what the publish → part latency
+    /// metric measures from. Bounded to a few seconds of messages.
+    arrivals: std::collections::VecDeque<(u64, Instant)>,
 }
 
 struct Connection {
@@ -239,6 +242,7 @@ impl Connection {
             discontinuity: resumed,
             started: false,
             announced: resumed,
+            arrivals: Default::default(),
         });
     }
 
@@ -247,6 +251,10 @@ impl Connection {
             return;
         };
         self.ctx.metrics.ingest_bytes.inc_by(data.len() as u64);
+        if p.arrivals.len() >= 512 {
+            p.arrivals.pop_front();
+        }
+        p.arrivals.push_back((u64::from(timestamp), Instant::now()));
         let out = if video {
             p.packager.push_video(timestamp, data)
         } else {
@@ -286,7 +294,7 @@ impl Connection {
                     duration,
                     independent,
                     starts_segment,
-                    ..
+                    first_dts_ms,
                 } => {
                     let disc = p.discontinuity && starts_segment;
                     if disc {
@@ -294,14 +302,19 @@ impl Connection {
                     }
                     let starts = starts_segment || !p.started;
                     p.started = true;
-                    let started_at = Instant::now();
                     p.stream
                         .push_part(data, duration, independent, starts, disc);
                     self.ctx.metrics.parts.inc();
-                    self.ctx
-                        .metrics
-                        .part_publish_seconds
-                        .observe(started_at.elapsed().as_secs_f64());
+                    // From the arrival of the part's first sample to the part being
+                    // servable: the part duration plus what the server adds.
+                    let first = p
+                        .arrivals
+                        .iter()
+                        .min_by_key(|(ts, _)| ts.abs_diff(first_dts_ms));
+                    if let Some((_, at)) = first {
+                        let latency = at.elapsed().as_secs_f64();
+                        self.ctx.metrics.part_publish_seconds.observe(latency);
+                    }
                     if !p.announced {
                         p.announced = true;
                         self.ctx.announce(&p.stream.path, true);
