@@ -46,6 +46,9 @@ struct Common {
     /// Heartbeat interval in ms (slaves send, the master expects).
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
     heartbeat_interval_ms: u64,
+    /// HTTP clients must send a complete request head within this time (slowloris guard).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    http_header_timeout_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -254,6 +257,13 @@ fn thresholds(t: &MasterTuning) -> master::registry::Thresholds {
     }
 }
 
+fn http_limits(header_ms: u64) -> common::http::HttpLimits {
+    common::http::HttpLimits {
+        header_read_timeout: Duration::from_millis(header_ms.max(100)),
+        ..Default::default()
+    }
+}
+
 fn master_config(
     bind: SocketAddr,
     secret: ClusterSecret,
@@ -340,6 +350,7 @@ fn slave_config(
         rtmp: rtmp_config(&a.media),
         viewer_window: Duration::from_millis(a.media.viewer_window_ms),
         upstream_url: a.upstream_url.clone(),
+        http: http_limits(a.common.http_header_timeout_ms),
     })
 }
 
@@ -366,7 +377,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
 
 async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), a.generate_secret)?;
-    let cfg = master_config(
+    let mut cfg = master_config(
         a.bind,
         secret,
         a.jwt_key_file.clone(),
@@ -374,6 +385,7 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
         a.common.heartbeat_interval_ms,
         &a.tuning,
     );
+    cfg.http = http_limits(a.common.http_header_timeout_ms);
     let listener = bind(a.bind, "master").await?;
     master::serve(cfg, listener, shutdown_signal()).await
 }
@@ -438,6 +450,7 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
                 cluster_secret: None,
                 insecure_dev: false,
                 heartbeat_interval_ms: a.heartbeat_interval_ms,
+                http_header_timeout_ms: 10_000,
             },
             master_url: master_url.clone(),
             cluster_secret_file: None,

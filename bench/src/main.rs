@@ -1,1 +1,257 @@
-fn main() {}
+//! `classcast-bench`: load and latency benchmarks for a running classcast cluster.
+//!
+//! Every subcommand prints a human summary and then one JSON line (the last line of its
+//! output); `--results FILE` also appends that line to FILE. `report` turns a results file into
+//! `docs/benchmarks.md`. `scripts/bench.sh` starts a fresh cluster and runs them all.
+
+mod control;
+mod flv;
+mod http;
+mod ingest;
+mod latency;
+mod report;
+mod rtmp;
+mod stats;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(name = "classcast-bench", version, about = "Benchmarks for a classcast cluster")]
+struct Cli {
+    /// Append each result's JSON line to this file.
+    #[arg(long, global = true)]
+    results: Option<PathBuf>,
+    /// Worker threads of the load generator's runtime (default: one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Student tokens per second from POST /api/token (registers fake slaves first).
+    Tokens {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        master: String,
+        #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Fake slaves to register and balance across.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The master's PID, to report its CPU use next to the generator's.
+        #[arg(long)]
+        master_pid: Option<u32>,
+    },
+    /// Heartbeats per second from many simulated slaves, and GET /cluster/nodes latency.
+    Heartbeats {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        master: String,
+        #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        master_pid: Option<u32>,
+    },
+    /// RTMP publish → LL-HLS part latency at the origin, and the edge's lag behind it.
+    Latency {
+        /// `rtmp://host:port/live/NAME?key=KEY` (the key in the publish name, as OBS sends it).
+        #[arg(long)]
+        publish: String,
+        /// Origin slave's HTTP base URL.
+        #[arg(long)]
+        origin: String,
+        /// Edge slave's HTTP base URL (it mirrors the stream from the origin).
+        #[arg(long)]
+        edge: Option<String>,
+        /// Cluster secret: the followers read as peers (`Authorization: Bearer`).
+        #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long)]
+        flv: PathBuf,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Parts whose first frame was sent in the first this-many seconds are not counted.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+    },
+    /// Server CPU and RSS while K publishers stream into it (no viewers).
+    IngestCpu {
+        /// PID(s) of the server process(es) to measure (comma-separated or repeated).
+        #[arg(long = "pid", value_delimiter = ',', required = true)]
+        pids: Vec<u32>,
+        /// `rtmp://host:port/live`; each stream publishes to `<base>/<key>`.
+        #[arg(long)]
+        publish_base: String,
+        /// Stream keys, one per stream (`NAME?key=TOKEN`); missing ones become `bench<i>`.
+        #[arg(long = "keys", value_delimiter = ',')]
+        keys: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        #[arg(long)]
+        flv: PathBuf,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds of publishing before the measurement starts.
+        #[arg(long, default_value_t = 2.0)]
+        settle: f64,
+        /// Seconds of idle measurement before publishing.
+        #[arg(long, default_value_t = 3.0)]
+        baseline: f64,
+        /// Name of the server in the report.
+        #[arg(long, default_value = "classcast")]
+        label: String,
+    },
+    /// Renders a results file (JSON lines) into the benchmarks document.
+    Report {
+        #[arg(long)]
+        input: PathBuf,
+        /// `key: value` lines describing the machine (written by scripts/bench.sh).
+        #[arg(long)]
+        machine: PathBuf,
+        /// Full `lscpu` output, shown folded.
+        #[arg(long)]
+        lscpu: Option<PathBuf>,
+        /// Hand-written observations appended verbatim.
+        #[arg(long)]
+        notes: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn emit<T: Serialize>(results: Option<&PathBuf>, value: &T) -> anyhow::Result<()> {
+    let line = serde_json::to_string(value)?;
+    println!("{line}");
+    if let Some(path) = results {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build()?;
+    let results = cli.results.as_ref();
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Tokens {
+                master,
+                secret,
+                concurrency,
+                seconds,
+                nodes,
+                master_pid,
+            } => {
+                let r = control::tokens(control::TokensArgs {
+                    master,
+                    secret,
+                    concurrency: concurrency.max(1),
+                    seconds,
+                    nodes: nodes.max(1),
+                    master_pid,
+                })
+                .await?;
+                control::print_tokens(&r);
+                emit(results, &r)
+            }
+            Cmd::Heartbeats {
+                master,
+                secret,
+                nodes,
+                seconds,
+                concurrency,
+                master_pid,
+            } => {
+                let r = control::heartbeats(control::HeartbeatsArgs {
+                    master,
+                    secret,
+                    nodes: nodes.max(1),
+                    concurrency: concurrency.max(1),
+                    seconds,
+                    master_pid,
+                })
+                .await?;
+                control::print_heartbeats(&r);
+                emit(results, &r)
+            }
+            Cmd::Latency {
+                publish,
+                origin,
+                edge,
+                secret,
+                flv,
+                seconds,
+                warmup,
+            } => {
+                let r = latency::run(latency::LatencyArgs {
+                    publish,
+                    origin,
+                    edge,
+                    secret,
+                    flv,
+                    seconds,
+                    warmup,
+                })
+                .await?;
+                latency::print(&r);
+                emit(results, &r)
+            }
+            Cmd::IngestCpu {
+                pids,
+                publish_base,
+                keys,
+                streams,
+                flv,
+                seconds,
+                settle,
+                baseline,
+                label,
+            } => {
+                let r = ingest::run(ingest::IngestArgs {
+                    label,
+                    pids,
+                    publish_base,
+                    keys,
+                    streams,
+                    flv,
+                    seconds,
+                    settle,
+                    baseline,
+                })
+                .await?;
+                ingest::print(&r);
+                emit(results, &r)
+            }
+            Cmd::Report {
+                input,
+                machine,
+                lscpu,
+                notes,
+                out,
+            } => report::write(&input, &machine, lscpu.as_deref(), notes.as_deref(), &out),
+        }
+    })
+}

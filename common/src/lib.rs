@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod error;
+pub mod http;
 pub mod secret;
 pub mod sysstats;
 pub mod token;

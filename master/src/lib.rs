@@ -36,6 +36,7 @@ pub struct MasterConfig {
     pub token_ttl: Duration,
     pub publish_token_ttl: Duration,
     pub max_nodes: usize,
+    pub http: common::http::HttpLimits,
 }
 
 impl MasterConfig {
@@ -51,6 +52,7 @@ impl MasterConfig {
             token_ttl: Duration::from_secs(3600),
             publish_token_ttl: Duration::from_secs(12 * 3600),
             max_nodes: 1024,
+            http: Default::default(),
         }
     }
 }

@@ -70,6 +70,7 @@ pub struct SlaveConfig {
     pub viewer_window: Duration,
     /// Edge of an edge: pull every stream from this slave instead of the origin.
     pub upstream_url: Option<String>,
+    pub http: common::http::HttpLimits,
 }
 
 /// Everything the slave's tasks share.

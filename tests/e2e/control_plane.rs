@@ -55,6 +55,7 @@ async fn master_statuses_tokens_balance_and_refusals() {
         offline_after_ms: 1000,
         grace_ms: 1000,
         token_ttl_secs: 2,
+        ..Default::default()
     };
     let c = Cluster::start("control_plane", 0, t).await;
 

@@ -113,6 +113,7 @@ pub struct Timings {
     pub offline_after_ms: u64,
     pub grace_ms: u64,
     pub token_ttl_secs: u64,
+    pub http_header_timeout_ms: u64,
 }
 
 impl Default for Timings {
@@ -122,6 +123,7 @@ impl Default for Timings {
             offline_after_ms: 1500,
             grace_ms: 2000,
             token_ttl_secs: 3600,
+            http_header_timeout_ms: 1000,
         }
     }
 }
@@ -188,6 +190,10 @@ impl Cluster {
             .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
             .args(["--offline-after-ms", &t.offline_after_ms.to_string()])
             .args(["--token-ttl-secs", &t.token_ttl_secs.to_string()])
+            .args([
+                "--http-header-timeout-ms",
+                &t.http_header_timeout_ms.to_string(),
+            ])
             .env("CLUSTER_SECRET", SECRET)
             .env("TEACHER_PASSWORD", TEACHER)
             .env("LOG", "info");
@@ -210,6 +216,10 @@ impl Cluster {
             .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
             .args(["--grace-ms", &t.grace_ms.to_string()])
             .args(["--viewer-window-ms", "3000"])
+            .args([
+                "--http-header-timeout-ms",
+                &t.http_header_timeout_ms.to_string(),
+            ])
             .args(extra)
             .env("CLUSTER_SECRET", SECRET)
             .env("LOG", "info");
