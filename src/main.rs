@@ -114,6 +114,13 @@ struct SlaveArgs {
     rtmp_bind: SocketAddr,
     #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8888")]
     http_bind: SocketAddr,
+    /// Bind the RTMP listener to the first free port of this range (`1935-1944`) instead of
+    /// RTMP_BIND's port: how replicas sharing a host network get distinct ports.
+    #[arg(long, env = "RTMP_PORT_RANGE")]
+    rtmp_port_range: Option<String>,
+    /// Same for the HTTP listener (`8888-8897`).
+    #[arg(long, env = "HTTP_PORT_RANGE")]
+    http_port_range: Option<String>,
     /// Base URL browsers reach this slave's HLS at, e.g. `http://10.0.0.5:8888`.
     #[arg(long, env = "PUBLIC_URL")]
     public_url: Option<String>,
@@ -375,6 +382,31 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
         .with_context(|| format!("{what}: cannot listen on {addr}"))
 }
 
+fn parse_range(r: &str) -> anyhow::Result<(u16, u16)> {
+    let (a, b) = r.split_once('-').unwrap_or((r, r));
+    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
+    anyhow::ensure!(a <= b, "port range {r:?} is empty");
+    Ok((a, b))
+}
+
+/// Binds `addr`, or with a range the first free port of it (on `addr`'s IP).
+async fn bind_in_range(
+    addr: SocketAddr,
+    range: Option<&str>,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let Some(range) = range else {
+        return bind(addr, what).await;
+    };
+    let (lo, hi) = parse_range(range).with_context(|| format!("{what} port range"))?;
+    for port in lo..=hi {
+        if let Ok(l) = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            return Ok(l);
+        }
+    }
+    anyhow::bail!("{what}: no free port in {lo}-{hi} on {}", addr.ip())
+}
+
 async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), a.generate_secret)?;
     let mut cfg = master_config(
@@ -392,8 +424,8 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
 
 async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), false)?;
-    let rtmp = bind(a.rtmp_bind, "rtmp").await?;
-    let http = bind(a.http_bind, "http").await?;
+    let rtmp = bind_in_range(a.rtmp_bind, a.rtmp_port_range.as_deref(), "rtmp").await?;
+    let http = bind_in_range(a.http_bind, a.http_port_range.as_deref(), "http").await?;
     let cfg = slave_config(
         &a,
         secret,
@@ -458,6 +490,8 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
             node_name: Some(format!("Slave {}", i + 1)),
             rtmp_bind: rtmp.local_addr()?,
             http_bind: http.local_addr()?,
+            rtmp_port_range: None,
+            http_port_range: None,
             public_url: None,
             public_host: Some(a.public_host.clone()),
             internal_url: Some(format!("http://127.0.0.1:{hp}")),

@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/cluster/streams", get(streams))
         .route("/cluster/streams/origin", get(origin))
         .route("/cluster/best-node", get(best_node))
+        .route("/prometheus/targets", get(prometheus_targets))
 }
 
 fn valid_node_id(id: &str) -> bool {
@@ -232,4 +233,24 @@ async fn origin(
         origin_url,
         live: true,
     }))
+}
+
+/// Prometheus HTTP service discovery: every slave not Offline, scraped at its internal URL.
+async fn prometheus_targets(State(st): State<AppState>) -> impl IntoResponse {
+    let targets: Vec<serde_json::Value> = st
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|n| n.status != common::api::NodeStatus::Offline)
+        .filter_map(|n| {
+            let base = n.info.internal_url.clone().unwrap_or_else(|| n.info.public_url.clone());
+            let u = url::Url::parse(&base).ok()?;
+            let hostport = format!("{}:{}", u.host_str()?, u.port_or_known_default()?);
+            Some(serde_json::json!({
+                "targets": [hostport],
+                "labels": {"node_id": n.info.node_id, "node_name": n.info.node_name, "role": "slave"}
+            }))
+        })
+        .collect();
+    Json(targets)
 }
