@@ -97,7 +97,7 @@ pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<Stre
 }
 
 enum PullEnd {
-    /// The origin ended the stream (ENDLIST or 404): end it here too.
+    /// The origin ended the stream (ENDLIST): end it here too.
     Ended,
     /// Lost the link: reconnect.
     Lost(String),
@@ -107,7 +107,6 @@ async fn pull(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, upstream: &str) {
     let name = stream.path.trim_start_matches("live/");
     let base = format!("{}/live/{name}", upstream.trim_end_matches('/'));
     let mut backoff = Duration::from_millis(100);
-    let mut failures_since_data = 0u32;
     loop {
         match pull_once(ctx, stream, &base).await {
             PullEnd::Ended => return,
@@ -115,17 +114,20 @@ async fn pull(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, upstream: &str) {
                 if stream.is_ended() {
                     return;
                 }
-                failures_since_data += 1;
                 ctx.metrics.upstream_reconnects.inc();
-                tracing::warn!(path = %stream.path, %why, ?backoff, "lost upstream; reconnecting");
-                // An origin that stays unreachable past the publisher grace is gone for good.
+                // Time since media last arrived (or since the mirror started).
                 let idle = stream
                     .read()
                     .segments
                     .back()
                     .map(|s| s.first_part_at.elapsed())
-                    .unwrap_or_default();
-                if failures_since_data > 3 && idle > stream.cfg.grace + Duration::from_secs(5) {
+                    .unwrap_or_else(|| stream.created.elapsed());
+                if idle < Duration::from_secs(3) {
+                    backoff = Duration::from_millis(100);
+                }
+                tracing::warn!(path = %stream.path, %why, ?backoff, "lost upstream; reconnecting");
+                // An upstream that stays unreachable past the publisher grace is gone for good.
+                if idle > stream.cfg.grace + Duration::from_secs(5) {
                     tracing::warn!(path = %stream.path, "upstream unreachable past the grace period; ending");
                     return;
                 }
@@ -133,7 +135,6 @@ async fn pull(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, upstream: &str) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-        let _ = &mut failures_since_data;
     }
 }
 
@@ -167,7 +168,10 @@ async fn pull_once(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str) -> 
         };
         match resp.status().as_u16() {
             200 => {}
-            404 => return PullEnd::Ended,
+            // Not an end: an upstream edge that restarted has not re-mirrored yet. The end of a
+            // stream comes as ENDLIST or as the master's order; a 404 that lasts past the grace
+            // period ends it in `pull`.
+            404 => return PullEnd::Lost("upstream does not have the stream (yet)".into()),
             // Blocking reload timed out (publisher paused); ask again.
             503 => {
                 first = true;

@@ -3,5 +3,6 @@
 
 mod control_plane;
 mod fanout;
+mod faults;
 mod media_plane;
 mod support;

@@ -249,7 +249,58 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
         assert_eq!(&body[4..8], want, "{uri} starts with {want:?}");
     }
     let other_node = if node == "s1" { "s2" } else { "s1" };
+    // Algorithm confusion: `alg: none`, and HS256 keyed with the (public) verification key.
+    let alg_none = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = good.split('.').nth(1).unwrap();
+        format!(
+            "{}.{payload}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#)
+        )
+    };
+    let signing = SigningKey::load_or_generate(&c.key_file).unwrap();
+    let claims = new_claims(
+        "classcast",
+        "mallory",
+        Role::Student,
+        &node,
+        "live/class",
+        Action::Read,
+        Duration::from_secs(600),
+    );
+    let hs_x = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(signing.public_x().as_bytes()),
+    )
+    .unwrap();
+    let hs_raw = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signing.public_x())
+            .unwrap();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&raw),
+        )
+        .unwrap()
+    };
     let cases = [
+        ("alg none", format!("jwt={alg_none}"), 401, "token_invalid"),
+        (
+            "hs256 with the public key",
+            format!("jwt={hs_x}"),
+            401,
+            "token_invalid",
+        ),
+        (
+            "hs256 with the raw public key",
+            format!("jwt={hs_raw}"),
+            401,
+            "token_invalid",
+        ),
         ("missing", String::new(), 401, "token_missing"),
         (
             "garbage",

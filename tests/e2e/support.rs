@@ -205,8 +205,15 @@ impl Cluster {
     }
 
     pub fn add_slave(&mut self, id: &str, extra: &[&str]) -> usize {
-        let t = &self.timings;
         let (rtmp, http) = (free_port(), free_port());
+        self.spawn_slave(id, rtmp, http, extra)
+    }
+
+    fn spawn_slave(&mut self, id: &str, rtmp: u16, http: u16, extra: &[&str]) -> usize {
+        let t = &self.timings;
+        let n = std::fs::read_dir(log_dir(&self.test))
+            .map(|d| d.count())
+            .unwrap_or(0);
         let mut cmd = Command::new(BIN);
         cmd.arg("slave")
             .args(["--master-url", &self.master_url()])
@@ -223,7 +230,11 @@ impl Cluster {
             .args(extra)
             .env("CLUSTER_SECRET", SECRET)
             .env("LOG", "info");
-        let proc = Proc::spawn(id, log_dir(&self.test).join(format!("{id}.log")), &mut cmd);
+        let proc = Proc::spawn(
+            id,
+            log_dir(&self.test).join(format!("{id}-{n}.log")),
+            &mut cmd,
+        );
         self.slaves.push(SlaveProc {
             id: id.into(),
             rtmp_port: rtmp,
@@ -231,6 +242,15 @@ impl Cluster {
             proc,
         });
         self.slaves.len() - 1
+    }
+
+    /// Kills a slave (SIGKILL) and starts it again on the same ports with the same arguments.
+    pub fn restart_slave(&mut self, id: &str, extra: &[&str]) {
+        let i = self.slaves.iter().position(|s| s.id == id).unwrap();
+        let old = self.slaves.remove(i);
+        let (rtmp, http) = (old.rtmp_port, old.http_port);
+        drop(old);
+        self.spawn_slave(id, rtmp, http, extra);
     }
 
     pub fn slave(&self, id: &str) -> &SlaveProc {

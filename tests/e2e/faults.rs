@@ -1,0 +1,105 @@
+//! Issue 8: faults under load. Kill/restart cases live beside the features they break
+//! (fan-out, media plane, control plane); here is the join storm.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// 1,000 tokens/s for 10 s while viewers play: every request answered, no viewer interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_storm_while_viewers_play() {
+    let c = Cluster::start("join_storm", 2, Timings::default()).await;
+    let (rtmp, key, _) = c.teacher("storm").await;
+    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    c.wait_live("storm", 2).await;
+
+    // Two viewers keep playing (playlist + newest part) throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut viewers = Vec::new();
+    for i in 0..2 {
+        let v = c.student("storm", &format!("viewer{i}")).await;
+        let url = v["hls_url"].as_str().unwrap().to_string();
+        let (http, stop) = (c.http.clone(), stop.clone());
+        viewers.push(tokio::spawn(async move {
+            let (mut bad, mut ok, mut first, mut last) = (0, 0, None, None);
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let p = last_part(&r.text().await.unwrap_or_default());
+                        first = first.or(p);
+                        last = p;
+                        ok += 1;
+                    }
+                    _ => bad += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (ok, bad, first, last)
+        }));
+    }
+
+    let master = c.master_url();
+    let (okc, errc) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    let mut tasks = Vec::new();
+    // 10 requests every 10 ms = 1,000/s, for 10 s.
+    while start.elapsed() < Duration::from_secs(10) {
+        tick.tick().await;
+        for _ in 0..10 {
+            sent += 1;
+            let (http, url, okc, errc, limit) = (
+                c.http.clone(),
+                format!("{master}/api/token"),
+                okc.clone(),
+                errc.clone(),
+                limit.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await.unwrap();
+                let body = json!({"role": "student", "user_id": format!("storm{sent}"), "stream": "storm"});
+                match http.post(url).json(&body).send().await {
+                    Ok(r) if r.status() == 200 => okc.fetch_add(1, Ordering::Relaxed),
+                    _ => errc.fetch_add(1, Ordering::Relaxed),
+                };
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (ok, err) = (okc.load(Ordering::Relaxed), errc.load(Ordering::Relaxed));
+    println!("join storm: {ok} tokens in {took:?}, {err} errors");
+    assert_eq!(err, 0, "token errors during the storm");
+    assert_eq!(ok, sent);
+    assert!(sent >= 9_900, "sent only {sent}");
+    assert!(
+        took < Duration::from_secs(12),
+        "the master fell behind: {took:?} for 10 s of joins"
+    );
+    for v in viewers {
+        let (ok, bad, first, last) = v.await.unwrap();
+        assert_eq!(bad, 0, "a viewer saw errors during the storm");
+        assert!(
+            ok > 10 && last > first,
+            "a viewer stopped advancing: {first:?} → {last:?}"
+        );
+    }
+    // The burst spread over both slaves.
+    let n = c.nodes().await;
+    let pending: Vec<u64> = n["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["pending_tokens"].as_u64().unwrap() + x["current_connections"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pending.len(), 2);
+}
