@@ -307,12 +307,12 @@ async fn playlist_response(
         let has_segment = |st: &StreamState| st.segments.iter().any(|s| s.complete);
         stream.wait_for(hold_time(stream), has_segment).await;
     }
+    let pieces = stream.rendered();
     let query = match caller {
-        Caller::Viewer { token } => Some(format!("jwt={token}")),
-        Caller::Peer => None,
+        Caller::Viewer { token } => format!("?jwt={token}"),
+        Caller::Peer => String::new(),
     };
-    let st = stream.read();
-    Ok(playlist::render(&st, &stream.cfg, query.as_deref()))
+    Ok(pieces.join_with(&query))
 }
 
 fn respond(

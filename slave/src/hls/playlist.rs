@@ -115,6 +115,40 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
     out
 }
 
+/// A rendered playlist cut at every URI's query position, so that a viewer's token is spliced
+/// in with one copy per request instead of a full render.
+#[derive(Debug)]
+pub struct Rendered {
+    pieces: Vec<String>,
+    len: usize,
+}
+
+const SPLICE: &str = "\u{0}";
+
+impl Rendered {
+    pub fn new(st: &State, cfg: &HlsConfig) -> Self {
+        let text = render(st, cfg, Some(SPLICE));
+        let pieces: Vec<String> = text
+            .split(&format!("?{SPLICE}"))
+            .map(str::to_string)
+            .collect();
+        let len = pieces.iter().map(String::len).sum();
+        Self { pieces, len }
+    }
+
+    /// The playlist with `query` (e.g. `?jwt=…`, or empty) after every URI.
+    pub fn join_with(&self, query: &str) -> String {
+        let mut out = String::with_capacity(self.len + self.pieces.len() * query.len());
+        for (i, p) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                out.push_str(query);
+            }
+            out.push_str(p);
+        }
+        out
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` from Unix milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
     let secs = ms / 1000;
@@ -175,7 +209,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1_795_000_000_123), "2026-11-19T08:26:40.123Z");
+        assert_eq!(rfc3339_ms(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         for ms in [0u64, 951_782_400_000, 1_795_000_000_123, 4_107_542_399_999] {
             assert_eq!(parse_rfc3339_ms(&rfc3339_ms(ms)), Some(ms));
         }
@@ -212,6 +246,28 @@ mod tests {
         assert!(p.ends_with("#EXT-X-ENDLIST\n"));
         assert!(!p.contains("PRELOAD-HINT"));
         assert!(!p.contains("jwt"));
+    }
+
+    #[test]
+    fn spliced_equals_rendered() {
+        let cfg = HlsConfig::default();
+        let s = HlsStream::new("live/x".into(), cfg.clone());
+        s.set_init(Bytes::from_static(b"i"), "avc1".into(), None);
+        for i in 0..17 {
+            s.push_part(
+                Bytes::from_static(b"p"),
+                Duration::from_millis(200),
+                i % 5 == 0,
+                i % 5 == 0,
+                false,
+            );
+        }
+        let r = Rendered::new(&s.read(), &cfg);
+        assert_eq!(
+            r.join_with("?jwt=T"),
+            render(&s.read(), &cfg, Some("jwt=T"))
+        );
+        assert_eq!(r.join_with(""), render(&s.read(), &cfg, None));
     }
 
     #[test]

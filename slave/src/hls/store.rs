@@ -138,6 +138,8 @@ pub struct HlsStream {
     /// First media sequence number of an origin stream: the creation time in seconds, so a
     /// re-published path never reuses a URI that a cache may hold as immutable.
     msn_base: u64,
+    /// The last rendering and the version it was made at.
+    rendered: parking_lot::Mutex<Option<(u64, Arc<super::playlist::Rendered>)>>,
 }
 
 impl HlsStream {
@@ -149,6 +151,7 @@ impl HlsStream {
             version: watch::channel(0).0,
             created: Instant::now(),
             msn_base: common::now_unix(),
+            rendered: parking_lot::Mutex::new(None),
         }
     }
 
@@ -156,10 +159,29 @@ impl HlsStream {
         self.state.read()
     }
 
+    /// The playlist for the current state, rendered once per change however many viewers ask.
+    pub fn rendered(&self) -> Arc<super::playlist::Rendered> {
+        let st = self.state.read();
+        // Read under the state lock: every change bumps the version while holding the write
+        // lock's effects, so (version, state) are consistent here.
+        let version = *self.version.borrow();
+        let mut cache = self.rendered.lock();
+        if let Some((v, r)) = cache.as_ref()
+            && *v == version
+        {
+            return r.clone();
+        }
+        let r = Arc::new(super::playlist::Rendered::new(&st, &self.cfg));
+        *cache = Some((version, r.clone()));
+        r
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
 
+    /// Called with the state's write lock held, so that a reader under the read lock always
+    /// sees a version that matches the state (the rendering cache relies on it).
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
@@ -174,8 +196,8 @@ impl HlsStream {
         }
         let id = st.inits.last().map(|(i, _)| i + 1).unwrap_or(0);
         self.insert_init_locked(&mut st, id, data, codecs, resolution);
-        drop(st);
         self.bump();
+        drop(st);
         id
     }
 
@@ -186,8 +208,8 @@ impl HlsStream {
             return;
         }
         self.insert_init_locked(&mut st, id, data, codecs, resolution);
-        drop(st);
         self.bump();
+        drop(st);
     }
 
     fn insert_init_locked(
@@ -284,8 +306,8 @@ impl HlsStream {
         });
         let d = seg.duration;
         st.max_segment = st.max_segment.max(d);
-        drop(st);
         self.bump();
+        drop(st);
         true
     }
 
@@ -317,8 +339,8 @@ impl HlsStream {
             first_part_at: Instant::now(),
         });
         self.trim(&mut st);
-        drop(st);
         self.bump();
+        drop(st);
         true
     }
 
@@ -362,8 +384,8 @@ impl HlsStream {
         st.publisher_connected = false;
         st.publisher_left_at = Some(Instant::now());
         self.complete_last(&mut st);
-        drop(st);
         self.bump();
+        drop(st);
     }
 
     pub fn publisher_joined(&self) {
@@ -381,18 +403,22 @@ impl HlsStream {
         self.complete_last(&mut st);
         st.ended = true;
         st.ended_at = Some(Instant::now());
-        drop(st);
         self.bump();
+        drop(st);
     }
 
     /// Edges adopt the origin's targets and discontinuity count, so that their playlists agree
     /// even where the origin saw segments the edge never did.
     pub fn adopt_origin_header(&self, target: u64, part_target: f64, discontinuity_seq: u64) {
         let mut st = self.state.write();
+        let before = (st.max_segment, st.max_part, st.discontinuity_seq);
         st.max_segment = st.max_segment.max(target as f64);
         st.max_part = st.max_part.max(part_target);
         if st.segments.is_empty() {
             st.discontinuity_seq = discontinuity_seq;
+        }
+        if before != (st.max_segment, st.max_part, st.discontinuity_seq) {
+            self.bump();
         }
     }
 
