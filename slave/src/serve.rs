@@ -169,13 +169,13 @@ async fn serve_file(
         }
     };
     let stream = &entry.stream;
-    let label = match kind {
-        HlsFile::Playlist => "playlist",
-        HlsFile::Init(_) => "init",
-        HlsFile::Segment(_) => "segment",
-        HlsFile::Part(..) => "part",
+    let kind_index = match kind {
+        HlsFile::Playlist => 0,
+        HlsFile::Init(_) => 1,
+        HlsFile::Segment(_) => 2,
+        HlsFile::Part(..) => 3,
     };
-    ctx.metrics.http_requests.with_label_values(&[label]).inc();
+    ctx.metrics.requests_by_kind[kind_index].inc();
     match kind {
         HlsFile::Playlist => {
             let body = playlist_response(stream, &q, &caller).await?;
