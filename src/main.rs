@@ -121,6 +121,10 @@ struct SlaveArgs {
     /// Same for the HTTP listener (`8888-8897`).
     #[arg(long, env = "HTTP_PORT_RANGE")]
     http_port_range: Option<String>,
+    /// Write the HTTP port actually bound to this file, for `classcast healthcheck` (which reads
+    /// the same PORT_FILE) when the port comes from a range.
+    #[arg(long, env = "PORT_FILE")]
+    port_file: Option<PathBuf>,
     /// Base URL browsers reach this slave's HLS at, e.g. `http://10.0.0.5:8888`.
     #[arg(long, env = "PUBLIC_URL")]
     public_url: Option<String>,
@@ -426,6 +430,10 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), false)?;
     let rtmp = bind_in_range(a.rtmp_bind, a.rtmp_port_range.as_deref(), "rtmp").await?;
     let http = bind_in_range(a.http_bind, a.http_port_range.as_deref(), "http").await?;
+    if let Some(f) = &a.port_file {
+        std::fs::write(f, http.local_addr()?.port().to_string())
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
     let cfg = slave_config(
         &a,
         secret,
@@ -492,6 +500,7 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
             http_bind: http.local_addr()?,
             rtmp_port_range: None,
             http_port_range: None,
+            port_file: None,
             public_url: None,
             public_host: Some(a.public_host.clone()),
             internal_url: Some(format!("http://127.0.0.1:{hp}")),
@@ -552,9 +561,16 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {
     let url = a.url.unwrap_or_else(|| match mode {
         Some("slave") => {
-            let port = std::env::var("HTTP_BIND")
+            let from_file = std::env::var("PORT_FILE")
                 .ok()
-                .and_then(|b| b.rsplit(':').next().map(str::to_string))
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .map(|p| p.trim().to_string());
+            let port = from_file
+                .or_else(|| {
+                    std::env::var("HTTP_BIND")
+                        .ok()
+                        .and_then(|b| b.rsplit(':').next().map(str::to_string))
+                })
                 .unwrap_or("8888".into());
             format!("http://127.0.0.1:{port}/health")
         }
