@@ -9,7 +9,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use dashmap::DashMap;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -70,8 +70,12 @@ pub struct Jwks {
 /// The master's signing key. Persisted as a PKCS#8 PEM file so that a restarted master (or a
 /// second master sharing the file) keeps every issued token valid.
 pub struct SigningKey {
-    encoding: EncodingKey,
+    /// Parsed once: `jsonwebtoken::encode` would parse the PKCS#8 key again for every token,
+    /// which derives the public key (a scalar multiplication as costly as the signature).
+    pair: Ed25519KeyPair,
     public: Vec<u8>,
+    /// `base64url({"alg":"EdDSA","typ":"JWT","kid":…})`, the same for every token.
+    header_b64: String,
 }
 
 const PEM_LABEL: &str = "PRIVATE KEY";
@@ -88,9 +92,13 @@ impl SigningKey {
     pub fn from_pkcs8(der: &[u8]) -> anyhow::Result<Self> {
         let pair = Ed25519KeyPair::from_pkcs8(der)
             .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 key: {e}"))?;
+        let public = pair.public_key().as_ref().to_vec();
+        let kid = kid_of(&public);
+        let header = serde_json::json!({"typ": "JWT", "alg": "EdDSA", "kid": kid});
         Ok(Self {
-            encoding: EncodingKey::from_ed_der(der),
-            public: pair.public_key().as_ref().to_vec(),
+            pair,
+            public,
+            header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
         })
     }
 
@@ -120,8 +128,7 @@ impl SigningKey {
 
     /// Key id: a short digest of the public key, so verifiers can tell keys apart.
     pub fn kid(&self) -> String {
-        use sha2::Digest;
-        hex::encode(&sha2::Sha256::digest(&self.public)[..8])
+        kid_of(&self.public)
     }
 
     pub fn jwks(&self) -> Jwks {
@@ -137,11 +144,24 @@ impl SigningKey {
         }
     }
 
+    /// A compact JWS (RFC 7515) over the claims, signed with Ed25519 (RFC 8037): exactly what
+    /// `jsonwebtoken::encode` produces, without re-parsing the key per token.
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid());
-        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+        let payload = serde_json::to_vec(claims)?;
+        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 100);
+        token.push_str(&self.header_b64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let sig = self.pair.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(sig.as_ref(), &mut token);
+        Ok(token)
     }
+}
+
+fn kid_of(public: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(public)[..8])
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -397,6 +417,28 @@ mod tests {
     }
 
     #[test]
+    fn manual_signature_is_a_standard_jwt() {
+        let (key, der) = SigningKey::generate().unwrap();
+        let c = claims(60);
+        let ours = key.sign(&c).unwrap();
+        // jsonwebtoken decodes our token, and a token it makes with the same key verifies here.
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid());
+        let theirs =
+            jsonwebtoken::encode(&header, &c, &jsonwebtoken::EncodingKey::from_ed_der(&der))
+                .unwrap();
+        let dk = DecodingKey::from_ed_components(&key.public_x()).unwrap();
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_issuer(&["classcast"]);
+        let d = jsonwebtoken::decode::<Claims>(&ours, &dk, &v).unwrap();
+        assert_eq!(d.claims, c);
+        assert_eq!(d.header.kid.as_deref(), Some(key.kid().as_str()));
+        let verifier = TokenVerifier::from_public_x(&key.public_x(), "classcast").unwrap();
+        assert!(verifier.verify(&theirs).is_ok());
+        assert!(verifier.verify(&ours).is_ok());
+    }
+
+    #[test]
     fn wrong_key_expired_and_forged() {
         let (key, _) = SigningKey::generate().unwrap();
         let (other, _) = SigningKey::generate().unwrap();
@@ -418,9 +460,9 @@ mod tests {
         assert!(matches!(v.verify(&none), Err(TokenError::Invalid(_))));
         // HS256 signed with the public key as the HMAC secret.
         let hs = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
+            &jsonwebtoken::Header::new(Algorithm::HS256),
             &claims(60),
-            &EncodingKey::from_secret(key.public_x().as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(key.public_x().as_bytes()),
         )
         .unwrap();
         assert!(matches!(v.verify(&hs), Err(TokenError::Invalid(_))));

@@ -16,7 +16,7 @@ use common::token::Action;
 
 use crate::SlaveCtx;
 use crate::hls::playlist;
-use crate::hls::store::{HlsStream, State as StreamState};
+use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};
 
 pub fn router() -> Router<Arc<SlaveCtx>> {
     Router::new().route("/live/{name}/{file}", get(hls_file))
@@ -225,8 +225,8 @@ async fn serve_file(
                 return Err(ApiError::not_found("not_found", "no such segment"));
             }
             stream.wait_for(hold_time(stream), ready).await;
-            let data = stream.read().segment(msn).and_then(|s| s.full.clone());
-            data.map(|d| media(ctx, d))
+            let body = stream.read().segment(msn).and_then(|s| s.body());
+            body.map(|b| segment_response(ctx, b))
                 .ok_or_else(|| ApiError::not_found("not_found", "segment not available"))
         }
         HlsFile::Part(msn, idx) => {
@@ -327,6 +327,28 @@ fn respond(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     r
+}
+
+/// A segment as its parts back to back: the bytes are shared with the parts, never copied.
+fn segment_response(ctx: &SlaveCtx, body: SegmentBody) -> Response {
+    match body {
+        SegmentBody::Whole(b) => media(ctx, b),
+        SegmentBody::Parts(parts) => {
+            let len = parts.iter().map(Bytes::len).sum::<usize>();
+            ctx.metrics.bytes_out.inc_by(len as u64);
+            let stream =
+                futures::stream::iter(parts.into_iter().map(Ok::<_, std::convert::Infallible>));
+            let mut r = Response::new(Body::from_stream(stream));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
+            r
+        }
+    }
 }
 
 fn media(ctx: &SlaveCtx, data: Bytes) -> Response {

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -48,12 +48,32 @@ pub struct Part {
     pub created_ms: u64,
 }
 
+/// What a segment is made of, for serving without copying.
+#[derive(Debug, Clone)]
+pub enum SegmentBody {
+    Whole(Bytes),
+    Parts(Vec<Bytes>),
+}
+
+impl SegmentBody {
+    pub fn len(&self) -> usize {
+        match self {
+            SegmentBody::Whole(b) => b.len(),
+            SegmentBody::Parts(p) => p.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Segment {
     pub msn: u64,
     pub parts: Vec<Part>,
-    /// Whole-segment bytes, built once when the segment completes (or received whole by an edge
-    /// that joined late).
+    /// Whole-segment bytes, only for a segment an edge received whole (it joined late). A
+    /// segment built from parts is served as its parts back to back, so media is held once.
     pub full: Option<Bytes>,
     pub duration: f64,
     /// Wall-clock of the first sample, as written in `EXT-X-PROGRAM-DATE-TIME`.
@@ -66,6 +86,19 @@ pub struct Segment {
 }
 
 /// One part to insert.
+impl Segment {
+    /// The segment's bytes (reference-counted, not copied), once it is complete.
+    pub fn body(&self) -> Option<SegmentBody> {
+        if !self.complete {
+            return None;
+        }
+        Some(match &self.full {
+            Some(b) => SegmentBody::Whole(b.clone()),
+            None => SegmentBody::Parts(self.parts.iter().map(|p| p.data.clone()).collect()),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PartIn {
     pub msn: u64,
@@ -349,13 +382,6 @@ impl HlsStream {
             && !s.complete
         {
             s.complete = true;
-            if s.full.is_none() {
-                let mut buf = BytesMut::with_capacity(s.parts.iter().map(|p| p.data.len()).sum());
-                for p in &s.parts {
-                    buf.extend_from_slice(&p.data);
-                }
-                s.full = Some(buf.freeze());
-            }
         }
     }
 
@@ -527,7 +553,8 @@ mod tests {
         let st = s.read();
         let seg0 = st.segment(b).unwrap();
         assert!(seg0.complete);
-        assert_eq!(seg0.full.as_ref().unwrap().len(), 20);
+        assert_eq!(seg0.body().unwrap().len(), 20);
+        assert!(seg0.full.is_none(), "media is held once, as parts");
         assert!((seg0.duration - 0.4).abs() < 1e-9);
         assert!(st.part_settled(b, 5)); // segment b completed with 2 parts
         assert!(!st.part_settled(b + 1, 1));
