@@ -34,3 +34,7 @@ cargo test --test e2e clients:: -- --test-threads=1
 (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 cargo build -p classcast
 (cd tests/web && node --test --test-concurrency=1 pages.test.mjs)
+
+# Deployment for real: images built offline, `docker compose up --scale slave=5` on a private
+# Docker engine, Prometheus scraping it, promtool rule tests, dashboard schema checks.
+./deploy/test.sh

@@ -28,7 +28,7 @@ enum Cmd {
     /// Run the master: registry, load balancer, token issuer, pages.
     Master(MasterArgs),
     /// Run a slave: RTMP ingest and LL-HLS serving.
-    Slave(SlaveArgs),
+    Slave(Box<SlaveArgs>),
     /// Run a whole local cluster (a master and N slaves) on loopback, with generated secrets.
     Up(UpArgs),
     /// Exit 0 if the local node answers /health (for container HEALTHCHECKs).
@@ -134,6 +134,10 @@ struct SlaveArgs {
     /// Base URL other slaves pull from (default: the public URL).
     #[arg(long, env = "INTERNAL_URL")]
     internal_url: Option<String>,
+    /// Host other slaves pull from, with the HTTP port actually bound (when INTERNAL_URL can't
+    /// be known in advance because the port comes from a range).
+    #[arg(long, env = "INTERNAL_HOST")]
+    internal_host: Option<String>,
     /// Viewer sessions this slave is sized for (100 % load).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 500)]
     max_connections: u32,
@@ -350,7 +354,15 @@ fn slave_config(
         node_id,
         master_url: a.master_url.clone(),
         secret,
-        internal_url: a.internal_url.clone().unwrap_or_else(|| public_url.clone()),
+        internal_url: a
+            .internal_url
+            .clone()
+            .or_else(|| {
+                a.internal_host
+                    .as_ref()
+                    .map(|h| format!("http://{h}:{http_port}"))
+            })
+            .unwrap_or_else(|| public_url.clone()),
         rtmp_url: format!("rtmp://{host}:{rtmp_port}/live"),
         public_url,
         max_connections: a.max_connections.max(1),
@@ -504,6 +516,7 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
             public_url: None,
             public_host: Some(a.public_host.clone()),
             internal_url: Some(format!("http://127.0.0.1:{hp}")),
+            internal_host: None,
             max_connections: a.max_connections,
             upstream_url: None,
             media: a.media.clone(),
@@ -588,6 +601,7 @@ async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {
         .send()
         .await?;
     anyhow::ensure!(r.status().is_success(), "{url} answered {}", r.status());
+    println!("ok {url}");
     Ok(())
 }
 
@@ -607,7 +621,7 @@ fn main() -> anyhow::Result<()> {
         None => match cli.mode.as_deref() {
             // `MODE=master classcast` parses the role's flags from the environment.
             Some("master") => Cmd::Master(MasterArgs::parse_from_env()),
-            Some("slave") => Cmd::Slave(SlaveArgs::parse_from_env()),
+            Some("slave") => Cmd::Slave(Box::new(SlaveArgs::parse_from_env())),
             Some(m) => anyhow::bail!("MODE must be master or slave, not {m:?}"),
             None => {
                 use clap::CommandFactory;
@@ -619,7 +633,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cmd {
             Cmd::Master(a) => run_master(a).await,
-            Cmd::Slave(a) => run_slave(a).await,
+            Cmd::Slave(a) => run_slave(*a).await,
             Cmd::Up(a) => run_up(a).await,
             Cmd::Healthcheck(a) => healthcheck(a, cli.mode.as_deref()).await,
         }

@@ -18,6 +18,9 @@ pub struct MasterMetrics {
     node_load: GaugeVec,
     node_heartbeat_age: GaugeVec,
     node_connections: IntGaugeVec,
+    /// 1 for each node's current status, 0 for the others: dashboards and alerts read the
+    /// status the master decided instead of re-deriving it from load and heartbeat age.
+    node_status: IntGaugeVec,
 }
 
 impl MasterMetrics {
@@ -84,8 +87,17 @@ impl MasterMetrics {
             &["node_id"],
         )
         .unwrap();
+        let node_status = IntGaugeVec::new(
+            Opts::new(
+                "classcast_master_node_status",
+                "1 for a slave's current status, 0 for the others",
+            ),
+            &["node_id", "status"],
+        )
+        .unwrap();
         for c in [
-            Box::new(nodes_by_status.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(node_status.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(nodes_by_status.clone()),
             Box::new(tokens_issued.clone()),
             Box::new(token_refusals.clone()),
             Box::new(status_transitions.clone()),
@@ -113,6 +125,7 @@ impl MasterMetrics {
             node_load,
             node_heartbeat_age,
             node_connections,
+            node_status,
         }
     }
 
@@ -123,6 +136,7 @@ impl MasterMetrics {
         self.node_load.reset();
         self.node_heartbeat_age.reset();
         self.node_connections.reset();
+        self.node_status.reset();
         for s in NodeStatus::ALL {
             let n = view.nodes.iter().filter(|v| v.status == s).count();
             self.nodes_by_status
@@ -140,6 +154,12 @@ impl MasterMetrics {
             self.node_connections
                 .with_label_values(&[id])
                 .set(v.current_connections as i64);
+            for s in NodeStatus::ALL {
+                let on = i64::from(v.status == s);
+                self.node_status
+                    .with_label_values(&[id, s.as_str()])
+                    .set(on);
+            }
         }
         let mut buf = Vec::new();
         TextEncoder::new()

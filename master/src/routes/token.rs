@@ -76,10 +76,16 @@ pub async fn issue_token(
     let chosen: Selected = match req.role {
         // A teacher goes back to the stream's current origin, so a reconnect within the grace
         // period continues the same stream; otherwise to the least-loaded node.
-        Role::Teacher => st.registry.origin_of(&path).or_else(|| {
-            st.registry
-                .select(StreamFilter::Any, req.exclude.as_deref(), false)
-        }),
+        // A teacher who says the origin failed (`exclude`) gets another node: until the failed
+        // origin is marked Offline it would otherwise be handed out again.
+        Role::Teacher => st
+            .registry
+            .origin_of(&path)
+            .filter(|o| Some(o.node_id.as_str()) != req.exclude.as_deref())
+            .or_else(|| {
+                st.registry
+                    .select(StreamFilter::Any, req.exclude.as_deref(), false)
+            }),
         Role::Student => {
             if !st.registry.is_live_anywhere(&path) {
                 return Err(refuse(
