@@ -10,7 +10,7 @@ use common::api::{Heartbeat, NodeStats, RegisterRequest, StreamReport};
 use serde::Serialize;
 
 use crate::http::{RawConn, socket_addr};
-use crate::stats::{Summary, cpu_seconds, round1, self_cpu_seconds};
+use crate::stats::{Summary, cpu_seconds, round1, self_cpu_seconds, system_busy_seconds};
 
 /// CPU used by the master and by this process over a run.
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +19,9 @@ pub struct CpuSplit {
     pub master_cpu_s: Option<f64>,
     /// This load generator's CPU seconds over the same window.
     pub generator_cpu_s: f64,
+    /// Everything else on the machine over the same window (other processes, kernel): should
+    /// be near 0 on a quiet machine.
+    pub other_cpu_s: f64,
     pub wall_s: f64,
 }
 
@@ -27,13 +30,15 @@ impl CpuSplit {
         let pct = |c: f64| c / self.wall_s * 100.0;
         match self.master_cpu_s {
             Some(m) => format!(
-                "CPU over the run: master {:.0} % of a core, load generator {:.0} % (2 cores = 200 %)",
+                "CPU over the run: master {:.0} % of a core, load generator {:.0} %, everything else {:.0} % (2 cores = 200 %)",
                 pct(m),
-                pct(self.generator_cpu_s)
+                pct(self.generator_cpu_s),
+                pct(self.other_cpu_s)
             ),
             None => format!(
-                "CPU over the run: load generator {:.0} % of a core (pass --master-pid for the master's)",
-                pct(self.generator_cpu_s)
+                "CPU over the run: load generator {:.0} % of a core, everything else (master included) {:.0} %",
+                pct(self.generator_cpu_s),
+                pct(self.other_cpu_s)
             ),
         }
     }
@@ -43,6 +48,7 @@ struct CpuMeter {
     pid: Option<u32>,
     master0: Option<f64>,
     self0: f64,
+    sys0: f64,
     t0: Instant,
 }
 
@@ -52,6 +58,7 @@ impl CpuMeter {
             pid,
             master0: pid.and_then(|p| cpu_seconds(p).ok()),
             self0: self_cpu_seconds(),
+            sys0: system_busy_seconds(),
             t0: Instant::now(),
         }
     }
@@ -60,9 +67,12 @@ impl CpuMeter {
             (Some(p), Some(m0)) => cpu_seconds(p).ok().map(|m1| round1_cs(m1 - m0)),
             _ => None,
         };
+        let generator = self_cpu_seconds() - self.self0;
+        let system = system_busy_seconds() - self.sys0;
         CpuSplit {
             master_cpu_s: master,
-            generator_cpu_s: round1_cs(self_cpu_seconds() - self.self0),
+            generator_cpu_s: round1_cs(generator),
+            other_cpu_s: round1_cs((system - generator - master.unwrap_or(0.0)).max(0.0)),
             wall_s: self.t0.elapsed().as_secs_f64(),
         }
     }
@@ -128,6 +138,8 @@ pub struct TokensResult {
     /// (max − min) / mean of the spread, in %.
     pub spread_imbalance_pct: f64,
     pub cpu: CpuSplit,
+    /// Tokens per CPU-second of the master: its cost per token, whatever else runs.
+    pub tokens_per_master_cpu_s: Option<f64>,
     pub goal_tokens_per_sec: f64,
 }
 
@@ -162,7 +174,11 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
         )
         .await?;
         if s != 200 {
-            bail!("register {} → {s}: {}", n.node_id, String::from_utf8_lossy(&b));
+            bail!(
+                "register {} → {s}: {}",
+                n.node_id,
+                String::from_utf8_lossy(&b)
+            );
         }
     }
     let hb_bodies: Vec<Vec<u8>> = nodes
@@ -236,6 +252,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
             let mut lat: Vec<f64> = Vec::with_capacity(1 << 14);
             let mut per_node = vec![0u64; node_ids.len()];
             let mut errors = 0u64;
+            let mut printed = 0u32;
             let mut body = Vec::with_capacity(96);
             loop {
                 let now = Instant::now();
@@ -264,7 +281,8 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
                         if counted {
                             errors += 1;
                         }
-                        if errors <= 3 {
+                        printed += 1;
+                        if printed <= 3 {
                             eprintln!(
                                 "token request → {}: {}",
                                 r.status,
@@ -276,7 +294,10 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
                         if counted {
                             errors += 1;
                         }
-                        eprintln!("token request failed: {e}");
+                        printed += 1;
+                        if printed <= 3 {
+                            eprintln!("token request failed: {e}");
+                        }
                     }
                 }
             }
@@ -302,6 +323,10 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
     stop.store(true, Ordering::Relaxed);
     hb_task.abort();
     let n = lat.len() as u64;
+    let per_cpu = cpu
+        .master_cpu_s
+        .filter(|c| *c > 0.0)
+        .map(|c| (n as f64 / c).round());
     let spread: BTreeMap<String, u64> = node_ids.iter().cloned().zip(per_node.clone()).collect();
     let mean = n as f64 / node_ids.len().max(1) as f64;
     let imbalance = if mean > 0.0 {
@@ -322,6 +347,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
         spread,
         spread_imbalance_pct: (imbalance * 100.0).round() / 100.0,
         cpu,
+        tokens_per_master_cpu_s: per_cpu,
         goal_tokens_per_sec: 20_000.0,
     })
 }
@@ -337,7 +363,10 @@ fn node_of(body: &[u8], ids: &[String]) -> Option<usize> {
 }
 
 pub fn print_tokens(r: &TokensResult) {
-    println!("== tokens: POST /api/token, {} keep-alive connections, {} s ==", r.concurrency, r.seconds);
+    println!(
+        "== tokens: POST /api/token, {} keep-alive connections, {} s ==",
+        r.concurrency, r.seconds
+    );
     println!(
         "  {} tokens, {:.0} tokens/s (goal ≥ {:.0}), errors {}",
         r.tokens, r.tokens_per_sec, r.goal_tokens_per_sec, r.errors
@@ -350,6 +379,13 @@ pub fn print_tokens(r: &TokensResult) {
         r.spread_imbalance_pct
     );
     println!("  {}", r.cpu.line());
+    if let Some(p) = r.tokens_per_master_cpu_s {
+        println!(
+            "  master cost: {:.0} tokens per CPU-second ({:.1} µs of master CPU per token)",
+            p,
+            1e6 / p
+        );
+    }
     println!("  note: the load generator runs on the same 2 cores as the master.");
 }
 
@@ -385,6 +421,8 @@ pub struct HeartbeatsResult {
     /// What 1000 real slaves send at the default 5 s interval.
     pub real_load_per_sec: f64,
     pub cpu: CpuSplit,
+    /// Heartbeats per CPU-second of the master.
+    pub heartbeats_per_master_cpu_s: Option<f64>,
 }
 
 fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
@@ -392,11 +430,11 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
     let room = format!("live/room{}", i % 50);
     let mut streams = vec![StreamReport {
         path: room,
-        origin: i % 20 == 0,
-        upstream: (i % 20 != 0).then(|| "sim-0000".to_string()),
+        origin: i.is_multiple_of(20),
+        upstream: (!i.is_multiple_of(20)).then(|| "sim-0000".to_string()),
         live: true,
     }];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         streams.push(StreamReport {
             path: format!("live/extra{}", i % 7),
             origin: false,
@@ -424,11 +462,8 @@ async fn get_nodes(conn: &mut RawConn) -> anyhow::Result<(Duration, usize, u64)>
 pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
     let addr = socket_addr(&a.master)?;
     let auth: Arc<str> = bearer(&a.secret).into();
-    let nodes: Arc<Vec<RegisterRequest>> = Arc::new(
-        (0..a.nodes)
-            .map(|i| fake_node("sim", i, 500))
-            .collect(),
-    );
+    let nodes: Arc<Vec<RegisterRequest>> =
+        Arc::new((0..a.nodes).map(|i| fake_node("sim", i, 500)).collect());
     // Register every node, `concurrency` at a time.
     let t_reg = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -440,10 +475,14 @@ pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(n) = nodes.get(i) else { break };
-                let (s, b) = post_json(&mut c, "/cluster/register", &auth, &serde_json::to_vec(n)?)
-                    .await?;
+                let (s, b) =
+                    post_json(&mut c, "/cluster/register", &auth, &serde_json::to_vec(n)?).await?;
                 if s != 200 {
-                    bail!("register {} → {s}: {}", n.node_id, String::from_utf8_lossy(&b));
+                    bail!(
+                        "register {} → {s}: {}",
+                        n.node_id,
+                        String::from_utf8_lossy(&b)
+                    );
                 }
             }
             anyhow::Ok(())
@@ -473,6 +512,7 @@ pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
             let mut c = RawConn::new(addr);
             let mut lat = Vec::with_capacity(1 << 14);
             let mut errors = 0u64;
+            let mut printed = 0u32;
             let hdr = [("authorization", &*auth)];
             loop {
                 if Instant::now() >= end {
@@ -480,7 +520,9 @@ pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
                 }
                 let i = counter.fetch_add(1, Ordering::Relaxed) as usize % bodies.len();
                 let t = Instant::now();
-                let res = c.request("POST", "/cluster/stats", &hdr, Some(&bodies[i])).await;
+                let res = c
+                    .request("POST", "/cluster/stats", &hdr, Some(&bodies[i]))
+                    .await;
                 let dt = t.elapsed();
                 let counted = t >= measure_from && t < end;
                 match res {
@@ -493,15 +535,23 @@ pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
                         if counted {
                             errors += 1;
                         }
-                        if errors <= 3 {
-                            eprintln!("heartbeat → {}: {}", r.status, String::from_utf8_lossy(r.body));
+                        printed += 1;
+                        if printed <= 3 {
+                            eprintln!(
+                                "heartbeat → {}: {}",
+                                r.status,
+                                String::from_utf8_lossy(r.body)
+                            );
                         }
                     }
                     Err(e) => {
                         if counted {
                             errors += 1;
                         }
-                        eprintln!("heartbeat failed: {e}");
+                        printed += 1;
+                        if printed <= 3 {
+                            eprintln!("heartbeat failed: {e}");
+                        }
                     }
                 }
             }
@@ -544,6 +594,10 @@ pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
         total = t;
     }
     let n = lat.len() as u64;
+    let per_cpu = cpu
+        .master_cpu_s
+        .filter(|c| *c > 0.0)
+        .map(|c| (n as f64 / c).round());
     Ok(HeartbeatsResult {
         bench: "heartbeats",
         nodes: a.nodes,
@@ -560,6 +614,7 @@ pub async fn heartbeats(a: HeartbeatsArgs) -> anyhow::Result<HeartbeatsResult> {
         nodes_view_total_nodes: total,
         real_load_per_sec: a.nodes as f64 / 5.0,
         cpu,
+        heartbeats_per_master_cpu_s: per_cpu,
     })
 }
 
@@ -568,7 +623,10 @@ pub fn print_heartbeats(r: &HeartbeatsResult) {
         "== heartbeats: {} simulated slaves, POST /cluster/stats round-robin, {} connections, {} s ==",
         r.nodes, r.concurrency, r.seconds
     );
-    println!("  registration: {:.0} registrations/s", r.registrations_per_sec);
+    println!(
+        "  registration: {:.0} registrations/s",
+        r.registrations_per_sec
+    );
     println!(
         "  {} heartbeats, {:.0} heartbeats/s, errors {} (real load: {} nodes / 5 s = {:.0}/s, {:.0}× headroom)",
         r.heartbeats,
@@ -585,7 +643,10 @@ pub fn print_heartbeats(r: &HeartbeatsResult) {
         r.nodes_view_bytes / 1024,
         r.nodes_view_idle.line()
     );
-    println!("    under heartbeat load: {}", r.nodes_view_under_load.line());
+    println!(
+        "    under heartbeat load: {}",
+        r.nodes_view_under_load.line()
+    );
     println!("  {}", r.cpu.line());
     println!("  note: the load generator runs on the same 2 cores as the master.");
 }
@@ -597,7 +658,10 @@ mod tests {
     #[test]
     fn node_ids_from_responses() {
         let ids = vec!["a-1".to_string(), "a-2".to_string()];
-        assert_eq!(node_of(br#"{"token":"x","node_id":"a-2","n":1}"#, &ids), Some(1));
+        assert_eq!(
+            node_of(br#"{"token":"x","node_id":"a-2","n":1}"#, &ids),
+            Some(1)
+        );
         assert_eq!(node_of(br#"{"token":"x"}"#, &ids), None);
     }
 }

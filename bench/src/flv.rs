@@ -19,21 +19,29 @@ pub struct Tag {
 }
 
 impl Tag {
+    /// A video frame (not a sequence header or an end-of-sequence marker).
+    pub fn is_video_frame(&self) -> bool {
+        self.kind == TagKind::Video && self.body.len() >= 2 && self.body[1] == 1
+            || self.kind == TagKind::Video && self.body.first().is_some_and(|b| b & 0x0f != 7)
+    }
+
+    /// AVC end-of-sequence marker (ffmpeg writes one at the end of a file).
+    pub fn is_end_of_sequence(&self) -> bool {
+        self.kind == TagKind::Video
+            && self.body.len() >= 2
+            && self.body[0] & 0x0f == 7
+            && self.body[1] == 2
+    }
+
     /// AVC or AAC sequence header (decoder configuration), sent once per publish.
     pub fn is_sequence_header(&self) -> bool {
         match self.kind {
             // FrameType|CodecID, AVCPacketType (0 = sequence header) for codec 7 (AVC).
-            TagKind::Video => {
-                self.body.len() >= 2 && self.body[0] & 0x0f == 7 && self.body[1] == 0
-            }
+            TagKind::Video => self.body.len() >= 2 && self.body[0] & 0x0f == 7 && self.body[1] == 0,
             // SoundFormat 10 (AAC), AACPacketType 0 = sequence header.
             TagKind::Audio => self.body.len() >= 2 && self.body[0] >> 4 == 10 && self.body[1] == 0,
             TagKind::Script => false,
         }
-    }
-
-    pub fn is_keyframe(&self) -> bool {
-        self.kind == TagKind::Video && !self.body.is_empty() && self.body[0] >> 4 == 1
     }
 }
 
@@ -50,7 +58,10 @@ impl FlvFile {
     pub fn parse(data: Bytes) -> anyhow::Result<Self> {
         ensure!(data.len() >= 13 && &data[..3] == b"FLV", "not an FLV file");
         let header_len = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize;
-        ensure!(header_len >= 9 && header_len + 4 <= data.len(), "bad FLV header");
+        ensure!(
+            header_len >= 9 && header_len + 4 <= data.len(),
+            "bad FLV header"
+        );
         // PreviousTagSize0 follows the header.
         let mut pos = header_len + 4;
         let mut tags = Vec::new();
@@ -89,15 +100,12 @@ impl FlvFile {
         Ok(Self { tags })
     }
 
-    /// Media duration of one pass through the file, so that the next loop's timestamps start
-    /// one video frame after this loop's last one.
+    /// Media duration of one pass through the file: from the first video frame to one frame
+    /// interval after the last, so that the next loop's first (key)frame follows the last frame
+    /// at the normal frame interval. Tags at or past `first video frame + length` (trailing
+    /// audio) are skipped when looping, so that timestamps never go backwards.
     pub fn loop_length_ms(&self) -> u32 {
-        let video: Vec<u32> = self
-            .tags
-            .iter()
-            .filter(|t| t.kind == TagKind::Video && !t.is_sequence_header())
-            .map(|t| t.ts)
-            .collect();
+        let video = self.video_frame_ts();
         let mut steps: Vec<u32> = video
             .windows(2)
             .map(|w| w[1].saturating_sub(w[0]))
@@ -105,14 +113,22 @@ impl FlvFile {
             .collect();
         steps.sort_unstable();
         let frame = steps.get(steps.len() / 2).copied().unwrap_or(33);
-        let last = self.tags.iter().map(|t| t.ts).max().unwrap_or(0);
-        let first = self.tags.iter().map(|t| t.ts).min().unwrap_or(0);
+        let last = video.iter().copied().max().unwrap_or(0);
+        let first = video.iter().copied().min().unwrap_or(0);
         last - first + frame
     }
 
-    /// Media bytes (tag bodies) per pass, for bitrate figures.
-    pub fn media_bytes(&self) -> usize {
-        self.tags.iter().map(|t| t.body.len()).sum()
+    /// Timestamp of the first video frame: where a loop starts.
+    pub fn first_video_ts(&self) -> u32 {
+        self.video_frame_ts().into_iter().min().unwrap_or(0)
+    }
+
+    fn video_frame_ts(&self) -> Vec<u32> {
+        self.tags
+            .iter()
+            .filter(|t| t.is_video_frame())
+            .map(|t| t.ts)
+            .collect()
     }
 }
 
@@ -143,8 +159,9 @@ mod tests {
         let flv = FlvFile::parse(Bytes::from(f)).unwrap();
         assert_eq!(flv.tags.len(), 5);
         assert!(flv.tags[0].is_sequence_header() && flv.tags[1].is_sequence_header());
-        assert!(!flv.tags[2].is_sequence_header() && flv.tags[2].is_keyframe());
-        assert!(!flv.tags[3].is_keyframe());
+        assert!(!flv.tags[2].is_sequence_header() && flv.tags[2].is_video_frame());
+        assert!(!flv.tags[0].is_video_frame() && !flv.tags[1].is_video_frame());
+        assert_eq!(flv.first_video_ts(), 0);
         assert_eq!(flv.tags[4].ts, 0x0100_0042);
     }
 }

@@ -176,7 +176,11 @@ mod tests {
 
     #[test]
     fn heads() {
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-le")
+                .unwrap()
+                .is_none()
+        );
         let h = parse_head(b"HTTP/1.1 201 Created\r\nContent-Length: 12\r\n\r\nabc")
             .unwrap()
             .unwrap();

@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::flv::FlvFile;
 use crate::rtmp::{PublishLog, Publisher, Target};
-use crate::stats::{cpu_seconds_sum, rss_mib_sum, self_cpu_seconds};
+use crate::stats::{
+    cpu_seconds_sum, rss_mib_sum, self_cpu_seconds, system_busy_seconds, thread_totals_sum,
+};
 
 pub struct IngestArgs {
     pub label: String,
@@ -38,6 +40,10 @@ pub struct IngestResult {
     pub pct_core_per_stream: f64,
     /// Idle server CPU before publishing, % of a core (included in the figures above).
     pub idle_pct_core: f64,
+    /// The same from the threads' schedstat (ns resolution), as a cross-check.
+    pub pct_core_per_stream_schedstat: f64,
+    /// Context switches of the server's threads per stream-second (≈ wake-ups).
+    pub switches_per_stream_s: f64,
     /// Per stream, net of the idle figure.
     pub pct_core_per_stream_net: f64,
     /// Measured RTMP bytes sent per stream (chunk headers included), Mbit/s.
@@ -48,6 +54,8 @@ pub struct IngestResult {
     /// CPU of the Rust publishers (this process), % of a core per stream.
     pub publisher_pct_core_per_stream: f64,
     pub publisher_max_late_ms: f64,
+    /// CPU of everything else on the machine over the window, % of a core (should be ~0).
+    pub other_pct_core: f64,
     pub goal_pct_core_per_stream: f64,
 }
 
@@ -56,7 +64,12 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
     anyhow::ensure!(a.streams > 0, "--streams must be positive");
     let flv = Arc::new(FlvFile::read(&a.flv)?);
     let keys: Vec<String> = (0..a.streams)
-        .map(|i| a.keys.get(i).cloned().unwrap_or_else(|| format!("bench{i}")))
+        .map(|i| {
+            a.keys
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("bench{i}"))
+        })
         .collect();
 
     // Idle baseline.
@@ -85,9 +98,11 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
     tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
 
     let bytes = || -> u64 { logs.iter().map(|l| l.bytes.load(Ordering::Relaxed)).sum() };
-    let (cpu0, self0, bytes0, t0) = (
+    let th0 = thread_totals_sum(&a.pids)?;
+    let (cpu0, self0, sys0, bytes0, t0) = (
         cpu_seconds_sum(&a.pids)?,
         self_cpu_seconds(),
+        system_busy_seconds(),
         bytes(),
         Instant::now(),
     );
@@ -97,12 +112,14 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
         rss_max = rss_max.max(rss_mib_sum(&a.pids)?);
         tokio::time::sleep(Duration::from_millis(250).min(end - Instant::now().min(end))).await;
     }
-    let (cpu1, self1, bytes1, wall) = (
+    let (cpu1, self1, sys1, bytes1, wall) = (
         cpu_seconds_sum(&a.pids)?,
         self_cpu_seconds(),
+        system_busy_seconds(),
         bytes(),
         t0.elapsed().as_secs_f64(),
     );
+    let th1 = thread_totals_sum(&a.pids)?;
     let rss_end = rss_mib_sum(&a.pids)?;
     rss_max = rss_max.max(rss_end);
     for t in tasks {
@@ -125,6 +142,8 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
         cpu_s_per_stream_s: r5(per),
         pct_core_per_stream: r3(per * 100.0),
         idle_pct_core: r3(idle_pct),
+        pct_core_per_stream_schedstat: r3((th1.0 - th0.0) / (k * wall) * 100.0),
+        switches_per_stream_s: (th1.1.saturating_sub(th0.1) as f64 / (k * wall)).round(),
         pct_core_per_stream_net: r3(((cpu / wall * 100.0) - idle_pct).max(0.0) / k),
         ingest_mbps_per_stream: r3((bytes1 - bytes0) as f64 * 8.0 / wall / k / 1e6),
         rss_idle_mib: r3(rss_idle),
@@ -132,6 +151,9 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
         rss_end_mib: r3(rss_end),
         publisher_pct_core_per_stream: r3((self1 - self0) / wall / k * 100.0),
         publisher_max_late_ms: late as f64 / 1000.0,
+        other_pct_core: r3(
+            ((sys1 - sys0) - (cpu1 - cpu0) - (self1 - self0)).max(0.0) / wall * 100.0,
+        ),
         goal_pct_core_per_stream: 1.0,
     })
 }
@@ -158,8 +180,11 @@ pub fn print(r: &IngestResult) {
         crate::latency::verdict(r.pct_core_per_stream <= r.goal_pct_core_per_stream)
     );
     println!(
-        "  idle server {:.2} % of a core; net of idle {:.2} % per stream",
-        r.idle_pct_core, r.pct_core_per_stream_net
+        "  idle server {:.2} % of a core; net of idle {:.2} % per stream; schedstat cross-check {:.2} % per stream; {:.0} context switches per stream-second",
+        r.idle_pct_core,
+        r.pct_core_per_stream_net,
+        r.pct_core_per_stream_schedstat,
+        r.switches_per_stream_s
     );
     println!(
         "  ingest {:.2} Mbit/s per stream (RTMP bytes on the wire); RSS idle {:.1} MiB, max {:.1} MiB, end {:.1} MiB",
@@ -169,5 +194,8 @@ pub fn print(r: &IngestResult) {
         "  the Rust publishers used {:.2} % of a core per stream (same machine); worst pacing delay {:.1} ms",
         r.publisher_pct_core_per_stream, r.publisher_max_late_ms
     );
-    println!("  CPU time resolution is 10 ms (CLK_TCK = 100).");
+    println!(
+        "  everything else on the machine used {:.1} % of a core; CPU time resolution is 10 ms (CLK_TCK = 100).",
+        r.other_pct_core
+    );
 }

@@ -25,12 +25,12 @@ pub struct LatencyArgs {
     pub flv: std::path::PathBuf,
     pub seconds: f64,
     pub warmup: f64,
+    /// Writes one CSV line per origin part (first dts, (a), (b), edge lag) here.
+    pub dump: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
 pub struct PartSeen {
-    pub msn: u64,
-    pub idx: u64,
     pub first_dts_ms: u64,
     pub arrival: Instant,
     pub bytes: usize,
@@ -45,6 +45,7 @@ pub struct LatencyResult {
     pub parts_origin: usize,
     pub parts_edge: usize,
     pub mean_part_ms: f64,
+    pub mean_part_kib: f64,
     /// (a) origin arrival − send of the part's first frame.
     pub first_frame_to_part: Summary,
     /// (b) origin arrival − send of the part's last frame.
@@ -55,6 +56,8 @@ pub struct LatencyResult {
     pub first_frame_to_edge_part: Summary,
     pub unmatched_parts: usize,
     pub publisher_max_late_ms: f64,
+    /// Whole-machine busy CPU over the run, % of one core (200 % = both cores busy).
+    pub machine_busy_pct: f64,
     pub goal_first_frame_p50_ms: f64,
     pub goal_edge_lag_ms: f64,
 }
@@ -108,7 +111,7 @@ impl Listing {
     /// The part after the newest listed one.
     fn next(&self) -> Option<(u64, u64)> {
         match self.parts.last() {
-            Some(&(m, i)) if self.complete.contains(&m) => Some((m + 1, 0)),
+            Some(&(m, _)) if self.complete.contains(&m) => Some((m + 1, 0)),
             Some(&(m, i)) => Some((m, i + 1)),
             None => self
                 .preload
@@ -230,8 +233,6 @@ async fn follow(
             let first_dts_ms = video_tfdt_ms(&body)
                 .with_context(|| format!("part{msn}.{idx}.m4s has no video tfdt"))?;
             seen.push(PartSeen {
-                msn,
-                idx,
                 first_dts_ms,
                 arrival,
                 bytes: body.len(),
@@ -251,11 +252,10 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
     let flv = Arc::new(FlvFile::read(&a.flv)?);
     let target = Target::parse(&a.publish)?;
     let name = target.name().to_string();
-    let publisher = Publisher::connect(&target)
-        .await
-        .context("RTMP publish")?;
+    let publisher = Publisher::connect(&target).await.context("RTMP publish")?;
     let log = Arc::new(PublishLog::default());
     let t0 = Instant::now();
+    let sys0 = crate::stats::system_busy_seconds();
     let duration = Duration::from_secs_f64(a.seconds);
     let pub_task = {
         let (flv, log) = (flv.clone(), log.clone());
@@ -269,15 +269,17 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
         a.secret.clone(),
         until,
     ));
-    let edge = a.edge.clone().map(|e| {
-        tokio::spawn(follow(e, name.clone(), a.secret.clone(), until))
-    });
+    let edge = a
+        .edge
+        .clone()
+        .map(|e| tokio::spawn(follow(e, name.clone(), a.secret.clone(), until)));
     let origin_parts = origin.await?.context("origin follower")?;
     let edge_parts = match edge {
         Some(e) => e.await?.context("edge follower")?,
         None => Vec::new(),
     };
     pub_task.await?.context("publisher")?;
+    let busy = (crate::stats::system_busy_seconds() - sys0) / t0.elapsed().as_secs_f64() * 100.0;
 
     let sent = log.video_sent.lock().expect("poisoned").clone();
     let warm = t0 + Duration::from_secs_f64(a.warmup);
@@ -286,7 +288,9 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
     let mut unmatched = 0;
     let mut durations = Vec::new();
     let sent_at = |ts: u64| -> Option<Instant> {
-        let i = sent.binary_search_by_key(&ts, |(t, _)| u64::from(*t)).ok()?;
+        let i = sent
+            .binary_search_by_key(&ts, |(t, _)| u64::from(*t))
+            .ok()?;
         Some(sent[i].1)
     };
     for w in origin_parts.windows(2) {
@@ -310,6 +314,35 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
         durations.push(next.first_dts_ms.saturating_sub(p.first_dts_ms) as f64);
         first_lat.push(ms_between(first_sent, p.arrival));
         last_lat.push(ms_between(last_sent, p.arrival));
+    }
+    if let Some(path) = &a.dump {
+        let edge_by_dts: BTreeMap<u64, Instant> = edge_parts
+            .iter()
+            .map(|p| (p.first_dts_ms, p.arrival))
+            .collect();
+        let mut csv = String::from("first_dts_ms,bytes,first_frame_ms,last_frame_ms,edge_lag_ms\n");
+        for w in origin_parts.windows(2) {
+            let (p, next) = (&w[0], &w[1]);
+            let first = sent_at(p.first_dts_ms).map(|s| ms_between(s, p.arrival));
+            let last = sent
+                .iter()
+                .rev()
+                .find(|(t, _)| u64::from(*t) < next.first_dts_ms)
+                .map(|(_, s)| ms_between(*s, p.arrival));
+            let lag = edge_by_dts
+                .get(&p.first_dts_ms)
+                .map(|e| ms_between(p.arrival, *e));
+            let opt = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_default();
+            csv.push_str(&format!(
+                "{},{},{},{},{}\n",
+                p.first_dts_ms,
+                p.bytes,
+                opt(first),
+                opt(last),
+                opt(lag)
+            ));
+        }
+        std::fs::write(path, csv)?;
     }
     let origin_by_dts: BTreeMap<u64, Instant> = origin_parts
         .iter()
@@ -349,11 +382,18 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
         parts_origin: origin_parts.len(),
         parts_edge: edge_parts.len(),
         mean_part_ms: (mean_part * 10.0).round() / 10.0,
+        mean_part_kib: if origin_parts.is_empty() {
+            0.0
+        } else {
+            let b: usize = origin_parts.iter().map(|p| p.bytes).sum();
+            (b as f64 / origin_parts.len() as f64 / 1024.0).round()
+        },
         first_frame_to_part: Summary::of_ms(first_lat),
         last_frame_to_part: Summary::of_ms(last_lat),
         edge_lag: Summary::of_ms(lag),
         first_frame_to_edge_part: Summary::of_ms(edge_first),
         unmatched_parts: unmatched,
+        machine_busy_pct: busy.round(),
         publisher_max_late_ms: log.max_late_us.load(std::sync::atomic::Ordering::Relaxed) as f64
             / 1000.0,
         goal_first_frame_p50_ms: 500.0,
@@ -376,8 +416,8 @@ pub fn print(r: &LatencyResult) {
         r.seconds, r.warmup_s, r.flv_video_kbps
     );
     println!(
-        "  parts fetched: origin {}, edge {}; mean part {:.1} ms; unmatched {}",
-        r.parts_origin, r.parts_edge, r.mean_part_ms, r.unmatched_parts
+        "  parts fetched: origin {}, edge {}; mean part {:.1} ms, {:.0} KiB; unmatched {}",
+        r.parts_origin, r.parts_edge, r.mean_part_ms, r.mean_part_kib, r.unmatched_parts
     );
     println!(
         "  (a) first frame sent → part at origin: {}",
@@ -387,7 +427,10 @@ pub fn print(r: &LatencyResult) {
         "  (b) last frame sent → part at origin:  {}",
         r.last_frame_to_part.line()
     );
-    println!("  (c) edge lag behind origin:            {}", r.edge_lag.line());
+    println!(
+        "  (c) edge lag behind origin:            {}",
+        r.edge_lag.line()
+    );
     println!(
         "      first frame sent → part at edge:   {}",
         r.first_frame_to_edge_part.line()
@@ -395,13 +438,16 @@ pub fn print(r: &LatencyResult) {
     println!(
         "  goals: (a) p50 ≤ {:.0} ms: {}; (c) ≤ {:.0} ms: {}",
         r.goal_first_frame_p50_ms,
-        verdict(r.first_frame_to_part.n > 0 && r.first_frame_to_part.p50_ms <= r.goal_first_frame_p50_ms),
+        verdict(
+            r.first_frame_to_part.n > 0
+                && r.first_frame_to_part.p50_ms <= r.goal_first_frame_p50_ms
+        ),
         r.goal_edge_lag_ms,
         verdict(r.edge_lag.n > 0 && r.edge_lag.p99_ms <= r.goal_edge_lag_ms)
     );
     println!(
-        "  publisher pacing: worst tag {:.1} ms behind its real-time deadline",
-        r.publisher_max_late_ms
+        "  publisher pacing: worst tag {:.1} ms behind its real-time deadline; machine busy {:.0} % of a core (all processes)",
+        r.publisher_max_late_ms, r.machine_busy_pct
     );
 }
 
@@ -425,7 +471,9 @@ mod tests {
         assert!(l.complete.contains(&10));
         assert_eq!(l.next(), Some((11, 1)));
         assert_eq!(l.preload, Some((11, 1)));
-        let l = Listing::parse("#EXTM3U\n#EXT-X-PART:DURATION=0.2,URI=\"part3.4.m4s\"\n#EXTINF:1,\nseg3.m4s\n");
+        let l = Listing::parse(
+            "#EXTM3U\n#EXT-X-PART:DURATION=0.2,URI=\"part3.4.m4s\"\n#EXTINF:1,\nseg3.m4s\n",
+        );
         assert_eq!(l.next(), Some((4, 0)));
     }
 

@@ -12,6 +12,7 @@ mod latency;
 mod report;
 mod rtmp;
 mod stats;
+mod util;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,7 +21,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
-#[command(name = "classcast-bench", version, about = "Benchmarks for a classcast cluster")]
+#[command(
+    name = "classcast-bench",
+    version,
+    about = "Benchmarks for a classcast cluster"
+)]
 struct Cli {
     /// Append each result's JSON line to this file.
     #[arg(long, global = true)]
@@ -87,6 +92,9 @@ enum Cmd {
         /// Parts whose first frame was sent in the first this-many seconds are not counted.
         #[arg(long, default_value_t = 3.0)]
         warmup: f64,
+        /// Write per-part figures (CSV) to this file.
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
     /// Server CPU and RSS while K publishers stream into it (no viewers).
     IngestCpu {
@@ -114,6 +122,25 @@ enum Cmd {
         /// Name of the server in the report.
         #[arg(long, default_value = "classcast")]
         label: String,
+    },
+    /// Waits until a URL answers 2xx (for scripts).
+    Wait {
+        #[arg(long)]
+        url: String,
+        /// Also wait until the JSON answer's `healthy_nodes` reaches this.
+        #[arg(long)]
+        min_nodes: Option<u64>,
+        #[arg(long, default_value_t = 20.0)]
+        timeout: f64,
+    },
+    /// Logs in as a teacher; prints `<rtmp publish URL with key> <HLS base URL of that slave>`.
+    TeacherKey {
+        #[arg(long)]
+        master: String,
+        #[arg(long, env = "TEACHER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long)]
+        stream: String,
     },
     /// Renders a results file (JSON lines) into the benchmarks document.
     Report {
@@ -205,6 +232,7 @@ fn main() -> anyhow::Result<()> {
                 flv,
                 seconds,
                 warmup,
+                dump,
             } => {
                 let r = latency::run(latency::LatencyArgs {
                     publish,
@@ -214,6 +242,7 @@ fn main() -> anyhow::Result<()> {
                     flv,
                     seconds,
                     warmup,
+                    dump,
                 })
                 .await?;
                 latency::print(&r);
@@ -244,6 +273,19 @@ fn main() -> anyhow::Result<()> {
                 .await?;
                 ingest::print(&r);
                 emit(results, &r)
+            }
+            Cmd::Wait {
+                url,
+                min_nodes,
+                timeout,
+            } => util::wait(&url, min_nodes, std::time::Duration::from_secs_f64(timeout)).await,
+            Cmd::TeacherKey {
+                master,
+                password,
+                stream,
+            } => {
+                println!("{}", util::teacher_key(&master, &password, &stream).await?);
+                Ok(())
             }
             Cmd::Report {
                 input,

@@ -3,15 +3,14 @@
 //! timestamps that keep increasing.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
-    PublishRequestType,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
 use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -142,15 +141,21 @@ impl Publisher {
             .request_connection(t.app.clone())
             .map_err(|e| anyhow::anyhow!("connect request: {e:?}"))?;
         p.send_results(vec![r]).await?;
-        p.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted), "connect")
-            .await?;
+        p.wait_for(
+            |e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted),
+            "connect",
+        )
+        .await?;
         let r = p
             .session
             .request_publishing(t.stream_key.clone(), PublishRequestType::Live)
             .map_err(|e| anyhow::anyhow!("publish request: {e:?}"))?;
         p.send_results(vec![r]).await?;
-        p.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted), "publish")
-            .await?;
+        p.wait_for(
+            |e| matches!(e, ClientSessionEvent::PublishRequestAccepted),
+            "publish",
+        )
+        .await?;
         Ok(p)
     }
 
@@ -215,13 +220,20 @@ impl Publisher {
         log: &PublishLog,
     ) -> anyhow::Result<()> {
         let loop_len = flv.loop_length_ms();
+        // Loop k covers [first_video + k·len, first_video + (k+1)·len); headers and audio before
+        // the first frame go out at the start of the first loop only.
+        let loop_start = flv.first_video_ts();
         let first_ts = flv.tags.iter().map(|t| t.ts).min().unwrap_or(0);
         let end_ms = duration.as_millis() as u64;
         let start = tokio::time::Instant::now();
         let mut lap = 0u32;
         'outer: loop {
             for tag in &flv.tags {
-                if tag.kind == TagKind::Script || (lap > 0 && tag.is_sequence_header()) {
+                let skip = tag.kind == TagKind::Script
+                    || tag.is_end_of_sequence()
+                    || (lap > 0 && (tag.is_sequence_header() || tag.ts < loop_start))
+                    || tag.ts >= loop_start + loop_len;
+                if skip {
                     continue;
                 }
                 let ts = tag.ts - first_ts + lap * loop_len;
@@ -235,8 +247,13 @@ impl Publisher {
                     .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
                 let stamp = RtmpTimestamp::new(ts);
                 let r = match tag.kind {
-                    TagKind::Video => self.session.publish_video_data(tag.body.clone(), stamp, false),
-                    _ => self.session.publish_audio_data(tag.body.clone(), stamp, false),
+                    TagKind::Video => {
+                        self.session
+                            .publish_video_data(tag.body.clone(), stamp, false)
+                    }
+                    _ => self
+                        .session
+                        .publish_audio_data(tag.body.clone(), stamp, false),
                 }
                 .map_err(|e| anyhow::anyhow!("rtmp send: {e:?}"))?;
                 let ClientSessionResult::OutboundResponse(packet) = r else {
@@ -247,7 +264,7 @@ impl Publisher {
                 log.bytes
                     .fetch_add(packet.bytes.len() as u64, Ordering::Relaxed);
                 log.tags.fetch_add(1, Ordering::Relaxed);
-                if tag.kind == TagKind::Video && !tag.is_sequence_header() {
+                if tag.is_video_frame() {
                     log.video_sent.lock().expect("poisoned").push((ts, sent));
                 }
             }

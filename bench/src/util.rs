@@ -1,0 +1,70 @@
+//! Small helpers for scripts/bench.sh, so that it needs neither curl nor jq.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use common::api::{TokenRequest, TokenResponse};
+use common::token::Role;
+
+/// Waits until `url` answers 2xx (and, with `min_nodes`, its `healthy_nodes` reaches it).
+pub async fn wait(url: &str, min_nodes: Option<u64>, timeout: Duration) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => {
+                let Some(min) = min_nodes else { return Ok(()) };
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                let n = v["healthy_nodes"].as_u64().unwrap_or(0);
+                if n >= min {
+                    return Ok(());
+                }
+                last = format!("{n} healthy nodes");
+            }
+            Ok(r) => last = format!("status {}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url}: not ready after {timeout:?} ({last})")
+}
+
+/// Logs in as a teacher and prints `<rtmp_url>/<stream_key> <hls base URL of that node>`.
+pub async fn teacher_key(master: &str, password: &str, stream: &str) -> anyhow::Result<String> {
+    let req = TokenRequest {
+        role: Role::Teacher,
+        user_id: "bench".into(),
+        stream: Some(stream.into()),
+        exclude: None,
+        credential: Some(password.into()),
+    };
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/token", master.trim_end_matches('/')))
+        .json(&req)
+        .send()
+        .await?;
+    let status = r.status();
+    if !status.is_success() {
+        bail!(
+            "teacher token → {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let t: TokenResponse = r.json().await?;
+    let rtmp = t
+        .rtmp_url
+        .context("no rtmp_url in a teacher token answer")?;
+    let key = t
+        .stream_key
+        .context("no stream_key in a teacher token answer")?;
+    let base = t
+        .hls_url
+        .split("/live/")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok(format!("{}/{key} {base}", rtmp.trim_end_matches('/')))
+}
