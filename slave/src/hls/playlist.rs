@@ -380,7 +380,10 @@ impl ParsedPlaylist {
                 if let Some(s) = cur.take() {
                     p.segments.push(s);
                 }
-                let msn = p.media_sequence + p.segments.len() as u64;
+                let msn = p
+                    .media_sequence
+                    .checked_add(p.segments.len() as u64)
+                    .ok_or("media sequence number overflow")?;
                 cur = Some(ParsedSegment {
                     msn,
                     pdt_ms: parse_rfc3339_ms(v).ok_or("bad PROGRAM-DATE-TIME")?,
@@ -451,5 +454,20 @@ mod parse_tests {
         assert_eq!(p.segments.last().unwrap().parts.len(), 3);
         assert!(ParsedPlaylist::parse("garbage").is_err());
         assert!(ParsedPlaylist::parse("#EXTM3U\n#EXT-X-PART:DURATION=1\n").is_err());
+    }
+
+    /// A crash of the `hls_query` fuzz target (fuzz/fuzz_targets/hls_query.rs; input minimized
+    /// with libFuzzer's `-minimize_crash`): the second segment's msn, MEDIA-SEQUENCE + 1,
+    /// overflowed u64 — a panic with overflow checks, a wrapped msn 0 without.
+    #[test]
+    fn media_sequence_overflow_is_an_error() {
+        let input: &[u8] = b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:18446744073709551615\n\
+            #EXT-X-PROGRAM-DATE-TIME:2026-11-19:26:40123Z\n#EXT-X-PROGRAM-DATE-TIME:";
+        let text = std::str::from_utf8(input).unwrap();
+        assert!(ParsedPlaylist::parse(text).is_err());
+        // One segment at the very last msn still fits.
+        let p = ParsedPlaylist::parse(text.trim_end_matches("#EXT-X-PROGRAM-DATE-TIME:")).unwrap();
+        assert_eq!(p.segments.len(), 1);
+        assert_eq!(p.segments[0].msn, u64::MAX);
     }
 }
