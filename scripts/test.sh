@@ -35,6 +35,9 @@ cargo test --test e2e clients:: -- --test-threads=1
 cargo build -p classcast
 (cd tests/web && node --test --test-concurrency=1 pages.test.mjs)
 
+# A short fuzz smoke of the four cargo-fuzz targets (the long runs are in docs/fuzzing.md).
+./scripts/fuzz-smoke.sh
+
 # Deployment for real: images built offline, `docker compose up --scale slave=5` on a private
 # Docker engine, Prometheus scraping it, promtool rule tests, dashboard schema checks.
 ./deploy/test.sh

@@ -1,0 +1,312 @@
+//! Writes the seed corpora in `fuzz/seeds/<target>/` (committed; regenerate with
+//! `CARGO_TARGET_DIR=fuzz/target cargo run --manifest-path fuzz/Cargo.toml --example
+//! gen_seeds`; the output is deterministic except for the playlists' msns and PDTs, which
+//! come from the wall clock).
+//!
+//! - `rtmp_session`: a real OBS-like publish session (connect, createStream, publish,
+//!   metadata, the fixture's first media tags, unpublish) produced by rml_rtmp's client
+//!   against our `RtmpSession`, in the target's input layout, with and without the fixed
+//!   handshake, plus a play request and a refused connect.
+//! - `flv_media`: the fixture's sequence headers and a few media tag bodies, and the bare
+//!   AVC / AAC configs.
+//! - `hls_query`: rendered playlists (text mode), query strings and file names.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    PublishRequestType, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use slave::hls::playlist;
+use slave::hls::store::{HlsConfig, HlsStream};
+use slave::ingest::rtmp::{RtmpEvent, RtmpLimits, RtmpSession};
+
+const FIXTURE: &[u8] = include_bytes!("../../slave/src/media/testdata/avc_aac_640x360_4s.flv");
+
+fn flv_tags() -> Vec<(u8, u32, Bytes)> {
+    let file = FIXTURE;
+    let mut off = u32::from_be_bytes(file[5..9].try_into().unwrap()) as usize + 4;
+    let mut tags = Vec::new();
+    while off + 11 <= file.len() {
+        let kind = file[off];
+        let size = u32::from_be_bytes([0, file[off + 1], file[off + 2], file[off + 3]]) as usize;
+        let ts = u32::from_be_bytes([file[off + 7], file[off + 4], file[off + 5], file[off + 6]]);
+        tags.push((
+            kind,
+            ts,
+            Bytes::copy_from_slice(&file[off + 11..off + 11 + size]),
+        ));
+        off += 11 + size + 4;
+    }
+    tags
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+/// Drives an rml_rtmp client against our server session; returns every byte the client sent
+/// after the handshake.
+struct Pair {
+    client: ClientSession,
+    server: RtmpSession,
+    sent: Vec<u8>,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let mut server = RtmpSession::new(RtmpLimits::default());
+        let mut hs = vec![3u8];
+        hs.extend([0u8; 1536 * 2]);
+        server.feed(&hs).unwrap();
+        // S0+S1+S2, then the session's opening messages (chunk size etc.) for the client.
+        let out = server.take_output();
+        let (mut client, mut initial) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+        initial.extend(client.handle_input(&out[1 + 2 * 1536..]).unwrap());
+        let mut p = Pair {
+            client,
+            server,
+            sent: Vec::new(),
+        };
+        p.send(initial, true);
+        p
+    }
+
+    /// Sends the client's packets to the server, answers its requests (accepting when
+    /// `accept`), feeds the server's replies back to the client, until quiet.
+    fn send(&mut self, results: Vec<ClientSessionResult>, accept: bool) -> Vec<ClientSessionEvent> {
+        let mut events = Vec::new();
+        let mut queue = results;
+        while !queue.is_empty() {
+            let mut bytes = Vec::new();
+            for r in queue.drain(..) {
+                match r {
+                    ClientSessionResult::OutboundResponse(p) => bytes.extend_from_slice(&p.bytes),
+                    ClientSessionResult::RaisedEvent(e) => events.push(e),
+                    ClientSessionResult::UnhandleableMessageReceived(_) => {}
+                }
+            }
+            if bytes.is_empty() {
+                break;
+            }
+            self.sent.extend_from_slice(&bytes);
+            let mut pending = self
+                .server
+                .feed(&bytes)
+                .expect("server accepts client bytes");
+            while let Some(ev) = pending.pop() {
+                match ev {
+                    RtmpEvent::Connect { request_id, .. }
+                    | RtmpEvent::Publish { request_id, .. }
+                    | RtmpEvent::Play { request_id, .. } => {
+                        if accept {
+                            pending.extend(self.server.accept(request_id).unwrap());
+                        } else {
+                            self.server.reject(request_id, "X", "no").unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let out = self.server.take_output();
+            if !out.is_empty() {
+                queue = self.client.handle_input(&out).unwrap();
+            }
+        }
+        events
+    }
+
+    fn send_one(&mut self, r: ClientSessionResult) -> Vec<ClientSessionEvent> {
+        self.send(vec![r], true)
+    }
+}
+
+/// Input layout of the `rtmp_session` target: `[flags, split_seed, payload..]`.
+fn rtmp_input(handshake: bool, policy: u8, seed: u8, chunks: &[u8]) -> Vec<u8> {
+    let mut v = vec![(policy << 1) | u8::from(handshake), seed];
+    if !handshake {
+        v.push(3);
+        v.extend([0u8; 1536 * 2]);
+    }
+    v.extend_from_slice(chunks);
+    v
+}
+
+fn rtmp_seeds(root: &Path) {
+    let dir = root.join("rtmp_session");
+    let tags = flv_tags();
+
+    let mut p = Pair::new();
+    let r = p.client.request_connection("live".into()).unwrap();
+    let ev = p.send_one(r);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted)),
+        "{ev:?}"
+    );
+    let r = p
+        .client
+        .request_publishing("stream?key=abc".into(), PublishRequestType::Live)
+        .unwrap();
+    let ev = p.send_one(r);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted)),
+        "{ev:?}"
+    );
+    let mut md = StreamMetadata::new();
+    md.video_width = Some(640);
+    md.video_height = Some(360);
+    md.video_codec_id = Some(7);
+    md.audio_codec_id = Some(10);
+    md.audio_sample_rate = Some(44100);
+    let r = p.client.publish_metadata(&md).unwrap();
+    p.send_one(r);
+    let connect_publish = p.sent.clone();
+    for (kind, ts, body) in tags.iter().take(12) {
+        // Keep the seed small: long frames are cut (still valid RTMP, invalid AVC).
+        let body = body.slice(..body.len().min(600));
+        let r = match kind {
+            9 => p
+                .client
+                .publish_video_data(body, RtmpTimestamp::new(*ts), false)
+                .unwrap(),
+            8 => p
+                .client
+                .publish_audio_data(body, RtmpTimestamp::new(*ts), false)
+                .unwrap(),
+            _ => continue,
+        };
+        p.send_one(r);
+    }
+    let r = p.client.stop_publishing().unwrap();
+    p.send(r, true);
+    let full = p.sent.clone();
+
+    write(&dir, "publish_hs", &rtmp_input(true, 0x7F, 0, &full));
+    write(&dir, "publish_raw", &rtmp_input(false, 0x7F, 7, &full));
+    write(
+        &dir,
+        "connect_publish_hs",
+        &rtmp_input(true, 0x7F, 3, &connect_publish),
+    );
+    write(
+        &dir,
+        "publish_rejected_hs",
+        &rtmp_input(true, 0x01, 1, &connect_publish),
+    );
+
+    let mut p = Pair::new();
+    let r = p.client.request_connection("live".into()).unwrap();
+    p.send_one(r);
+    let r = p.client.request_playback("stream".into()).unwrap();
+    p.send_one(r);
+    write(&dir, "play_hs", &rtmp_input(true, 0x7F, 5, &p.sent));
+
+    let mut p = Pair::new();
+    let r = p.client.request_connection("other".into()).unwrap();
+    p.send(vec![r], false);
+    write(
+        &dir,
+        "connect_refused_raw",
+        &rtmp_input(false, 0, 9, &p.sent),
+    );
+}
+
+fn flv_seeds(root: &Path) {
+    let dir = root.join("flv_media");
+    let tags = flv_tags();
+    for (n, (kind, _, body)) in tags
+        .iter()
+        .filter(|t| t.0 == 8 || t.0 == 9)
+        .take(10)
+        .enumerate()
+    {
+        write(
+            &dir,
+            &format!("tag{n}_{kind}"),
+            &body[..body.len().min(1024)],
+        );
+    }
+    let avc = tags.iter().find(|t| t.0 == 9).unwrap();
+    write(&dir, "avc_record", &avc.2[5..]);
+    let aac = tags.iter().find(|t| t.0 == 8).unwrap();
+    write(&dir, "aac_asc", &aac.2[2..]);
+    write(
+        &dir,
+        "enhanced_avc1_seq",
+        &[&[0x90u8, b'a', b'v', b'c', b'1'][..], &avc.2[5..]].concat(),
+    );
+    write(&dir, "asc_explicit_rate", &[0x17, 0x80, 0x5D, 0xC0, 0x10]);
+    write(&dir, "asc_escape_aot", &[0xF9, 0x46, 0x40]);
+}
+
+fn hls_seeds(root: &Path) {
+    let dir = root.join("hls_query");
+    let text = |s: &str| [&[0u8][..], s.as_bytes()].concat();
+    for (i, q) in [
+        "jwt=a.b.c&_HLS_msn=5&_HLS_part=2&x=1",
+        "_HLS_part=1",
+        "token=x&_HLS_msn=18446744073709551615",
+        "_HLS_msn=%35&_HLS_part=0",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&dir, &format!("query{i}"), &text(q));
+    }
+    for (i, f) in ["index.m3u8", "init3.mp4", "seg12.m4s", "part12.4.m4s"]
+        .iter()
+        .enumerate()
+    {
+        write(&dir, &format!("file{i}"), &text(f));
+    }
+    // Regression: the minimized input of the MEDIA-SEQUENCE overflow found while fuzzing
+    // (see `media_sequence_overflow_is_an_error` in slave/src/hls/playlist.rs).
+    write(
+        &dir,
+        "regress_media_sequence_overflow",
+        &text(
+            "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:18446744073709551615\n\
+             #EXT-X-PROGRAM-DATE-TIME:2026-11-19:26:40123Z\n#EXT-X-PROGRAM-DATE-TIME:",
+        ),
+    );
+    let cfg = HlsConfig::default();
+    let s = HlsStream::new("live/x".into(), cfg.clone());
+    s.set_init(Bytes::from_static(b"i"), "avc1".into(), None);
+    for i in 0..23 {
+        if i == 12 {
+            s.set_init(Bytes::from_static(b"j"), "avc1".into(), None);
+        }
+        s.push_part(
+            Bytes::from_static(b"p"),
+            Duration::from_millis(200),
+            i % 5 == 0,
+            i % 5 == 0,
+            i == 10,
+        );
+    }
+    write(
+        &dir,
+        "playlist_live",
+        &text(&playlist::render(&s.read(), &cfg, Some("jwt=abc"))),
+    );
+    s.end();
+    write(
+        &dir,
+        "playlist_ended",
+        &text(&playlist::render(&s.read(), &cfg, None)),
+    );
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    rtmp_seeds(&root);
+    flv_seeds(&root);
+    hls_seeds(&root);
+    println!("seeds written to {}", root.display());
+}
