@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every classcast benchmark against freshly started release processes on loopback and
-# rewrites docs/benchmarks.md with the figures (about 5 minutes on 2 cores).
+# rewrites docs/benchmarks.md with the figures (about 20 minutes on 2 cores; BENCH_ONLY runs a
+# subset and merges it into the last results).
 #
 #   ./scripts/bench.sh
 #
@@ -15,6 +16,12 @@
 #                            fuzzers) cannot interleave with them; 0: normal scheduling
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
+#   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
+#                            viewers,memory,g2g. With a subset, results are appended to
+#                            target/bench-media/extra-results.jsonl and the document is not
+#                            rewritten (the hand-written figures live in bench/OBSERVATIONS.md)
+#   VIEWER_STEPS [250,500,1000,1500,2000]  viewer counts of the `viewers` ramp
+#   G2G_RUNS [3]             glass-to-glass runs per configuration (30 s each)
 #
 # Every process it starts is stopped by PID at the end, also on error or Ctrl-C.
 set -euo pipefail
@@ -35,6 +42,10 @@ if [ "${BENCH_REPORT_ONLY:-0}" = 1 ]; then
 fi
 
 PORT_BASE=${BENCH_PORT_BASE:-18700}
+ONLY=${BENCH_ONLY:-all}
+want() { [ "$ONLY" = all ] || [[ ",$ONLY," == *",$1,"* ]]; }
+# Thousands of viewer connections: raise the soft limit of open files to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NGINX=${NGINX:-auto}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 WORK=$(mktemp -d /tmp/classcast-bench.XXXXXX)
@@ -69,6 +80,7 @@ stop_pid() {
 cleanup() {
   local rc=$?
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [ -n "${SHM:-}" ]; then rm -rf "$SHM"; fi
   trap - EXIT
   if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" != 0 ]; then
     echo "[bench] logs and results kept in $WORK" >&2
@@ -175,12 +187,12 @@ start_master() {
   "$BENCH" wait --url "http://127.0.0.1:$port/health"
 }
 
-# start_slave NAME MASTER_PORT HTTP_PORT RTMP_PORT → sets LAST_PID
+# start_slave NAME MASTER_PORT HTTP_PORT RTMP_PORT [EXTRA SLAVE FLAGS…] → sets LAST_PID
 start_slave() {
   local name=$1 mport=$2 hport=$3 rport=$4
   "${RT[@]}" "$CC" slave --master-url "http://127.0.0.1:$mport" --node-id "$name" \
     --http-bind "127.0.0.1:$hport" --rtmp-bind "127.0.0.1:$rport" --public-host 127.0.0.1 \
-    --heartbeat-interval-ms 1000 --max-connections 10000 >"$WORK/$name.log" 2>&1 &
+    --heartbeat-interval-ms 1000 --max-connections 10000 "${@:5}" >"$WORK/$name.log" 2>&1 &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
   "$BENCH" wait --url "http://127.0.0.1:$hport/health"
@@ -188,6 +200,21 @@ start_slave() {
 
 stop() { stop_pid "$1"; }
 
+# viewer_url MASTER_PORT STREAM → a student's playlist URL, once the stream is live (≤ 30 s)
+viewer_url() {
+  local u
+  for _ in $(seq 100); do
+    if u=$("$BENCH" viewer-url --master "http://127.0.0.1:$1" --stream "$2" 2>/dev/null); then
+      echo "$u"
+      return 0
+    fi
+    sleep 0.3
+  done
+  echo "stream $2 never went live on the master at port $1" >&2
+  return 1
+}
+
+if want tokens; then
 # --- 1. tokens ----------------------------------------------------------------------------------
 P_TOK=$PORT_BASE
 log "1/4 tokens: POST /api/token, 64 connections, 10 s"
@@ -196,7 +223,9 @@ M_TOK=$LAST_PID
 "${RT[@]}" "$BENCH" --results "$RESULTS" tokens --master "http://127.0.0.1:$P_TOK" --secret "$SECRET" \
   --concurrency 64 --seconds 10 --master-pid "$M_TOK"
 stop "$M_TOK"
+fi
 
+if want heartbeats; then
 # --- 2. heartbeats ------------------------------------------------------------------------------
 P_HB=$((PORT_BASE + 1))
 log "2/4 heartbeats: 1000 simulated slaves, 64 connections, 10 s"
@@ -205,7 +234,9 @@ M_HB=$LAST_PID
 "${RT[@]}" "$BENCH" --results "$RESULTS" heartbeats --master "http://127.0.0.1:$P_HB" --secret "$SECRET" \
   --nodes 1000 --concurrency 64 --seconds 10 --master-pid "$M_HB"
 stop "$M_HB"
+fi
 
+if want latency; then
 # --- 3. latency: a master and two slaves --------------------------------------------------------
 P_M=$((PORT_BASE + 2))
 H_A=$((PORT_BASE + 10)) R_A=$((PORT_BASE + 20))
@@ -225,7 +256,9 @@ echo "origin $ORIGIN, edge $EDGE" >&2
 "${RT[@]}" "$BENCH" --results "$RESULTS" latency --publish "$PUBLISH" --origin "$ORIGIN" --edge "$EDGE" \
   --secret "$SECRET" --flv "$FLV" --seconds 30 --dump "$WORK/latency-parts.csv"
 stop "$S_A"; stop "$S_B"; stop "$M_MEDIA"
+fi
 
+if want ingest; then
 # --- 4. ingest CPU: a master and one slave (nothing pulls from it), a fresh slave per run -------
 P_MI=$((PORT_BASE + 3))
 H_C=$((PORT_BASE + 12)) R_C=$((PORT_BASE + 22))
@@ -251,9 +284,10 @@ for k in 1 4; do
   stop "$S_C"
 done
 stop "$M_ING"
+fi
 
 # --- 4b. reference: nginx-rtmp ingesting the same streams ---------------------------------------
-if [ "$NGINX" = 1 ]; then
+if want ingest && [ "$NGINX" = 1 ]; then
   R_N=$((PORT_BASE + 30))
   log "4b ingest CPU reference: nginx-rtmp, 1 and 4 publishers, 30 s each"
   NGX=$WORK/nginx
@@ -285,6 +319,235 @@ EOF
       --publish-base "rtmp://127.0.0.1:$R_N/live" --streams "$k" --flv "$FLV" --seconds 30
     stop "$N_PID"
   done
+fi
+
+# --- 5. serving, viewers per slave, memory: one slave with one live ~1.5 Mbit/s stream ---------
+# A 640x360 30 fps x264 stream at 1.4 Mbit/s + AAC 96 kbit/s: its 200 ms parts are ~40 KB.
+SMALL_FLV=$MEDIA_DIR/360p30-1400k.flv
+if { want serving || want viewers; } && [ ! -s "$SMALL_FLV" ]; then
+  ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=size=640x360:rate=30" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 10 -vf "noise=alls=20:allf=t" -pix_fmt yuv420p \
+    -c:v libx264 -preset veryfast -tune zerolatency -g 30 -keyint_min 30 -sc_threshold 0 \
+    -b:v 1400k -minrate 1400k -maxrate 1400k -bufsize 1400k -c:a aac -b:a 96k -ar 48000 -ac 2 \
+    -f flv "$SMALL_FLV.tmp"
+  mv "$SMALL_FLV.tmp" "$SMALL_FLV"
+fi
+
+# start_nginx_static ROOT PORT → sets LAST_PID (1 worker, sendfile, the files of ROOT)
+start_nginx_static() {
+  local root=$1 port=$2 dir=$WORK/nginx-static-$2
+  mkdir -p "$dir/logs"
+  {
+    echo "worker_processes 1;"
+    echo "pid $dir/nginx.pid;"
+    echo "error_log $dir/logs/error.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "  access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;"
+    echo "  types { application/vnd.apple.mpegurl m3u8; video/mp4 m4s; }"
+    echo "  server { listen 127.0.0.1:$port; root $root; }"
+    echo "}"
+  } >"$dir/nginx.conf"
+  "${RT[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" -g 'daemon off;' &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  "$BENCH" wait --url "http://127.0.0.1:$port/part.m4s"
+}
+
+# wrk_run LABEL SERVER KIND BYTES URL [HEADER] → one JSON line in $RESULTS
+wrk_run() {
+  local label=$1 server=$2 kind=$3 bytes=$4 url=$5 hdr=${6:-} out
+  local args=(-t2 -c200 -d10s --latency)
+  if [ -n "$hdr" ]; then args+=(-H "$hdr"); fi
+  out=$("${RT[@]}" wrk "${args[@]}" "$url")
+  echo "$out" >"$WORK/wrk-$label.txt"
+  echo "$out" | awk -v label="$label" -v server="$server" -v kind="$kind" -v bytes="$bytes" '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /Requests\/sec:/ { rps = $2 }
+    /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) }
+    /Non-2xx or 3xx responses:/ { non2xx = $5 }
+    /Socket errors:/ { err = $0; sub(/^ *Socket errors: */, "", err) }
+    END { printf "{\"bench\":\"serving\",\"label\":\"%s\",\"server\":\"%s\",\"kind\":\"%s\",\"bytes\":%d,\"rps\":%.0f,\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"non2xx\":%d,\"socket_errors\":\"%s\"}\n", label, server, kind, bytes, rps, p50, p99, non2xx + 0, err }' \
+    | tee -a "$RESULTS"
+}
+
+if want serving || want viewers || want memory; then
+  P_MS=$((PORT_BASE + 4))
+  H_S=$((PORT_BASE + 13)) R_S=$((PORT_BASE + 23))
+  N_S=$((PORT_BASE + 31))
+  start_master master-serving "$P_MS"
+  M_S=$LAST_PID
+fi
+
+if want serving || want viewers; then
+  start_slave slave-serving "$P_MS" "$H_S" "$R_S"
+  S_S=$LAST_PID
+  "$BENCH" wait --url "http://127.0.0.1:$P_MS/health" --min-nodes 1
+  KEYLINE=$("$BENCH" teacher-key --master "http://127.0.0.1:$P_MS" --stream serve)
+  read -r PUBLISH _ <<<"$KEYLINE"
+  # ffmpeg -c copy loops the file in real time (publishing costs no encoder).
+  "${RT[@]}" ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$SMALL_FLV" -c copy \
+    -f flv "$PUBLISH" >"$WORK/publisher-serving.log" 2>&1 &
+  PUB_S=$!
+  PIDS+=("$PUB_S")
+  VURL=$(viewer_url "$P_MS" serve)
+  for _ in $(seq 100); do curl -sf -o /dev/null "$VURL" && break; sleep 0.2; done
+  sleep 4 # a few segments in the window
+fi
+
+if want serving; then
+  log "5 serving: one ~40 KB part and the playlist, classcast vs static nginx (wrk -t2 -c200 -d10s)"
+  SHM=$(mktemp -d /dev/shm/classcast-bench.XXXXXX)
+  chmod 755 "$SHM" # nginx's worker runs as nobody
+  PLAIN=${VURL%%\?*}           # http://…/live/serve/index.m3u8
+  BASEURL=${PLAIN%/index.m3u8}
+  JWT=${VURL#*jwt=}
+  curl -sf "$VURL" -o "$SHM/viewer.m3u8"
+  curl -sf -H "Authorization: Bearer $SECRET" "$PLAIN" -o "$SHM/peer.m3u8"
+  # The newest complete part (listed, not the preload hint): it stays available > 10 s.
+  PART=$(grep '^#EXT-X-PART:' "$SHM/viewer.m3u8" | grep -o 'part[0-9]*\.[0-9]*\.m4s' | tail -1)
+  curl -sf "$BASEURL/$PART?jwt=$JWT" -o "$SHM/part.m4s"
+  PBYTES=$(stat -c %s "$SHM/part.m4s")
+  VBYTES=$(stat -c %s "$SHM/viewer.m3u8")
+  PEBYTES=$(stat -c %s "$SHM/peer.m3u8")
+  chmod 644 "$SHM"/*
+  echo "part $PART: $PBYTES bytes; viewer playlist $VBYTES bytes, peer playlist $PEBYTES bytes" >&2
+  start_nginx_static "$SHM" "$N_S"
+  N_ST=$LAST_PID
+  wrk_run part-classcast classcast part "$PBYTES" "$BASEURL/$PART?jwt=$JWT"
+  wrk_run part-nginx nginx part "$PBYTES" "http://127.0.0.1:$N_S/part.m4s"
+  wrk_run playlist-viewer-classcast classcast playlist-viewer "$VBYTES" "$VURL"
+  wrk_run playlist-viewer-nginx nginx playlist-viewer "$VBYTES" "http://127.0.0.1:$N_S/viewer.m3u8"
+  wrk_run playlist-peer-classcast classcast playlist-peer "$PEBYTES" "$PLAIN" "Authorization: Bearer $SECRET"
+  wrk_run playlist-peer-nginx nginx playlist-peer "$PEBYTES" "http://127.0.0.1:$N_S/peer.m3u8"
+  stop "$N_ST"
+  rm -rf "$SHM"
+fi
+
+if want viewers; then
+  log "6 viewers per slave: ${VIEWER_STEPS:-250,500,1000,1500,2000} LL-HLS players, 10 s each"
+  "${RT[@]}" "$BENCH" --results "$RESULTS" viewers --master "http://127.0.0.1:$P_MS" \
+    --slave "http://127.0.0.1:$H_S" --stream serve --steps "${VIEWER_STEPS:-250,500,1000,1500,2000}" \
+    --seconds 10 --slave-pid "$S_S"
+fi
+
+if want serving || want viewers; then
+  stop "$PUB_S"; stop "$S_S"
+fi
+
+if want memory; then
+  log "7 memory: slave RSS with 10 streams (6 Mbit/s each) and no viewers"
+  start_slave slave-memory "$P_MS" "$H_S" "$R_S"
+  S_MEM=$LAST_PID
+  "$BENCH" wait --url "http://127.0.0.1:$P_MS/health" --min-nodes 1
+  MKEYS=()
+  for i in $(seq 0 9); do
+    line=$("$BENCH" teacher-key --master "http://127.0.0.1:$P_MS" --stream "mem$i")
+    url=${line%% *}
+    MKEYS+=("${url#rtmp://127.0.0.1:$R_S/live/}")
+  done
+  "${RT[@]}" "$BENCH" --results "$RESULTS" ingest-cpu --label classcast-memory --pid "$S_MEM" \
+    --publish-base "rtmp://127.0.0.1:$R_S/live" --streams 10 --keys "$(IFS=,; echo "${MKEYS[*]}")" \
+    --flv "$FLV" --seconds 20
+  stop "$S_MEM"
+fi
+
+if want serving || want viewers || want memory; then
+  stop "$M_S"
+fi
+
+# --- 8. glass-to-glass in headless Chromium: classcast (200 and 100 ms parts) vs nginx-rtmp HLS --
+if want g2g; then
+  log "8 glass-to-glass: one encoder → classcast (parts 200 ms), classcast (100 ms), nginx-rtmp HLS"
+  if [ ! -d bench/web/node_modules ]; then (cd bench/web && npm ci --no-audit --no-fund); fi
+  P_GA=$((PORT_BASE + 5)) H_GA=$((PORT_BASE + 14)) R_GA=$((PORT_BASE + 24))
+  P_GB=$((PORT_BASE + 6)) H_GB=$((PORT_BASE + 15)) R_GB=$((PORT_BASE + 25))
+  R_GN=$((PORT_BASE + 32)) H_GN=$((PORT_BASE + 33))
+  start_master master-g2g-200 "$P_GA"; M_GA=$LAST_PID
+  start_slave slave-g2g-200 "$P_GA" "$H_GA" "$R_GA" --part-target-ms 200; S_GA=$LAST_PID
+  start_master master-g2g-100 "$P_GB"; M_GB=$LAST_PID
+  start_slave slave-g2g-100 "$P_GB" "$H_GB" "$R_GB" --part-target-ms 100; S_GB=$LAST_PID
+  "$BENCH" wait --url "http://127.0.0.1:$P_GA/health" --min-nodes 1
+  "$BENCH" wait --url "http://127.0.0.1:$P_GB/health" --min-nodes 1
+  # nginx-rtmp with HLS: its shortest sensible setting with a 1 s GOP is 1 s fragments and a
+  # 4 s playlist (hls.js needs a few fragments listed to start).
+  GN=$WORK/nginx-g2g
+  mkdir -p "$GN/logs" "$GN/hls"
+  chmod 755 "$WORK" "$GN" "$GN/hls" # nginx's worker (nobody) serves these
+  {
+    echo "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;"
+    echo "worker_processes 1; pid $GN/nginx.pid; error_log $GN/logs/error.log warn;"
+    echo "events { worker_connections 1024; }"
+    echo "rtmp { server { listen 127.0.0.1:$R_GN; chunk_size 4096;"
+    echo "  application live { live on; record off; hls on; hls_path $GN/hls; hls_fragment 1s; hls_playlist_length 4s; } } }"
+    echo "http { access_log off; sendfile on;"
+    echo "  types { application/vnd.apple.mpegurl m3u8; video/mp2t ts; }"
+    echo "  server { listen 127.0.0.1:$H_GN; location /hls/ { alias $GN/hls/;"
+    echo "    add_header Cache-Control no-cache; add_header Access-Control-Allow-Origin *; } } }"
+  } >"$GN/nginx.conf"
+  "${RT[@]}" nginx -p "$GN" -c "$GN/nginx.conf" -e "$GN/logs/error.log" -g 'daemon off;' &
+  N_G=$!
+  PIDS+=("$N_G")
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$R_GN") 2>/dev/null && break; sleep 0.1; done
+  read -r PUB_A _ <<<"$("$BENCH" teacher-key --master "http://127.0.0.1:$P_GA" --stream g2g)"
+  read -r PUB_B _ <<<"$("$BENCH" teacher-key --master "http://127.0.0.1:$P_GB" --stream g2g)"
+  EPOCH=$(date +%s%3N)
+  "${RT[@]}" node bench/web/publish.mjs "$EPOCH" "$PUB_A" "$PUB_B" "rtmp://127.0.0.1:$R_GN/live/g2g" \
+    >"$WORK/publisher-g2g.log" 2>&1 &
+  PUB_G=$!
+  PIDS+=("$PUB_G")
+  URL_A=$(viewer_url "$P_GA" g2g)
+  URL_B=$(viewer_url "$P_GB" g2g)
+  URL_N=http://127.0.0.1:$H_GN/hls/g2g.m3u8
+  for _ in $(seq 100); do curl -sf -o /dev/null "$URL_N" && curl -sf -o /dev/null "$URL_A" && break; sleep 0.2; done
+  sleep 5
+  G2G_RUNS=${G2G_RUNS:-3}
+  g2g() { "${RT[@]}" node bench/web/g2g.mjs --runs "$G2G_RUNS" --seconds 30 --epoch "$EPOCH" --out "$RESULTS" "$@"; }
+  # G2G_HLS_EXTRA adds hls.js settings to every hls.js configuration (its results get a label
+  # suffix), e.g. G2G_HLS_EXTRA='"maxLiveSyncPlaybackRate":1.5' G2G_SUFFIX=+catchup
+  X=${G2G_HLS_EXTRA:+,$G2G_HLS_EXTRA} SFX=${G2G_SUFFIX:-}
+  LL="{\"lowLatencyMode\":true$X}"
+  g2g --label "classcast-part200$SFX" --player hls --cfg "$LL" --src "$URL_A"
+  g2g --label "classcast-part100$SFX" --player hls --cfg "$LL" --src "$URL_B"
+  g2g --label "nginx-rtmp-hls1s$SFX" --player hls --cfg "{\"lowLatencyMode\":true,\"liveSyncDurationCount\":1$X}" --src "$URL_N"
+  if [ "${G2G_SHAKA:-1}" = 1 ]; then
+    g2g --label classcast-part200 --player shaka --cfg '{"streaming":{"lowLatencyMode":true}}' --src "$URL_A"
+    g2g --label nginx-rtmp-hls1s --player shaka --cfg '{}' --src "$URL_N"
+  fi
+  stop "$PUB_G"; stop "$N_G"; stop "$S_GA"; stop "$M_GA"; stop "$S_GB"; stop "$M_GB"
+fi
+
+if [ "$ONLY" != all ]; then
+  # A subset: stamp its results, replace the same benchmarks' lines in the last full run's
+  # results and re-render the document from them (the other sections keep their figures).
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+  stamp="$(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`, the machine $BUSY_BEFORE % busy with other work at the start"
+  LAST=$MEDIA_DIR/last-results.jsonl
+  touch "$LAST"
+  keep=$WORK/kept.jsonl
+  cp "$LAST" "$keep"
+  drop() { grep -v -F -- "$1" "$keep" >"$keep.new" || true; mv "$keep.new" "$keep"; }
+  IFS=, read -r -a subset <<<"$ONLY"
+  for b in "${subset[@]}"; do
+    case $b in
+      memory) drop '"server":"classcast-memory"' ;;
+      ingest) grep -F '"server":"classcast-memory"' "$keep" >"$keep.mem" || true
+              drop '"bench":"ingest_cpu"'; cat "$keep.mem" >>"$keep" ;;
+      g2g) # only the configurations measured now (label + player)
+           while read -r lp; do drop "$lp"; done < <(grep -o '"label":"[^"]*","player":"[^"]*"' "$RESULTS" | sort -u) ;;
+      *) drop "\"bench\":\"$b\"" ;;
+    esac
+  done
+  sed "s|^{|{\"measured\":\"$stamp\",|" "$RESULTS" >>"$keep"
+  cp "$keep" "$LAST"
+  cat "$RESULTS" >>"$MEDIA_DIR/extra-results.jsonl"
+  NOTES=()
+  if [ -f bench/OBSERVATIONS.md ]; then NOTES=(--notes bench/OBSERVATIONS.md); fi
+  "$BENCH" report --input "$LAST" --machine "$MEDIA_DIR/last-machine.txt" \
+    --lscpu "$MEDIA_DIR/last-lscpu.txt" "${NOTES[@]}" --out "$OUT"
+  log "done ($ONLY): merged into target/bench-media/last-results.jsonl and rewrote $OUT"
+  exit 0
 fi
 
 # --- report -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ mod report;
 mod rtmp;
 mod stats;
 mod util;
+mod viewers;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -139,6 +140,37 @@ enum Cmd {
         master: String,
         #[arg(long, env = "TEACHER_PASSWORD", hide_env_values = true)]
         password: String,
+        #[arg(long)]
+        stream: String,
+    },
+    /// N simulated LL-HLS players against one slave, ramped in steps (part GET p99, errors).
+    Viewers {
+        /// Master base URL (one student token per viewer comes from it).
+        #[arg(long)]
+        master: String,
+        /// The slave's HTTP base URL (the one the tokens name).
+        #[arg(long)]
+        slave: String,
+        #[arg(long)]
+        stream: String,
+        /// Viewer counts to run, one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "250,500,1000,1500,2000")]
+        steps: Vec<usize>,
+        /// Measured seconds per step.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds after the viewers joined before a step is measured.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        #[arg(long)]
+        slave_pid: Option<u32>,
+        #[arg(long, default_value_t = 50.0)]
+        goal_p99_ms: f64,
+    },
+    /// Prints a student's HLS playlist URL (with its token) for a stream.
+    ViewerUrl {
+        #[arg(long)]
+        master: String,
         #[arg(long)]
         stream: String,
     },
@@ -285,6 +317,34 @@ fn main() -> anyhow::Result<()> {
                 stream,
             } => {
                 println!("{}", util::teacher_key(&master, &password, &stream).await?);
+                Ok(())
+            }
+            Cmd::Viewers {
+                master,
+                slave,
+                stream,
+                steps,
+                seconds,
+                warmup,
+                slave_pid,
+                goal_p99_ms,
+            } => {
+                let r = viewers::run(viewers::ViewersArgs {
+                    master,
+                    slave,
+                    stream,
+                    steps,
+                    seconds,
+                    warmup,
+                    slave_pid,
+                    goal_p99_ms,
+                })
+                .await?;
+                viewers::print(&r);
+                emit(results, &r)
+            }
+            Cmd::ViewerUrl { master, stream } => {
+                println!("{}", util::viewer_url(&master, &stream).await?);
                 Ok(())
             }
             Cmd::Report {

@@ -68,3 +68,28 @@ pub async fn teacher_key(master: &str, password: &str, stream: &str) -> anyhow::
         .to_string();
     Ok(format!("{}/{key} {base}", rtmp.trim_end_matches('/')))
 }
+
+/// A student's playlist URL (`hls_url` of a token answer, token in its query).
+pub async fn viewer_url(master: &str, stream: &str) -> anyhow::Result<String> {
+    let req = TokenRequest {
+        role: Role::Student,
+        user_id: "bench-viewer".into(),
+        stream: Some(stream.into()),
+        exclude: None,
+        credential: None,
+    };
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/token", master.trim_end_matches('/')))
+        .json(&req)
+        .send()
+        .await?;
+    let status = r.status();
+    if !status.is_success() {
+        bail!(
+            "student token → {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let t: TokenResponse = r.json().await?;
+    Ok(t.hls_url)
+}

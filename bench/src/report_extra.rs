@@ -1,0 +1,374 @@
+//! Sections 5–8 of the benchmarks document: serving vs static nginx, viewers per slave, slave
+//! memory, glass-to-glass in headless Chromium. Each renders only when its results are present
+//! (`BENCH_ONLY=… ./scripts/bench.sh` measures a subset and merges it into the last results).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::{f, yes};
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or("?").to_string()
+}
+
+fn when(v: &Value) -> String {
+    v["measured"]
+        .as_str()
+        .map(|d| format!(" Measured {d}."))
+        .unwrap_or_default()
+}
+
+fn serving<'a>(r: &'a [Value], server: &str, kind: &str) -> Option<&'a Value> {
+    r.iter()
+        .find(|v| v["bench"] == "serving" && v["server"] == server && v["kind"] == kind)
+}
+
+fn g2g_groups(r: &[Value]) -> Vec<(String, String, Vec<&Value>)> {
+    let mut out: Vec<(String, String, Vec<&Value>)> = Vec::new();
+    for v in r.iter().filter(|v| v["bench"] == "g2g") {
+        let (l, p) = (s(v, "label"), s(v, "player"));
+        match out.iter_mut().find(|(a, b, _)| *a == l && *b == p) {
+            Some(g) => g.2.push(v),
+            None => out.push((l, p, vec![v])),
+        }
+    }
+    out
+}
+
+/// Error count and the distinct errors a run recorded (player error codes, with file and status).
+fn errors(v: &Value) -> String {
+    let list: Vec<String> = v["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    let n = v["error_count"].as_u64().unwrap_or(list.len() as u64);
+    if n == 0 {
+        return "0".into();
+    }
+    let mut distinct: Vec<String> = list
+        .iter()
+        .map(|e| {
+            // `1001 part123.4.m4s 404` → `1001 part 404`: the code, the kind of file, the status.
+            let w: Vec<&str> = e.split(' ').collect();
+            match w.as_slice() {
+                [code, file, rest @ ..] => {
+                    let kind: String = file
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphabetic())
+                        .collect();
+                    let mut out = vec![code.to_string(), kind];
+                    out.extend(rest.iter().map(|r| r.to_string()));
+                    out.join(" ")
+                }
+                _ => e.clone(),
+            }
+        })
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    format!("{n}: {}", distinct.join(", "))
+}
+
+fn median(mut x: Vec<f64>) -> f64 {
+    x.retain(|v| v.is_finite());
+    if x.is_empty() {
+        return f64::NAN;
+    }
+    x.sort_by(f64::total_cmp);
+    x[x.len() / 2]
+}
+
+pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
+    for kind in ["part", "playlist-viewer"] {
+        if let (Some(c), Some(n)) = (serving(r, "classcast", kind), serving(r, "nginx", kind)) {
+            let ratio = f(c, "rps") / f(n, "rps");
+            writeln!(
+                w,
+                "| serving a {kind} ({:.0} B), req/s vs static nginx | ≥ 1.0× | {ratio:.2}× ({:.0} vs {:.0} req/s) | {} |",
+                f(c, "bytes"),
+                f(c, "rps"),
+                f(n, "rps"),
+                yes(ratio >= 1.0)
+            )?;
+        }
+    }
+    if let Some(v) = r.iter().find(|v| v["bench"] == "viewers") {
+        let best = f(v, "max_ok_viewers");
+        let rate = f(v, "requests_per_viewer_s");
+        let (best, rate) = if best.is_finite() {
+            (best, rate)
+        } else {
+            let first = v["steps"].as_array().and_then(|a| a.first());
+            (
+                0.0,
+                first.map_or(f64::NAN, |st| f(st, "requests_per_viewer_s")),
+            )
+        };
+        if let Some(n) = serving(r, "nginx", "part") {
+            let eq = f(n, "rps") / rate;
+            writeln!(
+                w,
+                "| LL-HLS viewers per slave (part p99 < 50 ms, 0 errors) | ≥ 1.0× nginx-equivalent | {best:.0} viewers vs {eq:.0} ({:.2}×) | {} |",
+                best / eq,
+                yes(best >= eq)
+            )?;
+        }
+        if let Some(st) = v["steps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| f(x, "viewers") == 1000.0))
+        {
+            let m = f(st, "slave_rss_max_mib");
+            writeln!(
+                w,
+                "| slave RSS, 1 stream + 1,000 viewers | ≤ 100 MB | {m:.1} MiB | {} |",
+                yes(m * 1.048576 <= 100.0)
+            )?;
+        }
+    }
+    for (label, player, runs) in g2g_groups(r) {
+        if !label.starts_with("classcast") || player != "hls" {
+            continue;
+        }
+        let p50 = median(runs.iter().map(|v| f(v, "p50_ms")).collect());
+        let stalls: f64 = runs.iter().map(|v| f(v, "waiting")).sum();
+        writeln!(
+            w,
+            "| glass-to-glass p50, hls.js low-latency, {label} | ≤ 0.8 s, 0 stalls | {:.2} s (median of {} runs), {stalls:.0} stalls | {} |",
+            p50 / 1000.0,
+            runs.len(),
+            yes(p50 <= 800.0 && stalls == 0.0)
+        )?;
+    }
+    Ok(())
+}
+
+pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
+    if r.iter().any(|v| v["bench"] == "serving") {
+        let first = r.iter().find(|v| v["bench"] == "serving").expect("checked");
+        writeln!(w, "## 5. Serving the same bytes: classcast vs static nginx")?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "`BENCH_ONLY=serving ./scripts/bench.sh`.{} One master, one slave; ffmpeg publishes a 640×360 \
+             30 fps x264 1.4 Mbit/s + AAC 96 kbit/s FLV with `-c copy` (looped, real time). The script takes \
+             a student token from the master, fetches the playlist a viewer gets, picks the newest listed \
+             part and copies those exact bytes (part, viewer playlist, peer playlist) into `/dev/shm`, served \
+             by nginx (1 worker, `sendfile on`, `tcp_nopush on`, no access log). `wrk -t2 -c200 -d10s \
+             --latency` then hits each URL in turn, all under `chrt -r 1`, wrk on the same 2 cores. \
+             classcast's part and viewer playlist carry the viewer's JWT in the query (as a player sends \
+             it); the peer playlist is fetched with `Authorization: Bearer <cluster secret>`.",
+            when(first)
+        )?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "| what | bytes | classcast req/s | classcast p50 / p99 ms | nginx req/s | nginx p50 / p99 ms | classcast / nginx | non-2xx (cc / nginx) |"
+        )?;
+        writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- |")?;
+        for (kind, name) in [
+            ("part", "part (viewer token)"),
+            (
+                "playlist-viewer",
+                "playlist as a viewer gets it (its JWT in every URI)",
+            ),
+            ("playlist-peer", "playlist as a peer gets it (no token)"),
+        ] {
+            if let (Some(c), Some(n)) = (serving(r, "classcast", kind), serving(r, "nginx", kind)) {
+                writeln!(
+                    w,
+                    "| {name} | {:.0} | **{:.0}** | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | **{:.2}×** | {} / {} |",
+                    f(c, "bytes"),
+                    f(c, "rps"),
+                    f(c, "p50_ms"),
+                    f(c, "p99_ms"),
+                    f(n, "rps"),
+                    f(n, "p50_ms"),
+                    f(n, "p99_ms"),
+                    f(c, "rps") / f(n, "rps"),
+                    f(c, "non2xx"),
+                    f(n, "non2xx")
+                )?;
+            }
+        }
+        writeln!(w)?;
+    }
+
+    if let Some(v) = r.iter().find(|v| v["bench"] == "viewers") {
+        writeln!(w, "## 6. LL-HLS viewers per slave")?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "`BENCH_ONLY=viewers ./scripts/bench.sh` (steps from `VIEWER_STEPS`).{} Same slave and stream as \
+             section 5. `classcast-bench viewers` takes {} and, for each step, starts N viewers (joining \
+             over ~1 s), lets them play 3 s and measures 10 s. Each viewer is one keep-alive HTTP/1.1 \
+             connection doing what hls.js does at the live edge in low-latency mode: a blocking playlist \
+             reload for the part named by the last `EXT-X-PRELOAD-HINT` (`_HLS_msn`/`_HLS_part`), then a \
+             GET of the newest `EXT-X-PART` it lists. The part GETs are the non-blocking requests whose \
+             p99 is the criterion (goal < {:.0} ms with 0 errors); reloads wait for the next part by \
+             design and are only checked for errors. \"other\" is every other process on the machine.",
+            when(v),
+            s(v, "tokens"),
+            f(v, "goal_p99_ms")
+        )?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "| viewers | part GET p50 / p95 / p99 / max ms | errors | req / viewer / s | reload p50 ms | playlist / part KiB | slave CPU % | generator % | other % | slave RSS max MiB |"
+        )?;
+        writeln!(
+            w,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )?;
+        for st in v["steps"].as_array().into_iter().flatten() {
+            writeln!(
+                w,
+                "| {} | {:.1} / {:.1} / **{:.1}** / {:.1} | {} | {:.2} | {:.0} | {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                f(st, "viewers"),
+                f(st, "part_latency.p50_ms"),
+                f(st, "part_latency.p95_ms"),
+                f(st, "part_latency.p99_ms"),
+                f(st, "part_latency.max_ms"),
+                f(st, "errors"),
+                f(st, "requests_per_viewer_s"),
+                f(st, "playlist_latency.p50_ms"),
+                f(st, "mean_playlist_kib"),
+                f(st, "mean_part_kib"),
+                f(st, "slave_cpu_pct"),
+                f(st, "generator_cpu_pct"),
+                f(st, "other_cpu_pct"),
+                f(st, "slave_rss_max_mib")
+            )?;
+        }
+        writeln!(w)?;
+        let best = f(v, "max_ok_viewers");
+        // Without a passing step, the rate of the smallest step stands in for the ratio (0×).
+        let rate = if best.is_finite() {
+            f(v, "requests_per_viewer_s")
+        } else {
+            v["steps"]
+                .as_array()
+                .and_then(|a| a.first())
+                .map_or(f64::NAN, |st| f(st, "requests_per_viewer_s"))
+        };
+        let best = if best.is_finite() { best } else { 0.0 };
+        writeln!(
+            w,
+            "- Largest N with part p99 < {:.0} ms and 0 errors: **{}**; requests per viewer per second \
+             measured there: **{rate:.2}**. Slave RSS before the viewers joined: {:.1} MiB.",
+            f(v, "goal_p99_ms"),
+            if best > 0.0 {
+                format!("{best:.0}")
+            } else {
+                "none".into()
+            },
+            f(v, "slave_rss_idle_mib")
+        )?;
+        if let Some(n) = serving(r, "nginx", "part") {
+            let eq = f(n, "rps") / rate;
+            writeln!(
+                w,
+                "- nginx-equivalent = static nginx's {:.0} req/s on the same part bytes (section 5) ÷ \
+                 {rate:.2} = **{eq:.0} viewers**; ratio **{:.2}×** (goal ≥ 1.0×: {}).",
+                f(n, "rps"),
+                best / eq,
+                yes(best >= eq)
+            )?;
+        }
+        writeln!(w)?;
+    }
+
+    if let Some(m) = r
+        .iter()
+        .find(|v| v["bench"] == "ingest_cpu" && v["server"] == "classcast-memory")
+    {
+        writeln!(w, "## 7. Slave memory with 10 streams and no viewers")?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "`BENCH_ONLY=memory ./scripts/bench.sh`.{} `classcast-bench ingest-cpu` publishes {} copies of \
+             the 6 Mbit/s 720p file of section 4 into a fresh slave and samples its RSS every 250 ms: \
+             **{:.1} MiB idle, {:.1} MiB max** with {} streams ({:.1} MiB per stream over idle; CPU {:.2} % \
+             of a core per stream). The 1,000-viewer figure is in section 6.",
+            when(m),
+            f(m, "streams"),
+            f(m, "rss_idle_mib"),
+            f(m, "rss_max_mib"),
+            f(m, "streams"),
+            (f(m, "rss_max_mib") - f(m, "rss_idle_mib")) / f(m, "streams"),
+            f(m, "pct_core_per_stream")
+        )?;
+        writeln!(w)?;
+    }
+
+    let groups = g2g_groups(r);
+    if !groups.is_empty() {
+        writeln!(w, "## 8. Glass-to-glass in headless Chromium")?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "`BENCH_ONLY=g2g ./scripts/bench.sh` (runs per configuration from `G2G_RUNS`).{} \
+             `bench/web/publish.mjs` draws 640×360 frames at 30 fps whose top rows carry the wall clock \
+             (ms since a start epoch, 24 bits + an 8-bit check, as 40×40 px black/white blocks) and pipes \
+             them, with silent audio from the same clock, into **one** ffmpeg (x264 veryfast zerolatency, \
+             GOP 1 s, 2 Mbit/s with film-grain noise, AAC 64 kbit/s) whose tee muxer publishes the same \
+             encoded stream to classcast with 200 ms parts, classcast with 100 ms parts (two one-slave \
+             clusters) and nginx-rtmp with HLS (`hls_fragment 1s; hls_playlist_length 4s`, its shortest \
+             sensible setting with a 1 s GOP), at once. `bench/web/g2g.mjs` opens `page.html` in \
+             headless Chromium (playwright-core; `--no-sandbox --disable-gpu \
+             --disable-background-networking`), which plays it with hls.js 1.7.4 (the light build we \
+             ship) or Shaka Player, draws the video to a canvas every animation frame, decodes the clock \
+             and records Date.now() − clock for every new frame shown. Each run is a fresh page of 30 s; \
+             the first 5 s after the first frame are not counted; stalls are `waiting` events after \
+             playback started. Everything runs on the same 2 cores under `chrt -r 1`.",
+            when(groups[0].2[0])
+        )?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "| server | player (config) | run | start ms | frames | p50 ms | p95 ms | min / max ms | stalls | decode failures | errors |"
+        )?;
+        writeln!(
+            w,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )?;
+        for (label, player, runs) in &groups {
+            for v in runs {
+                writeln!(
+                    w,
+                    "| {label} | {player} `{}` | {} | {:.0} | {} | **{:.0}** | {:.0} | {:.0} / {:.0} | {} | {} | {} |",
+                    v["cfg"],
+                    f(v, "run"),
+                    f(v, "startup_ms"),
+                    f(v, "frames"),
+                    f(v, "p50_ms"),
+                    f(v, "p95_ms"),
+                    f(v, "min_ms"),
+                    f(v, "max_ms"),
+                    f(v, "waiting"),
+                    f(v, "decode_failures"),
+                    errors(v)
+                )?;
+            }
+        }
+        writeln!(w)?;
+        for (label, player, runs) in &groups {
+            let p50s: Vec<f64> = runs.iter().map(|v| f(v, "p50_ms")).collect();
+            let lo = p50s.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = p50s.iter().cloned().fold(0.0, f64::max);
+            writeln!(
+                w,
+                "- {label}, {player}: p50 {:.2}–{:.2} s over {} runs (median {:.2} s), {} stalls in total.",
+                lo / 1000.0,
+                hi / 1000.0,
+                runs.len(),
+                median(p50s.clone()) / 1000.0,
+                runs.iter().map(|v| f(v, "waiting")).sum::<f64>()
+            )?;
+        }
+        writeln!(w)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+// Glass-to-glass latency in headless Chromium: plays a stream published by publish.mjs with
+// hls.js (or Shaka Player), reads the clock burnt into the frame on screen every animation frame
+// (page.html) and records Date.now() − that clock. One JSON line per run on stdout (and --out).
+//
+//   node g2g.mjs --label classcast-200 --src URL --player hls --cfg '{"lowLatencyMode":true}' \
+//     --epoch MS [--runs 3] [--seconds 30] [--warmup 5] [--out results.jsonl]
+import { createServer } from 'node:http';
+import { readFileSync, appendFileSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const DIR = import.meta.dirname;
+const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
+  if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
+  return acc;
+}, []));
+const runs = Number(args.runs || 3), seconds = Number(args.seconds || 30), warmup = Number(args.warmup || 5);
+const files = {
+  '/': ['page.html', 'text/html'],
+  '/hls.js': ['node_modules/hls.js/dist/hls.light.min.js', 'text/javascript'],
+  '/shaka.js': ['node_modules/shaka-player/dist/shaka-player.compiled.js', 'text/javascript'],
+};
+const server = createServer((req, res) => {
+  const f = files[req.url.split('?')[0]];
+  if (!f) { res.writeHead(404); res.end(); return; }
+  res.writeHead(200, { 'content-type': f[1] });
+  res.end(readFileSync(path.join(DIR, f[0])));
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const port = server.address().port;
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--autoplay-policy=no-user-gesture-required'],
+});
+const pct = (s, p) => s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil(p / 100 * s.length) - 1))] : null;
+try {
+  for (let run = 1; run <= runs; run++) {
+    const ctx = await browser.newContext({ viewport: { width: 640, height: 360 } });
+    const page = await ctx.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
+    const q = new URLSearchParams({ src: args.src, player: args.player || 'hls', epoch: args.epoch, cfg: args.cfg || '{}' });
+    const t0 = Date.now();
+    await page.goto(`http://127.0.0.1:${port}/?${q}`);
+    await page.waitForTimeout(seconds * 1000);
+    const g = await page.evaluate(() => window.g2g);
+    await ctx.close();
+    const first = g.samples.length ? g.samples[0][0] : null;
+    const lat = g.samples.filter(([t]) => t - first >= warmup * 1000).map(([, l]) => l).sort((a, b) => a - b);
+    const r = {
+      bench: 'g2g', label: args.label, player: args.player || 'hls', cfg: JSON.parse(args.cfg || '{}'), run,
+      seconds, warmup_s: warmup, startup_ms: first ? first - t0 : null, frames: lat.length,
+      p50_ms: pct(lat, 50), p95_ms: pct(lat, 95), min_ms: lat[0] ?? null, max_ms: lat.at(-1) ?? null,
+      waiting: g.waiting, decode_failures: g.decodeFail, error_count: g.errorCount ?? g.errors.length, errors: g.errors,
+    };
+    const line = JSON.stringify(r);
+    console.log(line);
+    if (args.out) appendFileSync(args.out, line + '\n');
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
