@@ -101,7 +101,11 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
     if st.ended {
         out.push_str("#EXT-X-ENDLIST\n");
     } else if let Some(last) = listed.last() {
-        let (msn, idx) = if last.complete {
+        // A segment that has reached its target ends at the next keyframe, which with a GOP of
+        // about the segment target is the next part: hint the next segment's first part then,
+        // so players that prefetch hints (Shaka) do not ask for a part that never comes.
+        let full = last.duration + 1e-6 >= cfg.segment_target.as_secs_f64();
+        let (msn, idx) = if last.complete || full {
             (last.msn + 1, 0)
         } else {
             (last.msn, last.parts.len())
