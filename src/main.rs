@@ -457,10 +457,10 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
 
 async fn run_up(a: UpArgs) -> anyhow::Result<()> {
     let secret = ClusterSecret::generate();
-    let teacher = a.teacher_password.clone().unwrap_or_else(|| {
-        let b: [u8; 6] = rand_bytes();
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    });
+    let teacher = a
+        .teacher_password
+        .clone()
+        .unwrap_or_else(|| ClusterSecret::generate().expose()[..12].to_string());
     let master_bind: SocketAddr = format!("{}:{}", a.bind_host, a.master_port).parse()?;
     let master_listener = bind(master_bind, "master").await?;
     let master_port = master_listener.local_addr()?.port();
@@ -560,15 +560,6 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(())
-}
-
-fn rand_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    let s = ClusterSecret::generate();
-    for (i, c) in s.expose().bytes().enumerate() {
-        b[i % N] ^= c.wrapping_mul(31).wrapping_add(i as u8);
-    }
-    b
 }
 
 async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {

@@ -8,10 +8,16 @@ use crate::ApiError;
 
 /// Compares two credentials in time independent of where they differ.
 pub fn credential_eq(a: &str, b: &str) -> bool {
-    let da: [u8; 32] = Sha256::digest(a.as_bytes()).into();
-    let db: [u8; 32] = Sha256::digest(b.as_bytes()).into();
-    da.iter()
-        .zip(db.iter())
+    digests_eq(
+        &Sha256::digest(a.as_bytes()).into(),
+        &Sha256::digest(b.as_bytes()).into(),
+    )
+}
+
+/// Constant-time comparison of two digests.
+fn digests_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
 }
@@ -59,12 +65,7 @@ impl ClusterSecret {
     }
 
     pub fn matches(&self, candidate: &str) -> bool {
-        let d: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
-        // Constant-time comparison of the two digests.
-        d.iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        digests_eq(&Sha256::digest(candidate.as_bytes()).into(), &self.digest)
     }
 
     /// Checks `Authorization: Bearer <secret>`; 401 otherwise.

@@ -108,6 +108,19 @@ pub struct Selected {
     pub status: NodeStatus,
 }
 
+impl Selected {
+    fn of(n: &Node) -> Self {
+        Selected {
+            node_id: n.info.node_id.clone(),
+            node_name: n.info.node_name.clone(),
+            public_url: n.info.public_url.clone(),
+            rtmp_url: n.info.rtmp_url.clone(),
+            load_percentage: n.effective_load_pct(),
+            status: n.status,
+        }
+    }
+}
+
 pub struct Registry {
     nodes: Mutex<BTreeMap<String, Node>>,
     pub thresholds: Thresholds,
@@ -300,14 +313,7 @@ impl Registry {
         if reserve {
             node.pending = node.pending.saturating_add(1);
         }
-        Some(Selected {
-            node_id: node.info.node_id.clone(),
-            node_name: node.info.node_name.clone(),
-            public_url: node.info.public_url.clone(),
-            rtmp_url: node.info.rtmp_url.clone(),
-            load_percentage: node.effective_load_pct(),
-            status: node.status,
-        })
+        Some(Selected::of(node))
     }
 
     /// The origin of `path`, if a non-offline node claims it.
@@ -316,14 +322,7 @@ impl Registry {
         nodes
             .values()
             .find(|n| n.status != NodeStatus::Offline && n.is_origin_of(path))
-            .map(|n| Selected {
-                node_id: n.info.node_id.clone(),
-                node_name: n.info.node_name.clone(),
-                public_url: n.info.public_url.clone(),
-                rtmp_url: n.info.rtmp_url.clone(),
-                load_percentage: n.effective_load_pct(),
-                status: n.status,
-            })
+            .map(Selected::of)
     }
 
     /// Records that `node_id` accepted an order to mirror `path`.
