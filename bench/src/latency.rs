@@ -4,7 +4,7 @@
 //! write returned. Two LL-HLS followers (origin and edge) use blocking playlist reloads and
 //! fetch every new part as soon as it is listed, stamping when its body has fully arrived. A
 //! part's first video frame is found from its `tfdt` (video track, 90 kHz), which the
-//! packager derives from the RTMP timestamp, so part ↔ frame matching is exact.
+//! packager derives from the RTMP timestamp (within a few ms: see `sent_at`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -287,11 +287,17 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
     let mut last_lat = Vec::new();
     let mut unmatched = 0;
     let mut durations = Vec::new();
+    // The packager may start a part up to half a frame before its first frame's own timestamp
+    // (keeping the video timeline gapless after a predicted duration); take the nearest frame.
     let sent_at = |ts: u64| -> Option<Instant> {
-        let i = sent
-            .binary_search_by_key(&ts, |(t, _)| u64::from(*t))
-            .ok()?;
-        Some(sent[i].1)
+        let i = sent.partition_point(|(t, _)| u64::from(*t) < ts);
+        [i.checked_sub(1), Some(i)]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| sent.get(i))
+            .filter(|(t, _)| u64::from(*t).abs_diff(ts) <= 5)
+            .min_by_key(|(t, _)| u64::from(*t).abs_diff(ts))
+            .map(|&(_, at)| at)
     };
     for w in origin_parts.windows(2) {
         let (p, next) = (&w[0], &w[1]);

@@ -48,7 +48,7 @@
     log({ type: 'play', node_id: tok.node_id });
     if (hls) { hls.destroy(); hls = null; }
     if (window.Hls && Hls.isSupported()) {
-      hls = new Hls({ lowLatencyMode: true, liveSyncDurationCount: 1, backBufferLength: 30,
+      hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
                       manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1 });
       hls.on(Hls.Events.ERROR, (_, data) => {
         log({ type: 'hls-error', fatal: data.fatal, details: data.details });

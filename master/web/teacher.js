@@ -33,7 +33,7 @@
     if (!(window.Hls && Hls.isSupported())) { video.src = tok.hls_url; return; }
     const attempt = () => {
       if (hls) hls.destroy();
-      hls = new Hls({ lowLatencyMode: true, liveSyncDurationCount: 1, manifestLoadingMaxRetry: 0 });
+      hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, manifestLoadingMaxRetry: 0 });
       hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) { $('preview-state').textContent = 'Waiting for your stream…'; setTimeout(attempt, 2000); } });
       hls.on(Hls.Events.MANIFEST_PARSED, () => { $('preview-state').textContent = 'Live'; video.play().catch(() => {}); });
       hls.loadSource(tok.hls_url);

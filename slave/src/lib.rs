@@ -9,6 +9,7 @@ pub mod media;
 pub mod metrics;
 pub mod mirror;
 pub mod serve;
+pub mod tickets;
 pub mod viewers;
 
 use std::net::SocketAddr;
@@ -81,6 +82,7 @@ pub struct SlaveCtx {
     pub metrics: SlaveMetrics,
     pub sys: SysStats,
     pub http: reqwest::Client,
+    pub tickets: tickets::TicketKey,
     verifier: RwLock<Option<TokenVerifier>>,
 }
 
@@ -92,6 +94,7 @@ impl SlaveCtx {
             .tcp_nodelay(true)
             .build()?;
         Ok(Arc::new(Self {
+            tickets: tickets::TicketKey::derive(&cfg.secret, &cfg.node_id),
             viewers: ViewerTracker::new(cfg.viewer_window),
             cfg,
             store: StreamStore::default(),

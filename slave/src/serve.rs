@@ -1,6 +1,7 @@
 //! LL-HLS over HTTP: playlists with blocking reload, init/segment/part bytes straight from
 //! memory, every request token-checked (or cluster-secret-checked for edges pulling from us).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,15 +55,18 @@ impl HlsFile {
 }
 
 /// The query parameters we act on. Unknown ones are ignored, as players add their own.
+/// Values borrow from the request unless they had to be percent-decoded.
 #[derive(Debug, Default, PartialEq)]
-pub struct HlsQuery {
-    pub jwt: Option<String>,
+pub struct HlsQuery<'a> {
+    pub jwt: Option<Cow<'a, str>>,
+    /// A media ticket (`t=`), as listed after every URI of a viewer's playlist.
+    pub ticket: Option<Cow<'a, str>>,
     pub msn: Option<u64>,
     pub part: Option<usize>,
 }
 
-impl HlsQuery {
-    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+impl<'a> HlsQuery<'a> {
+    pub fn parse(raw: Option<&'a str>) -> Result<Self, ApiError> {
         let mut q = HlsQuery::default();
         let Some(raw) = raw else { return Ok(q) };
         if raw.len() > 8192 {
@@ -70,7 +74,8 @@ impl HlsQuery {
         }
         for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
             match &*k {
-                "jwt" | "token" => q.jwt = Some(v.into_owned()),
+                "jwt" | "token" => q.jwt = Some(v),
+                "t" => q.ticket = Some(v),
                 "_HLS_msn" => {
                     q.msn = Some(v.parse().map_err(|_| {
                         ApiError::bad_request("_HLS_msn must be a non-negative integer")
@@ -91,21 +96,38 @@ impl HlsQuery {
     }
 }
 
-/// Who is asking: a viewer with a token, or another slave with the cluster secret.
+/// Who is asking: a viewer (with the media ticket its playlist URIs carry), or another slave
+/// with the cluster secret.
 enum Caller {
-    Viewer { token: String },
+    Viewer { ticket: String },
     Peer,
 }
 
 fn authorize(
     ctx: &SlaveCtx,
     headers: &HeaderMap,
-    q: &HlsQuery,
+    q: &HlsQuery<'_>,
     path: &str,
+    kind: &HlsFile,
 ) -> Result<Caller, ApiError> {
-    if headers.contains_key(header::AUTHORIZATION) && q.jwt.is_none() {
+    if headers.contains_key(header::AUTHORIZATION) && q.jwt.is_none() && q.ticket.is_none() {
         ctx.cfg.secret.check(headers)?;
         return Ok(Caller::Peer);
+    }
+    if let Some(t) = q.ticket.as_deref()
+        && q.jwt.is_none()
+    {
+        if *kind == HlsFile::Playlist {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_missing",
+                "a playlist needs the viewer's token (jwt=…); tickets are for media URIs",
+            ));
+        }
+        ctx.tickets.check(t, path, common::now_unix())?;
+        return Ok(Caller::Viewer {
+            ticket: String::new(),
+        });
     }
     let verifier = ctx.verifier().ok_or_else(|| {
         ApiError::unavailable(
@@ -115,9 +137,12 @@ fn authorize(
     })?;
     let claims = verifier.authorize(q.jwt.as_deref(), &ctx.cfg.node_id, path, Action::Read)?;
     ctx.viewers.touch(&claims.jti);
-    Ok(Caller::Viewer {
-        token: q.jwt.clone().unwrap_or_default(),
-    })
+    // Only a playlist lists URIs; media requests need no ticket minted.
+    let ticket = match kind {
+        HlsFile::Playlist => ctx.tickets.mint(path, claims.exp),
+        _ => String::new(),
+    };
+    Ok(Caller::Viewer { ticket })
 }
 
 async fn hls_file(
@@ -152,7 +177,7 @@ async fn serve_file(
         HlsFile::parse(file).ok_or_else(|| ApiError::not_found("not_found", "no such file"))?;
     let path = format!("{}/{name}", common::APP);
     let q = HlsQuery::parse(raw)?;
-    let caller = authorize(ctx, headers, &q, &path)?;
+    let caller = authorize(ctx, headers, &q, &path, &kind)?;
     let entry = match ctx.store.get(&path) {
         Some(e) => e,
         None => {
@@ -272,7 +297,7 @@ fn hold_time(stream: &HlsStream) -> Duration {
 
 async fn playlist_response(
     stream: &Arc<HlsStream>,
-    q: &HlsQuery,
+    q: &HlsQuery<'_>,
     caller: &Caller,
 ) -> Result<String, ApiError> {
     if let Some(msn) = q.msn {
@@ -309,7 +334,7 @@ async fn playlist_response(
     }
     let pieces = stream.rendered();
     let query = match caller {
-        Caller::Viewer { token } => format!("?jwt={token}"),
+        Caller::Viewer { ticket } => format!("?t={ticket}"),
         Caller::Peer => String::new(),
     };
     Ok(pieces.join_with(&query))
@@ -392,6 +417,11 @@ mod tests {
         assert_eq!(
             (q.jwt.as_deref(), q.msn, q.part),
             (Some("a.b.c"), Some(5), Some(2))
+        );
+        let q = HlsQuery::parse(Some("t=123.abc&jwt=a%2Eb")).unwrap();
+        assert_eq!(
+            (q.ticket.as_deref(), q.jwt.as_deref()),
+            (Some("123.abc"), Some("a.b"))
         );
         assert_eq!(
             HlsQuery::parse(Some("_HLS_part=1")).unwrap_err().status,

@@ -10,7 +10,7 @@ use crate::support::*;
 fn strip_tokens(p: &str) -> String {
     p.lines()
         .map(|l| {
-            l.split("?jwt=")
+            l.split("?t=")
                 .next()
                 .unwrap()
                 .trim_end_matches('"')

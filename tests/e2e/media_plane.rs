@@ -221,12 +221,18 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     ] {
         assert!(playlist.contains(tag), "playlist lacks {tag}:\n{playlist}");
     }
-    // Every URI carries the token, so plain players work unchanged.
+    // Every URI carries the viewer's media ticket (not the JWT), so plain players work
+    // unchanged and the playlist stays small.
+    let ticket = uri_of(&playlist, "part")
+        .split_once("?t=")
+        .map(|(_, t)| t.trim_end_matches('"').to_string())
+        .expect("part URIs carry a ticket");
+    assert!(ticket.len() < 40 && !playlist.contains(&good), "{ticket}");
     assert!(
         playlist
             .lines()
             .filter(|l| l.contains(".m4s") || l.contains(".mp4"))
-            .all(|l| l.contains(&format!("jwt={good}")))
+            .all(|l| l.contains(&format!("?t={ticket}")))
     );
     for prefix in ["init", "seg", "part"] {
         let uri = uri_of(&playlist, prefix);
@@ -330,6 +336,69 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     ];
     let seg = uri_of(&playlist, "seg");
     let seg = seg.split('?').next().unwrap();
+    // Tickets: only for media, only for this stream, node and secret, only until the JWT's exp.
+    let ticket_key = |node: &str| {
+        slave::tickets::TicketKey::derive(
+            &common::secret::ClusterSecret::new(SECRET).unwrap(),
+            node,
+        )
+    };
+    let now = common::now_unix();
+    let mut tampered = ticket.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let ticket_cases = [
+        (
+            "ticket on a playlist",
+            "index.m3u8",
+            ticket.clone(),
+            401,
+            "token_missing",
+        ),
+        ("tampered ticket", seg, tampered, 401, "ticket_invalid"),
+        (
+            "ticket of another stream",
+            seg,
+            ticket_key(&node).mint("live/other", now + 600),
+            401,
+            "ticket_invalid",
+        ),
+        (
+            "ticket of another node",
+            seg,
+            ticket_key(other_node).mint("live/class", now + 600),
+            401,
+            "ticket_invalid",
+        ),
+        (
+            "expired ticket",
+            seg,
+            ticket_key(&node).mint("live/class", now - 1),
+            401,
+            "ticket_expired",
+        ),
+        (
+            "this node's ticket",
+            seg,
+            ticket_key(&node).mint("live/class", now + 600),
+            200,
+            "",
+        ),
+    ];
+    for (what, file, t, status, code) in ticket_cases {
+        let r = c
+            .http
+            .get(format!("{base}/live/class/{file}?t={t}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        if status != 200 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], code, "{what}");
+        }
+    }
     for (what, q, status, code) in cases {
         for file in ["index.m3u8", seg] {
             let r = c

@@ -205,8 +205,14 @@ pub struct Packager {
     audio_queue_bytes: usize,
     /// Where the next audio run's tfdt should be if audio is continuous.
     next_audio_tfdt: Option<u64>,
-    /// Recent video frame duration, used as rounding tolerance for cuts.
+    /// Recent video frame duration: the rounding tolerance for cuts, and the duration given
+    /// to a part's last frame when the part is cut before the next frame arrives.
     frame_ms: u64,
+    /// Decode time of the previous video frame, for `frame_ms`.
+    last_frame_dts_ms: Option<u64>,
+    /// Where the previous part's video ended; the next part starts there so that the video
+    /// timeline stays gapless when a predicted last-frame duration was off by a millisecond.
+    next_video_dts_ms: Option<u64>,
     sequence_number: u32,
 }
 
@@ -235,6 +241,8 @@ impl Packager {
             audio_queue_bytes: 0,
             next_audio_tfdt: None,
             frame_ms: DEFAULT_FRAME_MS,
+            last_frame_dts_ms: None,
+            next_video_dts_ms: None,
             sequence_number: 1,
         }
     }
@@ -377,44 +385,65 @@ impl Packager {
             }
             self.mode = Mode::Video;
             self.audio_probe_start_ms = None;
+            self.last_frame_dts_ms = Some(dts_ms);
             self.open_part(&frame, true);
             self.push_part_frame(frame);
-            return Ok(Vec::new());
+            return Ok(self.cut_if_full());
         }
 
         let mut out = Vec::new();
-        if let (Some(first), Some(last)) = (self.part_video.first(), self.part_video.last()) {
-            let step = dts_ms.saturating_sub(last.dts_ms);
+        if let Some(last) = self.last_frame_dts_ms {
+            let step = dts_ms.saturating_sub(last);
             if (1..=1000).contains(&step) {
                 self.frame_ms = step;
             }
-            // Timestamps are whole ms, so 30 fps lands on 199/200/201 ms;
-            // half a frame of slack picks the frame boundary nearest the
-            // target instead of overshooting by a whole frame.
-            let tol = self.frame_ms / 2;
+        }
+        self.last_frame_dts_ms = Some(dts_ms);
+        // Timestamps are whole ms, so 30 fps lands on 199/200/201 ms; half a frame of slack
+        // picks the frame boundary nearest the target instead of overshooting by a whole frame.
+        let tol = self.frame_ms / 2;
+        let seg_elapsed = dts_ms.saturating_sub(self.segment_start_ms);
+        let new_segment =
+            key && (self.reinit_at_keyframe || seg_elapsed + tol >= self.segment_target_ms);
+        if let Some(first) = self.part_video.first() {
+            // Usually the part was already cut when its last frame arrived (below); this
+            // catches keyframes and frames that came later than the frame rate promised.
             let part_elapsed = dts_ms.saturating_sub(first.dts_ms);
-            let seg_elapsed = dts_ms.saturating_sub(self.segment_start_ms);
-            let new_segment =
-                key && (self.reinit_at_keyframe || seg_elapsed + tol >= self.segment_target_ms);
             let cut = key
                 || part_elapsed + tol >= self.part_target_ms
                 || self.part_video.len() >= MAX_PART_SAMPLES
                 || self.part_bytes + frame.data.len() > MAX_PART_BYTES;
             if cut {
                 out = self.emit_part(Some(dts_ms));
-                if new_segment && self.reinit_at_keyframe {
-                    self.reinit_at_keyframe = false;
-                    self.init_sent = None;
-                    self.next_audio_tfdt = None;
-                }
-                self.open_part(&frame, new_segment);
             }
-        } else {
-            // Only reachable if an emit failed; start fresh.
-            self.open_part(&frame, key);
+        }
+        if self.part_video.is_empty() {
+            if new_segment && self.reinit_at_keyframe {
+                self.reinit_at_keyframe = false;
+                self.init_sent = None;
+                self.next_audio_tfdt = None;
+                self.next_video_dts_ms = None;
+            }
+            self.open_part(&frame, new_segment);
         }
         self.push_part_frame(frame);
+        out.extend(self.cut_if_full());
         Ok(out)
+    }
+
+    /// Cuts the open part as soon as its frames, the newest counted at the recent frame
+    /// interval, reach the target: waiting for the next frame's timestamp would hold every
+    /// part back by one frame interval (33 ms at 30 fps) for a duration we can predict.
+    fn cut_if_full(&mut self) -> Vec<PackagerOutput> {
+        let (Some(first), Some(last)) = (self.part_video.first(), self.part_video.last()) else {
+            return Vec::new();
+        };
+        let end = last.dts_ms.saturating_add(self.frame_ms);
+        if end.saturating_sub(first.dts_ms) + self.frame_ms / 2 >= self.part_target_ms {
+            self.emit_part(Some(end))
+        } else {
+            Vec::new()
+        }
     }
 
     fn open_part(&mut self, first: &VideoFrame, starts_segment: bool) {
@@ -528,6 +557,8 @@ impl Packager {
     /// segment.
     fn restart_epoch(&mut self) {
         self.part_video.clear();
+        self.next_video_dts_ms = None;
+        self.last_frame_dts_ms = None;
         self.part_bytes = 0;
         self.clear_audio_queue();
         self.init_sent = None;
@@ -590,25 +621,49 @@ impl Packager {
     ) -> Option<(Vec<TrackRun>, Duration, bool, u64)> {
         let frames = std::mem::take(&mut self.part_video);
         self.part_bytes = 0;
-        let first = frames.first()?;
-        let (first_dts, independent) = (first.dts_ms, first.key);
+        let Some(first) = frames.first() else {
+            // The part was cut when its last frame came; at a flush, audio that arrived since
+            // (the tail after the last video frame) still goes out, as a part of its own.
+            return match end_ms {
+                None => self.build_audio_only_part(),
+                Some(_) => None,
+            };
+        };
+        let independent = first.key;
+        // Start where the previous part ended if that is within half a frame of this frame's
+        // own time (a predicted duration was a millisecond off); the composition offset takes
+        // the difference, so the frame is still presented at its own time.
+        let first_dts = match self.next_video_dts_ms {
+            Some(t)
+                if t.abs_diff(first.dts_ms) <= self.frame_ms / 2
+                    && frames.get(1).is_none_or(|n| t < n.dts_ms) =>
+            {
+                t
+            }
+            _ => first.dts_ms,
+        };
         let last_dts = frames.last().map_or(first_dts, |f| f.dts_ms);
-        let end = end_ms.unwrap_or(last_dts.saturating_add(self.frame_ms));
+        let end = end_ms
+            .unwrap_or(last_dts.saturating_add(self.frame_ms))
+            .max(last_dts.max(first_dts) + 1);
 
         let mut total_ms = 0u64;
         let mut samples = Vec::with_capacity(frames.len());
         for (i, f) in frames.iter().enumerate() {
+            let dts = if i == 0 { first_dts } else { f.dts_ms };
             let next = frames.get(i + 1).map_or(end, |n| n.dts_ms);
-            let dur_ms = next.saturating_sub(f.dts_ms).min(MAX_VIDEO_SAMPLE_MS);
+            let dur_ms = next.saturating_sub(dts).min(MAX_VIDEO_SAMPLE_MS);
             total_ms += dur_ms;
+            // |cts| < 2^23 ms and the shift is under a frame, so * 90 stays inside i32.
+            let shift = f.dts_ms as i64 - dts as i64;
             samples.push(Sample {
                 data: f.data.clone(),
                 duration: (dur_ms * 90) as u32,
-                // |cts| < 2^23 ms, so * 90 stays well inside i32.
-                composition_offset: f.cts_ms * 90,
+                composition_offset: ((i64::from(f.cts_ms) + shift) * 90) as i32,
                 is_sync: f.key,
             });
         }
+        self.next_video_dts_ms = Some(first_dts + total_ms);
         let mut runs = vec![TrackRun {
             track_id: VIDEO_TRACK_ID,
             base_media_decode_time: first_dts.saturating_mul(u64::from(VIDEO_TIMESCALE / 1000)),
@@ -1082,15 +1137,32 @@ mod tests {
         assert!(codecs.ends_with(",mp4a.40.2"), "{codecs}");
 
         let seg_starts = check_structure(&out, &fed, cfg);
+        // Within a millisecond: see `segments_follow_gop_not_target`.
         assert_eq!(
-            seg_starts,
-            vec![0, 1000, 2000, 3000],
-            "GOP 1 s -> 1 s segments"
+            seg_starts.len(),
+            4,
+            "GOP 1 s -> 1 s segments: {seg_starts:?}"
         );
-        // 1 s GOPs split evenly into 200 ms parts.
+        assert!(
+            seg_starts
+                .iter()
+                .zip([0, 1000, 2000, 3000])
+                .all(|(&a, b)| a.abs_diff(b) <= 1),
+            "GOP 1 s -> 1 s segments: {seg_starts:?}"
+        );
+        // 1 s GOPs split evenly into 200 ms parts, then the audio that came after the last
+        // video frame, flushed as a short part of its own.
         let parts = parts(&out);
-        assert_eq!(parts.len(), 20);
-        assert!(parts.iter().all(|p| p.1 == Duration::from_millis(200)));
+        assert_eq!(parts.len(), 21);
+        assert!(
+            parts[..20]
+                .iter()
+                .all(|p| p.1.as_millis().abs_diff(200) <= 1),
+            "{:?}",
+            parts.iter().map(|p| p.1).collect::<Vec<_>>()
+        );
+        let (_, tail) = inspect(parts[20].0);
+        assert!(tail.len() == 1 && tail[0].track_id == 2, "audio only");
 
         check_with_ffmpeg(&out, &fed, "fixture");
     }
@@ -1223,12 +1295,28 @@ mod tests {
         let mut out = feed_av(&mut p, 0, 0, 180, 60);
         out.extend(p.flush());
         let parts = parts(&out);
+        // Parts are cut when their last frame arrives, its duration predicted from the frame
+        // interval; 30 fps in whole ms (33/33/34) makes that a millisecond off at times, and
+        // the next part starts where the last one ended to keep the timeline gapless.
+        let near = |a: u64, b: u64| a.abs_diff(b) <= 1;
         let seg: Vec<u64> = parts.iter().filter(|p| p.3).map(|p| p.4).collect();
-        assert_eq!(seg, vec![0, 2000, 4000]);
+        assert_eq!(seg.len(), 3, "{seg:?}");
+        assert!(
+            seg.iter().zip([0, 2000, 4000]).all(|(&a, b)| near(a, b)),
+            "{seg:?}"
+        );
         for (i, part) in parts.iter().enumerate().take(parts.len() - 1) {
-            assert_eq!(part.1, Duration::from_millis(200), "part {i}");
+            assert!(
+                near(part.1.as_millis() as u64, 200),
+                "part {i}: {:?}",
+                part.1
+            );
             // Keyframes land only at part starts, so independence is exact.
-            assert_eq!(part.2, part.4 % 2000 == 0, "part {i}");
+            assert_eq!(
+                part.2,
+                near(part.4.div_ceil(2000) * 2000, part.4) || part.4 % 2000 == 0,
+                "part {i}"
+            );
         }
     }
 

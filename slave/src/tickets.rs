@@ -1,0 +1,156 @@
+//! Media tickets: the short credential a viewer's playlist puts after every media URI.
+//!
+//! Players resolve media URIs against the playlist's URL and drop its query, so each URI has to
+//! carry a credential of its own. Repeating the viewer's ~400-character JWT there made a
+//! viewer's playlist about seven times the size of the bare one, and every part request paid
+//! for hashing those 400 bytes. A ticket is `<exp>.<mac>`: HMAC-SHA256, cut to 128 bits, over
+//! the stream path and the JWT's expiry, under a key derived from the cluster secret and this
+//! node's id. It grants exactly what the JWT granted for media — reading that stream on this
+//! node until `exp` — and is refused for playlists, so the JWT checks and viewer counting stay
+//! on the playlist request, which a player repeats every part.
+//!
+//! Why a derived key rather than a random one: tickets survive a slave restart (the player keeps
+//! its playlist's URIs for a moment), and whoever could compute the key already holds the
+//! cluster secret, which reads any stream as a peer anyway; so it grants nothing new. The node
+//! id in the key keeps one slave's tickets from working on another, as a JWT's `node_id` does.
+
+use aws_lc_rs::{constant_time, hmac};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::ApiError;
+use common::secret::ClusterSecret;
+
+/// Bytes of the MAC kept: 128 bits is beyond online guessing.
+const MAC_LEN: usize = 16;
+/// Base64url characters of a [`MAC_LEN`]-byte MAC.
+const MAC_CHARS: usize = 22;
+
+pub struct TicketKey {
+    key: hmac::Key,
+}
+
+impl TicketKey {
+    pub fn derive(secret: &ClusterSecret, node_id: &str) -> Self {
+        let master = hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes());
+        let mut ctx = hmac::Context::with_key(&master);
+        ctx.update(b"classcast media ticket v1\0");
+        ctx.update(node_id.as_bytes());
+        let derived = ctx.sign();
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        }
+    }
+
+    fn mac(&self, path: &str, exp: u64) -> [u8; MAC_LEN] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(path.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(&exp.to_be_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+        out
+    }
+
+    /// The ticket for reading `path` here until `exp` (Unix seconds).
+    pub fn mint(&self, path: &str, exp: u64) -> String {
+        let mut t = exp.to_string();
+        t.push('.');
+        URL_SAFE_NO_PAD.encode_string(self.mac(path, exp), &mut t);
+        t
+    }
+
+    /// Checks a ticket for `path` at `now`: 401 when it is malformed, forged, for another
+    /// stream or node (those three look the same), or expired.
+    pub fn check(&self, ticket: &str, path: &str, now: u64) -> Result<(), ApiError> {
+        let invalid = || {
+            ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "ticket_invalid",
+                "invalid media ticket (take the URIs from a playlist fetched with your token)",
+            )
+        };
+        let (exp, mac) = ticket.split_once('.').ok_or_else(invalid)?;
+        if exp.is_empty() || exp.len() > 20 || mac.len() != MAC_CHARS {
+            return Err(invalid());
+        }
+        let exp: u64 = exp.parse().map_err(|_| invalid())?;
+        let mut given = [0u8; MAC_LEN + 2];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(mac, &mut given)
+            .map_err(|_| invalid())?;
+        if n != MAC_LEN
+            || constant_time::verify_slices_are_equal(&given[..MAC_LEN], &self.mac(path, exp))
+                .is_err()
+        {
+            return Err(invalid());
+        }
+        if exp <= now {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "ticket_expired",
+                "media ticket expired: the token it came with has expired",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(node: &str) -> TicketKey {
+        TicketKey::derive(
+            &ClusterSecret::new("0123456789abcdef-secret").unwrap(),
+            node,
+        )
+    }
+
+    #[test]
+    fn mint_and_check() {
+        let k = key("node-a");
+        let t = k.mint("live/class", 2_000);
+        assert!(t.len() < 40, "{t}");
+        assert!(t.starts_with("2000."));
+        assert!(k.check(&t, "live/class", 1_999).is_ok());
+        // Expired, other stream, other node, other secret, tampered expiry or MAC.
+        assert_eq!(
+            k.check(&t, "live/class", 2_000).unwrap_err().code,
+            "ticket_expired"
+        );
+        assert_eq!(
+            k.check(&t, "live/other", 1).unwrap_err().code,
+            "ticket_invalid"
+        );
+        assert!(key("node-b").check(&t, "live/class", 1).is_err());
+        let other = TicketKey::derive(
+            &ClusterSecret::new("another-secret-0123456789").unwrap(),
+            "node-a",
+        );
+        assert!(other.check(&t, "live/class", 1).is_err());
+        let later = t.replacen("2000.", "9000.", 1);
+        assert!(k.check(&later, "live/class", 1).is_err());
+        let mut bad = t.clone().into_bytes();
+        let last = bad.len() - 2;
+        bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+        assert!(
+            k.check(std::str::from_utf8(&bad).unwrap(), "live/class", 1)
+                .is_err()
+        );
+        for junk in [
+            "",
+            ".",
+            "2000",
+            "2000.",
+            "x.AAAAAAAAAAAAAAAAAAAAAA",
+            "2000.!!!!",
+        ] {
+            assert_eq!(
+                k.check(junk, "live/class", 1).unwrap_err().code,
+                "ticket_invalid",
+                "{junk:?}"
+            );
+        }
+    }
+}
