@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs every classcast benchmark against freshly started release processes on loopback and
-# rewrites docs/benchmarks.md with the figures (about 20 minutes on 2 cores; BENCH_ONLY runs a
-# subset and merges it into the last results).
+# rewrites docs/benchmarks.md with the figures (about 25 minutes on 2 cores, a few more with
+# XIU=1; BENCH_ONLY runs a subset and merges it into the last results).
 #
 #   ./scripts/bench.sh
 #
 # Environment knobs (defaults in brackets):
-#   BENCH_PORT_BASE [18700]  first of the loopback ports used (base .. base+40)
+#   BENCH_PORT_BASE [18700]  first of the loopback ports used (base .. base+40; xiu binds its
+#                            ports on all interfaces)
 #   NGINX [auto]             1: run the nginx-rtmp ingest reference (installs it if missing);
 #                            0: skip it; auto: run it if nginx and its rtmp module are installed
+#   XIU [0]                  1: add the xiu live server (Rust, crates.io `xiu`) as a second peer
+#                            in ingest CPU and glass-to-glass; without a `xiu` binary on PATH or
+#                            in ~/.cargo/bin it installs apt libopus-dev + pkg-config and runs
+#                            `cargo install xiu --version 0.14.0 --locked` (~16 min on 2 cores,
+#                            at nice 19); 0: skip it; auto: run it if a xiu binary is there
 #   BENCH_OUT [docs/benchmarks.md]
 #   KEEP_WORK [0]            1: keep the temp dir with the logs and results
 #   BENCH_RT [1]             1: run servers and load generators under SCHED_RR priority 1
@@ -22,6 +28,8 @@
 #                            rewritten (the hand-written figures live in bench/OBSERVATIONS.md)
 #   VIEWER_STEPS [250,500,1000,1500,2000]  viewer counts of the `viewers` ramp
 #   G2G_RUNS [3]             glass-to-glass runs per configuration (30 s each)
+#   G2G_LONG_S [300]         then one run of this many seconds of classcast (100 ms parts) with
+#                            hls.js low-latency + catch-up 1.5, counting stalls; 0 skips it
 #
 # Every process it starts is stopped by PID at the end, also on error or Ctrl-C.
 set -euo pipefail
@@ -47,6 +55,8 @@ want() { [ "$ONLY" = all ] || [[ ",$ONLY," == *",$1,"* ]]; }
 # Thousands of viewer connections: raise the soft limit of open files to the hard one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NGINX=${NGINX:-auto}
+XIU=${XIU:-0}
+XIU_VERSION=0.14.0
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 WORK=$(mktemp -d /tmp/classcast-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -99,6 +109,14 @@ need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 nginx_installed() { command -v nginx >/dev/null 2>&1 && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ]; }
 if [ "$NGINX" = 1 ] && ! nginx_installed; then need+=(nginx libnginx-mod-rtmp); fi
+xiu_bin() { # the xiu binary on PATH or in ~/.cargo/bin (where cargo install puts it), or nothing
+  local c=${CARGO_HOME:-$HOME/.cargo}/bin/xiu
+  command -v xiu 2>/dev/null || { [ -x "$c" ] && echo "$c"; } || true
+}
+if [ "$XIU" = 1 ] && [ -z "$(xiu_bin)" ]; then
+  # Building xiu needs libopus (its WebRTC part links it) and pkg-config to find it.
+  for p in libopus-dev pkg-config; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+fi
 if [ ${#need[@]} -gt 0 ]; then
   log "installing: ${need[*]}"
   $SUDO apt-get update -qq
@@ -107,6 +125,15 @@ fi
 if [ "$NGINX" = auto ]; then
   if nginx_installed; then NGINX=1; else NGINX=0; fi
 fi
+if [ "$XIU" = 1 ] && [ -z "$(xiu_bin)" ]; then
+  log "installing xiu $XIU_VERSION (cargo install --locked, at nice 19: ~16 minutes on 2 cores)"
+  nice -n 19 cargo install xiu --version "$XIU_VERSION" --locked
+fi
+if [ "$XIU" = auto ]; then
+  if [ -n "$(xiu_bin)" ]; then XIU=1; else XIU=0; fi
+fi
+XIU_BIN=$(xiu_bin)
+if [ "$XIU" = 1 ] && [ -z "$XIU_BIN" ]; then echo "XIU=1 but no xiu binary after installing it" >&2; exit 1; fi
 
 for p in $(seq "$PORT_BASE" $((PORT_BASE + 40))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -199,6 +226,95 @@ start_slave() {
 }
 
 stop() { stop_pid "$1"; }
+
+# xiu_version → "0.14.0 (cargo install …)" or what the binary says about itself
+xiu_version() {
+  local v
+  v=$(cargo install --list 2>/dev/null | sed -n 's/^xiu v\([^:]*\):$/\1/p')
+  if [ -n "$v" ] && [ "$XIU_BIN" = "${CARGO_HOME:-$HOME/.cargo}/bin/xiu" ]; then
+    echo "$v (\`cargo install xiu --version $v --locked\`)"
+  else
+    "$XIU_BIN" --version 2>&1 | head -1
+  fi
+}
+
+# machine_info → the key: value lines of the Machine section
+machine_info() {
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "commit: $commit"
+  echo "nproc: $(nproc)"
+  echo "busy_before: $BUSY_BEFORE"
+  echo "scheduling: $SCHED"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1 | sed 's/^$/bare metal/;s/^\(.\+\)$/\1 VM/'))"
+  echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+  echo "kernel: $(uname -sr)"
+  echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
+  echo "rustc: $(rustc --version)"
+  echo "ffmpeg: $(ffmpeg -version | head -1 | cut -d' ' -f1-3)"
+  if [ "$NGINX" = 1 ]; then echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //') with libnginx-mod-rtmp $(dpkg-query -W -f='${Version}' libnginx-mod-rtmp 2>/dev/null || echo '?')"; else echo "nginx: not run"; fi
+  if [ "$XIU" = 1 ]; then echo "xiu: $(xiu_version)"; fi
+}
+
+# write_xiu_conf DIR RTMP_PORT HLS_PORT [HTTPFLV_PORT] → DIR/xiu.toml: RTMP in, HLS out (MPEG-TS
+# segments cut at the first keyframe ≥ 1 s after the previous cut, i.e. one segment per 1 s GOP:
+# `fragment` is in whole seconds, 1 is its smallest useful value), 10 segments in the playlist:
+# xiu deletes a segment's file the moment it leaves the playlist, and Shaka starts 3 target
+# durations (6 s: xiu says 2) behind the end, so with 4 it sometimes asked for a deleted segment
+# (404) and never played. The length does not move hls.js, which counts from the end.
+write_xiu_conf() {
+  local dir=$1 rport=$2 hport=$3 fport=${4:-}
+  mkdir -p "$dir"
+  {
+    # xiu always serves its HTTP API, on 0.0.0.0:8000 unless told otherwise: keep it in our range.
+    echo "[httpapi]"
+    echo "port = $((PORT_BASE + 39))"
+    echo "[rtmp]"
+    echo "enabled = true"
+    echo "port = $rport"
+    echo "[hls]"
+    echo "enabled = true"
+    echo "port = $hport"
+    echo "need_record = false"
+    echo "fragment = 1"
+    echo "live_ts_count = 10"
+    # xiu 0.14.0 (hls 0.5.6) unwraps the S3 settings when a stream starts: without this table
+    # the HLS remuxer panics at the first publish and no playlist is ever written. Disabled,
+    # it only satisfies that; segments go to local files.
+    echo "[hls.s3]"
+    echo "enabled = false"
+    echo 'bucket = "unused"'
+    echo 'region = "unused"'
+    if [ -n "$fport" ]; then
+      echo "[httpflv]"
+      echo "enabled = true"
+      echo "port = $fport"
+    fi
+    echo "[authsecret]"
+    echo 'key = ""'
+    echo 'password = ""'
+    echo "[log]"
+    echo 'level = "info"'
+  } >"$dir/xiu.toml"
+}
+
+# start_xiu DIR PORT… → sets LAST_PID once every PORT accepts connections. xiu writes its HLS
+# files under ./APP/STREAM/ and serves them from there, so it runs in DIR.
+start_xiu() {
+  local dir=$1 p
+  (cd "$dir" && exec "${RT[@]}" "$XIU_BIN" -c "$dir/xiu.toml") >"$dir/xiu.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  for p in "${@:2}"; do
+    for _ in $(seq 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+      if ! alive "$LAST_PID"; then echo "xiu exited: $(cat "$dir/xiu.log")" >&2; return 1; fi
+      sleep 0.1
+    done
+  done
+}
 
 # viewer_url MASTER_PORT STREAM → a student's playlist URL, once the stream is live (≤ 30 s)
 viewer_url() {
@@ -318,6 +434,23 @@ EOF
     "${RT[@]}" "$BENCH" --results "$RESULTS" ingest-cpu --label nginx-rtmp --pid "$N_PID,$N_WORKERS" \
       --publish-base "rtmp://127.0.0.1:$R_N/live" --streams "$k" --flv "$FLV" --seconds 30
     stop "$N_PID"
+  done
+fi
+
+# --- 4c. second peer: xiu (RTMP in, HLS out) ingesting the same streams -------------------------
+if want ingest && [ "$XIU" = 1 ]; then
+  R_X=$((PORT_BASE + 34)) H_X=$((PORT_BASE + 35))
+  log "4c ingest CPU peer: xiu with HLS (1 s segments), 1 and 4 publishers, 30 s each"
+  for k in 1 4; do
+    XI=$WORK/xiu-ingest-$k
+    write_xiu_conf "$XI" "$R_X" "$H_X"
+    start_xiu "$XI" "$R_X" "$H_X"
+    X_PID=$LAST_PID
+    "${RT[@]}" "$BENCH" --results "$RESULTS" ingest-cpu --label xiu --pid "$X_PID" \
+      --publish-base "rtmp://127.0.0.1:$R_X/live" --streams "$k" --flv "$FLV" --seconds 30
+    stop "$X_PID"
+    # It packaged HLS all along (it logs each segment; the files go when the publishers stop).
+    echo "xiu wrote $(grep -c 'on_hls success' "$XI/xiu.log" || true) HLS segments" >&2
   done
 fi
 
@@ -457,12 +590,16 @@ if want serving || want viewers || want memory; then
 fi
 
 # --- 8. glass-to-glass in headless Chromium: classcast (200 and 100 ms parts) vs nginx-rtmp HLS --
+# (and xiu HLS with XIU=1), then one long run of classcast counting stalls (G2G_LONG_S)
 if want g2g; then
-  log "8 glass-to-glass: one encoder → classcast (parts 200 ms), classcast (100 ms), nginx-rtmp HLS"
-  if [ ! -d bench/web/node_modules ]; then (cd bench/web && npm ci --no-audit --no-fund); fi
+  log "8 glass-to-glass: one encoder → classcast (parts 200 ms), classcast (100 ms), nginx-rtmp HLS$([ "$XIU" = 1 ] && echo ', xiu HLS')"
+  for m in hls.js shaka-player playwright-core mpegts.js; do
+    if [ ! -f "bench/web/node_modules/$m/package.json" ]; then (cd bench/web && npm ci --no-audit --no-fund); break; fi
+  done
   P_GA=$((PORT_BASE + 5)) H_GA=$((PORT_BASE + 14)) R_GA=$((PORT_BASE + 24))
   P_GB=$((PORT_BASE + 6)) H_GB=$((PORT_BASE + 15)) R_GB=$((PORT_BASE + 25))
   R_GN=$((PORT_BASE + 32)) H_GN=$((PORT_BASE + 33))
+  R_GX=$((PORT_BASE + 36)) H_GX=$((PORT_BASE + 37)) F_GX=$((PORT_BASE + 38))
   start_master master-g2g-200 "$P_GA"; M_GA=$LAST_PID
   start_slave slave-g2g-200 "$P_GA" "$H_GA" "$R_GA" --part-target-ms 200; S_GA=$LAST_PID
   start_master master-g2g-100 "$P_GB"; M_GB=$LAST_PID
@@ -489,18 +626,36 @@ if want g2g; then
   N_G=$!
   PIDS+=("$N_G")
   for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$R_GN") 2>/dev/null && break; sleep 0.1; done
+  PUB_X=()
+  if [ "$XIU" = 1 ]; then
+    # xiu with HLS: 1 s MPEG-TS segments (one per GOP), 10 in the playlist (see write_xiu_conf);
+    # and HTTP-FLV, its low-latency output.
+    write_xiu_conf "$WORK/xiu-g2g" "$R_GX" "$H_GX" "$F_GX"
+    start_xiu "$WORK/xiu-g2g" "$R_GX" "$H_GX" "$F_GX"
+    X_G=$LAST_PID
+    PUB_X=("rtmp://127.0.0.1:$R_GX/live/g2g")
+  fi
   read -r PUB_A _ <<<"$("$BENCH" teacher-key --master "http://127.0.0.1:$P_GA" --stream g2g)"
   read -r PUB_B _ <<<"$("$BENCH" teacher-key --master "http://127.0.0.1:$P_GB" --stream g2g)"
   EPOCH=$(date +%s%3N)
   "${RT[@]}" node bench/web/publish.mjs "$EPOCH" "$PUB_A" "$PUB_B" "rtmp://127.0.0.1:$R_GN/live/g2g" \
-    >"$WORK/publisher-g2g.log" 2>&1 &
+    "${PUB_X[@]}" >"$WORK/publisher-g2g.log" 2>&1 &
   PUB_G=$!
   PIDS+=("$PUB_G")
   URL_A=$(viewer_url "$P_GA" g2g)
   URL_B=$(viewer_url "$P_GB" g2g)
   URL_N=http://127.0.0.1:$H_GN/hls/g2g.m3u8
-  for _ in $(seq 100); do curl -sf -o /dev/null "$URL_N" && curl -sf -o /dev/null "$URL_A" && break; sleep 0.2; done
+  URL_X=http://127.0.0.1:$H_GX/live/g2g/g2g.m3u8
+  URL_XF=http://127.0.0.1:$F_GX/live/g2g.flv
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "$URL_N" && curl -sf -o /dev/null "$URL_A" \
+      && { [ "$XIU" != 1 ] || curl -sf -o /dev/null "$URL_X"; } && break
+    sleep 0.2
+  done
   sleep 5
+  # The playlists the HLS-only servers serve at this point (for the record, in the work dir).
+  curl -s "$URL_N" >"$WORK/nginx-g2g.m3u8" || true
+  if [ "$XIU" = 1 ]; then curl -s "$URL_X" >"$WORK/xiu-g2g.m3u8" || true; fi
   G2G_RUNS=${G2G_RUNS:-3}
   g2g() { "${RT[@]}" node bench/web/g2g.mjs --runs "$G2G_RUNS" --seconds 30 --epoch "$EPOCH" --out "$RESULTS" "$@"; }
   # G2G_HLS_EXTRA adds hls.js settings to every hls.js configuration (its results get a label
@@ -510,11 +665,35 @@ if want g2g; then
   g2g --label "classcast-part200$SFX" --player hls --cfg "$LL" --src "$URL_A"
   g2g --label "classcast-part100$SFX" --player hls --cfg "$LL" --src "$URL_B"
   g2g --label "nginx-rtmp-hls1s$SFX" --player hls --cfg "{\"lowLatencyMode\":true,\"liveSyncDurationCount\":1$X}" --src "$URL_N"
+  # xiu's HLS server sends no CORS header: its Chromium runs without web security (the page
+  # comes from g2g.mjs's own port). Like nginx-rtmp's HLS it has no parts, so hls.js starts one
+  # target duration (liveSyncDurationCount 1; xiu says 2 s) behind the end of the playlist.
+  if [ "$XIU" = 1 ]; then
+    g2g --label "xiu-hls1s$SFX" --player hls --cfg "{\"lowLatencyMode\":true,\"liveSyncDurationCount\":1$X}" \
+      --src "$URL_X" --web-security off
+    # Its HTTP-FLV in mpegts.js: no stash buffer (frames go to MSE as they come) and playback-rate
+    # live sync (1.2× while more than 0.5 s is buffered, down to 0.3 s; with the defaults, 1.2 s
+    # and 0.8 s, it stays wherever in the GOP it joined: 0.4–1.2 s from run to run).
+    g2g --label xiu-httpflv --player mpegts \
+      --cfg '{"enableStashBuffer":false,"liveSync":true,"liveSyncMaxLatency":0.5,"liveSyncTargetLatency":0.3}' --src "$URL_XF"
+  fi
   if [ "${G2G_SHAKA:-1}" = 1 ]; then
     g2g --label classcast-part200 --player shaka --cfg '{"streaming":{"lowLatencyMode":true}}' --src "$URL_A"
     g2g --label nginx-rtmp-hls1s --player shaka --cfg '{}' --src "$URL_N"
+    if [ "$XIU" = 1 ]; then
+      g2g --label xiu-hls1s --player shaka --cfg '{}' --src "$URL_X" --web-security off
+    fi
+  fi
+  # One long run of the configuration the latency goal is judged on, for its stalls.
+  G2G_LONG_S=${G2G_LONG_S:-300}
+  if [ "$G2G_LONG_S" -gt 0 ]; then
+    log "8b stalls: classcast (100 ms parts), hls.js low-latency + catch-up 1.5, one run of $G2G_LONG_S s"
+    "${RT[@]}" node bench/web/g2g.mjs --bench g2g_long --runs 1 --seconds "$G2G_LONG_S" --epoch "$EPOCH" \
+      --out "$RESULTS" --label classcast-part100+catchup1.5 --player hls \
+      --cfg '{"lowLatencyMode":true,"maxLiveSyncPlaybackRate":1.5}' --src "$URL_B"
   fi
   stop "$PUB_G"; stop "$N_G"; stop "$S_GA"; stop "$M_GA"; stop "$S_GB"; stop "$M_GB"
+  if [ "$XIU" = 1 ]; then stop "$X_G"; fi
 fi
 
 if [ "$ONLY" != all ]; then
@@ -534,14 +713,24 @@ if [ "$ONLY" != all ]; then
       memory) drop '"server":"classcast-memory"' ;;
       ingest) grep -F '"server":"classcast-memory"' "$keep" >"$keep.mem" || true
               drop '"bench":"ingest_cpu"'; cat "$keep.mem" >>"$keep" ;;
-      g2g) # only the configurations measured now (label + player)
-           while read -r lp; do drop "$lp"; done < <(grep -o '"label":"[^"]*","player":"[^"]*"' "$RESULTS" | sort -u) ;;
+      g2g) # only the configurations measured now (kind of run + label + player)
+           while read -r lp; do drop "$lp"; done \
+             < <(grep -o '"bench":"g2g[a-z_]*","label":"[^"]*","player":"[^"]*"' "$RESULTS" | sort -u) ;;
       *) drop "\"bench\":\"$b\"" ;;
     esac
   done
   sed "s|^{|{\"measured\":\"$stamp\",|" "$RESULTS" >>"$keep"
   cp "$keep" "$LAST"
   cat "$RESULTS" >>"$MEDIA_DIR/extra-results.jsonl"
+  if [ ! -s "$MEDIA_DIR/last-machine.txt" ]; then
+    # No full run yet: this subset's machine stands in for it.
+    machine_info >"$MEDIA_DIR/last-machine.txt"
+    lscpu >"$MEDIA_DIR/last-lscpu.txt"
+  elif [ "$XIU" = 1 ] && { want ingest || want g2g; }; then
+    # The xiu figures merged in are from this xiu: name its version with the machine.
+    { grep -v '^xiu: ' "$MEDIA_DIR/last-machine.txt" || true; echo "xiu: $(xiu_version)"; } >"$WORK/machine.txt"
+    cp "$WORK/machine.txt" "$MEDIA_DIR/last-machine.txt"
+  fi
   NOTES=()
   if [ -f bench/OBSERVATIONS.md ]; then NOTES=(--notes bench/OBSERVATIONS.md); fi
   "$BENCH" report --input "$LAST" --machine "$MEDIA_DIR/last-machine.txt" \
@@ -552,10 +741,7 @@ fi
 
 # --- report -------------------------------------------------------------------------------------
 log "writing $OUT"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-{
-  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+machine_info >"$WORK/machine.txt"
   echo "commit: $commit"
   echo "nproc: $(nproc)"
   echo "busy_before: $BUSY_BEFORE"
@@ -566,8 +752,6 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
   echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
   echo "rustc: $(rustc --version)"
   echo "ffmpeg: $(ffmpeg -version | head -1 | cut -d' ' -f1-3)"
-  if [ "$NGINX" = 1 ]; then echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //') with libnginx-mod-rtmp $(dpkg-query -W -f='${Version}' libnginx-mod-rtmp 2>/dev/null || echo '?')"; else echo "nginx: not run"; fi
-} >"$WORK/machine.txt"
 lscpu >"$WORK/lscpu.txt"
 NOTES=()
 if [ -f bench/OBSERVATIONS.md ]; then NOTES=(--notes bench/OBSERVATIONS.md); fi

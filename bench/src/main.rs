@@ -166,6 +166,18 @@ enum Cmd {
         slave_pid: Option<u32>,
         #[arg(long, default_value_t = 50.0)]
         goal_p99_ms: f64,
+        /// Label of the server in the results.
+        #[arg(long, default_value = "classcast")]
+        label: String,
+        /// Synchronized fixed-URL mode (a reference for servers without blocking reload): the
+        /// playlist path every viewer GETs on each tick, then `--sync-part`.
+        #[arg(long, requires = "sync_part")]
+        sync_playlist: Option<String>,
+        #[arg(long, requires = "sync_playlist")]
+        sync_part: Option<String>,
+        /// Tick interval of the synchronized mode (the part duration).
+        #[arg(long, default_value_t = 200)]
+        sync_interval_ms: u64,
     },
     /// Prints a student's HLS playlist URL (with its token) for a stream.
     ViewerUrl {
@@ -328,7 +340,18 @@ fn main() -> anyhow::Result<()> {
                 warmup,
                 slave_pid,
                 goal_p99_ms,
+                label,
+                sync_playlist,
+                sync_part,
+                sync_interval_ms,
             } => {
+                let sync = sync_playlist
+                    .zip(sync_part)
+                    .map(|(playlist, part)| viewers::SyncArgs {
+                        playlist,
+                        part,
+                        interval: std::time::Duration::from_millis(sync_interval_ms),
+                    });
                 let r = viewers::run(viewers::ViewersArgs {
                     master,
                     slave,
@@ -338,6 +361,8 @@ fn main() -> anyhow::Result<()> {
                     warmup,
                     slave_pid,
                     goal_p99_ms,
+                    label,
+                    sync,
                 })
                 .await?;
                 viewers::print(&r);

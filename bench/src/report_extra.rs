@@ -72,6 +72,29 @@ fn errors(v: &Value) -> String {
     format!("{n}: {}", distinct.join(", "))
 }
 
+/// `N`, or `N (X.X s)` when the run measured how long its stalls lasted.
+fn stalls(v: &Value) -> String {
+    let n = f(v, "waiting");
+    match v["stalled_ms"].as_f64() {
+        Some(ms) if n > 0.0 => format!("{n} ({:.1} s)", ms / 1000.0),
+        _ => format!("{n}"),
+    }
+}
+
+/// "5 minutes", "1 minute", "90 s".
+fn duration(seconds: f64) -> String {
+    if seconds >= 60.0 && seconds % 60.0 == 0.0 {
+        let m = seconds / 60.0;
+        format!("{m} minute{}", if m == 1.0 { "" } else { "s" })
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+fn long_runs(r: &[Value]) -> Vec<&Value> {
+    r.iter().filter(|v| v["bench"] == "g2g_long").collect()
+}
+
 fn median(mut x: Vec<f64>) -> f64 {
     x.retain(|v| v.is_finite());
     if x.is_empty() {
@@ -140,6 +163,19 @@ pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
             p50 / 1000.0,
             runs.len(),
             yes(p50 <= 800.0 && stalls == 0.0)
+        )?;
+    }
+    for v in long_runs(r) {
+        let n = f(v, "waiting");
+        writeln!(
+            w,
+            "| stalls over {}, hls.js low-latency, {} | 0 stalls | {n} stalls ({:.1} s stalled), p50 {:.2} s, {} frames | {} |",
+            duration(f(v, "seconds")),
+            s(v, "label"),
+            f(v, "stalled_ms") / 1000.0,
+            f(v, "p50_ms") / 1000.0,
+            f(v, "frames"),
+            yes(n == 0.0 && f(v, "frames") > 0.0)
         )?;
     }
     Ok(())
@@ -304,7 +340,8 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
     }
 
     let groups = g2g_groups(r);
-    if !groups.is_empty() {
+    let long = long_runs(r);
+    if !groups.is_empty() || !long.is_empty() {
         writeln!(w, "## 8. Glass-to-glass in headless Chromium")?;
         writeln!(w)?;
         writeln!(
@@ -323,9 +360,50 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
              and records Date.now() − clock for every new frame shown. Each run is a fresh page of 30 s; \
              the first 5 s after the first frame are not counted; stalls are `waiting` events after \
              playback started. Everything runs on the same 2 cores under `chrt -r 1`.",
-            when(groups[0].2[0])
+            when(groups.first().map_or(long[0], |g| g.2[0]))
         )?;
         writeln!(w)?;
+        if groups.iter().any(|g| g.0.starts_with("xiu")) {
+            writeln!(
+                w,
+                "With `XIU=1` the same tee also feeds **xiu** (version in the Machine section): RTMP in, \
+                 HLS out with `[hls] fragment = 1` and `live_ts_count = 10`. xiu cuts an MPEG-TS segment \
+                 at the first keyframe at least `fragment` whole seconds after the previous cut, so with \
+                 this 1 s GOP that is one segment per GOP, its shortest setting (0 would also cut at \
+                 every audio frame); the playlist has no parts, so a player cannot be nearer the live \
+                 edge than a whole segment plus the playlist reload. It lists 10 segments because xiu \
+                 deletes a segment's file as soon as it leaves the playlist: with 4, Shaka (which \
+                 starts 3 target durations behind the end) sometimes asked for one already gone (404) \
+                 and never played; hls.js counts from the end, so the length does not move it. hls.js plays it \
+                 like nginx-rtmp's HLS, with `liveSyncDurationCount: 1` (start one target duration \
+                 behind the end of the playlist instead of the default 3; less than a segment leaves \
+                 the player waiting for the next one; `lowLatencyMode` has nothing to act on without \
+                 parts), Shaka with its defaults. Unlike nginx-rtmp's, xiu's playlist says \
+                 `#EXT-X-TARGETDURATION:2` with 1 s segments: it keeps the longest segment duration \
+                 seen, rounded up to whole seconds, so one segment a little over 1 s makes it 2 for \
+                 the rest of the stream, and hls.js's start offset with it. xiu's HLS server sends no \
+                 CORS header, so \
+                 its runs use a Chromium launched with `--disable-web-security` (the page comes from \
+                 `g2g.mjs`'s own port); nothing else differs."
+            )?;
+            writeln!(w)?;
+        }
+        if groups.iter().any(|g| g.1 == "mpegts") {
+            writeln!(
+                w,
+                "`mpegts` rows play HTTP-FLV (xiu's `/live/NAME.flv`: the RTMP tags relayed over one \
+                 long HTTP response, no segments at all) with mpegts.js 1.8.2 in the same page, with \
+                 the stash buffer off (each tag goes to Media Source Extensions as it arrives) and \
+                 `liveSync` tightened to `liveSyncMaxLatency: 0.5`, `liveSyncTargetLatency: 0.3` \
+                 (plays at 1.2× while more than 0.5 s is buffered, down to 0.3 s; with the defaults, \
+                 1.2 s and 0.8 s, it stays wherever in the GOP it joined, 0.4–1.2 s from run to run). It \
+                 is not HLS, and not something a classcast viewer could use, but it shows what the \
+                 same server delivers without segmenting."
+            )?;
+            writeln!(w)?;
+        }
+    }
+    if !groups.is_empty() {
         writeln!(
             w,
             "| server | player (config) | run | start ms | frames | p50 ms | p95 ms | min / max ms | stalls | decode failures | errors |"
@@ -347,7 +425,7 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
                     f(v, "p95_ms"),
                     f(v, "min_ms"),
                     f(v, "max_ms"),
-                    f(v, "waiting"),
+                    stalls(v),
                     f(v, "decode_failures"),
                     errors(v)
                 )?;
@@ -369,6 +447,91 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
             )?;
         }
         writeln!(w)?;
+    }
+    if !long.is_empty() {
+        writeln!(w, "### Stalls over a long run")?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "`G2G_LONG_S` (default 300; 0 skips it): after the runs above, against the same live \
+             stream, **one** run of that many seconds of classcast with 100 ms parts in hls.js \
+             low-latency mode with catch-up at up to 1.5× speed (the configuration the latency goal \
+             is judged on), measured as above (5 s warm-up). A stall is a `waiting` event once playback had \
+             started; its time runs until the next `playing` (one still open at the end counts up to \
+             the end). \"Longest freeze\" is the largest gap between two new frames on screen after \
+             the warm-up, which would also catch a freeze the player did not report. Decoded / dropped \
+             frames are `video.getVideoPlaybackQuality()` (`totalVideoFrames`, `droppedVideoFrames`) \
+             at the end; \"p50 per minute\" is the p50 of each whole minute after the warm-up, to \
+             show whether the latency drifts.{}",
+            when(long[0])
+        )?;
+        writeln!(w)?;
+        writeln!(
+            w,
+            "| server | player (config) | length | start ms | frames shown | p50 ms | p95 ms | min / max ms | p50 per minute ms | stalls | stalled | longest freeze ms | decoded / dropped frames | errors |"
+        )?;
+        writeln!(
+            w,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )?;
+        for v in &long {
+            let per_min: Vec<String> = v["p50_by_minute_ms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| m.as_f64().map_or("?".into(), |m| format!("{m:.0}")))
+                .collect();
+            writeln!(
+                w,
+                "| {} | {} `{}` | {} | {:.0} | {} | **{:.0}** | {:.0} | {:.0} / {:.0} | {} | **{}** | {:.1} s | {:.0} | {} / {} | {} |",
+                s(v, "label"),
+                s(v, "player"),
+                v["cfg"],
+                duration(f(v, "seconds")),
+                f(v, "startup_ms"),
+                f(v, "frames"),
+                f(v, "p50_ms"),
+                f(v, "p95_ms"),
+                f(v, "min_ms"),
+                f(v, "max_ms"),
+                if per_min.is_empty() {
+                    "–".to_string()
+                } else {
+                    per_min.join(", ")
+                },
+                f(v, "waiting"),
+                f(v, "stalled_ms") / 1000.0,
+                f(v, "max_frame_gap_ms"),
+                f(v, "decoded_frames"),
+                f(v, "dropped_frames"),
+                errors(v)
+            )?;
+        }
+        writeln!(w)?;
+        for v in &long {
+            let at: Vec<String> = v["stalls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|st| {
+                    let a = st.as_array()?;
+                    Some(format!(
+                        "{:.1} s ({:.0} ms)",
+                        a.first()?.as_f64()?,
+                        a.get(1)?.as_f64()?
+                    ))
+                })
+                .collect();
+            if !at.is_empty() {
+                writeln!(
+                    w,
+                    "- {}: stalls at (seconds after the first frame, how long): {}.",
+                    s(v, "label"),
+                    at.join(", ")
+                )?;
+                writeln!(w)?;
+            }
+        }
     }
     Ok(())
 }

@@ -7,6 +7,11 @@
 //! every request pays the signature check and the playlist carries that viewer's JWT in every
 //! URI, as for a real class. One keep-alive connection per viewer (the two requests alternate).
 //!
+//! As a reference for a server without blocking reload (static nginx), `--sync-*` runs the same
+//! traffic shape on fixed URLs: every viewer is woken by one shared ticker each part interval,
+//! as a part's publication wakes every blocked reload at once, and then GETs the playlist and the
+//! part. That is the burst an LL-HLS slave has to absorb, so the two figures compare.
+//!
 //! The non-blocking requests are the part GETs: their latency is what a player waits for
 //! media it has been told exists. Blocking reloads are expected to wait ~one part duration and
 //! are counted (and checked for errors) but not put in the latency figure.
@@ -31,6 +36,18 @@ pub struct ViewersArgs {
     pub warmup: f64,
     pub slave_pid: Option<u32>,
     pub goal_p99_ms: f64,
+    /// Label of the server under test in the results (`classcast`, `nginx`).
+    pub label: String,
+    pub sync: Option<SyncArgs>,
+}
+
+/// Synchronized fixed-URL viewers (no tokens, no blocking reload).
+#[derive(Clone)]
+pub struct SyncArgs {
+    /// Path (and query) of the playlist and of the part, on `slave`.
+    pub playlist: String,
+    pub part: String,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +75,9 @@ pub struct StepResult {
 #[derive(Debug, Serialize)]
 pub struct ViewersResult {
     pub bench: &'static str,
+    pub label: String,
+    /// `ll-hls` (blocking reloads) or `synchronized` (fixed URLs on a shared ticker).
+    pub mode: &'static str,
     pub goal_p99_ms: f64,
     pub tokens: &'static str,
     pub steps: Vec<StepResult>,
@@ -83,6 +103,19 @@ struct Shared {
     part_ms: Mutex<Vec<f64>>,
     playlist_ms: Mutex<Vec<f64>>,
     first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, e: String) {
+        if self.measuring.load(Ordering::Relaxed) {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut f) = self.first_error.try_lock()
+                && f.is_none()
+            {
+                *f = Some(e);
+            }
+        }
+    }
 }
 
 /// Student tokens for `stream`, fetched over a few keep-alive connections.
@@ -122,15 +155,20 @@ async fn fetch_tokens(master: &str, stream: &str, n: usize) -> anyhow::Result<Ve
     Ok(all)
 }
 
-/// `(msn, part)` of the last `URI="…partM.P.m4s` on a line starting with `prefix`.
-fn last_part(text: &str, prefix: &str) -> Option<(u64, u64)> {
+/// `(msn, part, uri)` of the last `URI="…partM.P.m4s…"` on a line starting with `prefix`; the
+/// URI keeps its query (the media ticket), as a player requests it.
+fn last_part<'t>(text: &'t str, prefix: &str) -> Option<(u64, u64, &'t str)> {
     let at = text.rfind(prefix)?;
     let line = text[at..].lines().next()?;
     let u = &line[line.find("URI=\"")? + 5..];
-    let u = u.split(['?', '"']).next()?;
-    let r = u.strip_prefix("part")?.strip_suffix(".m4s")?;
+    let uri = u.split('"').next()?;
+    let r = uri
+        .split('?')
+        .next()?
+        .strip_prefix("part")?
+        .strip_suffix(".m4s")?;
     let (m, p) = r.split_once('.')?;
-    Some((m.parse().ok()?, p.parse().ok()?))
+    Some((m.parse().ok()?, p.parse().ok()?, uri))
 }
 
 async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc<Shared>) {
@@ -139,16 +177,7 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
     let mut fetched: Option<(u64, u64)> = None;
     let mut part_lat = Vec::with_capacity(128);
     let mut pl_lat = Vec::with_capacity(128);
-    let err = |e: String, sh: &Shared| {
-        if sh.measuring.load(Ordering::Relaxed) {
-            sh.counters.errors.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut f) = sh.first_error.try_lock()
-                && f.is_none()
-            {
-                *f = Some(e);
-            }
-        }
-    };
+    let err = |e: String, sh: &Shared| sh.error(e);
     while !sh.stop.load(Ordering::Relaxed) {
         let path = match next {
             Some((m, p)) => format!("{base}/index.m3u8?jwt={token}&_HLS_msn={m}&_HLS_part={p}"),
@@ -166,8 +195,8 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
                         .playlist_bytes
                         .fetch_add(r.body.len() as u64, Ordering::Relaxed);
                 }
-                next = last_part(text, "#EXT-X-PRELOAD-HINT:");
-                last_part(text, "#EXT-X-PART:")
+                next = last_part(text, "#EXT-X-PRELOAD-HINT:").map(|(m, p, _)| (m, p));
+                last_part(text, "#EXT-X-PART:").map(|(m, p, u)| (m, p, format!("{base}/{u}")))
             }
             Ok(r) => {
                 err(format!("playlist → {}", r.status), &sh);
@@ -182,12 +211,11 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
                 continue;
             }
         };
-        let Some((m, p)) = newest else { continue };
+        let Some((m, p, path)) = newest else { continue };
         if fetched == Some((m, p)) {
             continue;
         }
         fetched = Some((m, p));
-        let path = format!("{base}/part{m}.{p}.m4s?jwt={token}");
         let t0 = Instant::now();
         match conn.request("GET", &path, &[], None).await {
             Ok(r) if r.status == 200 => {
@@ -207,6 +235,50 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
     sh.playlist_ms.lock().await.extend(pl_lat);
 }
 
+/// A viewer of fixed URLs, woken by the shared ticker (see the module docs).
+async fn sync_viewer(
+    addr: std::net::SocketAddr,
+    sync: SyncArgs,
+    mut tick: tokio::sync::watch::Receiver<u64>,
+    sh: Arc<Shared>,
+) {
+    let mut conn = RawConn::new(addr);
+    let mut part_lat = Vec::with_capacity(128);
+    let mut pl_lat = Vec::with_capacity(128);
+    while !sh.stop.load(Ordering::Relaxed) {
+        if tick.changed().await.is_err() {
+            break;
+        }
+        for (path, is_part) in [(&sync.playlist, false), (&sync.part, true)] {
+            let t0 = Instant::now();
+            let r = conn.request("GET", path, &[], None).await;
+            if !sh.measuring.load(Ordering::Relaxed) {
+                continue;
+            }
+            match r {
+                Ok(r) if r.status == 200 => {
+                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    let c = &sh.counters;
+                    let len = r.body.len() as u64;
+                    if is_part {
+                        part_lat.push(ms);
+                        c.part_gets.fetch_add(1, Ordering::Relaxed);
+                        c.part_bytes.fetch_add(len, Ordering::Relaxed);
+                    } else {
+                        pl_lat.push(ms);
+                        c.playlist_gets.fetch_add(1, Ordering::Relaxed);
+                        c.playlist_bytes.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+                Ok(r) => sh.error(format!("{path} → {}", r.status)),
+                Err(e) => sh.error(format!("{path}: {e:#}")),
+            }
+        }
+    }
+    sh.part_ms.lock().await.extend(part_lat);
+    sh.playlist_ms.lock().await.extend(pl_lat);
+}
+
 async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<StepResult> {
     let addr = socket_addr(&a.slave)?;
     let base = format!("/live/{}", a.stream);
@@ -219,15 +291,34 @@ async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<St
         first_error: Mutex::new(None),
     });
     let mut tasks = Vec::with_capacity(n);
+    let (tick_tx, tick_rx) = tokio::sync::watch::channel(0u64);
+    let ticker = a.sync.as_ref().map(|s| {
+        let every = s.interval;
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut n = 0u64;
+            loop {
+                iv.tick().await;
+                n += 1;
+                if tick_tx.send(n).is_err() {
+                    break;
+                }
+            }
+        })
+    });
     // Joins spread over ~1 s, as a class arriving.
     let gap = Duration::from_secs_f64(1.0 / n as f64);
     for i in 0..n {
-        tasks.push(tokio::spawn(viewer(
-            addr,
-            base.clone(),
-            tokens[i % tokens.len()].clone(),
-            sh.clone(),
-        )));
+        tasks.push(match &a.sync {
+            Some(s) => tokio::spawn(sync_viewer(addr, s.clone(), tick_rx.clone(), sh.clone())),
+            None => tokio::spawn(viewer(
+                addr,
+                base.clone(),
+                tokens[i % tokens.len()].clone(),
+                sh.clone(),
+            )),
+        });
         if i % 16 == 15 {
             tokio::time::sleep(gap * 16).await;
         }
@@ -255,6 +346,10 @@ async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<St
     let gen_cpu = self_cpu_seconds() - self0;
     let sys_cpu = system_busy_seconds() - sys0;
     sh.stop.store(true, Ordering::Relaxed);
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    drop(tick_rx);
     // Blocked reloads return within a hold time; do not wait for them all.
     let deadline = Instant::now() + Duration::from_secs(5);
     for t in tasks {
@@ -301,8 +396,13 @@ async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<St
 pub async fn run(a: ViewersArgs) -> anyhow::Result<ViewersResult> {
     let max = a.steps.iter().copied().max().unwrap_or(0);
     let rss_idle = a.slave_pid.and_then(|p| rss_mib(p).ok());
-    let tokens = fetch_tokens(&a.master, &a.stream, max).await?;
-    eprintln!("viewers: {} tokens from the master", tokens.len());
+    let tokens = if a.sync.is_some() {
+        Vec::new()
+    } else {
+        let t = fetch_tokens(&a.master, &a.stream, max).await?;
+        eprintln!("viewers: {} tokens from the master", t.len());
+        t
+    };
     let mut steps = Vec::new();
     for &n in &a.steps {
         let s = step(&a, &tokens, n).await?;
@@ -318,8 +418,18 @@ pub async fn run(a: ViewersArgs) -> anyhow::Result<ViewersResult> {
     let best = steps.iter().filter(|s| s.ok).max_by_key(|s| s.viewers);
     Ok(ViewersResult {
         bench: "viewers",
+        label: a.label.clone(),
+        mode: if a.sync.is_some() {
+            "synchronized"
+        } else {
+            "ll-hls"
+        },
         goal_p99_ms: a.goal_p99_ms,
-        tokens: "one student token per viewer (POST /api/token), in the query of every request",
+        tokens: if a.sync.is_some() {
+            "fixed URLs, no tokens"
+        } else {
+            "one student token per viewer (POST /api/token) in its playlist requests; media by the ticket the playlist lists"
+        },
         max_ok_viewers: best.map(|s| s.viewers),
         requests_per_viewer_s: best.map(|s| s.requests_per_viewer_s),
         slave_rss_idle_mib: rss_idle,
@@ -364,8 +474,14 @@ mod tests {
 
     #[test]
     fn parts_from_playlist() {
-        let t = "#EXT-X-PART:DURATION=0.2,URI=\"part3.1.m4s?jwt=a.b\"\n#EXT-X-PART:DURATION=0.2,URI=\"part3.2.m4s?jwt=a.b\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part3.3.m4s?jwt=a.b\"\n";
-        assert_eq!(last_part(t, "#EXT-X-PART:"), Some((3, 2)));
-        assert_eq!(last_part(t, "#EXT-X-PRELOAD-HINT:"), Some((3, 3)));
+        let t = "#EXT-X-PART:DURATION=0.2,URI=\"part3.1.m4s?t=1.a\"\n#EXT-X-PART:DURATION=0.2,URI=\"part3.2.m4s?t=1.a\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part3.3.m4s\"\n";
+        assert_eq!(
+            last_part(t, "#EXT-X-PART:"),
+            Some((3, 2, "part3.2.m4s?t=1.a"))
+        );
+        assert_eq!(
+            last_part(t, "#EXT-X-PRELOAD-HINT:"),
+            Some((3, 3, "part3.3.m4s"))
+        );
     }
 }

@@ -1,9 +1,16 @@
 // Glass-to-glass latency in headless Chromium: plays a stream published by publish.mjs with
-// hls.js (or Shaka Player), reads the clock burnt into the frame on screen every animation frame
-// (page.html) and records Date.now() − that clock. One JSON line per run on stdout (and --out).
+// hls.js (or Shaka Player, or mpegts.js for HTTP-FLV: --player mpegts), reads the clock burnt
+// into the frame on screen every animation frame (page.html) and records Date.now() − that
+// clock. One JSON line per run on stdout (and --out).
 //
 //   node g2g.mjs --label classcast-200 --src URL --player hls --cfg '{"lowLatencyMode":true}' \
-//     --epoch MS [--runs 3] [--seconds 30] [--warmup 5] [--out results.jsonl]
+//     --epoch MS [--runs 3] [--seconds 30] [--warmup 5] [--out results.jsonl] [--bench g2g]
+//     [--web-security off]
+//
+// --bench names the result lines (`g2g`; `g2g_long` for the long stall run). --web-security off
+// launches Chromium with --disable-web-security, for a server that sends no CORS header (xiu's
+// HLS): the page is served from another origin (this script's port) than the stream. A run may
+// last as long as wanted (--seconds 300 for the stall run): no Playwright timeout bounds the wait.
 import { createServer } from 'node:http';
 import { readFileSync, appendFileSync } from 'node:fs';
 import path from 'node:path';
@@ -15,10 +22,12 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
   return acc;
 }, []));
 const runs = Number(args.runs || 3), seconds = Number(args.seconds || 30), warmup = Number(args.warmup || 5);
+const bench = args.bench || 'g2g';
 const files = {
   '/': ['page.html', 'text/html'],
   '/hls.js': ['node_modules/hls.js/dist/hls.light.min.js', 'text/javascript'],
   '/shaka.js': ['node_modules/shaka-player/dist/shaka-player.compiled.js', 'text/javascript'],
+  '/mpegts.js': ['node_modules/mpegts.js/dist/mpegts.js', 'text/javascript'],
 };
 const server = createServer((req, res) => {
   const f = files[req.url.split('?')[0]];
@@ -31,7 +40,8 @@ const port = server.address().port;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--autoplay-policy=no-user-gesture-required'],
+    '--autoplay-policy=no-user-gesture-required',
+    ...(args['web-security'] === 'off' ? ['--disable-web-security'] : [])],
 });
 const pct = (s, p) => s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil(p / 100 * s.length) - 1))] : null;
 try {
@@ -40,19 +50,41 @@ try {
     const page = await ctx.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
     const q = new URLSearchParams({ src: args.src, player: args.player || 'hls', epoch: args.epoch, cfg: args.cfg || '{}' });
+    // The run's length is a plain sleep (no Playwright timeout applies to it); loading the page
+    // and reading the figures get generous bounds of their own.
+    page.setDefaultTimeout(60_000);
     const t0 = Date.now();
-    await page.goto(`http://127.0.0.1:${port}/?${q}`);
-    await page.waitForTimeout(seconds * 1000);
-    const g = await page.evaluate(() => window.g2g);
+    await page.goto(`http://127.0.0.1:${port}/?${q}`, { timeout: 60_000 });
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const g = await page.evaluate(() => window.g2gResult());
     await ctx.close();
     const first = g.samples.length ? g.samples[0][0] : null;
-    const lat = g.samples.filter(([t]) => t - first >= warmup * 1000).map(([, l]) => l).sort((a, b) => a - b);
+    const counted = g.samples.filter(([t]) => t - first >= warmup * 1000);
+    const lat = counted.map(([, l]) => l).sort((a, b) => a - b);
+    // Longest time between two new frames on screen after the warm-up (a freeze, with or without
+    // a `waiting` event).
+    let gap = 0;
+    for (let i = 1; i < counted.length; i++) gap = Math.max(gap, counted[i][0] - counted[i - 1][0]);
     const r = {
-      bench: 'g2g', label: args.label, player: args.player || 'hls', cfg: JSON.parse(args.cfg || '{}'), run,
+      bench, label: args.label, player: args.player || 'hls', cfg: JSON.parse(args.cfg || '{}'), run,
       seconds, warmup_s: warmup, startup_ms: first ? first - t0 : null, frames: lat.length,
       p50_ms: pct(lat, 50), p95_ms: pct(lat, 95), min_ms: lat[0] ?? null, max_ms: lat.at(-1) ?? null,
-      waiting: g.waiting, decode_failures: g.decodeFail, error_count: g.errorCount ?? g.errors.length, errors: g.errors,
+      waiting: g.waiting, stalled_ms: g.stalledMs,
+      // [s after the first frame, ms stalled] of each stall (the first 50).
+      stalls: g.stalls.map(([t, ms]) => [first ? Math.round((t - first) / 100) / 10 : null, ms]),
+      max_frame_gap_ms: counted.length > 1 ? gap : null,
+      decoded_frames: g.decodedFrames, dropped_frames: g.droppedFrames,
+      decode_failures: g.decodeFail, error_count: g.errorCount ?? g.errors.length, errors: g.errors,
     };
+    if (seconds >= 120 && first) {
+      // p50 of each whole minute after the warm-up: does the latency drift over a long run?
+      r.p50_by_minute_ms = [];
+      for (let m = 0; warmup * 1000 + (m + 1) * 60_000 <= seconds * 1000 - (first - t0); m++) {
+        const lo = first + warmup * 1000 + m * 60_000;
+        const w = counted.filter(([t]) => t >= lo && t < lo + 60_000).map(([, l]) => l).sort((a, b) => a - b);
+        r.p50_by_minute_ms.push(pct(w, 50));
+      }
+    }
     const line = JSON.stringify(r);
     console.log(line);
     if (args.out) appendFileSync(args.out, line + '\n');

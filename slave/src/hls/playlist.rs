@@ -104,7 +104,9 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
         // A segment that has reached its target ends at the next keyframe, which with a GOP of
         // about the segment target is the next part: hint the next segment's first part then,
         // so players that prefetch hints (Shaka) do not ask for a part that never comes.
-        let full = last.duration + 1e-6 >= cfg.segment_target.as_secs_f64();
+        // Half a part of slack: part durations are whole milliseconds, a 1 s segment of five
+        // 200 ms parts may add up to 0.999 s.
+        let full = last.duration + part_target / 2.0 >= cfg.segment_target.as_secs_f64();
         let (msn, idx) = if last.complete || full {
             (last.msn + 1, 0)
         } else {
@@ -272,6 +274,31 @@ mod tests {
             render(&s.read(), &cfg, Some("jwt=T"))
         );
         assert_eq!(r.join_with(""), render(&s.read(), &cfg, None));
+    }
+
+    #[test]
+    fn hint_moves_to_the_next_segment_when_durations_fall_a_millisecond_short() {
+        let cfg = HlsConfig::default();
+        let s = HlsStream::new("live/x".into(), cfg.clone());
+        s.set_init(Bytes::from_static(b"i"), "avc1".into(), None);
+        for (i, ms) in [200, 199, 200, 200, 200].into_iter().enumerate() {
+            s.push_part(
+                Bytes::from_static(b"p"),
+                Duration::from_millis(ms),
+                i == 0,
+                i == 0,
+                false,
+            );
+        }
+        let b = s.read().segments[0].msn;
+        let p = render(&s.read(), &cfg, None);
+        assert!(
+            p.contains(&format!(
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part{}.0.m4s\"",
+                b + 1
+            )),
+            "{p}"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+/// How far a stream's PROGRAM-DATE-TIME may run from the wall clock before it is re-anchored
+/// (a publisher whose clock runs slow or fast; a real encoder drifts far less).
+const PDT_MAX_DRIFT_MS: u64 = 1_000;
+
 #[derive(Debug, Clone)]
 pub struct HlsConfig {
     pub part_target: Duration,
@@ -273,13 +277,30 @@ impl HlsStream {
         starts_segment: bool,
         discontinuity: bool,
     ) -> (u64, usize) {
-        let (msn, index, init_id, first) = {
+        // The part's first sample arrived about one part duration ago.
+        let wall_ms = common::now_unix_ms().saturating_sub(duration.as_millis() as u64);
+        let (msn, index, init_id, first, pdt_ms) = {
             let st = self.state.read();
             let init_id = st.current_init_id();
             match st.segments.back() {
-                Some(s) if !starts_segment && !s.complete => (s.msn, s.parts.len(), init_id, false),
-                Some(s) => (s.msn + 1, 0, init_id, false),
-                None => (self.msn_base, 0, init_id, true),
+                Some(s) if !starts_segment && !s.complete => {
+                    (s.msn, s.parts.len(), init_id, false, s.pdt_ms)
+                }
+                Some(s) => {
+                    // PROGRAM-DATE-TIME follows the media: the previous segment's date plus
+                    // its duration. Dating each segment by its arrival instead made the dates
+                    // disagree with EXTINF by the publisher's jitter (±30 ms seen), and players
+                    // that place segments by date (Shaka) then saw gaps and overlaps. Re-anchor
+                    // at a discontinuity, or once the publisher's clock has drifted too far.
+                    let follows = s.pdt_ms + (s.duration * 1000.0).round() as u64;
+                    let pdt = if discontinuity || follows.abs_diff(wall_ms) > PDT_MAX_DRIFT_MS {
+                        wall_ms
+                    } else {
+                        follows
+                    };
+                    (s.msn + 1, 0, init_id, false, pdt)
+                }
+                None => (self.msn_base, 0, init_id, true, wall_ms),
             }
         };
         // A discontinuity before the very first segment means nothing.
@@ -290,7 +311,7 @@ impl HlsStream {
             data,
             duration: duration.as_secs_f64(),
             independent,
-            pdt_ms: common::now_unix_ms(),
+            pdt_ms,
             discontinuity,
             init_id,
         });
@@ -558,6 +579,28 @@ mod tests {
         assert!((seg0.duration - 0.4).abs() < 1e-9);
         assert!(st.part_settled(b, 5)); // segment b completed with 2 parts
         assert!(!st.part_settled(b + 1, 1));
+    }
+
+    #[test]
+    fn program_date_time_follows_the_media() {
+        let s = HlsStream::new("live/x".into(), HlsConfig::default());
+        let d = Duration::from_millis(200);
+        let (b, _) = s.push_part(part(1), d, true, true, false);
+        s.push_part(part(2), d, false, false, false);
+        // Whatever the wall clock does between arrivals, the next date is the last one plus
+        // the segment's duration: 0.4 s.
+        std::thread::sleep(Duration::from_millis(30));
+        s.push_part(part(3), d, true, true, false);
+        let before = common::now_unix_ms();
+        s.push_part(part(4), d, true, true, true);
+        let after = common::now_unix_ms();
+        let st = s.read();
+        let pdt = |m| st.segment(m).unwrap().pdt_ms;
+        assert_eq!(pdt(b + 1), pdt(b) + 400);
+        // A discontinuity re-anchors on the wall clock: its first sample came one part ago
+        // (here the parts came faster than real time, so the media would say later).
+        assert_ne!(pdt(b + 2), pdt(b + 1) + 200);
+        assert!((before - 200..=after - 200).contains(&pdt(b + 2)));
     }
 
     #[test]
