@@ -26,7 +26,7 @@
 #                            viewers,memory,g2g. With a subset, results are appended to
 #                            target/bench-media/extra-results.jsonl and the document is not
 #                            rewritten (the hand-written figures live in bench/OBSERVATIONS.md)
-#   VIEWER_STEPS [250,500,1000,1500,2000]  viewer counts of the `viewers` ramp
+#   VIEWER_STEPS [500,750,1000,1250,1500,2000,2500]  viewer counts of the `viewers` ramp
 #   G2G_RUNS [3]             glass-to-glass runs per configuration (30 s each)
 #   G2G_LONG_S [300]         then one run of this many seconds of classcast (100 ms parts) with
 #                            hls.js low-latency + catch-up 1.5, counting stalls; 0 skips it
@@ -528,18 +528,18 @@ if want serving || want viewers; then
   sleep 4 # a few segments in the window
 fi
 
-if want serving; then
-  log "5 serving: one ~40 KB part and the playlist, classcast vs static nginx (wrk -t2 -c200 -d10s)"
+# The bytes a viewer gets (its playlist, the newest listed part as it is listed: with the media
+# ticket) and the bare playlist an edge gets, copied into tmpfs for static nginx (sections 5, 6).
+if want serving || want viewers; then
   SHM=$(mktemp -d /dev/shm/classcast-bench.XXXXXX)
   chmod 755 "$SHM" # nginx's worker runs as nobody
   PLAIN=${VURL%%\?*}           # http://…/live/serve/index.m3u8
   BASEURL=${PLAIN%/index.m3u8}
-  JWT=${VURL#*jwt=}
   curl -sf "$VURL" -o "$SHM/viewer.m3u8"
   curl -sf -H "Authorization: Bearer $SECRET" "$PLAIN" -o "$SHM/peer.m3u8"
   # The newest complete part (listed, not the preload hint): it stays available > 10 s.
-  PART=$(grep '^#EXT-X-PART:' "$SHM/viewer.m3u8" | grep -o 'part[0-9]*\.[0-9]*\.m4s' | tail -1)
-  curl -sf "$BASEURL/$PART?jwt=$JWT" -o "$SHM/part.m4s"
+  PART=$(grep '^#EXT-X-PART:' "$SHM/viewer.m3u8" | tail -1 | sed 's/.*URI="\([^"]*\)".*/\1/')
+  curl -sf "$BASEURL/$PART" -o "$SHM/part.m4s"
   PBYTES=$(stat -c %s "$SHM/part.m4s")
   VBYTES=$(stat -c %s "$SHM/viewer.m3u8")
   PEBYTES=$(stat -c %s "$SHM/peer.m3u8")
@@ -547,24 +547,36 @@ if want serving; then
   echo "part $PART: $PBYTES bytes; viewer playlist $VBYTES bytes, peer playlist $PEBYTES bytes" >&2
   start_nginx_static "$SHM" "$N_S"
   N_ST=$LAST_PID
-  wrk_run part-classcast classcast part "$PBYTES" "$BASEURL/$PART?jwt=$JWT"
+fi
+
+if want serving; then
+  log "5 serving: one ~40 KB part and the playlist, classcast vs static nginx (wrk -t2 -c200 -d10s)"
+  wrk_run part-classcast classcast part "$PBYTES" "$BASEURL/$PART"
   wrk_run part-nginx nginx part "$PBYTES" "http://127.0.0.1:$N_S/part.m4s"
   wrk_run playlist-viewer-classcast classcast playlist-viewer "$VBYTES" "$VURL"
   wrk_run playlist-viewer-nginx nginx playlist-viewer "$VBYTES" "http://127.0.0.1:$N_S/viewer.m3u8"
   wrk_run playlist-peer-classcast classcast playlist-peer "$PEBYTES" "$PLAIN" "Authorization: Bearer $SECRET"
   wrk_run playlist-peer-nginx nginx playlist-peer "$PEBYTES" "http://127.0.0.1:$N_S/peer.m3u8"
-  stop "$N_ST"
-  rm -rf "$SHM"
 fi
 
 if want viewers; then
-  log "6 viewers per slave: ${VIEWER_STEPS:-250,500,1000,1500,2000} LL-HLS players, 10 s each"
+  log "6 viewers per slave: ${VIEWER_STEPS:-500,750,1000,1250,1500,2000,2500} LL-HLS players, 10 s each"
   "${RT[@]}" "$BENCH" --results "$RESULTS" viewers --master "http://127.0.0.1:$P_MS" \
-    --slave "http://127.0.0.1:$H_S" --stream serve --steps "${VIEWER_STEPS:-250,500,1000,1500,2000}" \
+    --slave "http://127.0.0.1:$H_S" --stream serve --steps "${VIEWER_STEPS:-500,750,1000,1250,1500,2000,2500}" \
     --seconds 10 --slave-pid "$S_S"
+  # The same burst shape on static nginx: every viewer woken at once each 200 ms, then the
+  # viewer playlist and the part (the bytes classcast served), from tmpfs.
+  log "6b viewers reference: static nginx, the same synchronized bursts on fixed URLs"
+  N_WORKER=$(pgrep -P "$N_ST" | head -1)
+  "${RT[@]}" "$BENCH" --results "$RESULTS" viewers --master unused --slave "http://127.0.0.1:$N_S" \
+    --stream serve --steps "${VIEWER_STEPS:-500,750,1000,1250,1500,2000,2500}" --seconds 10 \
+    --slave-pid "${N_WORKER:-$N_ST}" --label nginx --sync-playlist /viewer.m3u8 --sync-part /part.m4s \
+    --sync-interval-ms 200
 fi
 
 if want serving || want viewers; then
+  stop "$N_ST"
+  rm -rf "$SHM"
   stop "$PUB_S"; stop "$S_S"
 fi
 
