@@ -754,16 +754,6 @@ fi
 # --- report -------------------------------------------------------------------------------------
 log "writing $OUT"
 machine_info >"$WORK/machine.txt"
-  echo "commit: $commit"
-  echo "nproc: $(nproc)"
-  echo "busy_before: $BUSY_BEFORE"
-  echo "scheduling: $SCHED"
-  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1 | sed 's/^$/bare metal/;s/^\(.\+\)$/\1 VM/'))"
-  echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-  echo "kernel: $(uname -sr)"
-  echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
-  echo "rustc: $(rustc --version)"
-  echo "ffmpeg: $(ffmpeg -version | head -1 | cut -d' ' -f1-3)"
 lscpu >"$WORK/lscpu.txt"
 NOTES=()
 if [ -f bench/OBSERVATIONS.md ]; then NOTES=(--notes bench/OBSERVATIONS.md); fi

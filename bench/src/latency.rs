@@ -308,11 +308,13 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
         if first_sent < warm {
             continue;
         }
-        // The part's frames: video tags with ts in [first dts, next part's first dts).
-        let last = sent
-            .iter()
-            .rev()
-            .find(|(t, _)| u64::from(*t) < next.first_dts_ms && u64::from(*t) >= p.first_dts_ms);
+        // The part's frames: video tags with ts in [first dts, next part's first dts), both
+        // ends taken 5 ms early, as a part may start a millisecond off its first frame's own
+        // timestamp (frames are ≥ 10 ms apart at any rate we publish).
+        let last = sent.iter().rev().find(|(t, _)| {
+            let t = u64::from(*t);
+            t + 5 < next.first_dts_ms && t + 5 >= p.first_dts_ms
+        });
         let Some(&(_, last_sent)) = last else {
             unmatched += 1;
             continue;
@@ -333,7 +335,7 @@ pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
             let last = sent
                 .iter()
                 .rev()
-                .find(|(t, _)| u64::from(*t) < next.first_dts_ms)
+                .find(|(t, _)| u64::from(*t) + 5 < next.first_dts_ms)
                 .map(|(_, s)| ms_between(*s, p.arrival));
             let lag = edge_by_dts
                 .get(&p.first_dts_ms)
