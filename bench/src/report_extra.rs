@@ -459,15 +459,10 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
             for v in runs {
                 writeln!(
                     w,
-                    "| {label} | {player} `{}` | {} | {:.0} | {} | **{:.0}** | {:.0} | {:.0} / {:.0} | {} | {} | {} |",
+                    "| {label} | {player} `{}` | {} | {} | {} | {} | {} |",
                     v["cfg"],
                     f(v, "run"),
-                    f(v, "startup_ms"),
-                    f(v, "frames"),
-                    f(v, "p50_ms"),
-                    f(v, "p95_ms"),
-                    f(v, "min_ms"),
-                    f(v, "max_ms"),
+                    latency_cells(v),
                     stalls(v),
                     f(v, "decode_failures"),
                     errors(v)
@@ -526,17 +521,12 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
                 .collect();
             writeln!(
                 w,
-                "| {} | {} `{}` | {} | {:.0} | {} | **{:.0}** | {:.0} | {:.0} / {:.0} | {} | **{}** | {:.1} s | {:.0} | {} / {} | {} |",
+                "| {} | {} `{}` | {} | {} | {} | **{}** | {:.1} s | {:.0} | {} / {} | {} |",
                 s(v, "label"),
                 s(v, "player"),
                 v["cfg"],
                 duration(f(v, "seconds")),
-                f(v, "startup_ms"),
-                f(v, "frames"),
-                f(v, "p50_ms"),
-                f(v, "p95_ms"),
-                f(v, "min_ms"),
-                f(v, "max_ms"),
+                latency_cells(v),
                 if per_min.is_empty() {
                     "–".to_string()
                 } else {
@@ -622,4 +612,17 @@ fn viewers_table(w: &mut String, v: &Value, server: &str) -> std::fmt::Result {
         )?;
     }
     writeln!(w)
+}
+
+/// The cells every glass-to-glass row shares: start ms | frames | p50 | p95 | min / max.
+fn latency_cells(v: &Value) -> String {
+    format!(
+        "{:.0} | {} | **{:.0}** | {:.0} | {:.0} / {:.0}",
+        f(v, "startup_ms"),
+        f(v, "frames"),
+        f(v, "p50_ms"),
+        f(v, "p95_ms"),
+        f(v, "min_ms"),
+        f(v, "max_ms")
+    )
 }

@@ -105,6 +105,37 @@ struct Shared {
     first_error: Mutex<Option<String>>,
 }
 
+/// One viewer's latencies, merged into `Shared` when it stops (no lock per request).
+#[derive(Default)]
+struct Tally {
+    part_ms: Vec<f64>,
+    playlist_ms: Vec<f64>,
+}
+
+impl Tally {
+    /// Counts a 200 answer of `len` bytes that took since `t0`, while the step is measured.
+    fn ok(&mut self, sh: &Shared, is_part: bool, t0: Instant, len: usize) {
+        if !sh.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let c = &sh.counters;
+        let (lat, gets, bytes) = if is_part {
+            (&mut self.part_ms, &c.part_gets, &c.part_bytes)
+        } else {
+            (&mut self.playlist_ms, &c.playlist_gets, &c.playlist_bytes)
+        };
+        lat.push(ms);
+        gets.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    async fn merge_into(self, sh: &Shared) {
+        sh.part_ms.lock().await.extend(self.part_ms);
+        sh.playlist_ms.lock().await.extend(self.playlist_ms);
+    }
+}
+
 impl Shared {
     fn error(&self, e: String) {
         if self.measuring.load(Ordering::Relaxed) {
@@ -175,9 +206,7 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
     let mut conn = RawConn::new(addr);
     let mut next: Option<(u64, u64)> = None;
     let mut fetched: Option<(u64, u64)> = None;
-    let mut part_lat = Vec::with_capacity(128);
-    let mut pl_lat = Vec::with_capacity(128);
-    let err = |e: String, sh: &Shared| sh.error(e);
+    let mut tally = Tally::default();
     while !sh.stop.load(Ordering::Relaxed) {
         let path = match next {
             Some((m, p)) => format!("{base}/index.m3u8?jwt={token}&_HLS_msn={m}&_HLS_part={p}"),
@@ -186,26 +215,19 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
         let t0 = Instant::now();
         let newest = match conn.request("GET", &path, &[], None).await {
             Ok(r) if r.status == 200 => {
+                tally.ok(&sh, false, t0, r.body.len());
                 let text = std::str::from_utf8(r.body).unwrap_or("");
-                let measuring = sh.measuring.load(Ordering::Relaxed);
-                if measuring {
-                    pl_lat.push(t0.elapsed().as_secs_f64() * 1000.0);
-                    sh.counters.playlist_gets.fetch_add(1, Ordering::Relaxed);
-                    sh.counters
-                        .playlist_bytes
-                        .fetch_add(r.body.len() as u64, Ordering::Relaxed);
-                }
                 next = last_part(text, "#EXT-X-PRELOAD-HINT:").map(|(m, p, _)| (m, p));
                 last_part(text, "#EXT-X-PART:").map(|(m, p, u)| (m, p, format!("{base}/{u}")))
             }
             Ok(r) => {
-                err(format!("playlist → {}", r.status), &sh);
+                sh.error(format!("playlist → {}", r.status));
                 next = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Err(e) => {
-                err(format!("playlist: {e:#}"), &sh);
+                sh.error(format!("playlist: {e:#}"));
                 next = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -218,21 +240,12 @@ async fn viewer(addr: std::net::SocketAddr, base: String, token: String, sh: Arc
         fetched = Some((m, p));
         let t0 = Instant::now();
         match conn.request("GET", &path, &[], None).await {
-            Ok(r) if r.status == 200 => {
-                if sh.measuring.load(Ordering::Relaxed) {
-                    part_lat.push(t0.elapsed().as_secs_f64() * 1000.0);
-                    sh.counters.part_gets.fetch_add(1, Ordering::Relaxed);
-                    sh.counters
-                        .part_bytes
-                        .fetch_add(r.body.len() as u64, Ordering::Relaxed);
-                }
-            }
-            Ok(r) => err(format!("part{m}.{p} → {}", r.status), &sh),
-            Err(e) => err(format!("part{m}.{p}: {e:#}"), &sh),
+            Ok(r) if r.status == 200 => tally.ok(&sh, true, t0, r.body.len()),
+            Ok(r) => sh.error(format!("part{m}.{p} → {}", r.status)),
+            Err(e) => sh.error(format!("part{m}.{p}: {e:#}")),
         }
     }
-    sh.part_ms.lock().await.extend(part_lat);
-    sh.playlist_ms.lock().await.extend(pl_lat);
+    tally.merge_into(&sh).await;
 }
 
 /// A viewer of fixed URLs, woken by the shared ticker (see the module docs).
@@ -243,40 +256,21 @@ async fn sync_viewer(
     sh: Arc<Shared>,
 ) {
     let mut conn = RawConn::new(addr);
-    let mut part_lat = Vec::with_capacity(128);
-    let mut pl_lat = Vec::with_capacity(128);
+    let mut tally = Tally::default();
     while !sh.stop.load(Ordering::Relaxed) {
         if tick.changed().await.is_err() {
             break;
         }
         for (path, is_part) in [(&sync.playlist, false), (&sync.part, true)] {
             let t0 = Instant::now();
-            let r = conn.request("GET", path, &[], None).await;
-            if !sh.measuring.load(Ordering::Relaxed) {
-                continue;
-            }
-            match r {
-                Ok(r) if r.status == 200 => {
-                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                    let c = &sh.counters;
-                    let len = r.body.len() as u64;
-                    if is_part {
-                        part_lat.push(ms);
-                        c.part_gets.fetch_add(1, Ordering::Relaxed);
-                        c.part_bytes.fetch_add(len, Ordering::Relaxed);
-                    } else {
-                        pl_lat.push(ms);
-                        c.playlist_gets.fetch_add(1, Ordering::Relaxed);
-                        c.playlist_bytes.fetch_add(len, Ordering::Relaxed);
-                    }
-                }
+            match conn.request("GET", path, &[], None).await {
+                Ok(r) if r.status == 200 => tally.ok(&sh, is_part, t0, r.body.len()),
                 Ok(r) => sh.error(format!("{path} → {}", r.status)),
                 Err(e) => sh.error(format!("{path}: {e:#}")),
             }
         }
     }
-    sh.part_ms.lock().await.extend(part_lat);
-    sh.playlist_ms.lock().await.extend(pl_lat);
+    tally.merge_into(&sh).await;
 }
 
 async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<StepResult> {

@@ -96,10 +96,10 @@ impl<'a> HlsQuery<'a> {
     }
 }
 
-/// Who is asking: a viewer (with the media ticket its playlist URIs carry), or another slave
-/// with the cluster secret.
+/// Who is asking: a viewer (by token, or by the media ticket its playlist listed) allowed until
+/// `exp`, or another slave with the cluster secret.
 enum Caller {
-    Viewer { ticket: String },
+    Viewer { exp: u64 },
     Peer,
 }
 
@@ -117,6 +117,7 @@ fn authorize(
     if let Some(t) = q.ticket.as_deref()
         && q.jwt.is_none()
     {
+        // The playlist keeps the token check and the viewer count.
         if *kind == HlsFile::Playlist {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -124,10 +125,8 @@ fn authorize(
                 "a playlist needs the viewer's token (jwt=…); tickets are for media URIs",
             ));
         }
-        ctx.tickets.check(t, path, common::now_unix())?;
-        return Ok(Caller::Viewer {
-            ticket: String::new(),
-        });
+        let exp = ctx.tickets.check(t, path, common::now_unix())?;
+        return Ok(Caller::Viewer { exp });
     }
     let verifier = ctx.verifier().ok_or_else(|| {
         ApiError::unavailable(
@@ -137,12 +136,7 @@ fn authorize(
     })?;
     let claims = verifier.authorize(q.jwt.as_deref(), &ctx.cfg.node_id, path, Action::Read)?;
     ctx.viewers.touch(&claims.jti);
-    // Only a playlist lists URIs; media requests need no ticket minted.
-    let ticket = match kind {
-        HlsFile::Playlist => ctx.tickets.mint(path, claims.exp),
-        _ => String::new(),
-    };
-    Ok(Caller::Viewer { ticket })
+    Ok(Caller::Viewer { exp: claims.exp })
 }
 
 async fn hls_file(
@@ -203,7 +197,12 @@ async fn serve_file(
     ctx.metrics.requests_by_kind[kind_index].inc();
     match kind {
         HlsFile::Playlist => {
-            let body = playlist_response(stream, &q, &caller).await?;
+            // What follows every URI: the viewer's media ticket, nothing for a peer.
+            let query = match caller {
+                Caller::Viewer { exp } => format!("?t={}", ctx.tickets.mint(&path, exp)),
+                Caller::Peer => String::new(),
+            };
+            let body = playlist_response(stream, &q, &query).await?;
             let mut r = respond(
                 ctx,
                 body.into(),
@@ -298,7 +297,7 @@ fn hold_time(stream: &HlsStream) -> Duration {
 async fn playlist_response(
     stream: &Arc<HlsStream>,
     q: &HlsQuery<'_>,
-    caller: &Caller,
+    query: &str,
 ) -> Result<String, ApiError> {
     if let Some(msn) = q.msn {
         {
@@ -332,12 +331,7 @@ async fn playlist_response(
         let has_segment = |st: &StreamState| st.segments.iter().any(|s| s.complete);
         stream.wait_for(hold_time(stream), has_segment).await;
     }
-    let pieces = stream.rendered();
-    let query = match caller {
-        Caller::Viewer { ticket } => format!("?t={ticket}"),
-        Caller::Peer => String::new(),
-    };
-    Ok(pieces.join_with(&query))
+    Ok(stream.rendered().join_with(query))
 }
 
 fn respond(

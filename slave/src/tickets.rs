@@ -60,9 +60,9 @@ impl TicketKey {
         t
     }
 
-    /// Checks a ticket for `path` at `now`: 401 when it is malformed, forged, for another
-    /// stream or node (those three look the same), or expired.
-    pub fn check(&self, ticket: &str, path: &str, now: u64) -> Result<(), ApiError> {
+    /// Checks a ticket for `path` at `now` and returns its expiry: 401 when it is malformed,
+    /// forged, for another stream or node (those three look the same), or expired.
+    pub fn check(&self, ticket: &str, path: &str, now: u64) -> Result<u64, ApiError> {
         let invalid = || {
             ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
@@ -92,7 +92,7 @@ impl TicketKey {
                 "media ticket expired: the token it came with has expired",
             ));
         }
-        Ok(())
+        Ok(exp)
     }
 }
 
@@ -113,7 +113,7 @@ mod tests {
         let t = k.mint("live/class", 2_000);
         assert!(t.len() < 40, "{t}");
         assert!(t.starts_with("2000."));
-        assert!(k.check(&t, "live/class", 1_999).is_ok());
+        assert_eq!(k.check(&t, "live/class", 1_999).unwrap(), 2_000);
         // Expired, other stream, other node, other secret, tampered expiry or MAC.
         assert_eq!(
             k.check(&t, "live/class", 2_000).unwrap_err().code,
