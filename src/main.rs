@@ -55,6 +55,18 @@ struct Common {
     /// HTTP clients must send a complete request head within this time (slowloris guard).
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     http_header_timeout_ms: u64,
+    /// An HTTP connection with no byte read or written for this long is closed (longer than
+    /// the longest blocking playlist reload).
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    http_idle_timeout_ms: u64,
+    /// Open HTTP connections at most; idle ones are closed first at the cap. 0: three quarters
+    /// of the file descriptor limit (raised to the hard limit at start).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 0)]
+    http_max_connections: usize,
+    /// Extra page origins allowed to call the viewer endpoints from a browser (comma-separated,
+    /// e.g. a school's LMS that embeds the player: `https://lms.example.org`).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,9 +85,24 @@ struct MasterArgs {
     /// With CLUSTER_SECRET_FILE: generate the secret into that file on first start.
     #[arg(long, env = "GENERATE_SECRET", default_value_t = false)]
     generate_secret: bool,
-    /// Teachers log in with this to get a stream key. Unset: no teacher logins.
+    /// Teachers log in with this to get a stream key (at least 12 characters). Unset: no
+    /// teacher logins.
     #[arg(long, env = "TEACHER_PASSWORD", hide_env_values = true)]
     teacher_password: Option<String>,
+    /// The base URL browsers open the pages at (`https://live.school.example`), when it is not
+    /// the address slaves reach the master at: slaves allow it as a page origin.
+    #[arg(long, env = "PUBLIC_URL")]
+    public_url: Option<String>,
+    /// CSP `frame-ancestors` of the pages: who may embed them (`'self' https://lms.example.org`).
+    #[arg(long, env = "FRAME_ANCESTORS")]
+    frame_ancestors: Option<String>,
+    /// Viewer tokens one client address may mint per second, sustained (a school behind one
+    /// NAT address joins through it all at once: keep it generous).
+    #[arg(long, env = "TOKEN_RATE_PER_ADDR", default_value_t = 200.0)]
+    token_rate_per_addr: f64,
+    /// Tokens one address may mint in a burst before the sustained rate applies.
+    #[arg(long, env = "TOKEN_BURST_PER_ADDR", default_value_t = 2000.0)]
+    token_burst_per_addr: f64,
     #[command(flatten)]
     tuning: MasterTuning,
 }
@@ -177,6 +204,16 @@ struct MediaTuning {
     /// RTMP idle timeout.
     #[arg(long, env = "RTMP_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
     rtmp_idle_timeout_ms: u64,
+    /// From accept to an accepted publish: an RTMP connection that has not published by then
+    /// is closed, whatever it sends meanwhile.
+    #[arg(long, env = "RTMP_PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
+    rtmp_publish_timeout_ms: u64,
+    /// Open RTMP connections at most (publishers and connections still on their way to it).
+    #[arg(long, env = "RTMP_MAX_CONNECTIONS", default_value_t = 128)]
+    rtmp_max_connections: usize,
+    /// Blocking playlist and part requests parked at once; past it, 503 with Retry-After.
+    #[arg(long, env = "MAX_PARKED_REQUESTS", default_value_t = 8192)]
+    max_parked_requests: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -241,7 +278,8 @@ fn resolve_secret(
                 if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(d)?;
                 }
-                std::fs::write(f, s.expose())?;
+                common::secret::write_private(f, s.expose())
+                    .with_context(|| format!("writing {}", f.display()))?;
                 tracing::info!(file = %f.display(), "generated a cluster secret");
                 return Ok(s);
             }
@@ -278,11 +316,26 @@ fn thresholds(t: &MasterTuning) -> master::registry::Thresholds {
     }
 }
 
-fn http_limits(header_ms: u64) -> common::http::HttpLimits {
+fn http_limits(c: &Common) -> common::http::HttpLimits {
     common::http::HttpLimits {
-        header_read_timeout: Duration::from_millis(header_ms.max(100)),
+        header_read_timeout: Duration::from_millis(c.http_header_timeout_ms.max(100)),
+        idle_timeout: Duration::from_millis(c.http_idle_timeout_ms.max(500)),
+        max_connections: c.http_max_connections,
         ..Default::default()
     }
+}
+
+/// Origins as browsers send them (`scheme://host[:port]`), refusing anything else by name.
+fn origins(list: &[String]) -> anyhow::Result<Vec<String>> {
+    list.iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            common::http::origin_of(o).with_context(|| {
+                format!("CORS_ORIGINS: {o:?} is not an http(s) origin like https://lms.example.org")
+            })
+        })
+        .collect()
 }
 
 fn master_config(
@@ -316,6 +369,8 @@ fn rtmp_config(m: &MediaTuning) -> slave::RtmpConfig {
     slave::RtmpConfig {
         handshake_timeout: Duration::from_millis(m.rtmp_handshake_timeout_ms),
         idle_timeout: Duration::from_millis(m.rtmp_idle_timeout_ms),
+        publish_timeout: Duration::from_millis(m.rtmp_publish_timeout_ms.max(100)),
+        max_connections: m.rtmp_max_connections.max(1),
         ..Default::default()
     }
 }
@@ -379,7 +434,9 @@ fn slave_config(
         rtmp: rtmp_config(&a.media),
         viewer_window: Duration::from_millis(a.media.viewer_window_ms),
         upstream_url: a.upstream_url.clone(),
-        http: http_limits(a.common.http_header_timeout_ms),
+        http: http_limits(&a.common),
+        cors_origins: origins(&a.common.cors_origins)?,
+        max_parked: a.media.max_parked_requests.max(1),
     })
 }
 
@@ -429,7 +486,23 @@ async fn bind_in_range(
     anyhow::bail!("{what}: no free port in {lo}-{hi} on {}", addr.ip())
 }
 
+/// A teacher password short enough to guess online is refused at start, naming the flag.
+const MIN_TEACHER_PASSWORD: usize = 12;
+
+fn check_teacher_password(p: Option<&str>) -> anyhow::Result<()> {
+    if let Some(p) = p
+        && p.chars().count() < MIN_TEACHER_PASSWORD
+    {
+        anyhow::bail!(
+            "TEACHER_PASSWORD (--teacher-password) must be at least {MIN_TEACHER_PASSWORD} characters; it is {}",
+            p.chars().count()
+        );
+    }
+    Ok(())
+}
+
 async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
+    check_teacher_password(a.teacher_password.as_deref())?;
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), a.generate_secret)?;
     let mut cfg = master_config(
         a.bind,
@@ -439,7 +512,19 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
         a.common.heartbeat_interval_ms,
         &a.tuning,
     );
-    cfg.http = http_limits(a.common.http_header_timeout_ms);
+    cfg.http = http_limits(&a.common);
+    cfg.cors_origins = origins(&a.common.cors_origins)?;
+    cfg.public_url = match a.public_url.as_deref() {
+        Some(u) => Some(common::http::origin_of(u).context("PUBLIC_URL must be an http(s) URL")?),
+        None => None,
+    };
+    if let Some(f) = &a.frame_ancestors {
+        cfg.frame_ancestors = f.clone();
+    }
+    cfg.token_rate = master::ratelimit::Rate {
+        per_second: a.token_rate_per_addr,
+        burst: a.token_burst_per_addr,
+    };
     let listener = bind(a.bind, "master").await?;
     master::serve(cfg, listener, shutdown_signal()).await
 }
@@ -466,7 +551,8 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
     let teacher = a
         .teacher_password
         .clone()
-        .unwrap_or_else(|| ClusterSecret::generate().expose()[..12].to_string());
+        .unwrap_or_else(|| ClusterSecret::generate().expose()[..16].to_string());
+    check_teacher_password(Some(&teacher))?;
     let master_bind: SocketAddr = format!("{}:{}", a.bind_host, a.master_port).parse()?;
     let master_listener = bind(master_bind, "master").await?;
     let master_port = master_listener.local_addr()?.port();
@@ -479,6 +565,8 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
         a.heartbeat_interval_ms,
         &a.tuning,
     );
+    let mut mcfg = mcfg;
+    mcfg.public_url = common::http::origin_of(&format!("http://{}:{master_port}", a.public_host));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -509,6 +597,9 @@ async fn run_up(a: UpArgs) -> anyhow::Result<()> {
                 insecure_dev: false,
                 heartbeat_interval_ms: a.heartbeat_interval_ms,
                 http_header_timeout_ms: 10_000,
+                http_idle_timeout_ms: 30_000,
+                http_max_connections: 0,
+                cors_origins: Vec::new(),
             },
             master_url: master_url.clone(),
             cluster_secret_file: None,

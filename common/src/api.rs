@@ -32,6 +32,10 @@ pub struct RegisterResponse {
     /// mirroring them without waiting for the next announcement.
     #[serde(default)]
     pub streams: Vec<MirrorOrder>,
+    /// Page origins browsers may call a slave's viewer endpoints from (`scheme://host[:port]`):
+    /// the master's public URL and its configured extra origins.
+    #[serde(default)]
+    pub page_origins: Vec<String>,
 }
 
 /// One stream as a slave reports it: either it is the origin (a publisher is connected to it)

@@ -6,6 +6,23 @@ use sha2::{Digest, Sha256};
 
 use crate::ApiError;
 
+/// Creates `path` holding `contents`, readable by its owner only (0600) from the first byte:
+/// every secret the nodes write (the signing key, a generated cluster secret) goes through here.
+/// Fails if the file exists.
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
 /// Compares two credentials in time independent of where they differ.
 pub fn credential_eq(a: &str, b: &str) -> bool {
     digests_eq(

@@ -113,7 +113,7 @@ impl SigningKey {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                write_private(path, &pem_encode(&der))?;
+                crate::secret::write_private(path, &pem_encode(&der))?;
                 tracing::info!(path = %path.display(), "generated a new JWT signing key");
                 Ok(key)
             }
@@ -162,19 +162,6 @@ impl SigningKey {
 fn kid_of(public: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(public)[..8])
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(contents.as_bytes())
 }
 
 fn pem_encode(der: &[u8]) -> String {

@@ -2,6 +2,7 @@
 
 pub mod issuer;
 pub mod metrics;
+pub mod ratelimit;
 pub mod registry;
 pub mod routes;
 pub mod web;
@@ -37,6 +38,16 @@ pub struct MasterConfig {
     pub publish_token_ttl: Duration,
     pub max_nodes: usize,
     pub http: common::http::HttpLimits,
+    /// Origin browsers open the pages at, when it differs from the one slaves reach us at.
+    pub public_url: Option<String>,
+    /// Extra page origins allowed to mint viewer tokens and play from a browser (an LMS).
+    pub cors_origins: Vec<String>,
+    /// CSP `frame-ancestors` of the pages.
+    pub frame_ancestors: String,
+    /// Viewer tokens per client address.
+    pub token_rate: ratelimit::Rate,
+    /// Failed teacher logins an address gets before it is throttled.
+    pub login_free_failures: u32,
 }
 
 impl MasterConfig {
@@ -53,6 +64,11 @@ impl MasterConfig {
             publish_token_ttl: Duration::from_secs(12 * 3600),
             max_nodes: 1024,
             http: Default::default(),
+            public_url: None,
+            cors_origins: Vec::new(),
+            frame_ancestors: "'self'".into(),
+            token_rate: Default::default(),
+            login_free_failures: 5,
         }
     }
 }
@@ -63,11 +79,14 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub cfg: MasterConfig,
-    pub secret: ClusterSecret,
     pub registry: Registry,
     pub issuer: TokenIssuer,
     pub metrics: MasterMetrics,
     pub http: reqwest::Client,
+    /// The open HTTP connections (bounded).
+    pub conns: Arc<common::http::ConnTable>,
+    pub token_limiter: ratelimit::AddrRateLimiter,
+    pub login_throttle: ratelimit::LoginThrottle,
 }
 
 impl std::ops::Deref for AppState {
@@ -91,11 +110,16 @@ impl AppState {
             .connect_timeout(Duration::from_secs(2))
             .build()?;
         Ok(Self(Arc::new(Inner {
-            secret: cfg.secret.clone(),
+            token_limiter: ratelimit::AddrRateLimiter::new(cfg.token_rate),
+            login_throttle: ratelimit::LoginThrottle::new(
+                cfg.login_free_failures.max(1),
+                Duration::from_secs(300),
+            ),
             registry: Registry::new(cfg.thresholds.clone(), cfg.max_nodes),
             issuer,
             metrics: MasterMetrics::new(),
             http,
+            conns: common::http::ConnTable::for_limits(&cfg.http),
             cfg,
         })))
     }
@@ -125,7 +149,7 @@ impl AppState {
                 let res = st
                     .http
                     .post(format!("{}/internal/mirror", url.trim_end_matches('/')))
-                    .header("authorization", st.secret.bearer())
+                    .header("authorization", st.cfg.secret.bearer())
                     .json(&order)
                     .send()
                     .await;
@@ -146,16 +170,40 @@ impl AppState {
         }
     }
 
+    /// The page origins slaves allow browsers to play from: ours and the configured extras.
+    pub fn page_origins(&self) -> Vec<String> {
+        self.cfg
+            .public_url
+            .iter()
+            .chain(&self.cfg.cors_origins)
+            .cloned()
+            .collect()
+    }
+
+    /// Only `POST /api/token` answers other origins, and only the configured ones (the pages
+    /// are same-origin and need no grant); the cluster API, the views and the metrics answer
+    /// no preflight at all, so a page a student opens cannot use the student's browser on them.
     pub fn router(&self) -> Router {
+        let allowed: std::collections::HashSet<String> =
+            self.cfg.cors_origins.iter().cloned().collect();
+        let token_cors = tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
+                o.to_str().is_ok_and(|o| allowed.contains(o))
+            }))
+            .allow_methods([axum::http::Method::POST])
+            .allow_headers([axum::http::header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600));
         Router::new()
             .merge(routes::cluster::router())
-            .route("/api/token", post(routes::token::issue_token))
+            .route(
+                "/api/token",
+                post(routes::token::issue_token).layer(token_cors),
+            )
             .route("/.well-known/jwks.json", get(jwks))
             .route("/health", get(health))
             .route("/metrics", get(metrics))
-            .merge(web::router())
+            .merge(web::router(self.clone()))
             .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
-            .layer(tower_http::cors::CorsLayer::permissive())
             .with_state(self.clone())
     }
 }
@@ -181,7 +229,8 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        st.metrics.render(&st.registry),
+        st.metrics.render(&st.registry)
+            + &st.conns.counters.render("classcast_master"),
     )
 }
 
@@ -212,13 +261,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let st = AppState::new(cfg)?;
     let sweeper = spawn_sweeper(st.clone());
-    tracing::info!(addr = %listener.local_addr()?, "master listening");
-    let res = axum::serve(
+    tracing::info!(addr = %listener.local_addr()?, max_connections = st.conns.max(), "master listening");
+    let res = common::http::serve(
         listener,
-        st.router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
+        st.router(),
+        st.cfg.http.clone(),
+        st.conns.clone(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await;
     sweeper.abort();
     Ok(res?)

@@ -66,6 +66,7 @@ impl Agent {
         let r: RegisterResponse = resp.json().await?;
         let verifier = TokenVerifier::from_public_x(&r.public_key, &r.issuer)?;
         self.ctx.set_verifier(verifier);
+        self.ctx.set_page_origins(&r.page_origins);
         for order in r.streams.clone() {
             crate::mirror::handle_order(&self.ctx, order);
         }

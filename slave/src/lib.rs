@@ -12,7 +12,6 @@ pub mod serve;
 pub mod tickets;
 pub mod viewers;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +37,11 @@ use crate::viewers::ViewerTracker;
 pub struct RtmpConfig {
     pub limits: RtmpLimits,
     pub handshake_timeout: Duration,
+    /// Silence this long closes a publishing connection.
     pub idle_timeout: Duration,
+    /// From accept to an accepted publish.
+    pub publish_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Default for RtmpConfig {
@@ -47,6 +50,8 @@ impl Default for RtmpConfig {
             limits: RtmpLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            max_connections: 128,
         }
     }
 }
@@ -72,6 +77,10 @@ pub struct SlaveConfig {
     /// Edge of an edge: pull every stream from this slave instead of the origin.
     pub upstream_url: Option<String>,
     pub http: common::http::HttpLimits,
+    /// Page origins browsers may play from besides the master's (an LMS embedding the player).
+    pub cors_origins: Vec<String>,
+    /// Blocking requests parked at once.
+    pub max_parked: usize,
 }
 
 /// Everything the slave's tasks share.
@@ -83,8 +92,18 @@ pub struct SlaveCtx {
     pub sys: SysStats,
     pub http: reqwest::Client,
     pub tickets: tickets::TicketKey,
+    /// The open HTTP connections (bounded).
+    pub conns: Arc<common::http::ConnTable>,
+    pub parked: serve::ParkedRequests,
+    /// Streams the master said are not live, and when it said so: asked again only after
+    /// [`MISSING_STREAM_TTL`], however many viewers ask for them meanwhile.
+    pub missing: dashmap::DashMap<String, std::time::Instant>,
     verifier: RwLock<Option<TokenVerifier>>,
+    page_origins: RwLock<std::collections::HashSet<String>>,
 }
+
+/// How long a slave remembers that a stream is not live anywhere.
+pub const MISSING_STREAM_TTL: Duration = Duration::from_secs(1);
 
 impl SlaveCtx {
     pub fn new(cfg: SlaveConfig) -> anyhow::Result<Arc<Self>> {
@@ -96,6 +115,10 @@ impl SlaveCtx {
         Ok(Arc::new(Self {
             tickets: tickets::TicketKey::derive(&cfg.secret, &cfg.node_id),
             viewers: ViewerTracker::new(cfg.viewer_window),
+            conns: common::http::ConnTable::for_limits(&cfg.http),
+            parked: serve::ParkedRequests::new(cfg.max_parked),
+            missing: Default::default(),
+            page_origins: RwLock::new(Self::own_origins(&cfg)),
             cfg,
             store: StreamStore::default(),
             metrics: SlaveMetrics::new(),
@@ -114,14 +137,47 @@ impl SlaveCtx {
         *self.verifier.write() = Some(v);
     }
 
+    /// The master's origin as we reach it and our configured extras: allowed before the master
+    /// tells us its public one.
+    fn own_origins(cfg: &SlaveConfig) -> std::collections::HashSet<String> {
+        common::http::origin_of(&cfg.master_url)
+            .into_iter()
+            .chain(cfg.cors_origins.iter().cloned())
+            .collect()
+    }
+
+    /// The page origins the master announced at registration, added to our own.
+    pub fn set_page_origins(&self, from_master: &[String]) {
+        let mut all = Self::own_origins(&self.cfg);
+        all.extend(
+            from_master
+                .iter()
+                .filter_map(|o| common::http::origin_of(o)),
+        );
+        *self.page_origins.write() = all;
+    }
+
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.page_origins.read().contains(origin)
+    }
+
+    /// Only the viewer endpoints (`/live/…`) answer browsers of other origins, and only the
+    /// cluster's page origins; `/internal`, `/metrics` and `/health` grant no origin at all.
     pub fn router(self: &Arc<Self>) -> Router {
+        let ctx = self.clone();
+        let cors = tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
+                o.to_str().is_ok_and(|o| ctx.allows_origin(o))
+            }))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::HEAD])
+            .allow_headers([axum::http::header::RANGE])
+            .max_age(Duration::from_secs(600));
         Router::new()
-            .merge(serve::router())
+            .merge(serve::router().layer(cors))
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .route("/internal/mirror", post(mirror_order))
             .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
-            .layer(tower_http::cors::CorsLayer::permissive())
             .with_state(self.clone())
     }
 
@@ -153,12 +209,15 @@ async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
 
 async fn metrics(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
     ctx.metrics.viewers.set(ctx.viewers.count() as i64);
+    ctx.metrics.parked.set(ctx.parked.count() as i64);
+    let mut body = ctx.metrics.render();
+    body.push_str(&ctx.conns.counters.render("classcast_slave"));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        ctx.metrics.render(),
+        body,
     )
 }
 
@@ -188,17 +247,15 @@ pub async fn serve(
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
     let agent = tokio::spawn(agent::Agent::new(ctx.clone()).run());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(
-            http,
-            ctx.router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+    let server = tokio::spawn(common::http::serve(
+        http,
+        ctx.router(),
+        ctx.cfg.http.clone(),
+        ctx.conns.clone(),
+        async move {
             let _ = rx.await;
-        })
-        .into_future(),
-    );
+        },
+    ));
     shutdown.await;
     tracing::info!("slave shutting down");
     ingest.abort();

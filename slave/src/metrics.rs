@@ -24,6 +24,10 @@ pub struct SlaveMetrics {
     pub mirror_lag_seconds: Histogram,
     pub upstream_reconnects: IntCounter,
     pub upstream_connections: IntGauge,
+    pub origin_lookups: IntCounter,
+    /// RTMP connections closed by a bound before publishing, by bound.
+    pub rtmp_refusals: IntCounterVec,
+    pub parked: IntGauge,
 }
 
 impl SlaveMetrics {
@@ -95,6 +99,22 @@ impl SlaveMetrics {
                 "classcast_slave_upstream_connections",
                 "Streams mirrored from an upstream",
             ),
+            origin_lookups: ic(
+                "classcast_slave_origin_lookups_total",
+                "Questions to the master about where a stream this node lacks is live",
+            ),
+            rtmp_refusals: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_rtmp_refusals_total",
+                    "RTMP connections refused or closed by a bound, by bound",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            parked: ig(
+                "classcast_slave_parked_requests",
+                "Blocking playlist and part requests waiting now",
+            ),
             requests_by_kind: ["playlist", "init", "segment", "part"]
                 .map(|k| http_requests.with_label_values(&[k])),
             http_requests,
@@ -115,6 +135,9 @@ impl SlaveMetrics {
             Box::new(m.mirror_lag_seconds.clone()),
             Box::new(m.upstream_reconnects.clone()),
             Box::new(m.upstream_connections.clone()),
+            Box::new(m.origin_lookups.clone()),
+            Box::new(m.rtmp_refusals.clone()),
+            Box::new(m.parked.clone()),
         ];
         for c in cs {
             m.prom.register(c).unwrap();

@@ -69,7 +69,30 @@ pub fn start(
 }
 
 /// A viewer asked for a stream we do not have: ask the master where it lives and mirror it.
+/// The answer "not live" is remembered for a moment, so that requests for a stream the cluster
+/// does not have cost the master one lookup a second, not one per request.
 pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<StreamEntry>> {
+    if ctx
+        .missing
+        .get(path)
+        .is_some_and(|t| t.elapsed() < crate::MISSING_STREAM_TTL)
+    {
+        return None;
+    }
+    let found = lookup_origin(ctx, path).await;
+    if found.is_none() {
+        if ctx.missing.len() > 10_000 {
+            ctx.missing
+                .retain(|_, t| t.elapsed() < crate::MISSING_STREAM_TTL);
+        }
+        ctx.missing
+            .insert(path.to_string(), std::time::Instant::now());
+    }
+    found
+}
+
+async fn lookup_origin(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<StreamEntry>> {
+    ctx.metrics.origin_lookups.inc();
     let url = format!(
         "{}/cluster/streams/origin?path={path}",
         ctx.cfg.master_url.trim_end_matches('/')

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -99,7 +100,7 @@ impl<'a> HlsQuery<'a> {
 /// Who is asking: a viewer (by token, or by the media ticket its playlist listed) allowed until
 /// `exp`, or another slave with the cluster secret.
 enum Caller {
-    Viewer { exp: u64 },
+    Viewer { exp: u64, viewer: String },
     Peer,
 }
 
@@ -125,8 +126,13 @@ fn authorize(
                 "a playlist needs the viewer's token (jwt=…); tickets are for media URIs",
             ));
         }
-        let exp = ctx.tickets.check(t, path, common::now_unix())?;
-        return Ok(Caller::Viewer { exp });
+        let (exp, viewer) = ctx.tickets.check(t, path, common::now_unix())?;
+        // A viewer counts once it fetches media, never for a playlist alone.
+        ctx.viewers.touch(viewer);
+        return Ok(Caller::Viewer {
+            exp,
+            viewer: viewer.to_string(),
+        });
     }
     let verifier = ctx.verifier().ok_or_else(|| {
         ApiError::unavailable(
@@ -135,8 +141,14 @@ fn authorize(
         )
     })?;
     let claims = verifier.authorize(q.jwt.as_deref(), &ctx.cfg.node_id, path, Action::Read)?;
-    ctx.viewers.touch(&claims.jti);
-    Ok(Caller::Viewer { exp: claims.exp })
+    let viewer = crate::tickets::viewer_id(&claims.jti);
+    if *kind != HlsFile::Playlist {
+        ctx.viewers.touch(&viewer);
+    }
+    Ok(Caller::Viewer {
+        exp: claims.exp,
+        viewer,
+    })
 }
 
 async fn hls_file(
@@ -198,11 +210,13 @@ async fn serve_file(
     match kind {
         HlsFile::Playlist => {
             // What follows every URI: the viewer's media ticket, nothing for a peer.
-            let query = match caller {
-                Caller::Viewer { exp } => format!("?t={}", ctx.tickets.mint(&path, exp)),
+            let query = match &caller {
+                Caller::Viewer { exp, viewer } => {
+                    format!("?t={}", ctx.tickets.mint(&path, *exp, viewer))
+                }
                 Caller::Peer => String::new(),
             };
-            let body = playlist_response(stream, &q, &query).await?;
+            let body = playlist_response(ctx, stream, &q, &query).await?;
             let mut r = respond(
                 ctx,
                 body.into(),
@@ -230,8 +244,7 @@ async fn serve_file(
                     Some(d) => d,
                     None => {
                         // The first init arrives with the first keyframe; wait briefly for it.
-                        let hold = hold_time(stream);
-                        stream.wait_for(hold, |st| st.init(id).is_some()).await;
+                        park(ctx, stream, |st| st.init(id).is_some()).await?;
                         stream.read().init(id).cloned().ok_or_else(|| {
                             ApiError::not_found("not_found", "no such init segment")
                         })?
@@ -248,7 +261,7 @@ async fn serve_file(
             if !known {
                 return Err(ApiError::not_found("not_found", "no such segment"));
             }
-            stream.wait_for(hold_time(stream), ready).await;
+            park(ctx, stream, ready).await?;
             let body = stream.read().segment(msn).and_then(|s| s.body());
             body.map(|b| segment_response(ctx, b))
                 .ok_or_else(|| ApiError::not_found("not_found", "segment not available"))
@@ -277,9 +290,7 @@ async fn serve_file(
                 return Err(ApiError::not_found("not_found", "no such part"));
             }
             // A preload-hinted part: hold the request until it exists.
-            stream
-                .wait_for(hold_time(stream), |st| st.part_settled(msn, idx))
-                .await;
+            park(ctx, stream, |st| st.part_settled(msn, idx)).await?;
             let d = get(&stream.read());
             d.map(|d| media(ctx, d))
                 .ok_or_else(|| ApiError::not_found("not_found", "part not available"))
@@ -287,14 +298,73 @@ async fn serve_file(
     }
 }
 
-/// About three target durations, the spec's suggestion for holding a blocking request.
-fn hold_time(stream: &HlsStream) -> Duration {
+/// About three target durations, the spec's suggestion for holding a blocking request; under
+/// half the HTTP idle timeout, so a parked request never looks idle.
+fn hold_time(ctx: &SlaveCtx, stream: &HlsStream) -> Duration {
     let st = stream.read();
     let target = playlist::target_duration(&st, &stream.cfg);
-    Duration::from_secs(3 * target)
+    Duration::from_secs(3 * target).min(ctx.cfg.http.idle_timeout / 2)
+}
+
+/// Requests parked at once (blocking reloads, preload-hinted parts), bounded: each holds a
+/// task, a timer and a connection, and a client can open as many as it likes.
+pub struct ParkedRequests {
+    now: AtomicUsize,
+    max: usize,
+}
+
+pub struct ParkedSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ParkedSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ParkedRequests {
+    pub fn new(max: usize) -> Self {
+        Self {
+            now: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> Option<ParkedSlot<'_>> {
+        if self.now.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.now.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ParkedSlot(&self.now))
+    }
+}
+
+/// Holds a request until `ready` holds or the hold time passes (returning whether it held),
+/// counted against the parked bound: past it, 503 with `Retry-After`.
+async fn park(
+    ctx: &SlaveCtx,
+    stream: &HlsStream,
+    ready: impl Fn(&StreamState) -> bool,
+) -> Result<bool, ApiError> {
+    if ready(&stream.read()) {
+        return Ok(true);
+    }
+    let Some(_slot) = ctx.parked.enter() else {
+        tracing::warn!(path = %stream.path, max = ctx.parked.max, "too many parked requests; refusing a blocking one");
+        return Err(ApiError::unavailable(
+            "too_many_waiting",
+            "this node holds as many blocking requests as it can; retry shortly",
+        )
+        .retry_after(1));
+    };
+    Ok(stream.wait_for(hold_time(ctx, stream), ready).await)
 }
 
 async fn playlist_response(
+    ctx: &SlaveCtx,
     stream: &Arc<HlsStream>,
     q: &HlsQuery<'_>,
     query: &str,
@@ -318,7 +388,7 @@ async fn playlist_response(
                     || st.last_msn().is_some_and(|l| l > msn)
             }
         };
-        let ok = stream.wait_for(hold_time(stream), ready).await;
+        let ok = park(ctx, stream, ready).await?;
         if !ok && !stream.is_ended() {
             return Err(ApiError::unavailable(
                 "not_ready",
@@ -329,7 +399,7 @@ async fn playlist_response(
         // Plain-HLS players need at least one whole segment; a playlist of parts only would
         // make them give up. Hold the very first request until a segment completes.
         let has_segment = |st: &StreamState| st.segments.iter().any(|s| s.complete);
-        stream.wait_for(hold_time(stream), has_segment).await;
+        park(ctx, stream, has_segment).await?;
     }
     Ok(stream.rendered().join_with(query))
 }

@@ -6,8 +6,14 @@
 //! for hashing those 400 bytes. A ticket is `<exp>.<mac>`: HMAC-SHA256, cut to 128 bits, over
 //! the stream path and the JWT's expiry, under a key derived from the cluster secret and this
 //! node's id. It grants exactly what the JWT granted for media — reading that stream on this
-//! node until `exp` — and is refused for playlists, so the JWT checks and viewer counting stay
-//! on the playlist request, which a player repeats every part.
+//! node until `exp` — and is refused for playlists, so the JWT check stays on the playlist
+//! request, which a player repeats every part.
+//!
+//! The ticket also names its viewer: `<exp>.<viewer>.<mac>`, where `viewer` is 8 bytes of a hash
+//! of the JWT's `jti`, under the MAC. A viewer is counted when it fetches media with its ticket,
+//! not when it fetches a playlist: a token minted and used for one playlist (or a thousand of
+//! them) moves no load figure, and the routing, the dashboard and the alerts follow viewers who
+//! actually play.
 //!
 //! Why a derived key rather than a random one: tickets survive a slave restart (the player keeps
 //! its playlist's URIs for a moment), and whoever could compute the key already holds the
@@ -24,6 +30,14 @@ use common::secret::ClusterSecret;
 const MAC_LEN: usize = 16;
 /// Base64url characters of a [`MAC_LEN`]-byte MAC.
 const MAC_CHARS: usize = 22;
+/// Base64url characters of the 8-byte viewer id.
+const VIEWER_CHARS: usize = 11;
+
+/// The viewer id a ticket carries for the token `jti`.
+pub fn viewer_id(jti: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jti.as_bytes());
+    URL_SAFE_NO_PAD.encode(&d.as_ref()[..8])
+}
 
 pub struct TicketKey {
     key: hmac::Key,
@@ -41,28 +55,37 @@ impl TicketKey {
         }
     }
 
-    fn mac(&self, path: &str, exp: u64) -> [u8; MAC_LEN] {
+    fn mac(&self, path: &str, exp: u64, viewer: &str) -> [u8; MAC_LEN] {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(path.as_bytes());
         ctx.update(b"\0");
         ctx.update(&exp.to_be_bytes());
+        ctx.update(viewer.as_bytes());
         let tag = ctx.sign();
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
         out
     }
 
-    /// The ticket for reading `path` here until `exp` (Unix seconds).
-    pub fn mint(&self, path: &str, exp: u64) -> String {
+    /// The ticket for `viewer` (see [`viewer_id`]) reading `path` here until `exp` (Unix
+    /// seconds).
+    pub fn mint(&self, path: &str, exp: u64, viewer: &str) -> String {
         let mut t = exp.to_string();
         t.push('.');
-        URL_SAFE_NO_PAD.encode_string(self.mac(path, exp), &mut t);
+        t.push_str(viewer);
+        t.push('.');
+        URL_SAFE_NO_PAD.encode_string(self.mac(path, exp, viewer), &mut t);
         t
     }
 
-    /// Checks a ticket for `path` at `now` and returns its expiry: 401 when it is malformed,
-    /// forged, for another stream or node (those three look the same), or expired.
-    pub fn check(&self, ticket: &str, path: &str, now: u64) -> Result<u64, ApiError> {
+    /// Checks a ticket for `path` at `now` and returns its expiry and viewer id: 401 when it is
+    /// malformed, forged, for another stream or node (those three look the same), or expired.
+    pub fn check<'t>(
+        &self,
+        ticket: &'t str,
+        path: &str,
+        now: u64,
+    ) -> Result<(u64, &'t str), ApiError> {
         let invalid = || {
             ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
@@ -70,8 +93,10 @@ impl TicketKey {
                 "invalid media ticket (take the URIs from a playlist fetched with your token)",
             )
         };
-        let (exp, mac) = ticket.split_once('.').ok_or_else(invalid)?;
-        if exp.is_empty() || exp.len() > 20 || mac.len() != MAC_CHARS {
+        let (exp, rest) = ticket.split_once('.').ok_or_else(invalid)?;
+        let (viewer, mac) = rest.split_once('.').ok_or_else(invalid)?;
+        if exp.is_empty() || exp.len() > 20 || viewer.len() != VIEWER_CHARS || mac.len() != MAC_CHARS
+        {
             return Err(invalid());
         }
         let exp: u64 = exp.parse().map_err(|_| invalid())?;
@@ -80,8 +105,11 @@ impl TicketKey {
             .decode_slice(mac, &mut given)
             .map_err(|_| invalid())?;
         if n != MAC_LEN
-            || constant_time::verify_slices_are_equal(&given[..MAC_LEN], &self.mac(path, exp))
-                .is_err()
+            || constant_time::verify_slices_are_equal(
+                &given[..MAC_LEN],
+                &self.mac(path, exp, viewer),
+            )
+            .is_err()
         {
             return Err(invalid());
         }
@@ -92,7 +120,7 @@ impl TicketKey {
                 "media ticket expired: the token it came with has expired",
             ));
         }
-        Ok(exp)
+        Ok((exp, viewer))
     }
 }
 
@@ -110,10 +138,17 @@ mod tests {
     #[test]
     fn mint_and_check() {
         let k = key("node-a");
-        let t = k.mint("live/class", 2_000);
-        assert!(t.len() < 40, "{t}");
+        let v = viewer_id("jti-1");
+        let t = k.mint("live/class", 2_000, &v);
+        assert!(t.len() < 52, "{t}");
         assert!(t.starts_with("2000."));
-        assert_eq!(k.check(&t, "live/class", 1_999).unwrap(), 2_000);
+        assert_eq!(
+            k.check(&t, "live/class", 1_999).unwrap(),
+            (2_000, v.as_str())
+        );
+        // Another viewer's id under this MAC is refused.
+        let other = t.replacen(&v, &viewer_id("jti-2"), 1);
+        assert!(k.check(&other, "live/class", 1).is_err());
         // Expired, other stream, other node, other secret, tampered expiry or MAC.
         assert_eq!(
             k.check(&t, "live/class", 2_000).unwrap_err().code,
@@ -145,6 +180,8 @@ mod tests {
             "2000.",
             "x.AAAAAAAAAAAAAAAAAAAAAA",
             "2000.!!!!",
+            "2000.AAAAAAAAAAA",
+            "2000.AAAAAAAAAAA.!!",
         ] {
             assert_eq!(
                 k.check(junk, "live/class", 1).unwrap_err().code,

@@ -283,7 +283,7 @@ async fn master_statuses_tokens_balance_and_refusals() {
         .await
         .unwrap();
     let (code, v) = c
-        .token(json!({"role":"monitor","user_id":"m"}))
+        .token(json!({"role":"monitor","user_id":"m","credential":SECRET}))
         .await
         .unwrap_err();
     assert_eq!((code, v["error"].as_str()), (503, Some("no_node")));
@@ -310,7 +310,7 @@ async fn master_restart_slave_reregisters_and_key_survives() {
     .await
     .unwrap();
     let tok = c
-        .token(json!({"role":"monitor","user_id":"m"}))
+        .token(json!({"role":"monitor","user_id":"m","credential":SECRET}))
         .await
         .unwrap();
     c.master.as_mut().unwrap().kill9();

@@ -1,7 +1,8 @@
 //! Intra-cluster API: registration, heartbeats, stream announcements, and the cluster views.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +29,26 @@ pub fn router() -> Router<AppState> {
         .route("/prometheus/targets", get(prometheus_targets))
 }
 
+/// A caller holding the cluster secret (another node or an operator's script); 401 otherwise,
+/// with a log line naming the route.
+pub struct ClusterPeer;
+
+impl FromRequestParts<AppState> for ClusterPeer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        st.cfg.secret.check(&parts.headers).inspect_err(|e| {
+            tracing::warn!(route = %parts.uri.path(), error = %e, "refused a cluster call without a valid cluster secret");
+        })?;
+        Ok(ClusterPeer)
+    }
+}
+
+/// Longest URL a node may register (scheme, host, port and a path prefix fit easily).
+const MAX_URL_LEN: usize = 512;
+const MAX_NODE_NAME_CHARS: usize = 128;
+const MAX_VERSION_CHARS: usize = 64;
+
 fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -37,45 +58,57 @@ fn valid_node_id(id: &str) -> bool {
 }
 
 fn valid_base_url(u: &str, schemes: &[&str]) -> bool {
-    url::Url::parse(u).is_ok_and(|p| schemes.contains(&p.scheme()) && p.host().is_some())
+    u.len() <= MAX_URL_LEN
+        && url::Url::parse(u).is_ok_and(|p| schemes.contains(&p.scheme()) && p.host().is_some())
+}
+
+/// Free text shown on the pages: counted in characters (never cut inside one), no control
+/// characters.
+fn valid_text(s: &str, max_chars: usize) -> bool {
+    s.chars().count() <= max_chars && !s.chars().any(char::is_control)
 }
 
 async fn register(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: ClusterPeer,
     body: Result<JsonBody<RegisterRequest>, ApiError>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    st.secret.check(&headers).inspect_err(|e| {
-        tracing::warn!(error = %e, "refused registration without a valid cluster secret");
-    })?;
-    let JsonBody(mut req) = body?;
+    let JsonBody(req) = body?;
     if !valid_node_id(&req.node_id) {
         return Err(ApiError::bad_request(
             "node_id must be 1–64 chars of [A-Za-z0-9._-]",
         ));
     }
+    if !valid_text(&req.node_name, MAX_NODE_NAME_CHARS) {
+        return Err(ApiError::bad_request(format!(
+            "node_name must be at most {MAX_NODE_NAME_CHARS} characters, none of them control characters"
+        )));
+    }
+    if !valid_text(&req.version, MAX_VERSION_CHARS) {
+        return Err(ApiError::bad_request(format!(
+            "version must be at most {MAX_VERSION_CHARS} characters, none of them control characters"
+        )));
+    }
     if !valid_base_url(&req.public_url, &["http", "https"]) {
         return Err(ApiError::bad_request(
-            "public_url must be an absolute http(s) URL",
+            "public_url must be an absolute http(s) URL of at most 512 bytes",
         ));
     }
     if let Some(u) = &req.internal_url
         && !valid_base_url(u, &["http", "https"])
     {
         return Err(ApiError::bad_request(
-            "internal_url must be an absolute http(s) URL",
+            "internal_url must be an absolute http(s) URL of at most 512 bytes",
         ));
     }
     if !valid_base_url(&req.rtmp_url, &["rtmp", "rtmps"]) {
         return Err(ApiError::bad_request(
-            "rtmp_url must be an absolute rtmp:// URL",
+            "rtmp_url must be an absolute rtmp:// URL of at most 512 bytes",
         ));
     }
     if req.max_connections == 0 {
         return Err(ApiError::bad_request("max_connections must be positive"));
     }
-    req.node_name.truncate(128);
-    req.version.truncate(64);
     let node_id = req.node_id.clone();
     let public_url = req.public_url.clone();
     let t = st.registry.register(req).map_err(|e| {
@@ -102,17 +135,15 @@ async fn register(
         issuer: st.issuer.issuer.clone(),
         heartbeat_interval_ms: st.cfg.heartbeat_interval.as_millis() as u64,
         streams,
+        page_origins: st.page_origins(),
     }))
 }
 
 async fn heartbeat(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: ClusterPeer,
     body: Result<JsonBody<Heartbeat>, ApiError>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    st.secret
-        .check(&headers)
-        .inspect_err(|e| tracing::warn!(error = %e, "refused heartbeat"))?;
     let JsonBody(mut hb) = body?;
     // A heartbeat is small; a node claiming thousands of streams is broken or hostile.
     hb.stats.streams.truncate(256);
@@ -143,10 +174,9 @@ async fn heartbeat(
 
 async fn unregister(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: ClusterPeer,
     body: Result<JsonBody<UnregisterRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
-    st.secret.check(&headers)?;
     let JsonBody(req) = body?;
     match st.registry.unregister(&req.node_id) {
         Some(t) => {
@@ -160,10 +190,9 @@ async fn unregister(
 
 async fn announce(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: ClusterPeer,
     body: Result<JsonBody<StreamAnnounce>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
-    st.secret.check(&headers)?;
     let JsonBody(a) = body?;
     let path = stream_path(&a.path).ok_or_else(|| ApiError::bad_request("bad stream path"))?;
     if !st.registry.announce(&a.node_id, &path, a.live) {
@@ -217,10 +246,9 @@ struct OriginQuery {
 /// Where an edge pulls `path` from, for a viewer that arrived before the mirror order.
 async fn origin(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    _: ClusterPeer,
     axum::extract::Query(q): axum::extract::Query<OriginQuery>,
 ) -> Result<Json<MirrorOrder>, ApiError> {
-    st.secret.check(&headers)?;
     let path = stream_path(&q.path).ok_or_else(|| ApiError::bad_request("bad stream path"))?;
     let o = st
         .registry

@@ -1,8 +1,10 @@
 //! `POST /api/token`: picks a slave for a viewer and mints a token bound to it.
 
+use std::net::SocketAddr;
+
 use axum::Json;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, header};
 use common::api::{TokenRequest, TokenResponse};
 use common::error::JsonBody;
 use common::token::{Action, Role};
@@ -21,16 +23,51 @@ pub fn valid_user_id(id: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.' | '@'))
 }
 
+/// Whether the request came from a page of another origin than ours. Browsers send `Origin` on
+/// every cross-origin request and on same-origin POSTs; scripts send none.
+fn cross_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_none() || origin_host != host
+}
+
+/// The credential a request carries: the `credential` field, or `Authorization: Bearer`.
+fn credential<'a>(req: &'a TokenRequest, headers: &'a HeaderMap) -> Option<&'a str> {
+    req.credential.as_deref().or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    })
+}
+
 pub async fn issue_token(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<JsonBody<TokenRequest>, ApiError>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let peer = peer.ip();
     let refuse = |reason: &'static str, e: ApiError| {
         st.metrics.token_refusals.with_label_values(&[reason]).inc();
-        tracing::info!(reason, error = %e, "token request refused");
+        tracing::info!(%peer, reason, error = %e, "token request refused");
         e
     };
+    if let Err(wait) = st.token_limiter.check(peer) {
+        return Err(refuse(
+            "rate_limited",
+            ApiError::too_many(
+                "rate_limited",
+                "too many tokens from this address; try again shortly",
+                wait,
+            ),
+        ));
+    }
     let JsonBody(req) = body.map_err(|e| refuse("bad_request", e))?;
     if !valid_user_id(&req.user_id) {
         return Err(refuse(
@@ -47,14 +84,28 @@ pub async fn issue_token(
     })?;
     let name = path.trim_start_matches("live/").to_string();
 
+    // The teacher login and monitor tokens are for our own pages and scripts, never for a page
+    // of another site that a student's browser happens to run.
+    if req.role != Role::Student && cross_origin(&headers) {
+        return Err(refuse(
+            "cross_origin",
+            ApiError::forbidden("teacher and monitor tokens are not issued to other sites' pages"),
+        ));
+    }
     if req.role == Role::Teacher {
-        let given = req.credential.as_deref().or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        });
-        match (&st.cfg.teacher_credential, given) {
+        if let Err(wait) = st.login_throttle.check(peer) {
+            tracing::warn!(%peer, retry_after = wait, "teacher login throttled after repeated wrong passwords");
+            st.metrics
+                .token_refusals
+                .with_label_values(&["login_throttled"])
+                .inc();
+            return Err(ApiError::too_many(
+                "login_throttled",
+                "too many wrong passwords from this address; wait before trying again",
+                wait,
+            ));
+        }
+        match (&st.cfg.teacher_credential, credential(&req, &headers)) {
             (None, _) => {
                 return Err(refuse(
                     "teacher_disabled",
@@ -63,14 +114,27 @@ pub async fn issue_token(
                     ),
                 ));
             }
-            (Some(want), Some(g)) if common::secret::credential_eq(want, g) => {}
+            (Some(want), Some(g)) if common::secret::credential_eq(want, g) => {
+                st.login_throttle.succeeded(peer);
+            }
             _ => {
+                let block = st.login_throttle.failed(peer);
+                tracing::warn!(%peer, blocked_for = ?block, "wrong teacher password");
                 return Err(refuse(
                     "teacher_credential",
                     ApiError::unauthorized("wrong teacher credential"),
                 ));
             }
         }
+    }
+    // A monitor token reads any stream on any node: operators only.
+    if req.role == Role::Monitor
+        && !credential(&req, &headers).is_some_and(|c| st.cfg.secret.matches(c))
+    {
+        return Err(refuse(
+            "monitor_credential",
+            ApiError::unauthorized("a monitor token needs the cluster secret as its credential"),
+        ));
     }
 
     let chosen: Selected = match req.role {

@@ -1,6 +1,7 @@
 //! RTMP ingest: one tokio task per connection, from TCP bytes through the rml_rtmp adapter and
 //! the packager into the stream store.
 
+pub mod chunks;
 pub mod rtmp;
 
 use std::net::SocketAddr;
@@ -17,7 +18,12 @@ use crate::hls::store::{HlsStream, Source};
 use crate::media::{Packager, PackagerConfig, PackagerOutput};
 use rtmp::{RtmpEvent, RtmpSession, split_stream_key};
 
+/// Accepts RTMP connections, at most `max_connections` at once: past it a newcomer is closed at
+/// once (a connection that has not published yet is closed at its publish deadline, so the room
+/// it takes is bounded in time too).
 pub async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.rtmp.max_connections));
+    let mut last_warn: Option<Instant> = None;
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -27,8 +33,21 @@ pub async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            ctx.metrics
+                .rtmp_refusals
+                .with_label_values(&["connection_cap"])
+                .inc();
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_warn = Some(Instant::now());
+                tracing::warn!(%peer, max = ctx.cfg.rtmp.max_connections, "rtmp connection cap reached; refusing");
+            }
+            drop(sock);
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             ctx.metrics.rtmp_connections.inc();
             let mut conn = Connection::new(ctx.clone(), peer);
             let res = conn.run(sock).await;
@@ -75,21 +94,46 @@ impl Connection {
         let limits = self.ctx.cfg.rtmp.clone();
         let mut session = RtmpSession::new(limits.limits.clone());
         let mut buf = vec![0u8; 64 * 1024];
-        let handshake_deadline = Instant::now() + limits.handshake_timeout;
+        let accepted = Instant::now();
+        let handshake_deadline = accepted + limits.handshake_timeout;
+        // One deadline from accept to an accepted publish, whatever the peer sends meanwhile.
+        let publish_deadline = accepted + limits.publish_timeout;
         loop {
-            let timeout = if session.handshake_done() {
-                limits.idle_timeout
+            let (timeout, why) = if session.publishing() {
+                (limits.idle_timeout, "idle")
+            } else if session.handshake_done() {
+                let left = publish_deadline.saturating_duration_since(Instant::now());
+                (left.min(limits.idle_timeout), "publish_deadline")
             } else {
-                handshake_deadline.saturating_duration_since(Instant::now())
+                let left = handshake_deadline.min(publish_deadline);
+                (left.saturating_duration_since(Instant::now()), "handshake_deadline")
             };
             let n = match tokio::time::timeout(timeout, sock.read(&mut buf)).await {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(e.into()),
-                Err(_) if session.handshake_done() => anyhow::bail!("idle for {timeout:?}"),
-                Err(_) => anyhow::bail!("handshake not completed in time"),
+                Err(_) => {
+                    self.ctx.metrics.rtmp_refusals.with_label_values(&[why]).inc();
+                    match why {
+                        "idle" => anyhow::bail!("idle for {timeout:?}"),
+                        "publish_deadline" => anyhow::bail!(
+                            "no accepted publish within {:?} of connecting",
+                            limits.publish_timeout
+                        ),
+                        _ => anyhow::bail!("handshake not completed in time"),
+                    }
+                }
             };
             let events = session.feed(&buf[..n]);
+            if let Err(e) = &events {
+                let reason = match e {
+                    rtmp::RtmpError::Chunk(chunks::ChunkError::ChunkSize(..)) => "chunk_size",
+                    rtmp::RtmpError::Chunk(chunks::ChunkError::MessageTooLarge(..))
+                    | rtmp::RtmpError::MessageTooLarge(..) => "message_too_large",
+                    _ => "protocol",
+                };
+                self.ctx.metrics.rtmp_refusals.with_label_values(&[reason]).inc();
+            }
             let out = session.take_output();
             if !out.is_empty() {
                 sock.write_all(&out).await?;

@@ -1,10 +1,14 @@
 //! The one module that talks to rml_rtmp. Sans-IO: bytes in, events and bytes out. rml_rtmp can
 //! panic on hostile input, so every call into it is behind `catch_unwind`: a panic becomes an
-//! error that closes only the connection that caused it.
+//! error that closes only the connection that caused it. Bytes reach rml_rtmp only after the
+//! [`ChunkGuard`] has followed them: the bounds on chunk size and message size hold before
+//! rml_rtmp buffers anything.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
+
+use super::chunks::{ChunkError, ChunkGuard};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
@@ -12,9 +16,12 @@ use rml_rtmp::sessions::{
 
 #[derive(Debug, Clone)]
 pub struct RtmpLimits {
-    /// Most bytes accepted without a complete message coming out: bounds what a peer can make
-    /// us buffer (one keyframe of a 20 Mbps stream fits easily).
+    /// Most bytes accepted without a complete message coming out, once a publish is accepted:
+    /// bounds what a publisher can make us buffer (one keyframe of a 20 Mbps stream fits).
     pub max_message_bytes: usize,
+    /// The same bound before a publish is accepted: commands are small, and a connection that
+    /// has not proved anything must not hold megabytes.
+    pub max_message_bytes_before_publish: usize,
     /// Largest chunk size a peer may set.
     pub max_chunk_size: u32,
 }
@@ -23,6 +30,7 @@ impl Default for RtmpLimits {
     fn default() -> Self {
         Self {
             max_message_bytes: 8 * 1024 * 1024,
+            max_message_bytes_before_publish: 64 * 1024,
             max_chunk_size: 1 << 20,
         }
     }
@@ -67,8 +75,8 @@ pub enum RtmpError {
     Panic(String),
     #[error("peer sent {0} bytes without completing a message (limit {1})")]
     MessageTooLarge(usize, usize),
-    #[error("peer set chunk size {0} (limit {1})")]
-    ChunkTooLarge(u32, u32),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
 }
 
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, RtmpError> {
@@ -85,9 +93,13 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, RtmpError> {
 pub struct RtmpSession {
     handshake: Option<Handshake>,
     session: Option<ServerSession>,
+    guard: ChunkGuard,
     out: Vec<u8>,
     since_message: usize,
     limits: RtmpLimits,
+    /// Publish requests raised and not yet answered.
+    publish_requests: Vec<u32>,
+    publishing: bool,
 }
 
 impl RtmpSession {
@@ -95,14 +107,33 @@ impl RtmpSession {
         Self {
             handshake: Some(Handshake::new(PeerType::Server)),
             session: None,
+            guard: ChunkGuard::new(
+                limits.max_chunk_size,
+                limits.max_message_bytes_before_publish as u32,
+            ),
             out: Vec::new(),
             since_message: 0,
             limits,
+            publish_requests: Vec::new(),
+            publishing: false,
         }
     }
 
     pub fn handshake_done(&self) -> bool {
         self.session.is_some()
+    }
+
+    /// Whether a publish was accepted on this connection (the larger bounds apply).
+    pub fn publishing(&self) -> bool {
+        self.publishing
+    }
+
+    fn max_unfinished(&self) -> usize {
+        if self.publishing {
+            self.limits.max_message_bytes
+        } else {
+            self.limits.max_message_bytes_before_publish
+        }
     }
 
     /// Bytes to write to the peer, in order.
@@ -140,15 +171,16 @@ impl RtmpSession {
                 }
             }
         }
+        self.guard.feed(bytes)?;
         self.since_message += bytes.len();
         let session = self.session.as_mut().expect("handshake done");
         let results = guarded(|| session.handle_input(bytes))?
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
         let events = self.absorb(results)?;
-        if self.since_message > self.limits.max_message_bytes {
+        if self.since_message > self.max_unfinished() {
             return Err(RtmpError::MessageTooLarge(
                 self.since_message,
-                self.limits.max_message_bytes,
+                self.max_unfinished(),
             ));
         }
         Ok(events)
@@ -161,6 +193,12 @@ impl RtmpSession {
             .ok_or_else(|| RtmpError::Protocol("no session".into()))?;
         let results = guarded(|| session.accept_request(request_id))?
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        if let Some(i) = self.publish_requests.iter().position(|&r| r == request_id) {
+            self.publish_requests.swap_remove(i);
+            self.publishing = true;
+            self.guard
+                .set_max_message(self.limits.max_message_bytes.min(u32::MAX as usize) as u32);
+        }
         self.absorb(results)
     }
 
@@ -199,15 +237,6 @@ impl RtmpSession {
 
     fn translate(&mut self, ev: ServerSessionEvent) -> Result<Option<RtmpEvent>, RtmpError> {
         Ok(match ev {
-            ServerSessionEvent::ClientChunkSizeChanged { new_chunk_size } => {
-                if new_chunk_size > self.limits.max_chunk_size {
-                    return Err(RtmpError::ChunkTooLarge(
-                        new_chunk_size,
-                        self.limits.max_chunk_size,
-                    ));
-                }
-                None
-            }
             ServerSessionEvent::ConnectionRequested {
                 request_id,
                 app_name,
@@ -220,11 +249,16 @@ impl RtmpSession {
                 app_name,
                 stream_key,
                 ..
-            } => Some(RtmpEvent::Publish {
-                request_id,
-                app: app_name,
-                stream_key,
-            }),
+            } => {
+                if self.publish_requests.len() < 8 {
+                    self.publish_requests.push(request_id);
+                }
+                Some(RtmpEvent::Publish {
+                    request_id,
+                    app: app_name,
+                    stream_key,
+                })
+            }
             ServerSessionEvent::PublishStreamFinished { stream_key, .. } => {
                 Some(RtmpEvent::PublishFinished { stream_key })
             }
