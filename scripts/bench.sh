@@ -207,8 +207,10 @@ export LOG=${LOG:-info}
 start_master() {
   local name=$1 port=$2
   mkdir -p "$WORK/$name"
+  # Every load generator is one loopback address: the per-address token limit would measure
+  # itself, not the issuer.
   "${RT[@]}" "$CC" master --bind "127.0.0.1:$port" --jwt-key-file "$WORK/$name/jwt.pem" \
-    --heartbeat-interval-ms 1000 >"$WORK/$name.log" 2>&1 &
+    --heartbeat-interval-ms 1000 --token-rate-per-addr 1000000 --token-burst-per-addr 1000000 >"$WORK/$name.log" 2>&1 &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
   "$BENCH" wait --url "http://127.0.0.1:$port/health"

@@ -75,8 +75,9 @@ struct Failures {
     last: Instant,
 }
 
-/// Failed logins per address: after `free` failures each further one blocks the address for
-/// twice as long as the one before (1 s, 2 s, 4 s … up to `max_block`). A success clears it.
+/// Failed logins per address: the `free`-th failure blocks the address for 5 s, and each
+/// failure after a block ends doubles it (10 s, 20 s … up to `max_block`). Requests while
+/// blocked are refused unchecked. A success clears the address.
 pub struct LoginThrottle {
     free: u32,
     max_block: Duration,
@@ -129,7 +130,7 @@ impl LoginThrottle {
             return None;
         }
         let doublings = (f.count - self.free).min(20);
-        let block = Duration::from_secs(1u64 << doublings).min(self.max_block);
+        let block = Duration::from_secs(5u64 << doublings).min(self.max_block);
         f.blocked_until = Some(now + block);
         Some(block)
     }
@@ -170,10 +171,10 @@ mod tests {
         assert_eq!(t.failed(a), None);
         assert_eq!(t.failed(a), None);
         assert!(t.check(a).is_ok());
-        assert_eq!(t.failed(a), Some(Duration::from_secs(1)));
+        assert_eq!(t.failed(a), Some(Duration::from_secs(5)));
         assert!(t.check(a).is_err());
-        assert_eq!(t.failed(a), Some(Duration::from_secs(2)));
-        assert_eq!(t.failed(a), Some(Duration::from_secs(4)));
+        assert_eq!(t.failed(a), Some(Duration::from_secs(10)));
+        assert_eq!(t.failed(a), Some(Duration::from_secs(20)));
         for _ in 0..30 {
             t.failed(a);
         }

@@ -12,7 +12,15 @@ use crate::support::*;
 /// 1,000 tokens/s for 10 s while viewers play: every request answered, no viewer interrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_storm_while_viewers_play() {
-    let c = Cluster::start("join_storm", 2, Timings::default()).await;
+    // 1,000 joins a second from one address, as a large school behind one NAT address.
+    let c = Cluster::start_with(
+        "join_storm",
+        2,
+        Timings::default(),
+        &["--token-rate-per-addr", "2000", "--token-burst-per-addr", "2000"],
+        &[],
+    )
+    .await;
     let (rtmp, key, _) = c.teacher("storm").await;
     let _publisher = c.publish("publisher", &rtmp, &key, None);
     c.wait_live("storm", 2).await;

@@ -1,6 +1,6 @@
 //! Issue 3: RTMP ingest → LL-HLS on one slave, with real ffmpeg publishing and reading.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -35,59 +35,6 @@ fn uri_of(playlist: &str, prefix: &str) -> String {
             Some(l[i + 5..].split('"').next()?.to_string())
         })
         .unwrap_or_else(|| panic!("no {prefix} URI in\n{playlist}"))
-}
-
-/// A raw RTMP client that completes the handshake, for the hostile-input cases.
-fn rtmp_handshake(port: u16) -> TcpStream {
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap())
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "server closed during handshake");
-        match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                s.write_all(&response_bytes).unwrap()
-            }
-            HandshakeProcessResult::Completed { response_bytes, .. } => {
-                s.write_all(&response_bytes).unwrap();
-                return s;
-            }
-        }
-    }
-}
-
-/// Chunk with a type-0 header.
-fn chunk0(csid: u8, type_id: u8, len: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![csid & 0x3f, 0, 0, 0];
-    v.extend_from_slice(&len.to_be_bytes()[1..]);
-    v.push(type_id);
-    v.extend_from_slice(&[0, 0, 0, 0]);
-    v.extend_from_slice(payload);
-    v
-}
-
-/// True if the server closes the connection within `within` (reads drain until EOF/reset).
-fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 8192];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 async fn last_part_now(c: &Cluster, base: &str) -> Option<(u64, usize)> {

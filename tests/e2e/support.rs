@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -149,12 +150,28 @@ pub struct Cluster {
     pub slaves: Vec<SlaveProc>,
     pub timings: Timings,
     pub http: reqwest::Client,
+    /// Extra flags for every master and slave this cluster starts.
+    pub master_flags: Vec<String>,
+    pub slave_flags: Vec<String>,
 }
 
 impl Cluster {
     pub async fn start(test: &str, n: usize, timings: Timings) -> Cluster {
+        Self::start_with(test, n, timings, &[], &[]).await
+    }
+
+    /// A cluster whose master and slaves get these extra flags.
+    pub async fn start_with(
+        test: &str,
+        n: usize,
+        timings: Timings,
+        master_flags: &[&str],
+        slave_flags: &[&str],
+    ) -> Cluster {
         let dir = log_dir(test);
         let mut c = Cluster {
+            master_flags: master_flags.iter().map(|s| s.to_string()).collect(),
+            slave_flags: slave_flags.iter().map(|s| s.to_string()).collect(),
             test: test.into(),
             master_port: free_port(),
             key_file: dir.join("jwt.pem"),
@@ -194,6 +211,7 @@ impl Cluster {
                 "--http-header-timeout-ms",
                 &t.http_header_timeout_ms.to_string(),
             ])
+            .args(&self.master_flags)
             .env("CLUSTER_SECRET", SECRET)
             .env("TEACHER_PASSWORD", TEACHER)
             .env("LOG", "info");
@@ -227,6 +245,7 @@ impl Cluster {
                 "--http-header-timeout-ms",
                 &t.http_header_timeout_ms.to_string(),
             ])
+            .args(&self.slave_flags)
             .args(extra)
             .env("CLUSTER_SECRET", SECRET)
             .env("LOG", "info");
@@ -489,4 +508,98 @@ pub fn media_sequence(playlist: &str) -> Option<u64> {
             .parse()
             .ok()
     })
+}
+
+/// A raw RTMP client that completes the handshake, for the hostile-input cases.
+pub fn rtmp_handshake(port: u16) -> std::net::TcpStream {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hs = Handshake::new(PeerType::Client);
+    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed during handshake");
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                s.write_all(&response_bytes).unwrap()
+            }
+            HandshakeProcessResult::Completed { response_bytes, .. } => {
+                s.write_all(&response_bytes).unwrap();
+                return s;
+            }
+        }
+    }
+}
+
+/// Chunk with a type-0 header.
+pub fn chunk0(csid: u8, type_id: u8, len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![csid & 0x3f, 0, 0, 0];
+    v.extend_from_slice(&len.to_be_bytes()[1..]);
+    v.push(type_id);
+    v.extend_from_slice(&[0, 0, 0, 0]);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// True if the server closes the connection within `within` (reads drain until EOF/reset).
+pub fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+
+/// Raises this test process's file descriptor limit to the hard one (flood tests open many
+/// sockets).
+pub fn raise_fd_limit() {
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// A metric's value (the first series of that name) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Reads from `s` until the server closes it; how long that took, or `None` if it was still
+/// open after `within`.
+pub fn time_to_close(s: &mut std::net::TcpStream, within: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    closed_by_server(s, within).then(|| t0.elapsed())
 }

@@ -46,8 +46,8 @@ impl FromRequestParts<AppState> for ClusterPeer {
 
 /// Longest URL a node may register (scheme, host, port and a path prefix fit easily).
 const MAX_URL_LEN: usize = 512;
-const MAX_NODE_NAME_CHARS: usize = 128;
-const MAX_VERSION_CHARS: usize = 64;
+const MAX_NODE_NAME_BYTES: usize = 128;
+const MAX_VERSION_BYTES: usize = 64;
 
 fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
@@ -62,10 +62,10 @@ fn valid_base_url(u: &str, schemes: &[&str]) -> bool {
         && url::Url::parse(u).is_ok_and(|p| schemes.contains(&p.scheme()) && p.host().is_some())
 }
 
-/// Free text shown on the pages: counted in characters (never cut inside one), no control
-/// characters.
-fn valid_text(s: &str, max_chars: usize) -> bool {
-    s.chars().count() <= max_chars && !s.chars().any(char::is_control)
+/// Free text shown on the pages: at most `max_bytes` of UTF-8 (refused whole when longer, never
+/// cut, so never inside a character), no control characters.
+fn valid_text(s: &str, max_bytes: usize) -> bool {
+    s.len() <= max_bytes && !s.chars().any(char::is_control)
 }
 
 async fn register(
@@ -79,14 +79,14 @@ async fn register(
             "node_id must be 1–64 chars of [A-Za-z0-9._-]",
         ));
     }
-    if !valid_text(&req.node_name, MAX_NODE_NAME_CHARS) {
+    if !valid_text(&req.node_name, MAX_NODE_NAME_BYTES) {
         return Err(ApiError::bad_request(format!(
-            "node_name must be at most {MAX_NODE_NAME_CHARS} characters, none of them control characters"
+            "node_name must be at most {MAX_NODE_NAME_BYTES} bytes of UTF-8, with no control characters"
         )));
     }
-    if !valid_text(&req.version, MAX_VERSION_CHARS) {
+    if !valid_text(&req.version, MAX_VERSION_BYTES) {
         return Err(ApiError::bad_request(format!(
-            "version must be at most {MAX_VERSION_CHARS} characters, none of them control characters"
+            "version must be at most {MAX_VERSION_BYTES} bytes of UTF-8, with no control characters"
         )));
     }
     if !valid_base_url(&req.public_url, &["http", "https"]) {
