@@ -614,6 +614,10 @@ if want g2g; then
   P_GB=$((PORT_BASE + 6)) H_GB=$((PORT_BASE + 15)) R_GB=$((PORT_BASE + 25))
   R_GN=$((PORT_BASE + 32)) H_GN=$((PORT_BASE + 33))
   R_GX=$((PORT_BASE + 36)) H_GX=$((PORT_BASE + 37)) F_GX=$((PORT_BASE + 38))
+  # g2g.mjs serves its page from its own port: the slaves allow that origin, as a school allows
+  # the LMS that embeds the player.
+  G2G_PAGE_PORT=$((PORT_BASE + 39))
+  export CORS_ORIGINS="http://127.0.0.1:$G2G_PAGE_PORT"
   start_master master-g2g-200 "$P_GA"; M_GA=$LAST_PID
   start_slave slave-g2g-200 "$P_GA" "$H_GA" "$R_GA" --part-target-ms 200; S_GA=$LAST_PID
   start_master master-g2g-100 "$P_GB"; M_GB=$LAST_PID
@@ -671,7 +675,7 @@ if want g2g; then
   curl -s "$URL_N" >"$WORK/nginx-g2g.m3u8" || true
   if [ "$XIU" = 1 ]; then curl -s "$URL_X" >"$WORK/xiu-g2g.m3u8" || true; fi
   G2G_RUNS=${G2G_RUNS:-3}
-  g2g() { "${RT[@]}" node bench/web/g2g.mjs --runs "$G2G_RUNS" --seconds 30 --epoch "$EPOCH" --out "$RESULTS" "$@"; }
+  g2g() { "${RT[@]}" node bench/web/g2g.mjs --port "$G2G_PAGE_PORT" --runs "$G2G_RUNS" --seconds 30 --epoch "$EPOCH" --out "$RESULTS" "$@"; }
   # G2G_HLS_EXTRA adds hls.js settings to every hls.js configuration (its results get a label
   # suffix), e.g. G2G_HLS_EXTRA='"maxLiveSyncPlaybackRate":1.5' G2G_SUFFIX=+catchup
   X=${G2G_HLS_EXTRA:+,$G2G_HLS_EXTRA} SFX=${G2G_SUFFIX:-}
@@ -702,7 +706,7 @@ if want g2g; then
   G2G_LONG_S=${G2G_LONG_S:-300}
   if [ "$G2G_LONG_S" -gt 0 ]; then
     log "8b stalls: classcast (100 ms parts), hls.js low-latency + catch-up 1.5, one run of $G2G_LONG_S s"
-    "${RT[@]}" node bench/web/g2g.mjs --bench g2g_long --runs 1 --seconds "$G2G_LONG_S" --epoch "$EPOCH" \
+    "${RT[@]}" node bench/web/g2g.mjs --port "$G2G_PAGE_PORT" --bench g2g_long --runs 1 --seconds "$G2G_LONG_S" --epoch "$EPOCH" \
       --out "$RESULTS" --label classcast-part100+catchup1.5 --player hls \
       --cfg '{"lowLatencyMode":true,"maxLiveSyncPlaybackRate":1.5}' --src "$URL_B"
   fi

@@ -5,12 +5,14 @@
 //
 //   node g2g.mjs --label classcast-200 --src URL --player hls --cfg '{"lowLatencyMode":true}' \
 //     --epoch MS [--runs 3] [--seconds 30] [--warmup 5] [--out results.jsonl] [--bench g2g]
-//     [--web-security off]
+//     [--web-security off] [--port N]
 //
 // --bench names the result lines (`g2g`; `g2g_long` for the long stall run). --web-security off
 // launches Chromium with --disable-web-security, for a server that sends no CORS header (xiu's
 // HLS): the page is served from another origin (this script's port) than the stream. A run may
 // last as long as wanted (--seconds 300 for the stall run): no Playwright timeout bounds the wait.
+// --port fixes the page's port, so that a server can be told to allow its origin (classcast's
+// CORS_ORIGINS).
 import { createServer } from 'node:http';
 import { readFileSync, appendFileSync } from 'node:fs';
 import path from 'node:path';
@@ -35,7 +37,7 @@ const server = createServer((req, res) => {
   res.writeHead(200, { 'content-type': f[1] });
   res.end(readFileSync(path.join(DIR, f[0])));
 });
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
+await new Promise((r) => server.listen(Number(args.port || 0), '127.0.0.1', r));
 const port = server.address().port;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',

@@ -93,7 +93,7 @@ pub fn raise_fd_limit() -> u64 {
                 l.rlim_cur = l.rlim_max;
             }
         }
-        l.rlim_cur as u64
+        l.rlim_cur
     }
 }
 

@@ -90,6 +90,7 @@ fn run(data: &[u8]) {
     let limits = RtmpLimits {
         // Small enough that the fuzzer can reach the limits.
         max_message_bytes: 64 * 1024,
+        max_message_bytes_before_publish: 16 * 1024,
         max_chunk_size: 1 << 16,
     };
     let mut s = RtmpSession::new(limits);

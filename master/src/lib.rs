@@ -229,8 +229,7 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        st.metrics.render(&st.registry)
-            + &st.conns.counters.render("classcast_master"),
+        st.metrics.render(&st.registry) + &st.conns.counters.render("classcast_master"),
     )
 }
 

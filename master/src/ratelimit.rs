@@ -102,9 +102,11 @@ impl LoginThrottle {
             return Ok(());
         };
         match f.blocked_until {
-            Some(t) if t > Instant::now() => {
-                Err(t.duration_since(Instant::now()).as_secs_f64().ceil().max(1.0) as u64)
-            }
+            Some(t) if t > Instant::now() => Err(t
+                .duration_since(Instant::now())
+                .as_secs_f64()
+                .ceil()
+                .max(1.0) as u64),
             _ => Ok(()),
         }
     }

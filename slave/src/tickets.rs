@@ -95,7 +95,10 @@ impl TicketKey {
         };
         let (exp, rest) = ticket.split_once('.').ok_or_else(invalid)?;
         let (viewer, mac) = rest.split_once('.').ok_or_else(invalid)?;
-        if exp.is_empty() || exp.len() > 20 || viewer.len() != VIEWER_CHARS || mac.len() != MAC_CHARS
+        if exp.is_empty()
+            || exp.len() > 20
+            || viewer.len() != VIEWER_CHARS
+            || mac.len() != MAC_CHARS
         {
             return Err(invalid());
         }

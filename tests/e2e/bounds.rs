@@ -74,12 +74,15 @@ fn slowloris(port: u16, what: &str, post_path: &str) {
     // An idle keep-alive connection after one complete request: closed when no new request
     // head arrives within the header timeout.
     let mut s = connect(port);
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).unwrap();
     assert!(
-        std::str::from_utf8(&buf[..n]).unwrap().starts_with("HTTP/1.1 200"),
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 200"),
         "{what}: /health answered"
     );
     let t = time_to_close(&mut s, Duration::from_secs(10))
@@ -110,7 +113,10 @@ fn slowloris(port: u16, what: &str, post_path: &str) {
 
 /// Opens `n` sockets that each send part of a request head and then nothing.
 fn flood(port: u16, n: usize) -> Vec<TcpStream> {
-    let partial = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}", "a".repeat(16 * 1024));
+    let partial = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+        "a".repeat(16 * 1024)
+    );
     (0..n)
         .filter_map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -142,8 +148,7 @@ async fn view_once(http: &reqwest::Client, hls_url: &str) -> Result<(u64, usize)
     let (msn, idx) = last_part(&text).ok_or("no part listed")?;
     let uri = text
         .lines()
-        .filter(|l| l.starts_with("#EXT-X-PART:"))
-        .next_back()
+        .rfind(|l| l.starts_with("#EXT-X-PART:"))
         .and_then(|l| l.split("URI=\"").nth(1)?.split('"').next())
         .ok_or("no part URI")?;
     let base = hls_url.rsplit_once('/').unwrap().0;
@@ -162,12 +167,15 @@ async fn view_once(http: &reqwest::Client, hls_url: &str) -> Result<(u64, usize)
     Ok((msn, idx))
 }
 
-/// A viewer that keeps playing until `stop`; returns (ok, errors, first, last).
+/// What a viewer saw: requests that worked, errors, first and last part played.
+type Viewing = (u32, Vec<String>, Option<(u64, usize)>, Option<(u64, usize)>);
+
+/// A viewer that keeps playing until `stop`.
 fn keep_viewing(
     http: reqwest::Client,
     url: String,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(u32, Vec<String>, Option<(u64, usize)>, Option<(u64, usize)>)> {
+) -> tokio::task::JoinHandle<Viewing> {
     tokio::spawn(async move {
         let (mut ok, mut errors, mut first, mut last) = (0, Vec::new(), None, None);
         while !stop.load(Ordering::Relaxed) {
@@ -232,7 +240,9 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
         .as_str()
         .unwrap()
         .to_string();
-    view_once(&c.http, &url).await.expect("viewer plays before the flood");
+    view_once(&c.http, &url)
+        .await
+        .expect("viewer plays before the flood");
 
     let rss_before = rss_bytes(slave.proc.child.id());
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,7 +281,10 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
         rss_before >> 20,
         rss_flood >> 20
     );
-    assert!(ok >= 5 && last > first, "the viewer stopped during the flood");
+    assert!(
+        ok >= 5 && last > first,
+        "the viewer stopped during the flood"
+    );
     assert!(
         errors.len() <= 1,
         "the viewer saw errors during the flood: {errors:?}"
@@ -291,9 +304,15 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
             &format!("{prefix}_http_connections_closed_total{{reason=\"evicted_at_cap\"}}"),
         )
         .unwrap_or(0.0);
-        assert!(evicted >= 150.0, "{prefix}: only {evicted} evicted at the cap");
+        assert!(
+            evicted >= 150.0,
+            "{prefix}: only {evicted} evicted at the cap"
+        );
         let open = metric_value(&m, &format!("{prefix}_http_connections")).unwrap();
-        assert!(open <= CAP as f64, "{prefix}: {open} connections open past the cap");
+        assert!(
+            open <= CAP as f64,
+            "{prefix}: {open} connections open past the cap"
+        );
     }
 
     // Parked blocking requests: past 10, 503 with Retry-After.
@@ -433,7 +452,10 @@ async fn rtmp_bounds_before_publish() {
         "classcast_slave_rtmp_refusals_total{reason=\"connection_cap\"}",
     )
     .unwrap_or(0.0);
-    assert!(capped >= 240.0, "only {capped} RTMP connections refused at the cap");
+    assert!(
+        capped >= 240.0,
+        "only {capped} RTMP connections refused at the cap"
+    );
     let ok = wait_until(Duration::from_secs(8), || async {
         let m = metrics(&c, &slave.base()).await;
         metric_value(&m, "classcast_slave_rtmp_connections") == Some(1.0)
@@ -459,8 +481,14 @@ async fn rtmp_bounds_before_publish() {
         "a publisher after the flood"
     );
     let log = slave.proc.log_text();
-    assert!(log.contains("no accepted publish within"), "deadline closes are logged");
-    assert!(log.contains("peer set chunk size 2147483647"), "chunk size refusals are logged");
+    assert!(
+        log.contains("no accepted publish within"),
+        "deadline closes are logged"
+    );
+    assert!(
+        log.contains("peer set chunk size 2147483647"),
+        "chunk size refusals are logged"
+    );
 }
 
 async fn token_from(ip: &str, master: &str, body: Value) -> reqwest::Response {
@@ -572,7 +600,9 @@ async fn logins_inflation_origins_and_cluster_input() {
     tokio::time::sleep(Duration::from_millis(3 * c.timings.heartbeat_ms)).await;
     let n = c.nodes().await;
     assert!(
-        counts(&n).iter().all(|&(conns, load)| conns == 0 && load == 0.0),
+        counts(&n)
+            .iter()
+            .all(|&(conns, load)| conns == 0 && load == 0.0),
         "minted-but-unplayed tokens moved the load: {n}"
     );
     // Three viewers that fetch parts are counted.
@@ -599,7 +629,10 @@ async fn logins_inflation_origins_and_cluster_input() {
         ("GET", format!("{master}/cluster/nodes")),
         ("GET", format!("{master}/admin")),
         ("OPTIONS", format!("{}/internal/mirror", c.slaves[0].base())),
-        ("OPTIONS", format!("{}/live/front/index.m3u8", c.slaves[0].base())),
+        (
+            "OPTIONS",
+            format!("{}/live/front/index.m3u8", c.slaves[0].base()),
+        ),
     ] {
         let r = c
             .http
@@ -645,12 +678,7 @@ async fn logins_inflation_origins_and_cluster_input() {
         .unwrap();
     assert_eq!(r.status(), 403, "cross-site teacher login");
     for page in ["/", "/teacher", "/admin"] {
-        let r = c
-            .http
-            .get(format!("{master}{page}"))
-            .send()
-            .await
-            .unwrap();
+        let r = c.http.get(format!("{master}{page}")).send().await.unwrap();
         let h = r.headers();
         let csp = h
             .get("content-security-policy")
@@ -677,7 +705,14 @@ async fn logins_inflation_origins_and_cluster_input() {
 
     // --- A stream the cluster lacks: the slave asks the master once a second at most.
     let before = metric_value(
-        &metrics(&c, &format!("http://{}", mon["hls_url"].as_str().unwrap().split('/').nth(2).unwrap())).await,
+        &metrics(
+            &c,
+            &format!(
+                "http://{}",
+                mon["hls_url"].as_str().unwrap().split('/').nth(2).unwrap()
+            ),
+        )
+        .await,
         "classcast_slave_origin_lookups_total",
     )
     .unwrap_or(0.0);
@@ -730,14 +765,26 @@ async fn logins_inflation_origins_and_cluster_input() {
         b
     };
     for (what, body) in [
-        ("200-byte multi-byte node_name", with("node_name", json!("é".repeat(100).repeat(2)))),
-        ("an 80-byte version of two-byte characters", with("version", json!("ü".repeat(40)))),
+        (
+            "200-byte multi-byte node_name",
+            with("node_name", json!("é".repeat(100).repeat(2))),
+        ),
+        (
+            "an 80-byte version of two-byte characters",
+            with("version", json!("ü".repeat(40))),
+        ),
         ("a control character", with("node_name", json!("a\u{7}b"))),
         (
             "a 600-byte public_url",
-            with("public_url", json!(format!("http://x.test/{}", "a".repeat(600)))),
+            with(
+                "public_url",
+                json!(format!("http://x.test/{}", "a".repeat(600))),
+            ),
         ),
-        ("a javascript: URL", with("public_url", json!("javascript:alert(1)"))),
+        (
+            "a javascript: URL",
+            with("public_url", json!("javascript:alert(1)")),
+        ),
     ] {
         assert_eq!(register(body).await, 400, "{what}");
     }
@@ -767,7 +814,10 @@ async fn token_rate_limit_password_length_and_secret_files() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TEACHER_PASSWORD") && err.contains("12"), "{err}");
+    assert!(
+        err.contains("TEACHER_PASSWORD") && err.contains("12"),
+        "{err}"
+    );
 
     // --generate-secret writes the cluster secret 0600 (and the signing key too).
     let secret_file = dir.join("cluster.secret");
@@ -783,7 +833,12 @@ async fn token_rate_limit_password_length_and_secret_files() {
             .args(["--jwt-key-file", key_file.to_str().unwrap()])
             .args(["--cluster-secret-file", secret_file.to_str().unwrap()])
             .arg("--generate-secret")
-            .args(["--token-rate-per-addr", "0.2", "--token-burst-per-addr", "20"])
+            .args([
+                "--token-rate-per-addr",
+                "0.2",
+                "--token-burst-per-addr",
+                "20",
+            ])
             .env_remove("CLUSTER_SECRET")
             .env("TEACHER_PASSWORD", TEACHER)
             .env("LOG", "info"),
@@ -814,7 +869,9 @@ async fn token_rate_limit_password_length_and_secret_files() {
     assert!(codes[20..].iter().all(|s| *s == 429), "{codes:?}");
     assert!(statuses[24].headers().get("retry-after").is_some());
     assert_eq!(
-        token_from("127.0.0.3", &master, body.clone()).await.status(),
+        token_from("127.0.0.3", &master, body.clone())
+            .await
+            .status(),
         404,
         "another address has its own budget"
     );

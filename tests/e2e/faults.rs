@@ -17,7 +17,12 @@ async fn join_storm_while_viewers_play() {
         "join_storm",
         2,
         Timings::default(),
-        &["--token-rate-per-addr", "2000", "--token-burst-per-addr", "2000"],
+        &[
+            "--token-rate-per-addr",
+            "2000",
+            "--token-burst-per-addr",
+            "2000",
+        ],
         &[],
     )
     .await;

@@ -563,7 +563,6 @@ pub fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
     false
 }
 
-
 /// Raises this test process's file descriptor limit to the hard one (flood tests open many
 /// sockets).
 pub fn raise_fd_limit() {

@@ -52,7 +52,12 @@ async function newPage(name) {
   const ctx = await browser.newContext({ viewport: { width: 420, height: 860 } }); // a phone-sized screen
   await ctx.grantPermissions(['clipboard-read', 'clipboard-write']).catch(() => {});
   const page = await ctx.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`); });
+  page._csp = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`);
+    // Anything the pages' Content-Security-Policy blocked: there must be none.
+    if (/Content Security Policy/i.test(m.text())) page._csp.push(m.text());
+  });
   page._name = name;
   return page;
 }
@@ -109,7 +114,12 @@ test('teacher page OBS settings publish, and the student page plays the class', 
   const student = await newPage('student');
   await withShot(student, async () => {
     const errors = [];
-    await student.goto(`${base}/?name=Alice&stream=stream&autoplay`);
+    const resp = await student.goto(`${base}/?name=Alice&stream=stream&autoplay`);
+    const h = resp.headers();
+    assert.match(h['content-security-policy'] || '', /script-src 'self'/);
+    assert.match(h['content-security-policy'] || '', /frame-ancestors/);
+    assert.equal(h['x-content-type-options'], 'nosniff');
+    assert.equal(h['referrer-policy'], 'no-referrer');
     const node = await playsFor(student, 3);
     const events = await student.evaluate(() => window.classcast.events);
     for (const e of events) if (e.type === 'hls-error' && e.fatal) errors.push(e);
@@ -125,11 +135,13 @@ test('teacher page OBS settings publish, and the student page plays the class', 
     const latency = await until('latency estimate', 10000, () => student.evaluate(() => window.classcast.latency));
     assert.ok(latency > 0 && latency < 5, `latency estimate ${latency}`);
     await student.screenshot({ path: path.join(ART, 'student.png') });
+    assert.deepEqual(student._csp, [], 'the CSP blocked nothing the student page needs');
   });
   // The teacher's preview plays too.
   await withShot(teacher, async () => {
     await until('preview plays', 30000, () => teacher.evaluate(() => document.getElementById('preview').currentTime > 1));
     await teacher.screenshot({ path: path.join(ART, 'teacher.png'), fullPage: true });
+    assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing the teacher page needs');
   });
 });
 

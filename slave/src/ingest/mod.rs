@@ -106,14 +106,21 @@ impl Connection {
                 (left.min(limits.idle_timeout), "publish_deadline")
             } else {
                 let left = handshake_deadline.min(publish_deadline);
-                (left.saturating_duration_since(Instant::now()), "handshake_deadline")
+                (
+                    left.saturating_duration_since(Instant::now()),
+                    "handshake_deadline",
+                )
             };
             let n = match tokio::time::timeout(timeout, sock.read(&mut buf)).await {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {
-                    self.ctx.metrics.rtmp_refusals.with_label_values(&[why]).inc();
+                    self.ctx
+                        .metrics
+                        .rtmp_refusals
+                        .with_label_values(&[why])
+                        .inc();
                     match why {
                         "idle" => anyhow::bail!("idle for {timeout:?}"),
                         "publish_deadline" => anyhow::bail!(
@@ -132,7 +139,11 @@ impl Connection {
                     | rtmp::RtmpError::MessageTooLarge(..) => "message_too_large",
                     _ => "protocol",
                 };
-                self.ctx.metrics.rtmp_refusals.with_label_values(&[reason]).inc();
+                self.ctx
+                    .metrics
+                    .rtmp_refusals
+                    .with_label_values(&[reason])
+                    .inc();
             }
             let out = session.take_output();
             if !out.is_empty() {
