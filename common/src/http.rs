@@ -171,8 +171,9 @@ impl ConnTable {
     /// A table for `limits`: its cap, or one sized from the file descriptor limit (raised to
     /// the hard limit first).
     pub fn for_limits(limits: &HttpLimits) -> Arc<Self> {
+        let fds = raise_fd_limit();
         let max = match limits.max_connections {
-            0 => default_max_connections(raise_fd_limit()),
+            0 => default_max_connections(fds),
             n => n,
         };
         Self::new(max)

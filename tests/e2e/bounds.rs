@@ -197,7 +197,12 @@ fn keep_viewing(
 /// viewer plays, the file descriptor limit, and the parked-request bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_deadlines_connection_cap_and_parked_requests() {
-    raise_fd_limit();
+    // The nodes start with a soft limit below the hard one and must raise it.
+    let (soft, hard) = halve_soft_fd_limit();
+    assert!(
+        soft < hard || std::env::var("CI").is_err(),
+        "soft and hard descriptor limits are equal ({hard}): the raise cannot be tested"
+    );
     let (idle, cap) = (IDLE_MS.to_string(), CAP.to_string());
     let http_flags = [
         "--http-idle-timeout-ms",
@@ -350,7 +355,6 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
 /// sizes bounded, a connection cap; a real ffmpeg stream and a viewer carry on throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_bounds_before_publish() {
-    raise_fd_limit();
     let c = Cluster::start_with(
         "bounds_rtmp",
         1,

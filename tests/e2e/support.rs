@@ -563,18 +563,18 @@ pub fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
     false
 }
 
-/// Raises this test process's file descriptor limit to the hard one (flood tests open many
-/// sockets).
-pub fn raise_fd_limit() {
+/// Sets this process's soft descriptor limit to half its hard one (at least 2,048), so that the
+/// nodes it starts inherit a soft limit they have to raise themselves. Returns (soft, hard).
+pub fn halve_soft_fd_limit() -> (u64, u64) {
     unsafe {
         let mut l = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = (l.rlim_max / 2).max(2048).min(l.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        (l.rlim_cur, l.rlim_max)
     }
 }
 
