@@ -191,7 +191,6 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
                     path: "live/bench".into(),
                     origin: i == 0,
                     upstream: (i != 0).then(|| nodes[0].node_id.clone()),
-                    live: true,
                 }],
                 0,
             )
@@ -432,14 +431,12 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
         path: room,
         origin: i.is_multiple_of(20),
         upstream: (!i.is_multiple_of(20)).then(|| "sim-0000".to_string()),
-        live: true,
     }];
     if i.is_multiple_of(3) {
         streams.push(StreamReport {
             path: format!("live/extra{}", i % 7),
             origin: false,
             upstream: Some("sim-0001".into()),
-            live: true,
         });
     }
     heartbeat_body(node_id, streams, (i * 37 % 400) as u32)

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::flv::FlvFile;
 use crate::rtmp::{PublishLog, Publisher, Target};
 use crate::stats::{
     cpu_seconds_sum, rss_mib_sum, self_cpu_seconds, system_busy_seconds, thread_totals_sum,
@@ -62,7 +61,7 @@ pub struct IngestResult {
 pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
     anyhow::ensure!(!a.pids.is_empty(), "--pid is required");
     anyhow::ensure!(a.streams > 0, "--streams must be positive");
-    let flv = Arc::new(FlvFile::read(&a.flv)?);
+    let flv = Arc::new(crate::flv::read(&a.flv)?);
     let keys: Vec<String> = (0..a.streams)
         .map(|i| {
             a.keys

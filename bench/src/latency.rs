@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::flv::FlvFile;
 use crate::rtmp::{PublishLog, Publisher, Target};
 use crate::stats::Summary;
 
@@ -249,7 +248,7 @@ async fn follow(
 }
 
 pub async fn run(a: LatencyArgs) -> anyhow::Result<LatencyResult> {
-    let flv = Arc::new(FlvFile::read(&a.flv)?);
+    let flv = Arc::new(crate::flv::read(&a.flv)?);
     let target = Target::parse(&a.publish)?;
     let name = target.name().to_string();
     let publisher = Publisher::connect(&target).await.context("RTMP publish")?;

@@ -4,6 +4,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::token::Role;
 
+/// Header on playlists served to peers: Unix ms when the newest part became servable, so an
+/// edge can measure its lag behind the origin.
+pub const PART_TIME_HEADER: &str = "x-classcast-part-time";
+
+/// The routes nodes call on each other, in one place for the servers and the clients.
+pub mod paths {
+    pub const REGISTER: &str = "/cluster/register";
+    pub const HEARTBEAT: &str = "/cluster/stats";
+    pub const UNREGISTER: &str = "/cluster/unregister";
+    pub const ANNOUNCE: &str = "/cluster/streams/announce";
+    pub const NODES: &str = "/cluster/nodes";
+    pub const STREAMS: &str = "/cluster/streams";
+    pub const ORIGIN: &str = "/cluster/streams/origin";
+    pub const BEST_NODE: &str = "/cluster/best-node";
+    pub const PROMETHEUS_TARGETS: &str = "/prometheus/targets";
+    pub const TOKEN: &str = "/api/token";
+    pub const JWKS: &str = "/.well-known/jwks.json";
+    pub const HEALTH: &str = "/health";
+    pub const METRICS: &str = "/metrics";
+    /// On slaves: the master's order to mirror a stream.
+    pub const MIRROR_ORDER: &str = "/internal/mirror";
+    /// On slaves: `/live/{name}/{file}`.
+    pub const HLS: &str = "/live/{name}/{file}";
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterRequest {
     pub node_id: String,
@@ -46,13 +71,6 @@ pub struct StreamReport {
     pub origin: bool,
     #[serde(default)]
     pub upstream: Option<String>,
-    /// Whether the stream is live (false during the publisher grace period and after it ends).
-    #[serde(default = "yes")]
-    pub live: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

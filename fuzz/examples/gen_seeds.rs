@@ -20,11 +20,11 @@ use rml_rtmp::sessions::{
     PublishRequestType, StreamMetadata,
 };
 use rml_rtmp::time::RtmpTimestamp;
-use slave::hls::playlist;
-use slave::hls::store::{HlsConfig, HlsStream};
-use slave::ingest::rtmp::{RtmpEvent, RtmpLimits, RtmpSession};
+use media::hls::playlist;
+use media::hls::state::{HlsConfig, Now, State};
+use media::rtmp::{RtmpEvent, RtmpLimits, RtmpSession};
 
-const FIXTURE: &[u8] = include_bytes!("../../slave/src/media/testdata/avc_aac_640x360_4s.flv");
+const FIXTURE: &[u8] = include_bytes!("../../media/src/testdata/avc_aac_640x360_4s.flv");
 
 fn flv_tags() -> Vec<(u8, u32, Bytes)> {
     let file = FIXTURE;
@@ -266,7 +266,7 @@ fn hls_seeds(root: &Path) {
         write(&dir, &format!("file{i}"), &text(f));
     }
     // Regression: the minimized input of the MEDIA-SEQUENCE overflow found while fuzzing
-    // (see `media_sequence_overflow_is_an_error` in slave/src/hls/playlist.rs).
+    // (see `media_sequence_overflow_is_an_error` in media/src/hls/playlist.rs).
     write(
         &dir,
         "regress_media_sequence_overflow",
@@ -276,30 +276,34 @@ fn hls_seeds(root: &Path) {
         ),
     );
     let cfg = HlsConfig::default();
-    let s = HlsStream::new("live/x".into(), cfg.clone());
+    let mut s = State::default();
+    let now = Now::system();
     s.set_init(Bytes::from_static(b"i"), "avc1".into(), None);
     for i in 0..23 {
         if i == 12 {
             s.set_init(Bytes::from_static(b"j"), "avc1".into(), None);
         }
-        s.push_part(
+        let p = s.place_part(
+            1_795_000_000,
             Bytes::from_static(b"p"),
             Duration::from_millis(200),
             i % 5 == 0,
             i % 5 == 0,
             i == 10,
+            now,
         );
+        s.insert_part(&cfg, p, now);
     }
     write(
         &dir,
         "playlist_live",
-        &text(&playlist::render(&s.read(), &cfg, Some("jwt=abc"))),
+        &text(&playlist::render(&s, &cfg, Some("jwt=abc"))),
     );
-    s.end();
+    s.end(now);
     write(
         &dir,
         "playlist_ended",
-        &text(&playlist::render(&s.read(), &cfg, None)),
+        &text(&playlist::render(&s, &cfg, None)),
     );
 }
 

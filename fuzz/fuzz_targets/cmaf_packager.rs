@@ -1,7 +1,7 @@
 //! The FLV → CMAF `Packager` state machine, plus `cmaf::fragment` on arbitrary runs.
 //!
 //! The input (via `arbitrary`) is a packager config and a sequence of operations built around
-//! the real AVC sequence header and AAC config of `slave/src/media/testdata/
+//! the real AVC sequence header and AAC config of `media/src/testdata/
 //! avc_aac_640x360_4s.flv` (plus a second pair, to change configs mid-stream): headers,
 //! synthetic AVCC frames, AAC frames, the fixture's real tags, raw bodies, flushes, all with
 //! byte-level mutations and timestamps that step, go back, jump and wrap.
@@ -25,11 +25,11 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mp4_atom::{Decode, Moof, TrunSamples};
-use slave::media::cmaf::{self, Sample, TrackRun};
-use slave::media::packager::MAX_TS_JUMP_MS;
-use slave::media::{Packager, PackagerConfig, PackagerOutput};
+use media::cmaf::{self, Sample, TrackRun};
+use media::packager::MAX_TS_JUMP_MS;
+use media::{Packager, PackagerConfig, PackagerOutput};
 
-const FIXTURE: &[u8] = include_bytes!("../../slave/src/media/testdata/avc_aac_640x360_4s.flv");
+const FIXTURE: &[u8] = include_bytes!("../../media/src/testdata/avc_aac_640x360_4s.flv");
 
 /// 852x480 High@3.1 sequence header body (the `SEQ_HDR_852X480` unit-test fixture).
 const ALT_AVC_HDR: &str = "17000000000164001fffe1001a6764001facd940d83de7f0110000030001000003003c0f18319601000468ef8fcbfdf8f800";

@@ -9,9 +9,9 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use slave::media::cmaf;
-use slave::media::flv::{AudioPacket, VideoPacket, parse_audio_tag, parse_video_tag};
-use slave::media::{AacConfig, AvcConfig};
+use media::cmaf;
+use media::flv::{AudioPacket, VideoPacket, parse_audio_tag, parse_video_tag};
+use media::{AacConfig, AvcConfig};
 
 fn check_avc(cfg: &AvcConfig) {
     let c = cfg.codec_string();

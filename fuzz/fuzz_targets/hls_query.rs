@@ -7,7 +7,7 @@
 //!   panic; `_HLS_part` without `_HLS_msn` is always an error, and an `Ok` query never has a
 //!   part without an msn; a file name that parses re-parses identically from its canonical
 //!   spelling.
-//! - odd `mode`: `rest` drives `arbitrary` to build stream state through the `HlsStream` API
+//! - odd `mode`: `rest` drives `arbitrary` to build stream state through the `State` API
 //!   (origin parts, edge parts and whole segments, inits, publisher left, end, adopted origin
 //!   header). `ParsedPlaylist::parse(render(state))` must succeed and give back the listed
 //!   segments' msns, PDTs, discontinuities, init ids and durations (to the 5 decimals that are
@@ -17,9 +17,9 @@
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use slave::hls::playlist::{self, PART_SEGMENTS, ParsedPlaylist};
-use slave::hls::store::{HlsConfig, HlsStream, PartIn};
-use slave::serve::{HlsFile, HlsQuery};
+use media::hls::playlist::{self, PART_SEGMENTS, ParsedPlaylist};
+use media::hls::names::{HlsFile, HlsQuery};
+use media::hls::state::{HlsConfig, Now, PartIn, State};
 use std::time::Duration;
 
 /// 9999-12-31T23:59:59.999Z: the renderer writes 4-digit years.
@@ -112,7 +112,8 @@ fn round_trip(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         window: 1 + usize::from(rt.window) % 12,
         ..HlsConfig::default()
     };
-    let s = HlsStream::new("live/fuzz".into(), cfg.clone());
+    let mut s = State::default();
+    let now = Now::system();
     let mut pdt = rt.first_pdt_ms % (MAX_PDT_MS / 2);
     let mut next_pdt = |step: u32| {
         pdt = (pdt + u64::from(step)).min(MAX_PDT_MS);
@@ -130,16 +131,13 @@ fn round_trip(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 pdt_step_ms,
                 init_id,
             } => {
-                let (msn, index) = {
-                    let st = s.read();
-                    match st.segments.back() {
-                        Some(b) if !new_segment && !b.complete => (b.msn, b.parts.len()),
-                        Some(b) => (b.msn + 1, 0),
-                        None => (first_msn, 0),
-                    }
+                let (msn, index) = match s.segments.back() {
+                    Some(b) if !new_segment && !b.complete => (b.msn, b.parts.len()),
+                    Some(b) => (b.msn + 1, 0),
+                    None => (first_msn, 0),
                 };
-                let init_id = init_id.map_or_else(|| s.read().current_init_id(), u32::from);
-                s.insert_part(PartIn {
+                let init_id = init_id.map_or_else(|| s.current_init_id(), u32::from);
+                let p = PartIn {
                     msn,
                     index,
                     data: Bytes::from_static(b"p"),
@@ -148,7 +146,8 @@ fn round_trip(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                     pdt_ms: next_pdt(*pdt_step_ms),
                     discontinuity: *discontinuity,
                     init_id,
-                });
+                };
+                s.insert_part(&cfg, p, now);
             }
             Op::FullSegment {
                 duration_us,
@@ -156,33 +155,39 @@ fn round_trip(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 discontinuity,
                 init_id,
             } => {
-                let msn = s.read().last_msn().map_or(first_msn, |m| m + 1);
+                let msn = s.last_msn().map_or(first_msn, |m| m + 1);
                 s.insert_full_segment(
+                    &cfg,
                     msn,
                     Bytes::from_static(b"s"),
                     f64::from(*duration_us) / 1e6,
                     next_pdt(*pdt_step_ms),
                     *discontinuity,
                     u32::from(*init_id),
+                    now,
                 );
             }
             Op::SetInit(b) => {
                 s.set_init(Bytes::copy_from_slice(&[*b]), "avc1.64001f".into(), None);
             }
             Op::PutInit(id) => {
-                s.put_init(u32::from(*id), Bytes::from_static(b"i"), "".into(), None)
+                s.put_init(u32::from(*id), Bytes::from_static(b"i"), "".into(), None);
             }
-            Op::PublisherLeft => s.publisher_left(),
-            Op::End => s.end(),
+            Op::PublisherLeft => s.publisher_left(now),
+            Op::End => {
+                s.end(now);
+            }
             Op::AdoptHeader {
                 target,
                 part_target_ms,
                 discontinuity_seq,
-            } => s.adopt_origin_header(
-                u64::from(*target),
-                f64::from(*part_target_ms) / 1000.0,
-                u64::from(*discontinuity_seq),
-            ),
+            } => {
+                s.adopt_origin_header(
+                    u64::from(*target),
+                    f64::from(*part_target_ms) / 1000.0,
+                    u64::from(*discontinuity_seq),
+                );
+            }
         }
     }
 
@@ -199,7 +204,7 @@ fn round_trip(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         _ => Some(format!("jwt={token}")),
     };
 
-    let st = s.read();
+    let st = &s;
     let text = playlist::render(&st, &cfg, query.as_deref());
     let p = ParsedPlaylist::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
 

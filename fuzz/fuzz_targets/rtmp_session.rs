@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use libfuzzer_sys::fuzz_target;
-use slave::ingest::rtmp::{RtmpError, RtmpEvent, RtmpLimits, RtmpSession};
+use media::rtmp::{RtmpError, RtmpEvent, RtmpLimits, RtmpSession};
 
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };

@@ -57,7 +57,7 @@ impl Node {
         )
     }
     fn serves(&self, path: &str) -> bool {
-        self.mirroring.contains(path) || self.stats.streams.iter().any(|s| s.live && s.path == path)
+        self.mirroring.contains(path) || self.stats.streams.iter().any(|s| s.path == path)
     }
     fn is_origin_of(&self, path: &str) -> bool {
         self.stats
@@ -234,7 +234,6 @@ impl Registry {
                 path: path.to_string(),
                 origin: true,
                 upstream: None,
-                live: true,
             });
         }
         true
@@ -340,7 +339,7 @@ impl Registry {
             .values()
             .filter(|n| n.status != NodeStatus::Offline && n.info.node_id != for_node)
         {
-            for s in n.stats.streams.iter().filter(|s| s.origin && s.live) {
+            for s in n.stats.streams.iter().filter(|s| s.origin) {
                 out.push(common::api::MirrorOrder {
                     path: s.path.clone(),
                     origin_node_id: n.info.node_id.clone(),
@@ -453,12 +452,10 @@ impl Registry {
                     origin: String::new(),
                     serving: Vec::new(),
                 });
-                if s.origin && s.live {
+                if s.origin {
                     e.origin = n.info.node_id.clone();
                 }
-                if s.live {
-                    e.serving.push(n.info.node_id.clone());
-                }
+                e.serving.push(n.info.node_id.clone());
             }
         }
         ClusterStreams {

@@ -5,14 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::api::{
-    Heartbeat, NodeStats, RegisterRequest, RegisterResponse, StreamAnnounce, StreamReport,
-    UnregisterRequest,
-};
+use common::api::{Heartbeat, NodeStats, RegisterRequest, RegisterResponse, StreamReport};
 use common::token::TokenVerifier;
 
 use crate::SlaveCtx;
 use crate::hls::store::Source;
+use crate::master_client::HeartbeatError;
 
 pub struct Agent {
     ctx: Arc<SlaveCtx>,
@@ -31,10 +29,6 @@ impl Agent {
         }
     }
 
-    fn url(&self, p: &str) -> String {
-        format!("{}{p}", self.ctx.cfg.master_url.trim_end_matches('/'))
-    }
-
     fn register_request(&self) -> RegisterRequest {
         let c = &self.ctx.cfg;
         RegisterRequest {
@@ -50,20 +44,7 @@ impl Agent {
 
     /// One registration attempt.
     async fn register_once(&self) -> anyhow::Result<RegisterResponse> {
-        let resp = self
-            .ctx
-            .http
-            .post(self.url("/cluster/register"))
-            .header("authorization", self.ctx.cfg.secret.bearer())
-            .json(&self.register_request())
-            .send()
-            .await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            anyhow::bail!("master answered {status}: {body}");
-        }
-        let r: RegisterResponse = resp.json().await?;
+        let r = self.ctx.master.register(&self.register_request()).await?;
         let verifier = TokenVerifier::from_public_x(&r.public_key, &r.issuer)?;
         self.ctx.set_verifier(verifier);
         self.ctx.set_page_origins(&r.page_origins);
@@ -79,7 +60,7 @@ impl Agent {
         loop {
             match self.register_once().await {
                 Ok(r) => {
-                    tracing::info!(node_id = %self.ctx.cfg.node_id, master = %self.ctx.cfg.master_url, "registered with the master");
+                    tracing::info!(node_id = %self.ctx.cfg.node_id, master = %self.ctx.master.url(), "registered with the master");
                     return r;
                 }
                 Err(e) => {
@@ -113,15 +94,12 @@ impl Agent {
                 path: e.stream.path.clone(),
                 origin: e.source == Source::Origin,
                 upstream: match &e.source {
-                    Source::Edge { upstream_node } => Some(upstream_node.clone()),
+                    Source::Edge { origin_node } => Some(origin_node.clone()),
                     Source::Origin => None,
                 },
-                live: !e.stream.is_ended(),
             })
             .collect();
-        ctx.metrics
-            .streams
-            .set(streams.iter().filter(|s| s.live).count() as i64);
+        ctx.metrics.streams.set(streams.len() as i64);
         NodeStats {
             connections,
             cpu,
@@ -152,87 +130,16 @@ impl Agent {
                 node_id: self.ctx.cfg.node_id.clone(),
                 stats: self.stats(),
             };
-            let res = self
-                .ctx
-                .http
-                .post(self.url("/cluster/stats"))
-                .header("authorization", self.ctx.cfg.secret.bearer())
-                .json(&hb)
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+            match self.ctx.master.heartbeat(&hb).await {
+                Ok(()) => {}
+                Err(HeartbeatError::UnknownNode) => {
                     tracing::info!("master does not know this node; re-registering");
                     if self.register_once().await.is_ok() {
                         tick.reset_immediately();
                     }
                 }
-                Ok(r) => tracing::warn!(status = %r.status(), "heartbeat refused"),
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                Err(e) => tracing::warn!(error = %e, "heartbeat did not land"),
             }
-        }
-    }
-}
-
-impl SlaveCtx {
-    /// Tells the master at once that a stream started or ended here (the heartbeat would be up
-    /// to an interval late, and edges and routing wait on this).
-    pub fn announce(self: &Arc<Self>, path: &str, live: bool) {
-        let ctx = self.clone();
-        let body = StreamAnnounce {
-            node_id: self.cfg.node_id.clone(),
-            path: path.to_string(),
-            live,
-        };
-        tokio::spawn(async move {
-            let url = format!(
-                "{}/cluster/streams/announce",
-                ctx.cfg.master_url.trim_end_matches('/')
-            );
-            for attempt in 0..5u32 {
-                let res = ctx
-                    .http
-                    .post(&url)
-                    .header("authorization", ctx.cfg.secret.bearer())
-                    .json(&body)
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status().is_success() => return,
-                    Ok(r) => {
-                        tracing::warn!(status = %r.status(), path = %body.path, "stream announcement refused")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, path = %body.path, "stream announcement failed")
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        });
-    }
-
-    /// Best effort, on graceful shutdown.
-    pub async fn unregister(&self) {
-        let url = format!(
-            "{}/cluster/unregister",
-            self.cfg.master_url.trim_end_matches('/')
-        );
-        let body = UnregisterRequest {
-            node_id: self.cfg.node_id.clone(),
-        };
-        match self
-            .http
-            .post(url)
-            .header("authorization", self.cfg.secret.bearer())
-            .json(&body)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => tracing::info!("unregistered from the master"),
-            Ok(r) => tracing::warn!(status = %r.status(), "unregister refused"),
-            Err(e) => tracing::warn!(error = %e, "unregister failed"),
         }
     }
 }

@@ -8,12 +8,10 @@ use std::time::Duration;
 use common::api::MirrorOrder;
 
 use crate::SlaveCtx;
-use crate::hls::playlist::{ParsedPlaylist, ParsedSegment};
 use crate::hls::store::{HlsStream, PartIn, Source, StreamEntry};
+use media::hls::playlist::{ParsedPlaylist, ParsedSegment};
 
-/// Header on playlists served to peers: Unix ms when the newest part became servable, so an
-/// edge can measure its lag behind the origin.
-pub const PART_TIME_HEADER: &str = "x-classcast-part-time";
+use common::api::PART_TIME_HEADER;
 
 /// Handles an order from the master: start mirroring a stream that went live elsewhere, or
 /// end a mirrored stream whose origin ended it.
@@ -47,14 +45,20 @@ pub fn start(
     {
         return Some(e);
     }
-    // Edge of an edge: a configured upstream replaces the origin as our source.
-    let (upstream_node, upstream_url) = match &ctx.cfg.upstream_url {
-        Some(u) => ("upstream".to_string(), u.clone()),
-        None => (origin_node_id.to_string(), origin_url.to_string()),
-    };
-    let entry = ctx
-        .store
-        .create(path, ctx.cfg.hls.clone(), Source::Edge { upstream_node });
+    // Edge of an edge: a configured upstream replaces the origin as where we pull from; the
+    // stream's origin stays what we report.
+    let upstream_url = ctx
+        .cfg
+        .upstream_url
+        .clone()
+        .unwrap_or_else(|| origin_url.to_string());
+    let entry = ctx.store.create(
+        path,
+        ctx.cfg.hls.clone(),
+        Source::Edge {
+            origin_node: origin_node_id.to_string(),
+        },
+    );
     tracing::info!(%path, upstream = %upstream_url, "mirroring stream");
     let ctx2 = ctx.clone();
     let stream = entry.stream.clone();
@@ -66,6 +70,20 @@ pub fn start(
         tracing::info!(path = %stream.path, "mirror ended");
     });
     Some(entry)
+}
+
+/// The edge mirror, as serving sees it: a stream this node lacks is looked up at the master and
+/// mirrored on demand.
+pub struct EdgeMirror;
+
+impl crate::ctx::StreamFinder for EdgeMirror {
+    fn find<'a>(
+        &'a self,
+        ctx: &'a Arc<SlaveCtx>,
+        path: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<Arc<StreamEntry>>> {
+        Box::pin(start_on_demand(ctx, path))
+    }
 }
 
 /// A viewer asked for a stream we do not have: ask the master where it lives and mirror it.
@@ -93,21 +111,7 @@ pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<Stre
 
 async fn lookup_origin(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<StreamEntry>> {
     ctx.metrics.origin_lookups.inc();
-    let url = format!(
-        "{}/cluster/streams/origin?path={path}",
-        ctx.cfg.master_url.trim_end_matches('/')
-    );
-    let resp = ctx
-        .http
-        .get(url)
-        .header("authorization", ctx.cfg.secret.bearer())
-        .send()
-        .await
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let order: MirrorOrder = resp.json().await.ok()?;
+    let order = ctx.master.origin_of(path).await?;
     if order.origin_node_id == ctx.cfg.node_id || !order.live {
         return None;
     }
@@ -166,14 +170,7 @@ async fn pull_once(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str) -> 
     let mut first = true;
     loop {
         // Next thing we need: the part after our newest one.
-        let next = {
-            let st = stream.read();
-            match st.segments.back() {
-                Some(s) if s.complete => Some((s.msn + 1, 0)),
-                Some(s) => Some((s.msn, s.parts.len())),
-                None => None,
-            }
-        };
+        let next = stream.read().next_part();
         let url = match next {
             Some((m, p)) if !first => format!("{base}/index.m3u8?_HLS_msn={m}&_HLS_part={p}"),
             _ => format!("{base}/index.m3u8"),

@@ -1,6 +1,6 @@
-//! In-memory LL-HLS: the per-stream segment store and the playlist renderer.
+//! In-memory LL-HLS on this node: the streams it serves, each a pure [`media::hls::state`]
+//! behind a lock with a wake-up channel for blocked requests.
 
-pub mod playlist;
 pub mod store;
 
 pub use store::{HlsStream, PartIn, StreamStore};

@@ -1,9 +1,6 @@
 //! RTMP ingest: one tokio task per connection, from TCP bytes through the rml_rtmp adapter and
 //! the packager into the stream store.
 
-pub mod chunks;
-pub mod rtmp;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::SlaveCtx;
 use crate::hls::store::{HlsStream, Source};
-use crate::media::{Packager, PackagerConfig, PackagerOutput};
-use rtmp::{RtmpEvent, RtmpSession, split_stream_key};
+use media::rtmp::{self, RtmpEvent, RtmpSession, chunks, split_stream_key};
+use media::{Packager, PackagerConfig, PackagerOutput};
 
 /// Accepts RTMP connections, at most `max_connections` at once: past it a newcomer is closed at
 /// once (a connection that has not published yet is closed at its publish deadline, so the room
@@ -372,7 +369,7 @@ impl Connection {
                     }
                     if !p.announced {
                         p.announced = true;
-                        self.ctx.announce(&p.stream.path, true);
+                        self.ctx.master.announce(&p.stream.path, true);
                     }
                 }
             }
@@ -405,7 +402,7 @@ impl Connection {
             if gone && !stream.is_ended() {
                 tracing::info!(path = %stream.path, "publisher did not come back; stream ended");
                 stream.end();
-                ctx.announce(&stream.path, false);
+                ctx.master.announce(&stream.path, false);
             }
         });
     }

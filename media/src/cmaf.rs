@@ -372,8 +372,8 @@ fn container(kind: &[u8; 4], children: &[&[u8]]) -> Result<Vec<u8>, MediaError> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::avc::tests::{SEQ_HDR_852X480, hex};
     use super::*;
+    use crate::avc::tests::{SEQ_HDR_852X480, hex};
     use mp4_atom::{Any, Decode, Moov, TrunSamples};
 
     fn avc() -> AvcConfig {

@@ -1,22 +1,28 @@
-//! Pure (sans-IO) media pipeline: FLV tag bodies from RTMP in, CMAF fMP4
-//! (init segment + LL-HLS parts) out.
+//! classcast's media path without IO: RTMP bytes in, LL-HLS playlists and CMAF parts out.
 //!
-//! Nothing in here touches sockets, files or clocks, so the whole pipeline can
-//! be unit-tested and fuzzed with plain byte buffers. The RTMP layer feeds
-//! [`Packager`]; the HLS layer consumes [`PackagerOutput`].
+//! Nothing in here touches sockets, files, tasks or locks: every piece is a state machine fed
+//! with bytes (and, where time matters, the time), so the whole path is unit-tested and fuzzed
+//! with plain buffers. The slave owns the sockets, the locks and the clock; this crate must
+//! never depend on tokio, axum, hyper or reqwest (`scripts/test.sh` checks it).
 //!
-//! Layout:
+//! Along the data path:
+//! - [`rtmp`] — the rml_rtmp adapter (bytes in → [`rtmp::RtmpEvent`]s + bytes out) and the
+//!   chunk reader that bounds what a peer can make it buffer.
 //! - [`flv`] — FLV VIDEODATA / AUDIODATA body parsing (legacy + enhanced-RTMP header shape).
-//! - [`avc`] — AVCDecoderConfigurationRecord + SPS (dimensions, RFC 6381 codec string).
-//! - [`aac`] — AudioSpecificConfig.
-//! - [`cmaf`] — init segment and moof+mdat fragment writers.
-//! - [`packager`] — the state machine that turns tags into parts and segments.
+//! - [`avc`], [`aac`] — AVCDecoderConfigurationRecord + SPS, AudioSpecificConfig.
+//! - [`packager`] — tags → CMAF parts and segments (video part cutting, the audio queue and the
+//!   timeline each in their own module); [`cmaf`] writes the boxes.
+//! - [`hls`] — the per-stream LL-HLS state, the playlist renderer and parser, the URL space.
+//! - [`flv_file`] — the FLV file reader for tests, fuzz seeds and the bench.
 
 pub mod aac;
 pub mod avc;
 pub mod cmaf;
 pub mod flv;
+pub mod flv_file;
+pub mod hls;
 pub mod packager;
+pub mod rtmp;
 
 pub use aac::AacConfig;
 pub use avc::AvcConfig;

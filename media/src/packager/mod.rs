@@ -38,11 +38,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::MediaError;
-use super::aac::{AacConfig, SAMPLES_PER_FRAME};
-use super::avc::AvcConfig;
-use super::cmaf::{self, AUDIO_TRACK_ID, Sample, TrackRun, VIDEO_TIMESCALE, VIDEO_TRACK_ID};
-use super::flv::{self, AudioPacket, VideoPacket};
+use crate::MediaError;
+use crate::aac::{AacConfig, SAMPLES_PER_FRAME};
+use crate::avc::AvcConfig;
+use crate::cmaf::{self, AUDIO_TRACK_ID, Sample, TrackRun, VIDEO_TIMESCALE, VIDEO_TRACK_ID};
+use crate::flv::{self, AudioPacket, VideoPacket};
 
 /// A timestamp step bigger than this (either direction) is a clock reset,
 /// not media time passing.
@@ -773,8 +773,8 @@ fn ms_to_ticks(ms: u64, rate: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::avc::tests::{SEQ_HDR_852X480, hex};
     use super::*;
+    use crate::avc::tests::{SEQ_HDR_852X480, hex};
     use mp4_atom::{Decode, Moof, TrunEntry, TrunSamples};
     use std::collections::HashMap;
     use std::process::Command;
@@ -786,7 +786,7 @@ mod tests {
     /// -crf 38 -g 30 -keyint_min 30 -sc_threshold 0 -bf 2 -pix_fmt yuv420p
     /// -c:a aac -b:a 48k -f flv`. 360 is not a multiple of 16, so this also
     /// covers SPS cropping.
-    const FIXTURE: &[u8] = include_bytes!("testdata/avc_aac_640x360_4s.flv");
+    const FIXTURE: &[u8] = include_bytes!("../testdata/avc_aac_640x360_4s.flv");
 
     struct FlvTag {
         kind: u8,

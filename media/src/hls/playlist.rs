@@ -4,23 +4,17 @@
 
 use std::fmt::Write;
 
-use super::store::{HlsConfig, State};
+use super::state::{HlsConfig, State};
 
 /// Segments at the live end whose parts are listed; older segments appear whole only.
 pub const PART_SEGMENTS: usize = 3;
 
 pub fn target_duration(st: &State, cfg: &HlsConfig) -> u64 {
-    st.max_segment
-        .max(cfg.segment_target.as_secs_f64())
-        .ceil()
-        .max(1.0) as u64
+    st.target_duration(cfg)
 }
 
 pub fn part_target(st: &State, cfg: &HlsConfig) -> f64 {
-    // Parts are cut on frame boundaries, so one can run a frame past the configured target;
-    // PART-TARGET must still cover it.
-    let t = st.max_part.max(cfg.part_target.as_secs_f64());
-    (t * 1000.0).ceil() / 1000.0
+    st.part_target(cfg)
 }
 
 /// `query` is appended to every URI (e.g. `jwt=…`), so that players that know nothing of our
@@ -100,18 +94,7 @@ pub fn render(st: &State, cfg: &HlsConfig, query: Option<&str>) -> String {
     }
     if st.ended {
         out.push_str("#EXT-X-ENDLIST\n");
-    } else if let Some(last) = listed.last() {
-        // A segment that has reached its target ends at the next keyframe, which with a GOP of
-        // about the segment target is the next part: hint the next segment's first part then,
-        // so players that prefetch hints (Shaka) do not ask for a part that never comes.
-        // Half a part of slack: part durations are whole milliseconds, a 1 s segment of five
-        // 200 ms parts may add up to 0.999 s.
-        let full = last.duration + part_target / 2.0 >= cfg.segment_target.as_secs_f64();
-        let (msn, idx) = if last.complete || full {
-            (last.msn + 1, 0)
-        } else {
-            (last.msn, last.parts.len())
-        };
+    } else if let Some((msn, idx)) = st.preload_hint(cfg, part_target) {
         let _ = writeln!(
             out,
             "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
@@ -208,7 +191,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hls::store::HlsStream;
+    use crate::hls::state::TestStream as HlsStream;
     use bytes::Bytes;
     use std::time::Duration;
 
@@ -447,7 +430,7 @@ impl ParsedPlaylist {
 #[cfg(test)]
 mod parse_tests {
     use super::*;
-    use crate::hls::store::HlsStream;
+    use crate::hls::state::TestStream as HlsStream;
     use bytes::Bytes;
     use std::time::Duration;
 

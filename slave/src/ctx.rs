@@ -1,0 +1,175 @@
+//! The node's configuration and the context every stage shares. The ground floor: it imports
+//! no stage (ingest, mirror, serve, agent), so every stage can import it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::secret::ClusterSecret;
+use common::sysstats::SysStats;
+use common::token::TokenVerifier;
+use media::rtmp::RtmpLimits;
+use parking_lot::RwLock;
+
+use crate::hls::store::{HlsConfig, ParkedRequests, StreamEntry, StreamStore};
+use crate::master_client::MasterClient;
+use crate::metrics::SlaveMetrics;
+use crate::tickets;
+use crate::viewers::ViewerTracker;
+
+#[derive(Debug, Clone)]
+pub struct RtmpConfig {
+    pub limits: RtmpLimits,
+    pub handshake_timeout: Duration,
+    /// Silence this long closes a publishing connection.
+    pub idle_timeout: Duration,
+    /// From accept to an accepted publish.
+    pub publish_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            limits: RtmpLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            max_connections: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SlaveConfig {
+    pub node_id: String,
+    pub node_name: String,
+    pub master_url: String,
+    pub secret: ClusterSecret,
+    /// Base URL browsers use for HLS.
+    pub public_url: String,
+    /// Base URL other slaves use to pull streams.
+    pub internal_url: String,
+    /// `rtmp://host:port/live`, what teachers paste into OBS.
+    pub rtmp_url: String,
+    pub max_connections: u32,
+    /// Overrides the interval the master asks for (tests).
+    pub heartbeat_interval: Option<Duration>,
+    pub hls: HlsConfig,
+    pub rtmp: RtmpConfig,
+    pub viewer_window: Duration,
+    /// Edge of an edge: pull every stream from this slave instead of the origin.
+    pub upstream_url: Option<String>,
+    pub http: common::http::HttpLimits,
+    /// Page origins browsers may play from besides the master's (an LMS embedding the player).
+    pub cors_origins: Vec<String>,
+    /// Blocking requests parked at once.
+    pub max_parked: usize,
+}
+
+/// Everything the slave's tasks share.
+pub struct SlaveCtx {
+    pub cfg: SlaveConfig,
+    pub store: StreamStore,
+    pub viewers: ViewerTracker,
+    pub metrics: SlaveMetrics,
+    pub sys: SysStats,
+    pub http: reqwest::Client,
+    pub tickets: tickets::TicketKey,
+    /// The open HTTP connections (bounded).
+    pub conns: Arc<common::http::ConnTable>,
+    pub parked: ParkedRequests,
+    /// Streams the master said are not live, and when it said so: asked again only after
+    /// [`MISSING_STREAM_TTL`], however many viewers ask for them meanwhile.
+    pub missing: dashmap::DashMap<String, std::time::Instant>,
+    /// The master, for announcements and origin lookups.
+    pub master: MasterClient,
+    verifier: RwLock<Option<TokenVerifier>>,
+    page_origins: RwLock<std::collections::HashSet<String>>,
+    /// Where a stream this node lacks comes from (the edge mirror), set once at start.
+    finder: std::sync::OnceLock<Box<dyn StreamFinder>>,
+}
+
+/// How long a slave remembers that a stream is not live anywhere.
+pub const MISSING_STREAM_TTL: Duration = Duration::from_secs(1);
+
+impl SlaveCtx {
+    pub fn new(cfg: SlaveConfig) -> anyhow::Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Arc::new(Self {
+            tickets: tickets::TicketKey::derive(&cfg.secret, &cfg.node_id),
+            viewers: ViewerTracker::new(cfg.viewer_window),
+            conns: common::http::ConnTable::for_limits(&cfg.http),
+            parked: ParkedRequests::new(cfg.max_parked),
+            master: MasterClient::new(&cfg.master_url, &cfg.secret, &cfg.node_id, http.clone()),
+            finder: std::sync::OnceLock::new(),
+            missing: Default::default(),
+            page_origins: RwLock::new(Self::own_origins(&cfg)),
+            cfg,
+            store: StreamStore::default(),
+            metrics: SlaveMetrics::new(),
+            sys: SysStats::default(),
+            http,
+            verifier: RwLock::new(None),
+        }))
+    }
+
+    /// The master's public key arrives with registration; until then nothing can be verified.
+    pub fn verifier(&self) -> Option<TokenVerifier> {
+        self.verifier.read().clone()
+    }
+
+    pub fn set_verifier(&self, v: TokenVerifier) {
+        *self.verifier.write() = Some(v);
+    }
+
+    /// The master's origin as we reach it and our configured extras: allowed before the master
+    /// tells us its public one.
+    fn own_origins(cfg: &SlaveConfig) -> std::collections::HashSet<String> {
+        common::http::origin_of(&cfg.master_url)
+            .into_iter()
+            .chain(cfg.cors_origins.iter().cloned())
+            .collect()
+    }
+
+    /// The page origins the master announced at registration, added to our own.
+    pub fn set_page_origins(&self, from_master: &[String]) {
+        let mut all = Self::own_origins(&self.cfg);
+        all.extend(
+            from_master
+                .iter()
+                .filter_map(|o| common::http::origin_of(o)),
+        );
+        *self.page_origins.write() = all;
+    }
+
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.page_origins.read().contains(origin)
+    }
+
+    /// Installs what finds streams this node lacks (once, at start).
+    pub fn set_finder(&self, f: impl StreamFinder + 'static) {
+        let _ = self.finder.set(Box::new(f));
+    }
+
+    /// The stream at `path`: held here, or found (mirrored on demand) if the cluster has it.
+    pub async fn find_stream(self: &Arc<Self>, path: &str) -> Option<Arc<StreamEntry>> {
+        if let Some(e) = self.store.get(path) {
+            return Some(e);
+        }
+        self.finder.get()?.find(self, path).await
+    }
+}
+
+/// How serving gets a stream it does not hold, without knowing who provides it: the edge
+/// mirror implements it by asking the master where the stream lives and mirroring it.
+pub trait StreamFinder: Send + Sync {
+    fn find<'a>(
+        &'a self,
+        ctx: &'a Arc<SlaveCtx>,
+        path: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<Arc<StreamEntry>>>;
+}

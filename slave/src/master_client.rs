@@ -1,0 +1,151 @@
+//! Every call a slave makes to its master, typed: register, heartbeat, announce, unregister,
+//! and the origin lookup an edge makes for a viewer who arrived before the mirror order.
+
+use std::time::Duration;
+
+use common::api::{
+    Heartbeat, MirrorOrder, RegisterRequest, RegisterResponse, StreamAnnounce, UnregisterRequest,
+    paths,
+};
+use common::secret::ClusterSecret;
+
+/// Why a heartbeat did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The master does not know this node (it restarted): register again.
+    #[error("the master does not know this node")]
+    UnknownNode,
+    #[error("the master answered {0}")]
+    Refused(reqwest::StatusCode),
+    #[error("heartbeat failed: {0}")]
+    Failed(#[from] reqwest::Error),
+}
+
+#[derive(Clone)]
+pub struct MasterClient {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+    node_id: String,
+}
+
+impl MasterClient {
+    pub fn new(
+        master_url: &str,
+        secret: &ClusterSecret,
+        node_id: &str,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            http,
+            base: master_url.trim_end_matches('/').to_string(),
+            auth: secret.bearer(),
+            node_id: node_id.to_string(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> anyhow::Result<RegisterResponse> {
+        let resp = self
+            .post(paths::REGISTER)
+            .timeout(Duration::from_secs(5))
+            .json(req)
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!("master answered {status}: {body}");
+        }
+        Ok(resp.json().await?)
+    }
+
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<(), HeartbeatError> {
+        let r = self
+            .post(paths::HEARTBEAT)
+            .timeout(Duration::from_secs(5))
+            .json(hb)
+            .send()
+            .await?;
+        match r.status() {
+            s if s.is_success() => Ok(()),
+            reqwest::StatusCode::NOT_FOUND => Err(HeartbeatError::UnknownNode),
+            s => Err(HeartbeatError::Refused(s)),
+        }
+    }
+
+    /// Tells the master at once that a stream started or ended here (the heartbeat would be up
+    /// to an interval late, and edges and routing wait on this), retrying in the background.
+    pub fn announce(&self, path: &str, live: bool) {
+        let client = self.clone();
+        let body = StreamAnnounce {
+            node_id: self.node_id.clone(),
+            path: path.to_string(),
+            live,
+        };
+        tokio::spawn(async move {
+            for attempt in 0..5u32 {
+                let res = client
+                    .post(paths::ANNOUNCE)
+                    .timeout(Duration::from_secs(5))
+                    .json(&body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), path = %body.path, "stream announcement refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %body.path, "stream announcement failed")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        });
+    }
+
+    /// Best effort, on graceful shutdown.
+    pub async fn unregister(&self) {
+        let body = UnregisterRequest {
+            node_id: self.node_id.clone(),
+        };
+        match self
+            .post(paths::UNREGISTER)
+            .json(&body)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => tracing::info!("unregistered from the master"),
+            Ok(r) => tracing::warn!(status = %r.status(), "unregister refused"),
+            Err(e) => tracing::warn!(error = %e, "unregister failed"),
+        }
+    }
+
+    /// Where `path` is live, if anywhere.
+    pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
+        let resp = self
+            .http
+            // Stream paths are `live/<name>` of URL-safe characters (checked by the callers).
+            .get(format!("{}{}?path={path}", self.base, paths::ORIGIN))
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+}

@@ -1,0 +1,268 @@
+//! LL-HLS over HTTP: playlists with blocking reload, init/segment/part bytes straight from
+//! memory. Every request is authorized by the [`HlsRequest`] extractor before a handler runs;
+//! one handler per file kind.
+
+mod auth;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use common::ApiError;
+use common::api::paths;
+use media::hls::names::HlsFile;
+
+pub use self::auth::{Caller, HlsRequest, PeerAuth};
+use crate::SlaveCtx;
+use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};
+
+pub fn router() -> Router<Arc<SlaveCtx>> {
+    Router::new().route(paths::HLS, get(hls_file))
+}
+
+async fn hls_file(State(ctx): State<Arc<SlaveCtx>>, req: Result<HlsRequest, ApiError>) -> Response {
+    let res = match req {
+        Ok(req) => serve(&ctx, req).await,
+        Err(e) => Err(e),
+    };
+    res.unwrap_or_else(|e| {
+        ctx.metrics.http_refusals.with_label_values(&[e.code]).inc();
+        if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN {
+            tracing::info!(error = %e, "hls request refused");
+        }
+        e.into_response()
+    })
+}
+
+async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiError> {
+    // A viewer may arrive before the mirror order: the stream is then found on demand.
+    let entry = ctx.find_stream(&req.path).await.ok_or_else(|| {
+        ApiError::not_found("stream_not_found", format!("{} is not live here", req.path))
+    })?;
+    let stream = &entry.stream;
+    let kind = match req.file {
+        HlsFile::Playlist => 0,
+        HlsFile::Init(_) => 1,
+        HlsFile::Segment(_) => 2,
+        HlsFile::Part(..) => 3,
+    };
+    ctx.metrics.requests_by_kind[kind].inc();
+    match req.file {
+        HlsFile::Playlist => playlist(ctx, stream, &req).await,
+        HlsFile::Init(id) => init(ctx, stream, id).await,
+        HlsFile::Segment(msn) => segment(ctx, stream, msn).await,
+        HlsFile::Part(msn, idx) => part(ctx, stream, msn, idx).await,
+    }
+}
+
+async fn playlist(
+    ctx: &SlaveCtx,
+    stream: &Arc<HlsStream>,
+    req: &HlsRequest,
+) -> Result<Response, ApiError> {
+    // What follows every URI: the viewer's media ticket, nothing for a peer.
+    let query = match &req.caller {
+        Caller::Viewer { exp, viewer } => {
+            format!("?t={}", ctx.tickets.mint(&req.path, *exp, viewer))
+        }
+        Caller::Peer => String::new(),
+    };
+    let body = playlist_response(ctx, stream, req.msn, req.part, &query).await?;
+    let mut r = respond(
+        ctx,
+        body.into(),
+        "application/vnd.apple.mpegurl",
+        "no-cache",
+    );
+    if matches!(req.caller, Caller::Peer) {
+        let newest = stream
+            .read()
+            .segments
+            .back()
+            .and_then(|s| s.parts.last())
+            .map(|p| p.created_ms);
+        if let Some(t) = newest {
+            r.headers_mut()
+                .insert(common::api::PART_TIME_HEADER, HeaderValue::from(t));
+        }
+    }
+    Ok(r)
+}
+
+async fn init(ctx: &SlaveCtx, stream: &Arc<HlsStream>, id: u32) -> Result<Response, ApiError> {
+    // The first init arrives with the first keyframe: wait briefly for it.
+    park(ctx, stream, |st| st.init(id).is_some()).await?;
+    let data = stream.read().init(id).cloned();
+    data.map(|d| media(ctx, d))
+        .ok_or_else(|| ApiError::not_found("not_found", "no such init segment"))
+}
+
+async fn segment(ctx: &SlaveCtx, stream: &Arc<HlsStream>, msn: u64) -> Result<Response, ApiError> {
+    let known = {
+        let st = stream.read();
+        st.segment(msn).is_some() || st.last_msn().is_some_and(|l| msn == l + 1)
+    };
+    if !known {
+        return Err(ApiError::not_found("not_found", "no such segment"));
+    }
+    park(ctx, stream, |st| {
+        st.segment(msn).is_some_and(|s| s.complete)
+    })
+    .await?;
+    let body = stream.read().segment(msn).and_then(|s| s.body());
+    body.map(|b| segment_response(ctx, b))
+        .ok_or_else(|| ApiError::not_found("not_found", "segment not available"))
+}
+
+async fn part(
+    ctx: &SlaveCtx,
+    stream: &Arc<HlsStream>,
+    msn: u64,
+    idx: usize,
+) -> Result<Response, ApiError> {
+    let get = |st: &StreamState| {
+        st.segment(msn)
+            .and_then(|s| s.parts.get(idx))
+            .map(|p| p.data.clone())
+    };
+    let (found, next) = {
+        let st = stream.read();
+        (get(&st), st.may_come_next(msn, idx))
+    };
+    if let Some(d) = found {
+        return Ok(media(ctx, d));
+    }
+    if !next {
+        return Err(ApiError::not_found("not_found", "no such part"));
+    }
+    // A preload-hinted part: hold the request until it exists.
+    park(ctx, stream, |st| st.part_settled(msn, idx)).await?;
+    let d = get(&stream.read());
+    d.map(|d| media(ctx, d))
+        .ok_or_else(|| ApiError::not_found("not_found", "part not available"))
+}
+
+/// The stream's hold time, kept under half the HTTP idle timeout so that a parked request
+/// never looks idle.
+fn hold_time(ctx: &SlaveCtx, stream: &HlsStream) -> Duration {
+    stream
+        .read()
+        .hold_time(&stream.cfg)
+        .min(ctx.cfg.http.idle_timeout / 2)
+}
+
+/// Holds a request until `ready` holds or the hold time passes (returning whether it held),
+/// counted against the parked bound: past it, 503 with `Retry-After`.
+async fn park(
+    ctx: &SlaveCtx,
+    stream: &HlsStream,
+    ready: impl Fn(&StreamState) -> bool,
+) -> Result<bool, ApiError> {
+    if ready(&stream.read()) {
+        return Ok(true);
+    }
+    if stream.is_ended() {
+        return Ok(false);
+    }
+    let Some(_slot) = ctx.parked.enter() else {
+        tracing::warn!(path = %stream.path, max = ctx.parked.max(), "too many parked requests; refusing a blocking one");
+        return Err(ApiError::unavailable(
+            "too_many_waiting",
+            "this node holds as many blocking requests as it can; retry shortly",
+        )
+        .retry_after(1));
+    };
+    Ok(stream.wait_for(hold_time(ctx, stream), ready).await)
+}
+
+async fn playlist_response(
+    ctx: &SlaveCtx,
+    stream: &Arc<HlsStream>,
+    msn: Option<u64>,
+    part: Option<usize>,
+    query: &str,
+) -> Result<String, ApiError> {
+    if let Some(msn) = msn {
+        {
+            let st = stream.read();
+            let last = st.last_msn();
+            let base = last.unwrap_or(0);
+            if !st.ended && msn > base + 2 && last.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "_HLS_msn={msn} is too far ahead (last is {base})"
+                )));
+            }
+        }
+        let ready = move |st: &StreamState| match part {
+            Some(p) => st.part_settled(msn, p),
+            None => {
+                st.segment(msn).is_some_and(|s| s.complete)
+                    || st.last_msn().is_some_and(|l| l > msn)
+            }
+        };
+        let ok = park(ctx, stream, ready).await?;
+        if !ok && !stream.is_ended() {
+            return Err(ApiError::unavailable(
+                "not_ready",
+                "the requested part did not appear in time",
+            ));
+        }
+    } else {
+        // Plain-HLS players need at least one whole segment; a playlist of parts only would
+        // make them give up. Hold the very first request until a segment completes.
+        let has_segment = |st: &StreamState| st.segments.iter().any(|s| s.complete);
+        park(ctx, stream, has_segment).await?;
+    }
+    Ok(stream.rendered().join_with(query))
+}
+
+fn respond(
+    ctx: &SlaveCtx,
+    body: Bytes,
+    content_type: &'static str,
+    cache: &'static str,
+) -> Response {
+    ctx.metrics.bytes_out.inc_by(body.len() as u64);
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+/// A segment as its parts back to back: the bytes are shared with the parts, never copied.
+fn segment_response(ctx: &SlaveCtx, body: SegmentBody) -> Response {
+    match body {
+        SegmentBody::Whole(b) => media(ctx, b),
+        SegmentBody::Parts(parts) => {
+            let len = parts.iter().map(Bytes::len).sum::<usize>();
+            ctx.metrics.bytes_out.inc_by(len as u64);
+            let stream =
+                futures::stream::iter(parts.into_iter().map(Ok::<_, std::convert::Infallible>));
+            let mut r = Response::new(Body::from_stream(stream));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            );
+            r
+        }
+    }
+}
+
+fn media(ctx: &SlaveCtx, data: Bytes) -> Response {
+    respond(
+        ctx,
+        data,
+        "video/mp4",
+        "public, max-age=31536000, immutable",
+    )
+}
