@@ -46,12 +46,10 @@ pub enum RtmpEvent {
     },
     Publish {
         request_id: u32,
-        app: String,
+        /// `name?key=TOKEN`, as publishers send it.
         stream_key: String,
     },
-    PublishFinished {
-        stream_key: String,
-    },
+    PublishFinished,
     Play {
         request_id: u32,
         stream_key: String,
@@ -248,7 +246,6 @@ impl RtmpSession {
             }),
             ServerSessionEvent::PublishStreamRequested {
                 request_id,
-                app_name,
                 stream_key,
                 ..
             } => {
@@ -257,13 +254,10 @@ impl RtmpSession {
                 }
                 Some(RtmpEvent::Publish {
                     request_id,
-                    app: app_name,
                     stream_key,
                 })
             }
-            ServerSessionEvent::PublishStreamFinished { stream_key, .. } => {
-                Some(RtmpEvent::PublishFinished { stream_key })
-            }
+            ServerSessionEvent::PublishStreamFinished { .. } => Some(RtmpEvent::PublishFinished),
             ServerSessionEvent::PlayStreamRequested {
                 request_id,
                 stream_key,
@@ -324,27 +318,53 @@ mod tests {
         assert!(r.is_err());
     }
 
+    /// A session past the handshake (C0+C1 of zeros, then C2).
+    fn after_handshake(limits: RtmpLimits) -> RtmpSession {
+        let mut s = RtmpSession::new(limits);
+        let mut c0c1 = vec![3u8];
+        c0c1.extend(std::iter::repeat_n(0u8, 1536));
+        s.feed(&c0c1).unwrap();
+        s.feed(&[0u8; 1536]).unwrap();
+        assert!(s.handshake_done());
+        s
+    }
+
+    /// A message in one chunk with a type-0 header on chunk stream `csid`.
+    fn chunk0(csid: u8, type_id: u8, len: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![csid, 0, 0, 0];
+        v.extend_from_slice(&len.to_be_bytes()[1..]);
+        v.push(type_id);
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v.extend_from_slice(payload);
+        v
+    }
+
     #[test]
-    fn random_input_never_escapes_as_a_panic() {
-        let mut seed = 0x2545F4914F6CDD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..300 {
-            let mut s = RtmpSession::new(RtmpLimits::default());
-            // A valid C0+C1, then C2, then random chunk bytes.
-            let mut c0c1 = vec![3u8];
-            c0c1.extend(std::iter::repeat_n(0u8, 1536));
-            if s.feed(&c0c1).is_err() {
-                continue;
-            }
-            let _ = s.feed(&[0u8; 1536]);
-            let n = (next() % 600) as usize;
-            let junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
-            let _ = s.feed(&junk);
-        }
+    fn chunk_size_bound_holds_inside_the_session() {
+        let mut s = after_handshake(RtmpLimits::default());
+        // 64 KiB is fine, and rml_rtmp follows it.
+        s.feed(&chunk0(2, 1, 4, &65_536u32.to_be_bytes())).unwrap();
+        let r = s.feed(&chunk0(2, 1, 4, &0x7fff_ffffu32.to_be_bytes()));
+        assert!(
+            matches!(r, Err(RtmpError::Chunk(ChunkError::ChunkSize(0x7fff_ffff, _)))),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn large_messages_only_after_an_accepted_publish() {
+        let limits = RtmpLimits::default();
+        let big = (limits.max_message_bytes_before_publish + 1) as u32;
+        let mut s = after_handshake(limits.clone());
+        let r = s.feed(&chunk0(4, 9, big, &[0x17; 16]));
+        assert!(
+            matches!(r, Err(RtmpError::Chunk(ChunkError::MessageTooLarge(n, _))) if n == big),
+            "{r:?}"
+        );
+        // Once publishing, the publisher bound applies instead.
+        let mut s = after_handshake(limits);
+        s.publishing = true;
+        s.guard.set_max_message(8 << 20);
+        assert!(s.feed(&chunk0(4, 9, big, &[0x17; 16])).is_ok());
     }
 }

@@ -213,7 +213,7 @@ impl Connection {
                 )?;
                 Ok(Flow::Close("rtmp play is not offered".into()))
             }
-            RtmpEvent::PublishFinished { .. } => {
+            RtmpEvent::PublishFinished => {
                 self.stop_publishing("unpublished");
                 Ok(Flow::Continue(Vec::new()))
             }
