@@ -25,6 +25,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The media crate stays without IO (docs/architecture.md): no async runtime or HTTP stack in
+# its dependency tree.
+if cargo tree -p classcast-media -e normal --prefix none | grep -E '^(tokio|axum|hyper|reqwest|tower) '; then
+  echo "classcast-media must not depend on tokio, axum, hyper, reqwest or tower" >&2
+  exit 1
+fi
 cargo test --workspace --all-targets -- --test-threads=4 --skip clients::
 # OBS (software rendering takes about a core) and GStreamer run on their own, so the timing
 # assertions of the other end-to-end tests do not share the two cores with them.

@@ -21,7 +21,7 @@ use rml_rtmp::sessions::{
 };
 use rml_rtmp::time::RtmpTimestamp;
 use media::hls::playlist;
-use media::hls::state::{HlsConfig, Now, State};
+use media::hls::state::{CutPart, HlsConfig, Now, State};
 use media::rtmp::{RtmpEvent, RtmpLimits, RtmpSession};
 
 const FIXTURE: &[u8] = include_bytes!("../../media/src/testdata/avc_aac_640x360_4s.flv");
@@ -283,15 +283,14 @@ fn hls_seeds(root: &Path) {
         if i == 12 {
             s.set_init(Bytes::from_static(b"j"), "avc1".into(), None);
         }
-        let p = s.place_part(
-            1_795_000_000,
-            Bytes::from_static(b"p"),
-            Duration::from_millis(200),
-            i % 5 == 0,
-            i % 5 == 0,
-            i == 10,
-            now,
-        );
+        let cut = CutPart {
+            data: Bytes::from_static(b"p"),
+            duration: Duration::from_millis(200),
+            independent: i % 5 == 0,
+            starts_segment: i % 5 == 0,
+            discontinuity: i == 10,
+        };
+        let p = s.place_part(1_795_000_000, cut, now);
         s.insert_part(&cfg, p, now);
     }
     write(

@@ -58,7 +58,10 @@ async fn join_storm_while_viewers_play() {
     let master = c.master_url();
     let (okc, errc) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // Tokens per slave, from the node each token names.
-    let per_node = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<String, u64>::new()));
+    let per_node = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        u64,
+    >::new()));
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));

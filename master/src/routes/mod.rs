@@ -1,2 +1,4 @@
 pub mod cluster;
+#[cfg(test)]
+mod tests;
 pub mod token;

@@ -68,7 +68,7 @@ impl<'a> HlsQuery<'a> {
         if raw.len() > MAX_QUERY_LEN {
             return Err(QueryError::TooLong);
         }
-        for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
             match &*k {
                 "jwt" | "token" => q.jwt = Some(v),
                 "t" => q.ticket = Some(v),

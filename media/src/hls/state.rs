@@ -119,6 +119,17 @@ impl Segment {
     }
 }
 
+/// A part as the packager cut it, before it has a place in the stream.
+#[derive(Debug, Clone)]
+pub struct CutPart {
+    pub data: Bytes,
+    pub duration: Duration,
+    pub independent: bool,
+    pub starts_segment: bool,
+    /// A publisher came back (or the init changed): the segment it opens is a discontinuity.
+    pub discontinuity: bool,
+}
+
 /// One part to insert.
 #[derive(Debug, Clone)]
 pub struct PartIn {
@@ -290,16 +301,14 @@ impl State {
     /// Where a part from the packager goes: the next index of the open segment, or a new
     /// segment (numbered from `msn_base` for the very first one) when `starts_segment`, with
     /// its program-date-time.
-    pub fn place_part(
-        &self,
-        msn_base: u64,
-        data: Bytes,
-        duration: Duration,
-        independent: bool,
-        starts_segment: bool,
-        discontinuity: bool,
-        now: Now,
-    ) -> PartIn {
+    pub fn place_part(&self, msn_base: u64, part: CutPart, now: Now) -> PartIn {
+        let CutPart {
+            data,
+            duration,
+            independent,
+            starts_segment,
+            discontinuity,
+        } = part;
         // The part's first sample arrived about one part duration ago.
         let wall_ms = now.unix_ms.saturating_sub(duration.as_millis() as u64);
         let init_id = self.current_init_id();
@@ -515,11 +524,13 @@ impl TestStream {
         let mut st = self.st.borrow_mut();
         let p = st.place_part(
             1_000_000,
-            data,
-            duration,
-            independent,
-            starts_segment,
-            discontinuity,
+            CutPart {
+                data,
+                duration,
+                independent,
+                starts_segment,
+                discontinuity,
+            },
             now,
         );
         let at = (p.msn, p.index);
@@ -552,15 +563,14 @@ mod tests {
         disc: bool,
         now: Now,
     ) -> (u64, usize) {
-        let p = st.place_part(
-            1000,
-            part(n),
-            Duration::from_millis(200),
-            starts,
-            starts,
-            disc,
-            now,
-        );
+        let cut = CutPart {
+            data: part(n),
+            duration: Duration::from_millis(200),
+            independent: starts,
+            starts_segment: starts,
+            discontinuity: disc,
+        };
+        let p = st.place_part(1000, cut, now);
         let at = (p.msn, p.index);
         assert!(st.insert_part(cfg, p, now));
         at
@@ -645,7 +655,14 @@ mod tests {
         let now = Now::system();
         let mut st = State::default();
         for _ in 0..50 {
-            let p = st.place_part(7, part(0), Duration::from_secs(1), true, true, false, now);
+            let cut = CutPart {
+                data: part(0),
+                duration: Duration::from_secs(1),
+                independent: true,
+                starts_segment: true,
+                discontinuity: false,
+            };
+            let p = st.place_part(7, cut, now);
             st.insert_part(&cfg, p, now);
         }
         assert!(st.segments.len() <= 3 + 4);

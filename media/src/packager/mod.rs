@@ -506,9 +506,8 @@ impl Packager {
         let first_dts = frames.first()?.dts_ms;
         let rate = self.aac.as_ref()?.sample_rate;
         let ticks = frames.len() as u64 * u64::from(SAMPLES_PER_FRAME);
-        let duration = Duration::from_nanos(
-            (u128::from(ticks) * 1_000_000_000 / u128::from(rate)) as u64,
-        );
+        let duration =
+            Duration::from_nanos((u128::from(ticks) * 1_000_000_000 / u128::from(rate)) as u64);
         let run = self.audio.run(frames, rate)?;
         Some((vec![run], duration, true, first_dts))
     }

@@ -179,8 +179,7 @@ fn check_structure(out: &[PackagerOutput], fed: &Fed, cfg: PackagerConfig) -> Ve
     let (mut video_samples, mut audio_samples) = (0usize, 0usize);
     let mut next_tfdt: HashMap<u32, u64> = HashMap::new();
     let mut max_frame_ms = 0u64;
-    for (i, (data, duration, independent, starts_segment, first_dts_ms)) in
-        parts.iter().enumerate()
+    for (i, (data, duration, independent, starts_segment, first_dts_ms)) in parts.iter().enumerate()
     {
         if *starts_segment {
             assert!(independent, "segments start on keyframes");

@@ -177,8 +177,7 @@ impl VideoCutter {
         Some(VideoRun {
             run: TrackRun {
                 track_id: VIDEO_TRACK_ID,
-                base_media_decode_time: first_dts
-                    .saturating_mul(u64::from(VIDEO_TIMESCALE / 1000)),
+                base_media_decode_time: first_dts.saturating_mul(u64::from(VIDEO_TIMESCALE / 1000)),
                 samples,
             },
             duration_ms: total_ms,

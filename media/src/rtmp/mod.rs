@@ -346,7 +346,10 @@ mod tests {
         s.feed(&chunk0(2, 1, 4, &65_536u32.to_be_bytes())).unwrap();
         let r = s.feed(&chunk0(2, 1, 4, &0x7fff_ffffu32.to_be_bytes()));
         assert!(
-            matches!(r, Err(RtmpError::Chunk(ChunkError::ChunkSize(0x7fff_ffff, _)))),
+            matches!(
+                r,
+                Err(RtmpError::Chunk(ChunkError::ChunkSize(0x7fff_ffff, _)))
+            ),
             "{r:?}"
         );
     }

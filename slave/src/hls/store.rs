@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use media::hls::playlist::Rendered;
-pub use media::hls::state::{HlsConfig, Now, Part, PartIn, Segment, SegmentBody, State};
+pub use media::hls::state::{CutPart, HlsConfig, Now, Part, PartIn, Segment, SegmentBody, State};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -99,15 +99,14 @@ impl HlsStream {
         let now = Now::system();
         let cfg = &self.cfg;
         self.change(|st| {
-            let p = st.place_part(
-                self.msn_base,
+            let cut = CutPart {
                 data,
                 duration,
                 independent,
                 starts_segment,
                 discontinuity,
-                now,
-            );
+            };
+            let p = st.place_part(self.msn_base, cut, now);
             let at = (p.msn, p.index);
             let ok = st.insert_part(cfg, p, now);
             (at, ok)

@@ -3,6 +3,8 @@
 //! one handler per file kind.
 
 mod auth;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
