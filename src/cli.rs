@@ -1,0 +1,249 @@
+//! The command line: every role's flags, each also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "classcast",
+    version,
+    about = "Live classroom streaming: RTMP in, LL-HLS out, across a cluster"
+)]
+pub(crate) struct Cli {
+    /// Role to run when no subcommand is given (`MODE=master|slave`, as in the original design).
+    #[arg(long, env = "MODE", global = true, hide = true)]
+    pub(crate) mode: Option<String>,
+    #[command(subcommand)]
+    pub(crate) cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Run the master: registry, load balancer, token issuer, pages.
+    Master(MasterArgs),
+    /// Run a slave: RTMP ingest and LL-HLS serving.
+    Slave(Box<SlaveArgs>),
+    /// Run a whole local cluster (a master and N slaves) on loopback, with generated secrets.
+    Up(UpArgs),
+    /// Exit 0 if the local node answers /health (for container HEALTHCHECKs).
+    Healthcheck(HealthArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Shared secret for every call inside the cluster (at least 16 characters).
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub(crate) cluster_secret: Option<String>,
+    /// Development only: run without a configured secret, using a well-known one. Never in production.
+    #[arg(long, env = "INSECURE_DEV", default_value_t = false)]
+    pub(crate) insecure_dev: bool,
+    /// Heartbeat interval in ms (slaves send, the master expects).
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    pub(crate) heartbeat_interval_ms: u64,
+    /// HTTP clients must send a complete request head within this time (slowloris guard).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) http_header_timeout_ms: u64,
+    /// An HTTP connection with no byte read or written for this long is closed (longer than
+    /// the longest blocking playlist reload).
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub(crate) http_idle_timeout_ms: u64,
+    /// Open HTTP connections at most; idle ones are closed first at the cap. 0: three quarters
+    /// of the file descriptor limit (raised to the hard limit at start).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 0)]
+    pub(crate) http_max_connections: usize,
+    /// Extra page origins allowed to call the viewer endpoints from a browser (comma-separated,
+    /// e.g. a school's LMS that embeds the player: `https://lms.example.org`).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub(crate) cors_origins: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct MasterArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Address to listen on.
+    #[arg(long, env = "MASTER_BIND", default_value = "0.0.0.0:8000")]
+    pub(crate) bind: SocketAddr,
+    /// Ed25519 signing key (PKCS#8 PEM); generated on first start if missing.
+    #[arg(long, env = "JWT_KEY_FILE", default_value = "data/jwt-ed25519.pem")]
+    pub(crate) jwt_key_file: PathBuf,
+    /// File holding the cluster secret; read if it exists, else created when `--generate-secret` is set.
+    #[arg(long, env = "CLUSTER_SECRET_FILE")]
+    pub(crate) cluster_secret_file: Option<PathBuf>,
+    /// With CLUSTER_SECRET_FILE: generate the secret into that file on first start.
+    #[arg(long, env = "GENERATE_SECRET", default_value_t = false)]
+    pub(crate) generate_secret: bool,
+    /// Teachers log in with this to get a stream key (at least 12 characters). Unset: no
+    /// teacher logins.
+    #[arg(long, env = "TEACHER_PASSWORD", hide_env_values = true)]
+    pub(crate) teacher_password: Option<String>,
+    /// The base URL browsers open the pages at (`https://live.school.example`), when it is not
+    /// the address slaves reach the master at: slaves allow it as a page origin.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+    /// CSP `frame-ancestors` of the pages: who may embed them (`'self' https://lms.example.org`).
+    #[arg(long, env = "FRAME_ANCESTORS")]
+    pub(crate) frame_ancestors: Option<String>,
+    /// Viewer tokens one client address may mint per second, sustained (a school behind one
+    /// NAT address joins through it all at once: keep it generous).
+    #[arg(long, env = "TOKEN_RATE_PER_ADDR", default_value_t = 200.0)]
+    pub(crate) token_rate_per_addr: f64,
+    /// Tokens one address may mint in a burst before the sustained rate applies.
+    #[arg(long, env = "TOKEN_BURST_PER_ADDR", default_value_t = 2000.0)]
+    pub(crate) token_burst_per_addr: f64,
+    #[command(flatten)]
+    pub(crate) tuning: MasterTuning,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct MasterTuning {
+    /// Load % from which a node is Warning.
+    #[arg(long, env = "WARNING_PCT", default_value_t = 70.0)]
+    pub(crate) warning_pct: f64,
+    /// Load % from which a node is Critical.
+    #[arg(long, env = "CRITICAL_PCT", default_value_t = 90.0)]
+    pub(crate) critical_pct: f64,
+    /// A node silent this long is Offline.
+    #[arg(long, env = "OFFLINE_AFTER_MS", default_value_t = 30_000)]
+    pub(crate) offline_after_ms: u64,
+    /// An Offline node is forgotten after this much more.
+    #[arg(long, env = "DROP_AFTER_MS", default_value_t = 600_000)]
+    pub(crate) drop_after_ms: u64,
+    /// Viewer token lifetime.
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub(crate) token_ttl_secs: u64,
+    /// Stream key (publish token) lifetime.
+    #[arg(long, env = "PUBLISH_TOKEN_TTL_SECS", default_value_t = 43_200)]
+    pub(crate) publish_token_ttl_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct SlaveArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// The master's base URL.
+    #[arg(long, env = "MASTER_URL", default_value = "http://127.0.0.1:8000")]
+    pub(crate) master_url: String,
+    #[arg(long, env = "CLUSTER_SECRET_FILE")]
+    pub(crate) cluster_secret_file: Option<PathBuf>,
+    /// Unique node id; default `<hostname>-<http port>`.
+    #[arg(long, env = "NODE_ID")]
+    pub(crate) node_id: Option<String>,
+    #[arg(long, env = "NODE_NAME")]
+    pub(crate) node_name: Option<String>,
+    #[arg(long, env = "RTMP_BIND", default_value = "0.0.0.0:1935")]
+    pub(crate) rtmp_bind: SocketAddr,
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8888")]
+    pub(crate) http_bind: SocketAddr,
+    /// Bind the RTMP listener to the first free port of this range (`1935-1944`) instead of
+    /// RTMP_BIND's port: how replicas sharing a host network get distinct ports.
+    #[arg(long, env = "RTMP_PORT_RANGE")]
+    pub(crate) rtmp_port_range: Option<String>,
+    /// Same for the HTTP listener (`8888-8897`).
+    #[arg(long, env = "HTTP_PORT_RANGE")]
+    pub(crate) http_port_range: Option<String>,
+    /// Write the HTTP port actually bound to this file, for `classcast healthcheck` (which reads
+    /// the same PORT_FILE) when the port comes from a range.
+    #[arg(long, env = "PORT_FILE")]
+    pub(crate) port_file: Option<PathBuf>,
+    /// Base URL browsers reach this slave's HLS at, e.g. `http://10.0.0.5:8888`.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+    /// Host part of the public URLs when PUBLIC_URL is not given.
+    #[arg(long, env = "PUBLIC_HOST")]
+    pub(crate) public_host: Option<String>,
+    /// Base URL other slaves pull from (default: the public URL).
+    #[arg(long, env = "INTERNAL_URL")]
+    pub(crate) internal_url: Option<String>,
+    /// Host other slaves pull from, with the HTTP port actually bound (when INTERNAL_URL can't
+    /// be known in advance because the port comes from a range).
+    #[arg(long, env = "INTERNAL_HOST")]
+    pub(crate) internal_host: Option<String>,
+    /// Viewer sessions this slave is sized for (100 % load).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 500)]
+    pub(crate) max_connections: u32,
+    /// Pull every stream from this slave instead of its origin (edge of an edge).
+    #[arg(long, env = "UPSTREAM_URL")]
+    pub(crate) upstream_url: Option<String>,
+    #[command(flatten)]
+    pub(crate) media: MediaTuning,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct MediaTuning {
+    /// LL-HLS part target.
+    #[arg(long, env = "PART_TARGET_MS", default_value_t = 200)]
+    pub(crate) part_target_ms: u64,
+    /// Segment target (segments start at keyframes, so a longer GOP makes longer segments).
+    #[arg(long, env = "SEGMENT_TARGET_MS", default_value_t = 1000)]
+    pub(crate) segment_target_ms: u64,
+    /// Segments listed in the playlist.
+    #[arg(long, env = "PLAYLIST_WINDOW", default_value_t = 7)]
+    pub(crate) window: usize,
+    /// How long a stream waits for its publisher to come back before it ends.
+    #[arg(long, env = "PUBLISH_GRACE_MS", default_value_t = 10_000)]
+    pub(crate) grace_ms: u64,
+    /// A viewer counts as connected for this long after its last request.
+    #[arg(long, env = "VIEWER_WINDOW_MS", default_value_t = 10_000)]
+    pub(crate) viewer_window_ms: u64,
+    /// RTMP handshake timeout.
+    #[arg(long, env = "RTMP_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) rtmp_handshake_timeout_ms: u64,
+    /// RTMP idle timeout.
+    #[arg(long, env = "RTMP_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub(crate) rtmp_idle_timeout_ms: u64,
+    /// From accept to an accepted publish: an RTMP connection that has not published by then
+    /// is closed, whatever it sends meanwhile.
+    #[arg(long, env = "RTMP_PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) rtmp_publish_timeout_ms: u64,
+    /// Open RTMP connections at most (publishers and connections still on their way to it).
+    #[arg(long, env = "RTMP_MAX_CONNECTIONS", default_value_t = 128)]
+    pub(crate) rtmp_max_connections: usize,
+    /// Blocking playlist and part requests parked at once; past it, 503 with Retry-After.
+    #[arg(long, env = "MAX_PARKED_REQUESTS", default_value_t = 8192)]
+    pub(crate) max_parked_requests: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct UpArgs {
+    /// Number of slaves.
+    #[arg(long, env = "SLAVES", default_value_t = 2)]
+    pub(crate) slaves: usize,
+    /// Host browsers and OBS use to reach this machine.
+    #[arg(long, env = "PUBLIC_HOST", default_value = "127.0.0.1")]
+    pub(crate) public_host: String,
+    /// Address the listeners bind to.
+    #[arg(long, env = "BIND_HOST", default_value = "127.0.0.1")]
+    pub(crate) bind_host: String,
+    #[arg(long, env = "MASTER_PORT", default_value_t = 8000)]
+    pub(crate) master_port: u16,
+    /// First slave's RTMP port; slave i uses base + i.
+    #[arg(long, env = "RTMP_PORT_BASE", default_value_t = 1935)]
+    pub(crate) rtmp_port_base: u16,
+    /// First slave's HTTP port; slave i uses base + i.
+    #[arg(long, env = "HTTP_PORT_BASE", default_value_t = 8888)]
+    pub(crate) http_port_base: u16,
+    /// Where the generated signing key is kept.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub(crate) data_dir: PathBuf,
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 500)]
+    pub(crate) max_connections: u32,
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    pub(crate) heartbeat_interval_ms: u64,
+    /// Teacher password; generated when not given.
+    #[arg(long, env = "TEACHER_PASSWORD", hide_env_values = true)]
+    pub(crate) teacher_password: Option<String>,
+    #[command(flatten)]
+    pub(crate) tuning: MasterTuning,
+    #[command(flatten)]
+    pub(crate) media: MediaTuning,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HealthArgs {
+    /// URL to probe; default: the master or slave port on 127.0.0.1 chosen by MODE.
+    #[arg(long, env = "HEALTHCHECK_URL")]
+    pub(crate) url: Option<String>,
+}

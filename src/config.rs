@@ -1,0 +1,207 @@
+//! From flags to each role's configuration: secrets, limits, URLs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::secret::ClusterSecret;
+
+use crate::cli::{Common, MasterTuning, MediaTuning, SlaveArgs};
+
+pub(crate) const INSECURE_DEV_SECRET: &str = "classcast-insecure-dev-secret-do-not-use";
+
+pub(crate) fn resolve_secret(
+    c: &Common,
+    file: Option<&PathBuf>,
+    generate: bool,
+) -> anyhow::Result<ClusterSecret> {
+    if let Some(s) = &c.cluster_secret {
+        return ClusterSecret::new(s.trim());
+    }
+    if let Some(f) = file {
+        match std::fs::read_to_string(f) {
+            Ok(s) => {
+                return ClusterSecret::new(s.trim()).with_context(|| format!("{}", f.display()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+                let s = ClusterSecret::generate();
+                if let Some(d) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(d)?;
+                }
+                common::secret::write_private(f, s.expose())
+                    .with_context(|| format!("writing {}", f.display()))?;
+                tracing::info!(file = %f.display(), "generated a cluster secret");
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A slave may start before the master wrote the shared file: wait for it.
+                for _ in 0..600 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(s) = std::fs::read_to_string(f) {
+                        return ClusterSecret::new(s.trim());
+                    }
+                }
+                anyhow::bail!("{} did not appear", f.display());
+            }
+            Err(e) => return Err(e).with_context(|| format!("{}", f.display())),
+        }
+    }
+    if c.insecure_dev {
+        tracing::warn!(
+            "!!! INSECURE DEV MODE: using a well-known cluster secret. Anyone can join this cluster. Never use this in production. !!!"
+        );
+        return ClusterSecret::new(INSECURE_DEV_SECRET);
+    }
+    anyhow::bail!(
+        "no cluster secret: set CLUSTER_SECRET (or CLUSTER_SECRET_FILE), or pass --insecure-dev for a throwaway local run"
+    )
+}
+
+pub(crate) fn thresholds(t: &MasterTuning) -> master::registry::Thresholds {
+    master::registry::Thresholds {
+        warning_pct: t.warning_pct,
+        critical_pct: t.critical_pct,
+        offline_after: Duration::from_millis(t.offline_after_ms),
+        drop_after: Duration::from_millis(t.drop_after_ms),
+    }
+}
+
+pub(crate) fn http_limits(c: &Common) -> common::http::HttpLimits {
+    common::http::HttpLimits {
+        header_read_timeout: Duration::from_millis(c.http_header_timeout_ms.max(100)),
+        idle_timeout: Duration::from_millis(c.http_idle_timeout_ms.max(500)),
+        max_connections: c.http_max_connections,
+        ..Default::default()
+    }
+}
+
+/// Origins as browsers send them (`scheme://host[:port]`), refusing anything else by name.
+pub(crate) fn origins(list: &[String]) -> anyhow::Result<Vec<String>> {
+    list.iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            common::http::origin_of(o).with_context(|| {
+                format!("CORS_ORIGINS: {o:?} is not an http(s) origin like https://lms.example.org")
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn master_config(
+    bind: SocketAddr,
+    secret: ClusterSecret,
+    key: PathBuf,
+    teacher: Option<String>,
+    hb_ms: u64,
+    t: &MasterTuning,
+) -> master::MasterConfig {
+    let mut cfg = master::MasterConfig::new(bind, secret, key);
+    cfg.teacher_credential = teacher;
+    cfg.heartbeat_interval = Duration::from_millis(hb_ms);
+    cfg.thresholds = thresholds(t);
+    cfg.token_ttl = Duration::from_secs(t.token_ttl_secs);
+    cfg.publish_token_ttl = Duration::from_secs(t.publish_token_ttl_secs);
+    cfg
+}
+
+pub(crate) fn hls_config(m: &MediaTuning) -> slave::hls::store::HlsConfig {
+    slave::hls::store::HlsConfig {
+        part_target: Duration::from_millis(m.part_target_ms.clamp(50, 2000)),
+        segment_target: Duration::from_millis(m.segment_target_ms.clamp(200, 20_000)),
+        window: m.window.clamp(3, 60),
+        grace: Duration::from_millis(m.grace_ms),
+        linger: Duration::from_secs(30),
+    }
+}
+
+pub(crate) fn rtmp_config(m: &MediaTuning) -> slave::RtmpConfig {
+    slave::RtmpConfig {
+        handshake_timeout: Duration::from_millis(m.rtmp_handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(m.rtmp_idle_timeout_ms),
+        publish_timeout: Duration::from_millis(m.rtmp_publish_timeout_ms.max(100)),
+        max_connections: m.rtmp_max_connections.max(1),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "slave".into())
+}
+
+pub(crate) fn slave_config(
+    a: &SlaveArgs,
+    secret: ClusterSecret,
+    http_port: u16,
+    rtmp_port: u16,
+) -> anyhow::Result<slave::SlaveConfig> {
+    let host = match (&a.public_host, a.http_bind.ip()) {
+        (Some(h), _) => h.clone(),
+        (None, ip) if ip.is_loopback() => ip.to_string(),
+        (None, ip) if !ip.is_unspecified() => ip.to_string(),
+        (None, _) => {
+            let h = hostname();
+            if a.public_url.is_none() {
+                tracing::warn!(host = %h, "PUBLIC_URL/PUBLIC_HOST not set; advertising the hostname. Set PUBLIC_HOST to an address browsers can reach.");
+            }
+            h
+        }
+    };
+    let public_url = a
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{host}:{http_port}"));
+    let node_id = a
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{http_port}", hostname()));
+    Ok(slave::SlaveConfig {
+        node_name: a.node_name.clone().unwrap_or_else(|| node_id.clone()),
+        node_id,
+        master_url: a.master_url.clone(),
+        secret,
+        internal_url: a
+            .internal_url
+            .clone()
+            .or_else(|| {
+                a.internal_host
+                    .as_ref()
+                    .map(|h| format!("http://{h}:{http_port}"))
+            })
+            .unwrap_or_else(|| public_url.clone()),
+        rtmp_url: format!("rtmp://{host}:{rtmp_port}/live"),
+        public_url,
+        max_connections: a.max_connections.max(1),
+        heartbeat_interval: Some(Duration::from_millis(
+            a.common.heartbeat_interval_ms.max(50),
+        )),
+        hls: hls_config(&a.media),
+        rtmp: rtmp_config(&a.media),
+        viewer_window: Duration::from_millis(a.media.viewer_window_ms),
+        upstream_url: a.upstream_url.clone(),
+        http: http_limits(&a.common),
+        cors_origins: origins(&a.common.cors_origins)?,
+        max_parked: a.media.max_parked_requests.max(1),
+    })
+}
+
+/// A teacher password short enough to guess online is refused at start, naming the flag.
+pub(crate) const MIN_TEACHER_PASSWORD: usize = 12;
+
+pub(crate) fn check_teacher_password(p: Option<&str>) -> anyhow::Result<()> {
+    if let Some(p) = p
+        && p.chars().count() < MIN_TEACHER_PASSWORD
+    {
+        anyhow::bail!(
+            "TEACHER_PASSWORD (--teacher-password) must be at least {MIN_TEACHER_PASSWORD} characters; it is {}",
+            p.chars().count()
+        );
+    }
+    Ok(())
+}
