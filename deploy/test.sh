@@ -55,12 +55,14 @@ timed() { # timed "label" command... : runs it and records its duration
 DOCKERD_PID=""
 PROM_PID=""
 FFMPEG_PID=""
+VIEWER_PID=""
 WATCHDOG_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
   [ -n "$FFMPEG_PID" ] && kill "$FFMPEG_PID" 2>/dev/null
+  [ -n "$VIEWER_PID" ] && kill "$VIEWER_PID" 2>/dev/null
   [ -n "$PROM_PID" ] && kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null
   if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
     timeout 60 "$COMPOSE" -p "$PROJECT" --env-file "$TMP/compose.env" down -v --remove-orphans -t 5 >/dev/null 2>&1
@@ -308,6 +310,11 @@ EDGE_URL=$(jq -r --arg id "$EDGE" '.nodes[] | select(.node_id == $id) | .public_
 check "the edge refuses a playlist request without a token (401)" \
   test "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$EDGE_URL/live/stream/index.m3u8")" = 401
 
+# A viewer that keeps playing from the edge while Prometheus starts and scrapes: a viewer counts
+# while it fetches media (docs/security.md), not for one playlist seen long ago.
+timeout 120 ffmpeg -hide_banner -loglevel error -nostdin -i "$HLS_URL" -f null - >"$TMP/viewer.log" 2>&1 &
+VIEWER_PID=$!
+
 # ------------------------------------------------------------------------------------------------
 log "Prometheus (apt's, on 127.0.0.1:$PROM_PORT) with deploy/prometheus, through the master's HTTP SD"
 mkdir -p "$TMP/prom"
@@ -330,7 +337,14 @@ viewers_ok() {
 for _ in $(seq 1 60); do viewers_ok && break; sleep 1; done
 check "Prometheus scrapes classcast_slave_viewers from each of the $SLAVES slaves (HTTP SD)" viewers_ok
 jq -r '.data.result[] | "  \(.metric.node_id) \(.metric.instance) viewers=\(.value[1])"' "$TMP/viewers.json"
-check "the edge's viewer is counted" jqt --arg id "$EDGE" '[.data.result[] | select(.metric.node_id == $id) | .value[1] | tonumber] | max >= 1' "$TMP/viewers.json"
+edge_viewer_counted() {
+  pq 'classcast_slave_viewers{job="classcast-slaves"}' >"$TMP/viewers.json" || return 1
+  jqt --arg id "$EDGE" '[.data.result[] | select(.metric.node_id == $id) | .value[1] | tonumber] | max >= 1' "$TMP/viewers.json"
+}
+for _ in $(seq 1 30); do edge_viewer_counted && break; sleep 1; done
+check "the edge's viewer is counted" edge_viewer_counted
+kill "$VIEWER_PID" 2>/dev/null || true
+VIEWER_PID=""
 master_up() { pq 'up{job="classcast-master"}' | jqt '.data.result[0].value[1] == "1"'; }
 for _ in $(seq 1 30); do master_up && break; sleep 1; done
 check "Prometheus scrapes the master" master_up
