@@ -15,33 +15,32 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use media::flv_file::{FlvFile, TagKind};
+use media::hls::playlist;
+use media::hls::state::{CutPart, HlsConfig, Now, State};
+use media::rtmp::{RtmpEvent, RtmpLimits, RtmpSession};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
     PublishRequestType, StreamMetadata,
 };
 use rml_rtmp::time::RtmpTimestamp;
-use media::hls::playlist;
-use media::hls::state::{CutPart, HlsConfig, Now, State};
-use media::rtmp::{RtmpEvent, RtmpLimits, RtmpSession};
 
 const FIXTURE: &[u8] = include_bytes!("../../media/src/testdata/avc_aac_640x360_4s.flv");
 
+/// (FLV tag type, timestamp, body) of every tag of the fixture.
 fn flv_tags() -> Vec<(u8, u32, Bytes)> {
-    let file = FIXTURE;
-    let mut off = u32::from_be_bytes(file[5..9].try_into().unwrap()) as usize + 4;
-    let mut tags = Vec::new();
-    while off + 11 <= file.len() {
-        let kind = file[off];
-        let size = u32::from_be_bytes([0, file[off + 1], file[off + 2], file[off + 3]]) as usize;
-        let ts = u32::from_be_bytes([file[off + 7], file[off + 4], file[off + 5], file[off + 6]]);
-        tags.push((
-            kind,
-            ts,
-            Bytes::copy_from_slice(&file[off + 11..off + 11 + size]),
-        ));
-        off += 11 + size + 4;
-    }
-    tags
+    FlvFile::tags(Bytes::from_static(FIXTURE))
+        .expect("the fixture is an FLV file")
+        .into_iter()
+        .map(|t| {
+            let kind = match t.kind {
+                TagKind::Audio => 8,
+                TagKind::Video => 9,
+                TagKind::Script => 18,
+            };
+            (kind, t.ts, t.body)
+        })
+        .collect()
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) {

@@ -24,10 +24,11 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mp4_atom::{Decode, Moof, TrunSamples};
 use media::cmaf::{self, Sample, TrackRun};
+use media::flv_file::{FlvFile, TagKind};
 use media::packager::MAX_TS_JUMP_MS;
 use media::{Packager, PackagerConfig, PackagerOutput};
+use mp4_atom::{Decode, Moof, TrunSamples};
 
 const FIXTURE: &[u8] = include_bytes!("../../media/src/testdata/avc_aac_640x360_4s.flv");
 
@@ -47,20 +48,12 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let file = FIXTURE;
-        assert_eq!(&file[..3], b"FLV");
-        let mut off = u32::from_be_bytes(file[5..9].try_into().unwrap()) as usize + 4;
-        let mut all = Vec::new();
-        while off + 11 <= file.len() {
-            let kind = file[off];
-            let size =
-                u32::from_be_bytes([0, file[off + 1], file[off + 2], file[off + 3]]) as usize;
-            let body = Bytes::copy_from_slice(&file[off + 11..off + 11 + size]);
-            if kind == 8 || kind == 9 {
-                all.push((kind == 9, body));
-            }
-            off += 11 + size + 4;
-        }
+        let all: Vec<(bool, Bytes)> = FlvFile::tags(Bytes::from_static(FIXTURE))
+            .expect("the fixture is an FLV file")
+            .into_iter()
+            .filter(|t| t.kind != TagKind::Script)
+            .map(|t| (t.kind == TagKind::Video, t.body))
+            .collect();
         let avc_hdr = all.iter().find(|(v, b)| *v && b[1] == 0).unwrap().1.clone();
         let aac_hdr = all
             .iter()

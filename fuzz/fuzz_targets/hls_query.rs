@@ -17,8 +17,8 @@
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use media::hls::playlist::{self, PART_SEGMENTS, ParsedPlaylist};
 use media::hls::names::{HlsFile, HlsQuery};
+use media::hls::playlist::{self, PART_SEGMENTS, ParsedPlaylist};
 use media::hls::state::{HlsConfig, Now, PartIn, State};
 use std::time::Duration;
 
