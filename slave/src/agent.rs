@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::api::{Heartbeat, NodeStats, RegisterRequest, RegisterResponse, StreamReport};
 use common::token::TokenVerifier;
 
-use crate::SlaveCtx;
+use crate::ctx::SlaveCtx;
 use crate::hls::store::Source;
 use crate::master_client::HeartbeatError;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::api::MirrorOrder;
 
-use crate::SlaveCtx;
+use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, PartIn, Source, StreamEntry};
 use media::hls::playlist::{ParsedPlaylist, ParsedSegment};
 
@@ -93,7 +93,7 @@ pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<Stre
     if ctx
         .missing
         .get(path)
-        .is_some_and(|t| t.elapsed() < crate::MISSING_STREAM_TTL)
+        .is_some_and(|t| t.elapsed() < crate::ctx::MISSING_STREAM_TTL)
     {
         return None;
     }
@@ -101,7 +101,7 @@ pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<Stre
     if found.is_none() {
         if ctx.missing.len() > 10_000 {
             ctx.missing
-                .retain(|_, t| t.elapsed() < crate::MISSING_STREAM_TTL);
+                .retain(|_, t| t.elapsed() < crate::ctx::MISSING_STREAM_TTL);
         }
         ctx.missing
             .insert(path.to_string(), std::time::Instant::now());

@@ -10,7 +10,7 @@ use common::token::Action;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::SlaveCtx;
+use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, Source};
 use media::rtmp::{self, RtmpEvent, RtmpSession, chunks, split_stream_key};
 use media::{Packager, PackagerConfig, PackagerOutput};

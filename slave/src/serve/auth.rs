@@ -11,7 +11,7 @@ use common::ApiError;
 use common::token::Action;
 use media::hls::names::{HlsFile, HlsQuery};
 
-use crate::SlaveCtx;
+use crate::ctx::SlaveCtx;
 
 /// A caller holding the cluster secret; 401 otherwise.
 pub struct PeerAuth;

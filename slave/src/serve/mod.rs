@@ -21,7 +21,7 @@ use common::api::paths;
 use media::hls::names::HlsFile;
 
 pub use self::auth::{Caller, HlsRequest, PeerAuth};
-use crate::SlaveCtx;
+use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};
 
 pub fn router() -> Router<Arc<SlaveCtx>> {

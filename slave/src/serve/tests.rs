@@ -12,8 +12,8 @@ use common::secret::ClusterSecret;
 use common::token::{Action, Role, SigningKey, TokenVerifier, new_claims};
 use tower::ServiceExt;
 
+use crate::ctx::{RtmpConfig, SlaveConfig, SlaveCtx};
 use crate::hls::store::{HlsConfig, Source};
-use crate::{RtmpConfig, SlaveConfig, SlaveCtx};
 
 const SECRET: &str = "in-process-test-secret-0123";
 
