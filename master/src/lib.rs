@@ -5,207 +5,42 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod registry;
 pub mod routes;
+pub mod state;
 pub mod web;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use common::api::MirrorOrder;
-use common::secret::ClusterSecret;
-use common::token::SigningKey;
 
-use crate::issuer::TokenIssuer;
-use crate::metrics::MasterMetrics;
-use crate::registry::{Registry, Thresholds, Transition};
+pub use crate::state::{AppState, Inner, MasterConfig};
 
-#[derive(Debug, Clone)]
-pub struct MasterConfig {
-    pub bind: SocketAddr,
-    pub secret: ClusterSecret,
-    pub key_path: PathBuf,
-    pub issuer: String,
-    /// Teachers log in with this; `None` disables the teacher role.
-    pub teacher_credential: Option<String>,
-    pub heartbeat_interval: Duration,
-    pub thresholds: Thresholds,
-    pub token_ttl: Duration,
-    pub publish_token_ttl: Duration,
-    pub max_nodes: usize,
-    pub http: common::http::HttpLimits,
-    /// Origin browsers open the pages at, when it differs from the one slaves reach us at.
-    pub public_url: Option<String>,
-    /// Extra page origins allowed to mint viewer tokens and play from a browser (an LMS).
-    pub cors_origins: Vec<String>,
-    /// CSP `frame-ancestors` of the pages.
-    pub frame_ancestors: String,
-    /// Viewer tokens per client address.
-    pub token_rate: ratelimit::Rate,
-    /// Failed teacher logins an address gets before it is throttled.
-    pub login_free_failures: u32,
-}
-
-impl MasterConfig {
-    pub fn new(bind: SocketAddr, secret: ClusterSecret, key_path: PathBuf) -> Self {
-        Self {
-            bind,
-            secret,
-            key_path,
-            issuer: "classcast".into(),
-            teacher_credential: None,
-            heartbeat_interval: Duration::from_secs(5),
-            thresholds: Thresholds::default(),
-            token_ttl: Duration::from_secs(3600),
-            publish_token_ttl: Duration::from_secs(12 * 3600),
-            max_nodes: 1024,
-            http: Default::default(),
-            public_url: None,
-            cors_origins: Vec::new(),
-            frame_ancestors: "'self'".into(),
-            token_rate: Default::default(),
-            login_free_failures: 5,
-        }
-    }
-}
-
-/// Everything a handler needs, cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub cfg: MasterConfig,
-    pub registry: Registry,
-    pub issuer: TokenIssuer,
-    pub metrics: MasterMetrics,
-    pub http: reqwest::Client,
-    /// The open HTTP connections (bounded).
-    pub conns: Arc<common::http::ConnTable>,
-    pub token_limiter: ratelimit::AddrRateLimiter,
-    pub login_throttle: ratelimit::LoginThrottle,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(cfg: MasterConfig) -> anyhow::Result<Self> {
-        let key = SigningKey::load_or_generate(&cfg.key_path)?;
-        let issuer = TokenIssuer::new(
-            key,
-            cfg.issuer.clone(),
-            cfg.token_ttl,
-            cfg.publish_token_ttl,
-        );
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
-        Ok(Self(Arc::new(Inner {
-            token_limiter: ratelimit::AddrRateLimiter::new(cfg.token_rate),
-            login_throttle: ratelimit::LoginThrottle::new(
-                cfg.login_free_failures.max(1),
-                Duration::from_secs(300),
-            ),
-            registry: Registry::new(cfg.thresholds.clone(), cfg.max_nodes),
-            issuer,
-            metrics: MasterMetrics::new(),
-            http,
-            conns: common::http::ConnTable::for_limits(&cfg.http),
-            cfg,
-        })))
-    }
-
-    pub fn count_transition(&self, t: &Transition) {
-        let to = t.to.map(|s| s.as_str()).unwrap_or("removed");
-        self.metrics
-            .status_transitions
-            .with_label_values(&[to])
-            .inc();
-    }
-
-    pub fn log_transition(&self, t: &Transition) {
-        let from = t.from.map(|s| s.as_str()).unwrap_or("new");
-        let to = t.to.map(|s| s.as_str()).unwrap_or("removed");
-        tracing::info!(node_id = %t.node_id, from, to, "node status changed");
-        self.count_transition(t);
-    }
-
-    /// Tells every other slave about a stream start or end, in the background. A slave that
-    /// accepts starts mirroring at once, so routing may count it as serving the stream.
-    pub fn fan_out_order(&self, order: MirrorOrder) {
-        for (node_id, url) in self.registry.peers(&order.origin_node_id) {
-            let st = self.clone();
-            let order = order.clone();
-            tokio::spawn(async move {
-                let res = st
-                    .http
-                    .post(format!("{}/internal/mirror", url.trim_end_matches('/')))
-                    .header("authorization", st.cfg.secret.bearer())
-                    .json(&order)
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status().is_success() => {
-                        if order.live {
-                            st.registry.mark_mirroring(&node_id, &order.path);
-                        }
-                    }
-                    Ok(r) => {
-                        tracing::warn!(%node_id, status = %r.status(), path = %order.path, "mirror order refused")
-                    }
-                    Err(e) => {
-                        tracing::warn!(%node_id, error = %e, path = %order.path, "mirror order failed")
-                    }
-                }
-            });
-        }
-    }
-
-    /// The page origins slaves allow browsers to play from: ours and the configured extras.
-    pub fn page_origins(&self) -> Vec<String> {
-        self.cfg
-            .public_url
-            .iter()
-            .chain(&self.cfg.cors_origins)
-            .cloned()
-            .collect()
-    }
-
-    /// Only `POST /api/token` answers other origins, and only the configured ones (the pages
-    /// are same-origin and need no grant); the cluster API, the views and the metrics answer
-    /// no preflight at all, so a page a student opens cannot use the student's browser on them.
-    pub fn router(&self) -> Router {
-        let allowed: std::collections::HashSet<String> =
-            self.cfg.cors_origins.iter().cloned().collect();
-        let token_cors = tower_http::cors::CorsLayer::new()
-            .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
-                o.to_str().is_ok_and(|o| allowed.contains(o))
-            }))
-            .allow_methods([axum::http::Method::POST])
-            .allow_headers([axum::http::header::CONTENT_TYPE])
-            .max_age(Duration::from_secs(600));
-        Router::new()
-            .merge(routes::cluster::router())
-            .route(
-                "/api/token",
-                post(routes::token::issue_token).layer(token_cors),
-            )
-            .route("/.well-known/jwks.json", get(jwks))
-            .route("/health", get(health))
-            .route("/metrics", get(metrics))
-            .merge(web::router(self.clone()))
-            .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
-            .with_state(self.clone())
-    }
+/// Only `POST /api/token` answers other origins, and only the configured ones (the pages
+/// are same-origin and need no grant); the cluster API, the views and the metrics answer
+/// no preflight at all, so a page a student opens cannot use the student's browser on them.
+pub fn router(st: &AppState) -> Router {
+    let allowed: std::collections::HashSet<String> = st.cfg.cors_origins.iter().cloned().collect();
+    let token_cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
+            o.to_str().is_ok_and(|o| allowed.contains(o))
+        }))
+        .allow_methods([axum::http::Method::POST])
+        .allow_headers([axum::http::header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600));
+    Router::new()
+        .merge(routes::cluster::router())
+        .route(
+            "/api/token",
+            post(routes::token::issue_token).layer(token_cors),
+        )
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(web::router(st.clone()))
+        .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
+        .with_state(st.clone())
 }
 
 async fn jwks(State(st): State<AppState>) -> impl IntoResponse {
@@ -263,7 +98,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, max_connections = st.conns.max(), "master listening");
     let res = common::http::serve(
         listener,
-        st.router(),
+        router(&st),
         st.cfg.http.clone(),
         st.conns.clone(),
         shutdown,

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// The pages' Content-Security-Policy: our own scripts and styles only (no inline code at all),
 /// media from MSE blobs, playlists and parts from any slave, framing as configured.

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::MediaError;
+use crate::error::MediaError;
 
 /// Samples per AAC access unit. Also true for HE-AAC when counted at the core
 /// (AAC-LC) sample rate, which is the rate we use as the track timescale.

@@ -7,7 +7,7 @@ use h264_reader::nal::Nal;
 use h264_reader::nal::RefNal;
 use h264_reader::nal::sps::SeqParameterSet;
 
-use super::MediaError;
+use crate::error::MediaError;
 
 /// High-profile family `profile_idc`s whose avcC may carry the chroma /
 /// bit-depth extension (ISO/IEC 14496-15 §5.3.3.1.2).

@@ -20,9 +20,9 @@ use mp4_atom::{
     Vmhd, u24,
 };
 
-use super::MediaError;
 use super::aac::AacConfig;
 use super::avc::AvcConfig;
+use crate::error::MediaError;
 
 /// Fixed track ids so playlists/init segments stay comparable across
 /// re-inits of the same stream.

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use super::MediaError;
+use crate::error::MediaError;
 
 /// FLV video frame type (the high nibble of the first body byte, or bits 4..6
 /// with the enhanced header).

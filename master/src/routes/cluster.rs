@@ -13,8 +13,8 @@ use common::api::{
 use common::error::JsonBody;
 use common::{ApiError, stream_path};
 
-use crate::AppState;
 use crate::registry::HeartbeatOutcome;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

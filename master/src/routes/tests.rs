@@ -10,7 +10,7 @@ use common::secret::ClusterSecret;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::{AppState, MasterConfig};
+use crate::state::{AppState, MasterConfig};
 
 const SECRET: &str = "in-process-master-secret-0123";
 const TEACHER: &str = "teacher-password-123";
@@ -54,8 +54,7 @@ async fn call(
         None => Body::empty(),
     };
     let peer: SocketAddr = format!("{from}:40000").parse().unwrap();
-    let r = st
-        .router()
+    let r = crate::router(st)
         .layer(MockConnectInfo(peer))
         .oneshot(req.body(body).unwrap())
         .await

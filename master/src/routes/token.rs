@@ -10,8 +10,8 @@ use common::error::JsonBody;
 use common::token::{Action, Role};
 use common::{ApiError, stream_path};
 
-use crate::AppState;
 use crate::registry::{Selected, StreamFilter};
+use crate::state::AppState;
 
 /// Names students type: letters (any script), digits, space and a few separators.
 pub fn valid_user_id(id: &str) -> bool {

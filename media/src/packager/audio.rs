@@ -7,9 +7,9 @@ use bytes::Bytes;
 
 use super::timeline::ms_to_ticks;
 use super::{AUDIO_RESYNC_MS, MAX_AUDIO_QUEUE_MS};
-use crate::MediaError;
 use crate::aac::SAMPLES_PER_FRAME;
 use crate::cmaf::{AUDIO_TRACK_ID, Sample, TrackRun};
+use crate::error::MediaError;
 
 pub(super) const MAX_AUDIO_QUEUE_FRAMES: usize = 2_000;
 const MAX_AUDIO_QUEUE_BYTES: usize = 8 << 20;

@@ -46,10 +46,10 @@ use bytes::Bytes;
 use self::audio::{AudioFrame, AudioQueue};
 use self::timeline::Clock;
 use self::video::{VideoCutter, VideoFrame};
-use crate::MediaError;
 use crate::aac::{AacConfig, SAMPLES_PER_FRAME};
 use crate::avc::AvcConfig;
 use crate::cmaf::{self, TrackRun};
+use crate::error::MediaError;
 use crate::flv::{self, AudioPacket, VideoPacket};
 
 /// A timestamp step bigger than this (either direction) is a clock reset,

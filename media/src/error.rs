@@ -1,0 +1,51 @@
+//! The media path's error type.
+
+/// Everything that can go wrong while turning publisher input into CMAF.
+///
+/// All of these are per-tag problems: when a `push_*` call returns one, that
+/// tag was dropped and the packager is still usable, so the caller should log
+/// and keep feeding rather than tear the stream down (unless it wants to be
+/// strict with a misbehaving publisher).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("{what} truncated: need {need} bytes, have {have}")]
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    #[error("invalid FLV video frame type {0}")]
+    InvalidVideoFrameType(u8),
+    #[error("unsupported FLV video codec id {0} (only AVC/H.264 = 7 is supported)")]
+    UnsupportedVideoCodec(u8),
+    #[error("unsupported enhanced-RTMP video FourCC {:?}", String::from_utf8_lossy(.0))]
+    UnsupportedVideoFourCc([u8; 4]),
+    #[error("unsupported video packet type {0}")]
+    UnsupportedVideoPacketType(u8),
+    #[error("unsupported FLV audio sound format {0} (only AAC = 10 is supported)")]
+    UnsupportedAudioFormat(u8),
+    #[error("unsupported enhanced-RTMP audio FourCC {:?}", String::from_utf8_lossy(.0))]
+    UnsupportedAudioFourCc([u8; 4]),
+    #[error("unsupported AAC packet type {0}")]
+    UnsupportedAudioPacketType(u8),
+    #[error("invalid AVCDecoderConfigurationRecord: {0}")]
+    InvalidAvcConfig(&'static str),
+    #[error("invalid H.264 SPS: {0}")]
+    InvalidSps(String),
+    #[error("invalid AVC sample: {0}")]
+    InvalidAvcSample(&'static str),
+    #[error("invalid AudioSpecificConfig: {0}")]
+    InvalidAudioConfig(&'static str),
+    #[error("{0} media data received before its sequence header")]
+    MissingSequenceHeader(&'static str),
+    #[error("buffer limit exceeded: {0}")]
+    BufferLimit(&'static str),
+    #[error("fMP4 encoding failed: {0}")]
+    Mux(String),
+}
+
+impl From<mp4_atom::Error> for MediaError {
+    fn from(e: mp4_atom::Error) -> Self {
+        MediaError::Mux(e.to_string())
+    }
+}
