@@ -195,7 +195,7 @@ enum Cmd {
     Report {
         #[arg(long)]
         input: PathBuf,
-        /// `key: value` lines describing the machine (written by scripts/bench.sh).
+        /// `key: value` lines describing the machine (written by `run`).
         #[arg(long)]
         machine: PathBuf,
         /// Full `lscpu` output, shown folded.

@@ -226,11 +226,17 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let r = rt.block_on(async {
-        procs::install_signal_handlers()?;
-        run(&sup, &args, &root, &work, &media).await
-    });
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            procs::install_signal_handlers()?;
+            run(&sup, &args, &root, &work, &media).await
+        })
+    }));
     sup.stop_all();
+    let r = r.unwrap_or_else(|panic| {
+        eprintln!("[bench] logs and results kept in {}", work.display());
+        std::panic::resume_unwind(panic)
+    });
     if args.keep_work || r.is_err() {
         eprintln!("[bench] logs and results kept in {}", work.display());
     } else {
