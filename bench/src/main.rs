@@ -2,13 +2,15 @@
 //!
 //! Every subcommand prints a human summary and then one JSON line (the last line of its
 //! output); `--results FILE` also appends that line to FILE. `report` turns a results file into
-//! `docs/benchmarks.md`. `scripts/bench.sh` starts a fresh cluster and runs them all.
+//! `docs/benchmarks.md`. `run` starts fresh clusters and peers, runs them all and writes the
+//! report (`scripts/bench.sh` builds the binaries and execs it).
 
 mod control;
 mod flv;
 mod http;
 mod ingest;
 mod latency;
+mod orchestrate;
 mod report;
 mod rtmp;
 mod stats;
@@ -40,6 +42,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Every benchmark against freshly started release processes on loopback, then the report
+    /// (what scripts/bench.sh runs; its environment knobs are these flags' variables).
+    Run(Box<orchestrate::RunArgs>),
     /// Student tokens per second from POST /api/token (registers fake slaves first).
     Tokens {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -190,7 +195,7 @@ enum Cmd {
     Report {
         #[arg(long)]
         input: PathBuf,
-        /// `key: value` lines describing the machine (written by scripts/bench.sh).
+        /// `key: value` lines describing the machine (written by `run`).
         #[arg(long)]
         machine: PathBuf,
         /// Full `lscpu` output, shown folded.
@@ -219,6 +224,9 @@ fn emit<T: Serialize>(results: Option<&PathBuf>, value: &T) -> anyhow::Result<()
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Run(args) = cli.cmd {
+        return orchestrate::main(*args);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = cli.threads {
@@ -379,6 +387,7 @@ fn main() -> anyhow::Result<()> {
                 notes,
                 out,
             } => report::write(&input, &machine, lscpu.as_deref(), notes.as_deref(), &out),
+            Cmd::Run(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

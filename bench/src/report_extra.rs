@@ -403,7 +403,7 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
              and records Date.now() − clock for every new frame shown. Each run is a fresh page of 30 s; \
              the first 5 s after the first frame are not counted; stalls are `waiting` events after \
              playback started. Everything runs on the same 2 cores under `chrt -r 1`.",
-            when(groups.first().map_or(long[0], |g| g.2[0]))
+            when(groups.first().map_or_else(|| long[0], |g| g.2[0]))
         )?;
         writeln!(w)?;
         if groups.iter().any(|g| g.0.starts_with("xiu")) {

@@ -1,4 +1,4 @@
-//! Small helpers for scripts/bench.sh, so that it needs neither curl nor jq.
+//! Small cluster helpers (readiness, teacher keys, viewer URLs) for `run` and for scripts.
 
 use std::time::{Duration, Instant};
 

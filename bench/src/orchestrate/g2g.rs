@@ -1,0 +1,267 @@
+//! Section 8: glass-to-glass in headless Chromium: one encoder → classcast (200 and 100 ms
+//! parts), nginx-rtmp HLS (and xiu HLS and HTTP-FLV with XIU=1), then one long run of
+//! classcast counting stalls.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::procs::{self, Output};
+use super::{Ctx, log, path_str};
+use crate::args;
+
+async fn fetch_ok(url: &str) -> bool {
+    match reqwest::Client::new().get(url).send().await {
+        Ok(r) => r.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+async fn fetch_text(url: &str) -> String {
+    match reqwest::Client::new().get(url).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The web dependencies of bench/web (npm ci once).
+async fn npm_ci(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    let web = ctx.root.join("bench/web");
+    let missing = ["hls.js", "shaka-player", "playwright-core", "mpegts.js"]
+        .iter()
+        .any(|m| !web.join(format!("node_modules/{m}/package.json")).is_file());
+    if missing {
+        let mut cmd = std::process::Command::new("npm");
+        cmd.args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&web);
+        ctx.sup.run("npm ci", cmd, Output::Inherit).await?;
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    let xiu = ctx.xiu.is_some();
+    log(&format!(
+        "8 glass-to-glass: one encoder → classcast (parts 200 ms), classcast (100 ms), nginx-rtmp HLS{}",
+        if xiu { ", xiu HLS" } else { "" }
+    ));
+    npm_ci(ctx).await?;
+    let (pa, ha, ra) = (ctx.port(5), ctx.port(14), ctx.port(24));
+    let (pb, hb, rb) = (ctx.port(6), ctx.port(15), ctx.port(25));
+    let (rn, hn) = (ctx.port(32), ctx.port(33));
+    let (rx, hx, fx) = (ctx.port(36), ctx.port(37), ctx.port(38));
+    // g2g.mjs serves its page from its own port: the slaves allow that origin, as a school
+    // allows the LMS that embeds the player.
+    let page_port = ctx.port(39);
+    let mut ctx = ctx.clone();
+    ctx.launch.env.push((
+        "CORS_ORIGINS".into(),
+        format!("http://127.0.0.1:{page_port}"),
+    ));
+    let ctx = &ctx;
+
+    let part = |ms: u32| args!["--part-target-ms", ms];
+    ctx.start_master("master-g2g-200", pa).await?;
+    ctx.start_slave("slave-g2g-200", pa, ha, ra, &part(200))
+        .await?;
+    ctx.start_master("master-g2g-100", pb).await?;
+    ctx.start_slave("slave-g2g-100", pb, hb, rb, &part(100))
+        .await?;
+    ctx.wait_nodes(pa, 1).await?;
+    ctx.wait_nodes(pb, 1).await?;
+
+    let gn = ctx.work.join("nginx-g2g");
+    std::fs::create_dir_all(gn.join("hls"))?;
+    // nginx's worker (nobody) serves these.
+    for d in [&ctx.work, &gn, &gn.join("hls")] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let conf = ctx.nginx_hls_conf(&gn, rn, hn);
+    let n = ctx.spawn_nginx("nginx-rtmp-hls", &gn, &conf)?;
+    ctx.wait_ports(n, &gn.join("logs/error.log"), &[rn]).await?;
+
+    let mut publish_x = Vec::new();
+    if xiu {
+        // xiu with HLS: 1 s MPEG-TS segments (one per GOP), 10 in the playlist (see
+        // write_xiu_conf); and HTTP-FLV, its low-latency output.
+        let dir = ctx.work.join("xiu-g2g");
+        ctx.write_xiu_conf(&dir, rx, hx, Some(fx))?;
+        ctx.start_xiu(&dir, &[rx, hx, fx]).await?;
+        publish_x.push(format!("rtmp://127.0.0.1:{rx}/live/g2g"));
+    }
+    let (pub_a, _) = ctx.teacher_key(pa, "g2g").await?;
+    let (pub_b, _) = ctx.teacher_key(pb, "g2g").await?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let mut a = Vec::from(args![
+        "bench/web/publish.mjs",
+        epoch,
+        pub_a,
+        pub_b,
+        format!("rtmp://127.0.0.1:{rn}/live/g2g")
+    ]);
+    a.extend(publish_x);
+    let cmd = ctx.launch.command(true, Path::new("node"), &a);
+    ctx.sup.spawn(
+        "publish.mjs",
+        cmd,
+        Output::Log(ctx.work.join("publisher-g2g.log")),
+    )?;
+    let url_a = ctx.viewer_url(pa, "g2g").await?;
+    let url_b = ctx.viewer_url(pb, "g2g").await?;
+    let url_n = format!("http://127.0.0.1:{hn}/hls/g2g.m3u8");
+    let url_x = format!("http://127.0.0.1:{hx}/live/g2g/g2g.m3u8");
+    let url_xf = format!("http://127.0.0.1:{fx}/live/g2g.flv");
+    for _ in 0..100 {
+        if fetch_ok(&url_n).await && fetch_ok(&url_a).await && (!xiu || fetch_ok(&url_x).await) {
+            break;
+        }
+        procs::sleep(Duration::from_millis(200)).await?;
+    }
+    procs::sleep(Duration::from_secs(5)).await?;
+    // The playlists the HLS-only servers serve at this point (for the record, in the work dir).
+    std::fs::write(ctx.work.join("nginx-g2g.m3u8"), fetch_text(&url_n).await)?;
+    if xiu {
+        std::fs::write(ctx.work.join("xiu-g2g.m3u8"), fetch_text(&url_x).await)?;
+    }
+
+    let g2g = |label: String, player: &str, cfg: String, src: &str, extra: &[&str]| {
+        let mut a = Vec::from(args![
+            "bench/web/g2g.mjs",
+            "--port",
+            page_port,
+            "--runs",
+            ctx.args.g2g_runs,
+            "--seconds",
+            30,
+            "--epoch",
+            epoch,
+            "--out",
+            path_str(&ctx.results),
+            "--label",
+            label,
+            "--player",
+            player,
+            "--cfg",
+            cfg,
+            "--src",
+            src
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let node = |a: Vec<String>| {
+        let cmd = ctx.launch.command(true, Path::new("node"), &a);
+        ctx.sup.run("g2g.mjs", cmd, Output::Inherit)
+    };
+    // G2G_HLS_EXTRA adds hls.js settings to every hls.js configuration (its results get the
+    // label suffix G2G_SUFFIX).
+    let x = if ctx.args.g2g_hls_extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{}", ctx.args.g2g_hls_extra)
+    };
+    let sfx = &ctx.args.g2g_suffix;
+    let ll = format!("{{\"lowLatencyMode\":true{x}}}");
+    let sync1 = format!("{{\"lowLatencyMode\":true,\"liveSyncDurationCount\":1{x}}}");
+    node(g2g(
+        format!("classcast-part200{sfx}"),
+        "hls",
+        ll.clone(),
+        &url_a,
+        &[],
+    ))
+    .await?;
+    node(g2g(
+        format!("classcast-part100{sfx}"),
+        "hls",
+        ll,
+        &url_b,
+        &[],
+    ))
+    .await?;
+    node(g2g(
+        format!("nginx-rtmp-hls1s{sfx}"),
+        "hls",
+        sync1.clone(),
+        &url_n,
+        &[],
+    ))
+    .await?;
+    // xiu's HLS server sends no CORS header: its Chromium runs without web security (the page
+    // comes from g2g.mjs's own port). Like nginx-rtmp's HLS it has no parts, so hls.js starts
+    // one target duration (liveSyncDurationCount 1; xiu says 2 s) behind the end.
+    let nosec = ["--web-security", "off"];
+    if xiu {
+        node(g2g(format!("xiu-hls1s{sfx}"), "hls", sync1, &url_x, &nosec)).await?;
+        // Its HTTP-FLV in mpegts.js: no stash buffer (frames go to MSE as they come) and
+        // playback-rate live sync (1.2× while more than 0.5 s is buffered, down to 0.3 s; with
+        // the defaults, 1.2 s and 0.8 s, it stays wherever in the GOP it joined).
+        let cfg = r#"{"enableStashBuffer":false,"liveSync":true,"liveSyncMaxLatency":0.5,"liveSyncTargetLatency":0.3}"#;
+        node(g2g(
+            "xiu-httpflv".into(),
+            "mpegts",
+            cfg.into(),
+            &url_xf,
+            &[],
+        ))
+        .await?;
+    }
+    if ctx.args.g2g_shaka {
+        let ll = r#"{"streaming":{"lowLatencyMode":true}}"#.to_string();
+        node(g2g("classcast-part200".into(), "shaka", ll, &url_a, &[])).await?;
+        node(g2g(
+            "nginx-rtmp-hls1s".into(),
+            "shaka",
+            "{}".into(),
+            &url_n,
+            &[],
+        ))
+        .await?;
+        if xiu {
+            node(g2g(
+                "xiu-hls1s".into(),
+                "shaka",
+                "{}".into(),
+                &url_x,
+                &nosec,
+            ))
+            .await?;
+        }
+    }
+    // One long run of the configuration the latency goal is judged on, for its stalls.
+    let long = ctx.args.g2g_long_s;
+    if long > 0 {
+        log(&format!(
+            "8b stalls: classcast (100 ms parts), hls.js low-latency + catch-up 1.5, one run of {long} s"
+        ));
+        node(Vec::from(args![
+            "bench/web/g2g.mjs",
+            "--port",
+            page_port,
+            "--bench",
+            "g2g_long",
+            "--runs",
+            1,
+            "--seconds",
+            long,
+            "--epoch",
+            epoch,
+            "--out",
+            path_str(&ctx.results),
+            "--label",
+            "classcast-part100+catchup1.5",
+            "--player",
+            "hls",
+            "--cfg",
+            r#"{"lowLatencyMode":true,"maxLiveSyncPlaybackRate":1.5}"#,
+            "--src",
+            url_b
+        ]))
+        .await?;
+    }
+    // The publisher, nginx, the slaves and masters (and xiu): newest first.
+    ctx.sup.stop_all();
+    Ok(())
+}
