@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use common::api::paths;
 
 pub use crate::state::{AppState, Inner, MasterConfig};
 
@@ -32,12 +33,12 @@ pub fn router(st: &AppState) -> Router {
     Router::new()
         .merge(routes::cluster::router())
         .route(
-            "/api/token",
+            paths::TOKEN,
             post(routes::token::issue_token).layer(token_cors),
         )
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route(paths::JWKS, get(jwks))
+        .route(paths::HEALTH, get(health))
+        .route(paths::METRICS, get(metrics))
         .merge(web::router(st.clone()))
         .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
         .with_state(st.clone())

@@ -9,18 +9,25 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
+/// Registers a simulated slave through the slave's own typed master client.
 async fn register(c: &Cluster, id: &str, max: u32) -> Value {
-    let r = c
-        .http
-        .post(format!("{}/cluster/register", c.master_url()))
-        .bearer_auth(SECRET)
-        .json(&json!({"node_id": id, "node_name": id, "public_url": format!("http://{id}.test:8888"),
-                      "rtmp_url": format!("rtmp://{id}.test:1935/live"), "max_connections": max, "version": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    let client = slave::master_client::MasterClient::new(
+        &c.master_url(),
+        &common::secret::ClusterSecret::new(SECRET).unwrap(),
+        id,
+        c.http.clone(),
+    );
+    let req = common::api::RegisterRequest {
+        node_id: id.into(),
+        node_name: id.into(),
+        public_url: format!("http://{id}.test:8888"),
+        rtmp_url: format!("rtmp://{id}.test:1935/live"),
+        max_connections: max,
+        version: "test".into(),
+        internal_url: None,
+    };
+    let resp = client.register(&req).await.expect("registration");
+    serde_json::to_value(resp).unwrap()
 }
 
 async fn heartbeat(c: &Cluster, id: &str, connections: u32, streams: Value) -> (u16, Value) {

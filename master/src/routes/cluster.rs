@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::api::{
     Heartbeat, HeartbeatResponse, MirrorOrder, RegisterRequest, RegisterResponse, StreamAnnounce,
-    UnregisterRequest,
+    UnregisterRequest, paths,
 };
 use common::error::JsonBody;
 use common::{ApiError, stream_path};
@@ -18,15 +18,15 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/cluster/register", post(register))
-        .route("/cluster/stats", post(heartbeat))
-        .route("/cluster/unregister", post(unregister))
-        .route("/cluster/streams/announce", post(announce))
-        .route("/cluster/nodes", get(nodes))
-        .route("/cluster/streams", get(streams))
-        .route("/cluster/streams/origin", get(origin))
-        .route("/cluster/best-node", get(best_node))
-        .route("/prometheus/targets", get(prometheus_targets))
+        .route(paths::REGISTER, post(register))
+        .route(paths::HEARTBEAT, post(heartbeat))
+        .route(paths::UNREGISTER, post(unregister))
+        .route(paths::ANNOUNCE, post(announce))
+        .route(paths::NODES, get(nodes))
+        .route(paths::STREAMS, get(streams))
+        .route(paths::ORIGIN, get(origin))
+        .route(paths::BEST_NODE, get(best_node))
+        .route(paths::PROMETHEUS_TARGETS, get(prometheus_targets))
 }
 
 /// A caller holding the cluster secret (another node or an operator's script); 401 otherwise,
