@@ -161,7 +161,10 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     let playlist = r.text().await.unwrap();
     for tag in [
         "#EXT-X-VERSION:",
-        "#EXT-X-TARGETDURATION:",
+        // ffmpeg's 1 s GOP at 30 fps gives segments of about 1.03 s: EXTINF rounds to 1, so the
+        // target is 1 and HOLD-BACK 3 s (RFC 8216 rounds, it does not ceil).
+        "#EXT-X-TARGETDURATION:1\n",
+        "HOLD-BACK=3.000",
         "#EXT-X-PART-INF:PART-TARGET=0.2",
         "CAN-BLOCK-RELOAD=YES",
         "PART-HOLD-BACK=0.6",

@@ -164,11 +164,13 @@ pub struct State {
 }
 
 impl State {
-    /// `EXT-X-TARGETDURATION`: whole seconds covering every segment (and the configured target).
+    /// `EXT-X-TARGETDURATION`: RFC 8216 asks that every EXTINF, *rounded to the nearest
+    /// integer*, be at most the target. Rounding up instead made 1.033 s segments (a 1 s GOP at
+    /// 30 fps) a target of 2, hence a HOLD-BACK of 6 s and blocking holds of 6 s, for nothing.
     pub fn target_duration(&self, cfg: &HlsConfig) -> u64 {
         self.max_segment
             .max(cfg.segment_target.as_secs_f64())
-            .ceil()
+            .round()
             .max(1.0) as u64
     }
 
@@ -624,6 +626,22 @@ mod tests {
         assert_eq!(pdt(b + 1), pdt(b) + 400);
         // A discontinuity re-anchors on the wall clock: its first sample came one part ago.
         assert_eq!(pdt(b + 2), t0.unix_ms + 50 - 200);
+    }
+
+    #[test]
+    fn target_duration_rounds_to_the_nearest_second() {
+        let cfg = HlsConfig::default();
+        let mut st = State::default();
+        for (longest, target) in [(1.0, 1), (1.0333, 1), (1.49, 1), (1.5, 2), (2.2, 2)] {
+            st.max_segment = longest;
+            assert_eq!(st.target_duration(&cfg), target, "{longest}");
+        }
+        let long = HlsConfig {
+            segment_target: Duration::from_secs(4),
+            ..Default::default()
+        };
+        st.max_segment = 1.0;
+        assert_eq!(st.target_duration(&long), 4);
     }
 
     #[test]
