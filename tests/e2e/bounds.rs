@@ -249,7 +249,8 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
         .await
         .expect("viewer plays before the flood");
 
-    let rss_before = rss_bytes(slave.proc.child.id());
+    let master_pid = c.master.as_ref().unwrap().child.id();
+    let (rss_before, master_rss_before) = (rss_bytes(slave.proc.child.id()), rss_bytes(master_pid));
     let stop = Arc::new(AtomicBool::new(false));
     let viewer = keep_viewing(c.http.clone(), url.clone(), stop.clone());
     // Twice the cap of silent sockets at each node, each holding a 16 KiB partial header.
@@ -261,7 +262,7 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_flood = rss_bytes(slave.proc.child.id());
+    let (rss_flood, master_rss_flood) = (rss_bytes(slave.proc.child.id()), rss_bytes(master_pid));
     let health_ok = Arc::new(AtomicU64::new(0));
     for _ in 0..10 {
         let r = c
@@ -296,8 +297,13 @@ async fn http_deadlines_connection_cap_and_parked_requests() {
     );
     assert!(
         rss_flood < rss_before + (48 << 20),
-        "800 flood sockets grew the slave by {} MiB",
+        "400 flood sockets grew the slave by {} MiB",
         (rss_flood - rss_before) >> 20
+    );
+    assert!(
+        master_rss_flood < master_rss_before + (48 << 20),
+        "400 flood sockets grew the master by {} MiB",
+        master_rss_flood.saturating_sub(master_rss_before) >> 20
     );
     for (base, prefix) in [
         (c.master_url(), "classcast_master"),
