@@ -123,9 +123,16 @@ pub(crate) struct MasterTuning {
 pub(crate) struct SlaveArgs {
     #[command(flatten)]
     pub(crate) common: Common,
-    /// The master's base URL.
-    #[arg(long, env = "MASTER_URL", default_value = "http://127.0.0.1:8000")]
-    pub(crate) master_url: String,
+    /// The master's base URL, or several, comma-separated: the slave registers with, heartbeats
+    /// to and announces to every one of them (they must share JWT_KEY_FILE's key and the
+    /// cluster secret), so any one master keeps students joining.
+    #[arg(
+        long,
+        env = "MASTER_URL",
+        default_value = "http://127.0.0.1:8000",
+        value_delimiter = ','
+    )]
+    pub(crate) master_url: Vec<String>,
     #[arg(long, env = "CLUSTER_SECRET_FILE")]
     pub(crate) cluster_secret_file: Option<PathBuf>,
     /// Unique node id; default `<hostname>-<http port>`.

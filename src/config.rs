@@ -161,10 +161,19 @@ pub(crate) fn slave_config(
         .node_id
         .clone()
         .unwrap_or_else(|| format!("{}-{http_port}", hostname()));
+    anyhow::ensure!(
+        a.master_url.iter().any(|u| !u.trim().is_empty()),
+        "MASTER_URL (--master-url) names no master"
+    );
     Ok(slave::SlaveConfig {
         node_name: a.node_name.clone().unwrap_or_else(|| node_id.clone()),
         node_id,
-        master_url: a.master_url.clone(),
+        master_urls: a
+            .master_url
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect(),
         secret,
         internal_url: a
             .internal_url

@@ -65,7 +65,7 @@ pub(crate) async fn run_up(a: UpArgs) -> anyhow::Result<()> {
                 http_max_connections: 0,
                 cors_origins: Vec::new(),
             },
-            master_url: master_url.clone(),
+            master_url: vec![master_url.clone()],
             cluster_secret_file: None,
             node_id: Some(format!("slave-{}", i + 1)),
             node_name: Some(format!("Slave {}", i + 1)),

@@ -10,19 +10,22 @@ use common::token::TokenVerifier;
 
 use crate::ctx::SlaveCtx;
 use crate::hls::store::Source;
-use crate::master_client::HeartbeatError;
+use crate::master_client::{HeartbeatError, MasterClient};
 
+/// The heartbeat loop towards one master (a slave runs one per master).
 pub struct Agent {
     ctx: Arc<SlaveCtx>,
+    master: MasterClient,
     last_sample: Instant,
     last_bytes_out: u64,
     last_ingest: u64,
 }
 
 impl Agent {
-    pub fn new(ctx: Arc<SlaveCtx>) -> Self {
+    pub fn new(ctx: Arc<SlaveCtx>, master: MasterClient) -> Self {
         Self {
             ctx,
+            master,
             last_sample: Instant::now(),
             last_bytes_out: 0,
             last_ingest: 0,
@@ -44,10 +47,10 @@ impl Agent {
 
     /// One registration attempt.
     async fn register_once(&self) -> anyhow::Result<RegisterResponse> {
-        let r = self.ctx.master.register(&self.register_request()).await?;
+        let r = self.master.register(&self.register_request()).await?;
         let verifier = TokenVerifier::from_public_x(&r.public_key, &r.issuer)?;
         self.ctx.set_verifier(verifier);
-        self.ctx.set_page_origins(&r.page_origins);
+        self.ctx.add_page_origins(&r.page_origins);
         for order in r.streams.clone() {
             crate::mirror::handle_order(&self.ctx, order);
         }
@@ -60,7 +63,7 @@ impl Agent {
         loop {
             match self.register_once().await {
                 Ok(r) => {
-                    tracing::info!(node_id = %self.ctx.cfg.node_id, master = %self.ctx.master.url(), "registered with the master");
+                    tracing::info!(node_id = %self.ctx.cfg.node_id, master = %self.master.url(), "registered with the master");
                     return r;
                 }
                 Err(e) => {
@@ -130,7 +133,7 @@ impl Agent {
                 node_id: self.ctx.cfg.node_id.clone(),
                 stats: self.stats(),
             };
-            match self.ctx.master.heartbeat(&hb).await {
+            match self.master.heartbeat(&hb).await {
                 Ok(()) => {}
                 Err(HeartbeatError::UnknownNode) => {
                     tracing::info!("master does not know this node; re-registering");

@@ -11,7 +11,7 @@ use media::rtmp::RtmpLimits;
 use parking_lot::RwLock;
 
 use crate::hls::store::{HlsConfig, ParkedRequests, StreamEntry, StreamStore};
-use crate::master_client::MasterClient;
+use crate::master_client::Masters;
 use crate::metrics::SlaveMetrics;
 use crate::tickets;
 use crate::viewers::ViewerTracker;
@@ -43,7 +43,8 @@ impl Default for RtmpConfig {
 pub struct SlaveConfig {
     pub node_id: String,
     pub node_name: String,
-    pub master_url: String,
+    /// Every master (`MASTER_URL` may list several); the slave reports to each.
+    pub master_urls: Vec<String>,
     pub secret: ClusterSecret,
     /// Base URL browsers use for HLS.
     pub public_url: String,
@@ -81,8 +82,8 @@ pub struct SlaveCtx {
     /// Streams the master said are not live, and when it said so: asked again only after
     /// [`MISSING_STREAM_TTL`], however many viewers ask for them meanwhile.
     pub missing: dashmap::DashMap<String, std::time::Instant>,
-    /// The master, for announcements and origin lookups.
-    pub master: MasterClient,
+    /// The masters, for announcements and origin lookups.
+    pub masters: Masters,
     verifier: RwLock<Option<TokenVerifier>>,
     page_origins: RwLock<std::collections::HashSet<String>>,
     /// Where a stream this node lacks comes from (the edge mirror), set once at start.
@@ -104,7 +105,7 @@ impl SlaveCtx {
             viewers: ViewerTracker::new(cfg.viewer_window),
             conns: common::http::ConnTable::for_limits(&cfg.http),
             parked: ParkedRequests::new(cfg.max_parked),
-            master: MasterClient::new(&cfg.master_url, &cfg.secret, &cfg.node_id, http.clone()),
+            masters: Masters::new(&cfg.master_urls, &cfg.secret, &cfg.node_id, http.clone()),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),
@@ -129,21 +130,21 @@ impl SlaveCtx {
     /// The master's origin as we reach it and our configured extras: allowed before the master
     /// tells us its public one.
     fn own_origins(cfg: &SlaveConfig) -> std::collections::HashSet<String> {
-        common::http::origin_of(&cfg.master_url)
-            .into_iter()
+        cfg.master_urls
+            .iter()
+            .filter_map(|u| common::http::origin_of(u))
             .chain(cfg.cors_origins.iter().cloned())
             .collect()
     }
 
-    /// The page origins the master announced at registration, added to our own.
-    pub fn set_page_origins(&self, from_master: &[String]) {
-        let mut all = Self::own_origins(&self.cfg);
-        all.extend(
+    /// The page origins a master announced at registration, added to those we allow (every
+    /// master's pages may play from this slave).
+    pub fn add_page_origins(&self, from_master: &[String]) {
+        self.page_origins.write().extend(
             from_master
                 .iter()
                 .filter_map(|o| common::http::origin_of(o)),
         );
-        *self.page_origins.write() = all;
     }
 
     pub fn allows_origin(&self, origin: &str) -> bool {

@@ -55,12 +55,12 @@ async fn shutdown_streams(ctx: &Arc<SlaveCtx>) {
     for e in ctx.store.list() {
         if e.source == Source::Origin && !e.stream.is_ended() {
             e.stream.end();
-            ctx.master.announce(&e.stream.path, false);
+            ctx.masters.announce(&e.stream.path, false);
         }
     }
     // Let the announcements go out before the unregister.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    ctx.master.unregister().await;
+    ctx.masters.unregister().await;
 }
 
 async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
@@ -113,7 +113,13 @@ pub async fn serve(
     ctx.set_finder(mirror::EdgeMirror);
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
-    let agent = tokio::spawn(agent::Agent::new(ctx.clone()).run());
+    // One heartbeat loop per master: each master holds the whole registry on its own.
+    let agents: Vec<_> = ctx
+        .masters
+        .all()
+        .iter()
+        .map(|m| tokio::spawn(agent::Agent::new(ctx.clone(), m.clone()).run()))
+        .collect();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(common::http::serve(
         http,
@@ -128,7 +134,9 @@ pub async fn serve(
     tracing::info!("slave shutting down");
     ingest.abort();
     shutdown_streams(&ctx).await;
-    agent.abort();
+    for a in &agents {
+        a.abort();
+    }
     let _ = tx.send(());
     // Blocked playlist requests would hold the graceful shutdown for seconds; cap it.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

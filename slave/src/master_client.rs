@@ -21,6 +21,52 @@ pub enum HeartbeatError {
     Failed(#[from] reqwest::Error),
 }
 
+/// Every master this slave reports to. Each gets the same calls independently, so one master
+/// down never delays the others; any one of them can then mint tokens this slave accepts
+/// (they share one signing key).
+#[derive(Clone)]
+pub struct Masters(Vec<MasterClient>);
+
+impl Masters {
+    pub fn new(
+        urls: &[String],
+        secret: &ClusterSecret,
+        node_id: &str,
+        http: reqwest::Client,
+    ) -> Self {
+        Self(
+            urls.iter()
+                .map(|u| MasterClient::new(u, secret, node_id, http.clone()))
+                .collect(),
+        )
+    }
+
+    pub fn all(&self) -> &[MasterClient] {
+        &self.0
+    }
+
+    /// Tells every master (see [`MasterClient::announce`]).
+    pub fn announce(&self, path: &str, live: bool) {
+        for m in &self.0 {
+            m.announce(path, live);
+        }
+    }
+
+    pub async fn unregister(&self) {
+        futures::future::join_all(self.0.iter().map(|m| m.unregister())).await;
+    }
+
+    /// Where `path` is live, from the first master that knows.
+    pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
+        for m in &self.0 {
+            if let Some(o) = m.origin_of(path).await {
+                return Some(o);
+            }
+        }
+        None
+    }
+}
+
 #[derive(Clone)]
 pub struct MasterClient {
     http: reqwest::Client,

@@ -111,7 +111,7 @@ pub async fn start_on_demand(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<Stre
 
 async fn lookup_origin(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<StreamEntry>> {
     ctx.metrics.origin_lookups.inc();
-    let order = ctx.master.origin_of(path).await?;
+    let order = ctx.masters.origin_of(path).await?;
     if order.origin_node_id == ctx.cfg.node_id || !order.live {
         return None;
     }

@@ -139,7 +139,7 @@ async fn metrics(c: &Cluster, base: &str) -> String {
 
 /// A viewer as a player behaves: playlist with its token, then the newest part by the ticket
 /// the playlist lists. Returns the part's (msn, index).
-async fn view_once(http: &reqwest::Client, hls_url: &str) -> Result<(u64, usize), String> {
+pub async fn view_once(http: &reqwest::Client, hls_url: &str) -> Result<(u64, usize), String> {
     let r = http.get(hls_url).send().await.map_err(|e| e.to_string())?;
     if r.status() != 200 {
         return Err(format!("playlist {}", r.status()));
@@ -168,10 +168,10 @@ async fn view_once(http: &reqwest::Client, hls_url: &str) -> Result<(u64, usize)
 }
 
 /// What a viewer saw: requests that worked, errors, first and last part played.
-type Viewing = (u32, Vec<String>, Option<(u64, usize)>, Option<(u64, usize)>);
+pub type Viewing = (u32, Vec<String>, Option<(u64, usize)>, Option<(u64, usize)>);
 
 /// A viewer that keeps playing until `stop`.
-fn keep_viewing(
+pub fn keep_viewing(
     http: reqwest::Client,
     url: String,
     stop: Arc<AtomicBool>,

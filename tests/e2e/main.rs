@@ -6,5 +6,6 @@ mod clients;
 mod control_plane;
 mod fanout;
 mod faults;
+mod masters;
 mod media_plane;
 mod support;

@@ -152,6 +152,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Extra flags for every master and slave this cluster starts.
     pub master_flags: Vec<String>,
+    /// What slaves get as `--master-url` (default: this cluster's one master).
+    pub slave_master_urls: Option<String>,
     pub slave_flags: Vec<String>,
 }
 
@@ -171,6 +173,7 @@ impl Cluster {
         let dir = log_dir(test);
         let mut c = Cluster {
             master_flags: master_flags.iter().map(|s| s.to_string()).collect(),
+            slave_master_urls: None,
             slave_flags: slave_flags.iter().map(|s| s.to_string()).collect(),
             test: test.into(),
             master_port: free_port(),
@@ -197,12 +200,18 @@ impl Cluster {
     }
 
     pub fn start_master(&mut self) {
+        self.master = Some(self.spawn_master_on(self.master_port));
+    }
+
+    /// A master on `port` with this cluster's key file, secret and flags: another master of
+    /// the same cluster when `port` is not `master_port`.
+    pub fn spawn_master_on(&self, port: u16) -> Proc {
         let t = &self.timings;
         let dir = log_dir(&self.test);
         let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
         let mut cmd = Command::new(BIN);
         cmd.arg("master")
-            .args(["--bind", &format!("127.0.0.1:{}", self.master_port)])
+            .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--jwt-key-file", self.key_file.to_str().unwrap()])
             .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
             .args(["--offline-after-ms", &t.offline_after_ms.to_string()])
@@ -215,11 +224,11 @@ impl Cluster {
             .env("CLUSTER_SECRET", SECRET)
             .env("TEACHER_PASSWORD", TEACHER)
             .env("LOG", "info");
-        self.master = Some(Proc::spawn(
+        Proc::spawn(
             "master",
-            dir.join(format!("master-{n}.log")),
+            dir.join(format!("master-{port}-{n}.log")),
             &mut cmd,
-        ));
+        )
     }
 
     pub fn add_slave(&mut self, id: &str, extra: &[&str]) -> usize {
@@ -234,7 +243,12 @@ impl Cluster {
             .unwrap_or(0);
         let mut cmd = Command::new(BIN);
         cmd.arg("slave")
-            .args(["--master-url", &self.master_url()])
+            .args([
+                "--master-url",
+                self.slave_master_urls
+                    .as_deref()
+                    .unwrap_or(&self.master_url()),
+            ])
             .args(["--node-id", id])
             .args(["--rtmp-bind", &format!("127.0.0.1:{rtmp}")])
             .args(["--http-bind", &format!("127.0.0.1:{http}")])

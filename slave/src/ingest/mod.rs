@@ -369,7 +369,7 @@ impl Connection {
                     }
                     if !p.announced {
                         p.announced = true;
-                        self.ctx.master.announce(&p.stream.path, true);
+                        self.ctx.masters.announce(&p.stream.path, true);
                     }
                 }
             }
@@ -402,7 +402,7 @@ impl Connection {
             if gone && !stream.is_ended() {
                 tracing::info!(path = %stream.path, "publisher did not come back; stream ended");
                 stream.end();
-                ctx.master.announce(&stream.path, false);
+                ctx.masters.announce(&stream.path, false);
             }
         });
     }

@@ -30,7 +30,7 @@ fn fixture(max_parked: usize) -> Fixture {
     let cfg = SlaveConfig {
         node_id: "n1".into(),
         node_name: "n1".into(),
-        master_url: "http://127.0.0.1:9".into(),
+        master_urls: vec!["http://127.0.0.1:9".into()],
         secret,
         public_url: "http://127.0.0.1:8888".into(),
         internal_url: "http://127.0.0.1:8888".into(),

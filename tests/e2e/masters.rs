@@ -1,0 +1,165 @@
+//! Issue 18 (its first part): several masters for one cluster. Every slave reports to every
+//! master; masters share the signing key, so a token from any of them plays on every slave;
+//! one master killed while students join costs no join and interrupts no viewer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::bounds::{keep_viewing, view_once};
+use crate::support::*;
+
+async fn nodes_at(http: &reqwest::Client, master: &str) -> Value {
+    get_json(http, &format!("{master}/cluster/nodes"))
+        .await
+        .unwrap_or(Value::Null)
+}
+
+async fn token_at(http: &reqwest::Client, master: &str, body: &Value) -> Result<Value, String> {
+    let r = http
+        .post(format!("{master}/api/token"))
+        .timeout(Duration::from_secs(2))
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("{}", r.status()));
+    }
+    r.json().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_share_the_cluster_and_survive_each_other() {
+    let mut c = Cluster::start("two_masters", 0, Timings::default()).await;
+    let port_b = free_port();
+    let mut master_b = c.spawn_master_on(port_b);
+    let (a, b) = (c.master_url(), format!("http://127.0.0.1:{port_b}"));
+    c.slave_master_urls = Some(format!("{a},{b}"));
+    c.add_slave("s1", &[]);
+    c.add_slave("s2", &[]);
+    for m in [&a, &b] {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            nodes_at(&c.http, m).await["healthy_nodes"].as_u64() == Some(2)
+        })
+        .await;
+        assert!(
+            ok,
+            "{m} did not see both slaves: {}",
+            nodes_at(&c.http, m).await
+        );
+    }
+
+    // A teacher key from master A; the class goes live in both masters' directories.
+    let (rtmp, key, _) = c.teacher("multi").await;
+    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    for m in [&a, &b] {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            get_json(&c.http, &format!("{m}/cluster/streams"))
+                .await
+                .is_some_and(|v| {
+                    v["streams"].as_array().is_some_and(|s| {
+                        s.iter().any(|s| {
+                            s["path"] == "live/multi"
+                                && s["serving"].as_array().is_some_and(|x| x.len() == 2)
+                        })
+                    })
+                })
+        })
+        .await;
+        assert!(ok, "{m} does not list live/multi on both slaves");
+    }
+
+    // Tokens from either master play on either slave (each master balances on its own).
+    let mut played = std::collections::BTreeSet::new();
+    for (i, m) in [&a, &b, &a, &b].into_iter().enumerate() {
+        for node in ["s1", "s2"] {
+            let other = if node == "s1" { "s2" } else { "s1" };
+            let v = token_at(
+                &c.http,
+                m,
+                &json!({"role":"student","user_id":format!("u{i}{node}"),"stream":"multi","exclude":other}),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("a token from {m}: {e}"));
+            assert_eq!(v["node_id"], node);
+            view_once(&c.http, v["hls_url"].as_str().unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("a token from {m} on {node}: {e}"));
+            played.insert((m.clone(), node));
+        }
+    }
+    assert_eq!(played.len(), 4, "every master × every slave");
+
+    // A viewer keeps playing while master A dies; joins go on through B, as the pages do
+    // (try one master, then the other).
+    let url = token_at(
+        &c.http,
+        &a,
+        &json!({"role":"student","user_id":"stays","stream":"multi"}),
+    )
+    .await
+    .unwrap()["hls_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let viewer = keep_viewing(c.http.clone(), url, stop.clone());
+    c.master.as_mut().unwrap().kill9();
+    let (mut joined, mut failed) = (0, Vec::new());
+    let t0 = Instant::now();
+    let mut i = 0u32;
+    while t0.elapsed() < Duration::from_secs(5) {
+        i += 1;
+        let body = json!({"role":"student","user_id":format!("late{i}"),"stream":"multi"});
+        let (first, second) = if i.is_multiple_of(2) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        match token_at(&c.http, first, &body).await {
+            Ok(_) => joined += 1,
+            Err(_) => match token_at(&c.http, second, &body).await {
+                Ok(_) => joined += 1,
+                Err(e) => failed.push(e),
+            },
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "joins failed with master A down: {failed:?}"
+    );
+    assert!(joined >= 40, "only {joined} joins in 5 s");
+
+    // A restarted master rebuilds its registry and directory from the next heartbeats.
+    let t1 = Instant::now();
+    c.start_master();
+    let ok = wait_until(Duration::from_secs(10), || async {
+        nodes_at(&c.http, &a).await["healthy_nodes"].as_u64() == Some(2)
+            && get_json(&c.http, &format!("{a}/cluster/streams"))
+                .await
+                .is_some_and(|v| v["streams"].as_array().is_some_and(|s| !s.is_empty()))
+    })
+    .await;
+    assert!(
+        ok,
+        "master A did not rebuild: {}",
+        nodes_at(&c.http, &a).await
+    );
+    println!(
+        "master A rebuilt in {:?} (heartbeat every {} ms)",
+        t1.elapsed(),
+        c.timings.heartbeat_ms
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, errors, first, last) = viewer.await.unwrap();
+    assert!(ok >= 10 && last > first, "the viewer stopped: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "the viewer saw errors while a master died: {errors:?}"
+    );
+    master_b.terminate(Duration::from_secs(3));
+}
