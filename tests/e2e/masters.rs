@@ -163,3 +163,74 @@ async fn two_masters_share_the_cluster_and_survive_each_other() {
     );
     master_b.terminate(Duration::from_secs(3));
 }
+
+/// Three masters each hand out a burst of 50 student tokens at once to three idle slaves: each
+/// master spreads its own burst by the tokens it promised, so the sum stays near 50/50/50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_masters_balance_their_bursts() {
+    // A long heartbeat so that no heartbeat resets the promised counts mid-burst.
+    let t = Timings {
+        heartbeat_ms: 2000,
+        offline_after_ms: 10_000,
+        ..Default::default()
+    };
+    let mut c = Cluster::start("three_masters", 0, t).await;
+    let ports = [free_port(), free_port()];
+    let others: Vec<Proc> = ports.iter().map(|p| c.spawn_master_on(*p)).collect();
+    let masters: Vec<String> = std::iter::once(c.master_url())
+        .chain(ports.iter().map(|p| format!("http://127.0.0.1:{p}")))
+        .collect();
+    c.slave_master_urls = Some(masters.join(","));
+    for id in ["s1", "s2", "s3"] {
+        c.add_slave(id, &[]);
+    }
+    for m in &masters {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            nodes_at(&c.http, m).await["healthy_nodes"].as_u64() == Some(3)
+        })
+        .await;
+        assert!(ok, "{m} did not see the three slaves");
+    }
+    let (rtmp, key, _) = c.teacher("burst3").await;
+    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    for m in &masters {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            get_json(&c.http, &format!("{m}/cluster/streams"))
+                .await
+                .is_some_and(|v| {
+                    v["streams"].as_array().is_some_and(|s| {
+                        s.iter()
+                            .any(|s| s["serving"].as_array().is_some_and(|x| x.len() == 3))
+                    })
+                })
+        })
+        .await;
+        assert!(ok, "{m} does not list the class on all three slaves");
+    }
+    // Wait for a fresh heartbeat round so every master starts from zero promised tokens.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut tasks = Vec::new();
+    for m in &masters {
+        for i in 0..50 {
+            let (http, m) = (c.http.clone(), m.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"role":"student","user_id":format!("b{i}"),"stream":"burst3"});
+                token_at(&http, &m, &body)
+                    .await
+                    .map(|v| v["node_id"].as_str().unwrap().to_string())
+            }));
+        }
+    }
+    let mut per_node = std::collections::BTreeMap::<String, i64>::new();
+    for t in tasks {
+        *per_node
+            .entry(t.await.unwrap().expect("a token"))
+            .or_default() += 1;
+    }
+    println!("three masters × 50: {per_node:?}");
+    assert_eq!(per_node.values().sum::<i64>(), 150);
+    for (node, n) in &per_node {
+        assert!((n - 50).abs() <= 3, "{node} got {n}: {per_node:?}");
+    }
+    drop(others);
+}
