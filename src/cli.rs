@@ -83,6 +83,10 @@ pub(crate) struct MasterArgs {
     /// the address slaves reach the master at: slaves allow it as a page origin.
     #[arg(long, env = "PUBLIC_URL")]
     pub(crate) public_url: Option<String>,
+    /// Every master of this cluster as browsers reach them, comma-separated
+    /// (`https://m1.school,https://m2.school`): a student page whose master is down asks another.
+    #[arg(long, env = "MASTERS", value_delimiter = ',')]
+    pub(crate) masters: Vec<String>,
     /// CSP `frame-ancestors` of the pages: who may embed them (`'self' https://lms.example.org`).
     #[arg(long, env = "FRAME_ANCESTORS")]
     pub(crate) frame_ancestors: Option<String>,

@@ -81,6 +81,7 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
     );
     cfg.http = http_limits(&a.common);
     cfg.cors_origins = origins(&a.common.cors_origins)?;
+    cfg.masters = origins(&a.masters).context("MASTERS")?;
     cfg.public_url = match a.public_url.as_deref() {
         Some(u) => Some(common::http::origin_of(u).context("PUBLIC_URL must be an http(s) URL")?),
         None => None,

@@ -20,6 +20,8 @@ pub mod paths {
     pub const BEST_NODE: &str = "/cluster/best-node";
     pub const PROMETHEUS_TARGETS: &str = "/prometheus/targets";
     pub const TOKEN: &str = "/api/token";
+    /// On masters: every master's public origin, for the pages' fallback.
+    pub const MASTERS: &str = "/api/masters";
     pub const JWKS: &str = "/.well-known/jwks.json";
     pub const HEALTH: &str = "/health";
     pub const METRICS: &str = "/metrics";

@@ -22,7 +22,14 @@ pub use crate::state::{AppState, Inner, MasterConfig};
 /// are same-origin and need no grant); the cluster API, the views and the metrics answer
 /// no preflight at all, so a page a student opens cannot use the student's browser on them.
 pub fn router(st: &AppState) -> Router {
-    let allowed: std::collections::HashSet<String> = st.cfg.cors_origins.iter().cloned().collect();
+    // Other masters' pages fall back to us when their master is down.
+    let allowed: std::collections::HashSet<String> = st
+        .cfg
+        .cors_origins
+        .iter()
+        .chain(&st.cfg.masters)
+        .cloned()
+        .collect();
     let token_cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
             o.to_str().is_ok_and(|o| allowed.contains(o))
@@ -36,12 +43,18 @@ pub fn router(st: &AppState) -> Router {
             paths::TOKEN,
             post(routes::token::issue_token).layer(token_cors),
         )
+        .route(paths::MASTERS, get(masters))
         .route(paths::JWKS, get(jwks))
         .route(paths::HEALTH, get(health))
         .route(paths::METRICS, get(metrics))
         .merge(web::router(st.clone()))
         .layer(DefaultBodyLimit::max(common::MAX_JSON_BODY))
         .with_state(st.clone())
+}
+
+/// Every master of the cluster, for the pages' fallback.
+async fn masters(State(st): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "masters": st.cfg.masters }))
 }
 
 async fn jwks(State(st): State<AppState>) -> impl IntoResponse {

@@ -32,6 +32,9 @@ pub struct MasterConfig {
     pub public_url: Option<String>,
     /// Extra page origins allowed to mint viewer tokens and play from a browser (an LMS).
     pub cors_origins: Vec<String>,
+    /// Every master of the cluster, as browsers reach them (origins): the pages fall back to
+    /// another one when theirs is down, and each allows the others' pages to mint tokens.
+    pub masters: Vec<String>,
     /// CSP `frame-ancestors` of the pages.
     pub frame_ancestors: String,
     /// Viewer tokens per client address.
@@ -56,6 +59,7 @@ impl MasterConfig {
             http: Default::default(),
             public_url: None,
             cors_origins: Vec::new(),
+            masters: Vec::new(),
             frame_ancestors: "'self'".into(),
             token_rate: Default::default(),
             login_free_failures: 5,
@@ -166,6 +170,7 @@ impl AppState {
             .public_url
             .iter()
             .chain(&self.cfg.cors_origins)
+            .chain(&self.cfg.masters)
             .cloned()
             .collect()
     }

@@ -8,8 +8,30 @@
   let current = null; // token response
   let user = '', stream = '';
   let recovering = false;
-  window.classcast = { events: [], get current() { return current; }, get hls() { return hls; } };
+  // Where tokens come from: this page's own master first, then every other master of the
+  // cluster (GET /api/masters), so a student whose master is down still joins.
+  let masters = [''];
+  window.classcast = { events: [], get current() { return current; }, get hls() { return hls; }, get masters() { return masters; } };
   const log = (e) => { window.classcast.events.push({ t: Date.now(), ...e }); };
+  const mastersLoaded = fetch('/api/masters').then((r) => r.json())
+    .then((j) => { masters = [''].concat((j.masters || []).filter((m) => m !== location.origin)); })
+    .catch(() => {});
+
+  // POST /api/token to the first master that answers; the one that did is tried first next time.
+  async function postToken(body) {
+    await mastersLoaded;
+    let last;
+    for (const m of masters) {
+      try {
+        const r = await fetch(m + '/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        if (m !== masters[0]) { masters = [m].concat(masters.filter((x) => x !== m)); log({ type: 'master', master: m }); }
+        return r;
+      } catch (e) {
+        last = e;
+      }
+    }
+    throw last;
+  }
 
   async function getToken(exclude) {
     for (;;) {
@@ -17,7 +39,7 @@
       if (exclude) body.exclude = exclude;
       let r;
       try {
-        r = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        r = await postToken(body);
       } catch (e) {
         state('Cannot reach the school server; retrying…');
         await sleep(2000);

@@ -208,3 +208,40 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
     console.log(`failover: ${node} → ${recovered} in ${took} ms`);
   });
 });
+
+test('a student whose master is down at join time gets a token from another master and plays', async () => {
+  // Two masters sharing one key file and secret, each told of the other; one slave reporting to both.
+  const [pa, pb] = [await freePort(), await freePort()];
+  const [a, b] = [`http://127.0.0.1:${pa}`, `http://127.0.0.1:${pb}`];
+  const env = { CLUSTER_SECRET: SECRET };
+  const key = path.join(ART, 'mm-jwt.pem');
+  rmSync(key, { force: true });
+  const master = (name, port) => run(name, BIN, ['master', '--bind', `127.0.0.1:${port}`, '--jwt-key-file', key,
+    '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER, '--masters', `${a},${b}`], env);
+  const masterA = master('mm-master-a', pa);
+  await until('master A up', 15000, async () => (await fetch(`${a}/health`)).ok);
+  master('mm-master-b', pb);
+  const [r, h] = [await freePort(), await freePort()];
+  run('mm-slave', BIN, ['slave', '--master-url', `${a},${b}`, '--node-id', 'm1', '--rtmp-bind', `127.0.0.1:${r}`,
+    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300'], env);
+  for (const m of [a, b]) await until(`${m} sees the slave`, 30000, async () => (await json(`${m}/cluster/nodes`)).healthy_nodes === 1);
+  const t = await json(`${a}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'mm', credential: TEACHER }) });
+  publish('mm-publisher', `${t.rtmp_url}/${t.stream_key}`);
+  await until('the class is live at master B', 30000, async () =>
+    (await json(`${b}/cluster/streams`)).streams.some((s) => s.path === 'live/mm'));
+
+  const page = await newPage('masters');
+  await withShot(page, async () => {
+    await page.goto(`${a}/?name=Carol&stream=mm`);
+    await until('the page knows both masters', 10000, () => page.evaluate(() => window.classcast.masters.length === 2));
+    masterA.kill('SIGKILL');
+    await until('master A is gone', 10000, async () => { try { await fetch(`${a}/health`); return false; } catch { return true; } });
+    await page.click('#join-form button[type=submit]');
+    const node = await playsFor(page, 2, 30000);
+    assert.equal(node, 'm1');
+    const used = await page.evaluate(() => window.classcast.events.filter((e) => e.type === 'master').map((e) => e.master));
+    assert.deepEqual(used, [b], 'the token came from master B');
+    assert.deepEqual(page._csp, [], 'the CSP blocked nothing');
+  });
+});
