@@ -212,6 +212,10 @@ pub(crate) struct MediaTuning {
     /// Open RTMP connections at most (publishers and connections still on their way to it).
     #[arg(long, env = "RTMP_MAX_CONNECTIONS", default_value_t = 128)]
     pub(crate) rtmp_max_connections: usize,
+    /// On SIGTERM the slave leaves the masters at once and answers viewers' playlists with 503
+    /// (players move to another slave) for this long before it exits.
+    #[arg(long, env = "DRAIN_MS", default_value_t = 3000)]
+    pub(crate) drain_ms: u64,
     /// Blocking playlist and part requests parked at once; past it, 503 with Retry-After.
     #[arg(long, env = "MAX_PARKED_REQUESTS", default_value_t = 8192)]
     pub(crate) max_parked_requests: usize,

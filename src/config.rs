@@ -197,6 +197,7 @@ pub(crate) fn slave_config(
         http: http_limits(&a.common),
         cors_origins: origins(&a.common.cors_origins)?,
         max_parked: a.media.max_parked_requests.max(1),
+        drain: Duration::from_millis(a.media.drain_ms),
     })
 }
 

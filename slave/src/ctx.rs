@@ -65,6 +65,9 @@ pub struct SlaveConfig {
     pub cors_origins: Vec<String>,
     /// Blocking requests parked at once.
     pub max_parked: usize,
+    /// On SIGTERM: how long the slave keeps serving (media, and peers) after it stopped taking
+    /// viewers, while its players move to other slaves.
+    pub drain: Duration,
 }
 
 /// Everything the slave's tasks share.
@@ -79,6 +82,8 @@ pub struct SlaveCtx {
     /// The open HTTP connections (bounded).
     pub conns: Arc<common::http::ConnTable>,
     pub parked: ParkedRequests,
+    /// Set on shutdown: viewers' playlists get 503, so players move elsewhere.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Streams the master said are not live, and when it said so: asked again only after
     /// [`MISSING_STREAM_TTL`], however many viewers ask for them meanwhile.
     pub missing: dashmap::DashMap<String, std::time::Instant>,
@@ -105,6 +110,7 @@ impl SlaveCtx {
             viewers: ViewerTracker::new(cfg.viewer_window),
             conns: common::http::ConnTable::for_limits(&cfg.http),
             parked: ParkedRequests::new(cfg.max_parked),
+            draining: Default::default(),
             masters: Masters::new(&cfg.master_urls, &cfg.secret, &cfg.node_id, http.clone()),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),

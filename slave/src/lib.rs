@@ -58,9 +58,8 @@ async fn shutdown_streams(ctx: &Arc<SlaveCtx>) {
             ctx.masters.announce(&e.stream.path, false);
         }
     }
-    // Let the announcements go out before the unregister.
+    // Let the announcements go out before the process ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    ctx.masters.unregister().await;
 }
 
 async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
@@ -131,12 +130,20 @@ pub async fn serve(
         },
     ));
     shutdown.await;
-    tracing::info!("slave shutting down");
-    ingest.abort();
-    shutdown_streams(&ctx).await;
+    // Drain: no master names this node from now on (the heartbeat loops stop first, or they
+    // would re-register it), viewers' playlists answer 503 so players move to another slave,
+    // and media and peers are still served for the drain time.
+    tracing::info!(drain = ?ctx.cfg.drain, "slave draining: leaving the masters, sending viewers elsewhere");
     for a in &agents {
         a.abort();
     }
+    ctx.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ctx.masters.unregister().await;
+    tokio::time::sleep(ctx.cfg.drain).await;
+    tracing::info!("slave shutting down");
+    ingest.abort();
+    shutdown_streams(&ctx).await;
     let _ = tx.send(());
     // Blocked playlist requests would hold the graceful shutdown for seconds; cap it.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -134,3 +134,77 @@ async fn join_storm_while_viewers_play() {
         );
     }
 }
+
+/// SIGTERM drains a slave: no master names it from that moment, its viewers' playlists answer
+/// 503, and a playing student (a player that asks for another token when its slave fails, as
+/// the student page does) is playing from another slave within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_slave() {
+    // A 3 s drain: what is observed below happens within it.
+    let mut c =
+        Cluster::start_with("drain", 2, Timings::default(), &[], &["--drain-ms", "3000"]).await;
+    let (rtmp, key, t) = c.teacher("drain").await;
+    let origin = t["node_id"].as_str().unwrap().to_string();
+    let edge = if origin == "s1" { "s2" } else { "s1" }.to_string();
+    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    c.wait_live("drain", 2).await;
+    // A student on the edge, playing; then the edge is told to stop.
+    let v = c
+        .token(json!({"role":"student","user_id":"drained","stream":"drain","exclude":origin}))
+        .await
+        .unwrap();
+    assert_eq!(v["node_id"], edge.as_str());
+    let mut url = v["hls_url"].as_str().unwrap().to_string();
+    crate::bounds::view_once(&c.http, &url).await.unwrap();
+    let t0 = Instant::now();
+    c.slave(&edge).proc.signal(libc::SIGTERM);
+    // No new token names it, at once.
+    let gone = wait_until(Duration::from_secs(1), || async {
+        c.nodes().await["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|x| x["node_id"] != edge.as_str()))
+    })
+    .await;
+    assert!(
+        gone,
+        "the draining slave still listed after 1 s: {}",
+        c.nodes().await
+    );
+    for i in 0..10 {
+        let v = c.student("drain", &format!("new{i}")).await;
+        assert_ne!(
+            v["node_id"],
+            edge.as_str(),
+            "a new token named the draining slave"
+        );
+    }
+    // Its viewers' playlists answer 503 while it still serves (the drain lasts 3 s).
+    let r = c.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503, "a draining slave's playlist");
+    assert!(r.headers().get("retry-after").is_some());
+    // The player moves: a new token (avoiding the failed slave) and playback from the other.
+    let moved = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the student did not move within 5 s"
+        );
+        if crate::bounds::view_once(&c.http, &url).await.is_ok() {
+            continue;
+        }
+        let v = c
+            .token(json!({"role":"student","user_id":"drained","stream":"drain","exclude":edge}))
+            .await
+            .unwrap();
+        url = v["hls_url"].as_str().unwrap().to_string();
+        if crate::bounds::view_once(&c.http, &url).await.is_ok() {
+            break v["node_id"].as_str().unwrap().to_string();
+        }
+    };
+    println!("drain: moved to {moved} in {:?}", t0.elapsed());
+    assert_eq!(moved, origin);
+    let st = c.slave_mut(&edge).proc.wait_exit(Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the drained slave exits cleanly"
+    );
+}

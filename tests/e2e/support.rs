@@ -260,9 +260,12 @@ impl Cluster {
                 &t.http_header_timeout_ms.to_string(),
             ])
             .args(&self.slave_flags)
-            .args(extra)
-            .env("CLUSTER_SECRET", SECRET)
-            .env("LOG", "info");
+            .args(extra);
+        // A short drain on SIGTERM, unless the test sets its own.
+        if !self.slave_flags.iter().any(|f| f == "--drain-ms") && !extra.contains(&"--drain-ms") {
+            cmd.args(["--drain-ms", "300"]);
+        }
+        cmd.env("CLUSTER_SECRET", SECRET).env("LOG", "info");
         let proc = Proc::spawn(
             id,
             log_dir(&self.test).join(format!("{id}-{n}.log")),

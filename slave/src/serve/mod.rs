@@ -68,6 +68,15 @@ async fn playlist(
     stream: &Arc<HlsStream>,
     req: &HlsRequest,
 ) -> Result<Response, ApiError> {
+    if matches!(req.caller, Caller::Viewer { .. })
+        && ctx.draining.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::unavailable(
+            "draining",
+            "this node is shutting down; ask the master for another",
+        )
+        .retry_after(1));
+    }
     // What follows every URI: the viewer's media ticket, nothing for a peer.
     let query = match &req.caller {
         Caller::Viewer { exp, viewer } => {

@@ -49,6 +49,7 @@ fn fixture(max_parked: usize) -> Fixture {
         },
         cors_origins: Vec::new(),
         max_parked,
+        drain: Duration::from_millis(10),
     };
     let ctx = SlaveCtx::new(cfg).unwrap();
     let (key, _) = SigningKey::generate().unwrap();
