@@ -17,7 +17,6 @@ mod stats;
 mod util;
 mod viewers;
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -213,11 +212,7 @@ fn emit<T: Serialize>(results: Option<&PathBuf>, value: &T) -> anyhow::Result<()
     let line = serde_json::to_string(value)?;
     println!("{line}");
     if let Some(path) = results {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        writeln!(f, "{line}")?;
+        orchestrate::finish::append(path, &line)?;
     }
     Ok(())
 }

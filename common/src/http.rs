@@ -116,7 +116,6 @@ struct Slot {
 #[derive(Default)]
 pub struct HttpCounters {
     pub open: AtomicU64,
-    pub accepted: AtomicU64,
     /// Idle connections closed to make room at the cap.
     pub evicted: AtomicU64,
     /// New connections refused because every open one was busy.
@@ -222,7 +221,6 @@ impl ConnTable {
         self.counters
             .open
             .store(slots.len() as u64, Ordering::Relaxed);
-        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         Some(slot)
     }
 

@@ -92,6 +92,22 @@ fn slowloris(port: u16, what: &str, post_path: &str) {
         "{what}: idle keep-alive closed after {t:?}"
     );
 
+    // A request head past the 64 KiB bound: refused (431) or closed, not buffered.
+    let mut s = connect(port);
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes());
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 431"),
+        "{what}: an 80 KiB head got {answer:?}"
+    );
+
     // A body announced and never sent: closed at the idle timeout (no byte either way).
     let mut s = connect(port);
     // With the cluster secret, so that the handler waits for the body instead of refusing.
@@ -799,15 +815,7 @@ async fn logins_inflation_origins_and_cluster_input() {
         assert_eq!(register(body).await, 400, "{what}");
     }
     assert_eq!(register(good).await, 200, "a valid registration");
-    assert!(
-        c.http
-            .get(format!("{master}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
+    assert!(healthy(&c.http, &master).await, "the master keeps serving");
 }
 
 /// Per-address token minting limit, the teacher password length, and secrets at rest.

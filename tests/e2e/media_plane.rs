@@ -516,15 +516,7 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
         log.contains("rtmp connection closed with an error"),
         "hostile peers are logged"
     );
-    assert!(
-        c.http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
+    assert!(healthy(&c.http, &base).await);
 
     // --- Viewer sessions reach the master as connections.
     assert!(

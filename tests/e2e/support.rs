@@ -484,6 +484,14 @@ pub fn ffmpeg_decode(url: &str, secs: u32) -> (bool, String) {
     )
 }
 
+/// Whether `base` answers `GET /health` with a success.
+pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
+    http.get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 /// Fetches a playlist with the cluster secret (no tokens in the URIs).
 pub async fn peer_get(http: &reqwest::Client, url: &str) -> reqwest::Response {
     http.get(url)

@@ -6,7 +6,7 @@
 //! goes through one [`procs::Supervisor`], which stops it by PID at the end, on error, on panic
 //! and on Ctrl-C.
 
-mod finish;
+pub mod finish;
 mod g2g;
 mod procs;
 mod sample;

@@ -345,6 +345,20 @@ impl State {
         }
     }
 
+    /// Origin side: places a part from the packager ([`State::place_part`]) and inserts it.
+    /// Returns the (msn, index) it got and whether it went in.
+    pub fn push_cut(
+        &mut self,
+        cfg: &HlsConfig,
+        msn_base: u64,
+        cut: CutPart,
+        now: Now,
+    ) -> ((u64, usize), bool) {
+        let p = self.place_part(msn_base, cut, now);
+        let at = (p.msn, p.index);
+        (at, self.insert_part(cfg, p, now))
+    }
+
     /// Inserts a part at (msn, index). Parts must arrive in order; a part that opens segment
     /// `msn` completes every older open segment. Out-of-order or duplicate parts are ignored
     /// (false).
@@ -522,22 +536,17 @@ impl TestStream {
         starts_segment: bool,
         discontinuity: bool,
     ) -> (u64, usize) {
-        let now = Now::system();
-        let mut st = self.st.borrow_mut();
-        let p = st.place_part(
-            1_000_000,
-            CutPart {
-                data,
-                duration,
-                independent,
-                starts_segment,
-                discontinuity,
-            },
-            now,
-        );
-        let at = (p.msn, p.index);
-        st.insert_part(&self.cfg, p, now);
-        at
+        let cut = CutPart {
+            data,
+            duration,
+            independent,
+            starts_segment,
+            discontinuity,
+        };
+        self.st
+            .borrow_mut()
+            .push_cut(&self.cfg, 1_000_000, cut, Now::system())
+            .0
     }
 
     pub fn end(&self) {

@@ -96,21 +96,15 @@ impl HlsStream {
         starts_segment: bool,
         discontinuity: bool,
     ) -> (u64, usize) {
+        let cut = CutPart {
+            data,
+            duration,
+            independent,
+            starts_segment,
+            discontinuity,
+        };
         let now = Now::system();
-        let cfg = &self.cfg;
-        self.change(|st| {
-            let cut = CutPart {
-                data,
-                duration,
-                independent,
-                starts_segment,
-                discontinuity,
-            };
-            let p = st.place_part(self.msn_base, cut, now);
-            let at = (p.msn, p.index);
-            let ok = st.insert_part(cfg, p, now);
-            (at, ok)
-        })
+        self.change(|st| st.push_cut(&self.cfg, self.msn_base, cut, now))
     }
 
     /// Inserts a part at (msn, index); see [`State::insert_part`].
