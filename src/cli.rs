@@ -69,6 +69,11 @@ pub(crate) struct MasterArgs {
     /// Ed25519 signing key (PKCS#8 PEM); generated on first start if missing.
     #[arg(long, env = "JWT_KEY_FILE", default_value = "data/jwt-ed25519.pem")]
     pub(crate) jwt_key_file: PathBuf,
+    /// Signing keys rotated out (comma-separated PEM files): still published, so the tokens
+    /// they signed keep playing until they expire; never used to sign (docs/operations.md, key
+    /// rotation).
+    #[arg(long, env = "JWT_PREVIOUS_KEY_FILE", value_delimiter = ',')]
+    pub(crate) jwt_previous_key_file: Vec<PathBuf>,
     /// File holding the cluster secret; read if it exists, else created when `--generate-secret` is set.
     #[arg(long, env = "CLUSTER_SECRET_FILE")]
     pub(crate) cluster_secret_file: Option<PathBuf>,

@@ -80,6 +80,7 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
         &a.tuning,
     );
     cfg.http = http_limits(&a.common);
+    cfg.previous_key_paths = a.jwt_previous_key_file.clone();
     cfg.cors_origins = origins(&a.common.cors_origins)?;
     cfg.masters = origins(&a.masters).context("MASTERS")?;
     cfg.public_url = match a.public_url.as_deref() {

@@ -102,6 +102,13 @@ impl SigningKey {
         })
     }
 
+    /// Loads the key at `path`, which must exist (a previous key kept for verification only).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Self::from_pkcs8(&pem_decode(&pem)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
     /// Loads the key at `path`, or generates one and saves it there (mode 0600) if the file does
     /// not exist yet.
     pub fn load_or_generate(path: &Path) -> anyhow::Result<Self> {
@@ -131,16 +138,20 @@ impl SigningKey {
         kid_of(&self.public)
     }
 
+    pub fn jwk(&self) -> Jwk {
+        Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: self.public_x(),
+            alg: "EdDSA".into(),
+            use_: "sig".into(),
+            kid: self.kid(),
+        }
+    }
+
     pub fn jwks(&self) -> Jwks {
         Jwks {
-            keys: vec![Jwk {
-                kty: "OKP".into(),
-                crv: "Ed25519".into(),
-                x: self.public_x(),
-                alg: "EdDSA".into(),
-                use_: "sig".into(),
-                kid: self.kid(),
-            }],
+            keys: vec![self.jwk()],
         }
     }
 
@@ -235,7 +246,8 @@ pub struct TokenVerifier {
 }
 
 struct VerifierInner {
-    key: DecodingKey,
+    /// By `kid`: every key the masters publish (during a rotation, the new and the previous).
+    keys: Vec<(String, DecodingKey)>,
     validation: Validation,
     cache: DashMap<Box<str>, Arc<Claims>>,
     max_cached: usize,
@@ -245,24 +257,65 @@ impl TokenVerifier {
     /// `x` is the base64url Ed25519 public key (JWK `x`).
     pub fn from_public_x(x: &str, issuer: &str) -> anyhow::Result<Self> {
         let raw = URL_SAFE_NO_PAD.decode(x)?;
-        anyhow::ensure!(
-            raw.len() == 32,
-            "an Ed25519 public key is 32 bytes, got {}",
-            raw.len()
-        );
-        let key = DecodingKey::from_ed_components(x)?;
+        Self::from_keys(
+            &[Jwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: x.into(),
+                alg: "EdDSA".into(),
+                use_: "sig".into(),
+                kid: kid_of(&raw),
+            }],
+            issuer,
+        )
+    }
+
+    /// A verifier accepting a token signed by any of `keys` (chosen by the token's `kid`).
+    pub fn from_keys(keys: &[Jwk], issuer: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(!keys.is_empty(), "no verification key");
+        let mut decoding = Vec::with_capacity(keys.len());
+        for k in keys {
+            anyhow::ensure!(
+                k.kty == "OKP" && k.crv == "Ed25519",
+                "key {} is not an Ed25519 key",
+                k.kid
+            );
+            let raw = URL_SAFE_NO_PAD.decode(&k.x)?;
+            anyhow::ensure!(
+                raw.len() == 32,
+                "an Ed25519 public key is 32 bytes, got {}",
+                raw.len()
+            );
+            decoding.push((k.kid.clone(), DecodingKey::from_ed_components(&k.x)?));
+        }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss"]);
         validation.leeway = 0;
         Ok(Self {
             inner: Arc::new(VerifierInner {
-                key,
+                keys: decoding,
                 validation,
                 cache: DashMap::new(),
                 max_cached: 200_000,
             }),
         })
+    }
+
+    /// The key a token names. A token without `kid` is tried with the only key, if there is one.
+    fn key_for(&self, token: &str) -> Result<&DecodingKey, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let keys = &self.inner.keys;
+        match header.kid {
+            Some(kid) => keys
+                .iter()
+                .find(|(k, _)| *k == kid)
+                .map(|(_, key)| key)
+                .ok_or_else(|| TokenError::Invalid(format!("unknown signing key {kid}"))),
+            None if keys.len() == 1 => Ok(&keys[0].1),
+            None => Err(TokenError::Invalid("token names no signing key".into())),
+        }
     }
 
     /// Verifies signature, algorithm, issuer and expiry; the bindings (node, stream, action)
@@ -280,11 +333,13 @@ impl TokenVerifier {
         if token.len() > 4096 {
             return Err(TokenError::Invalid("token too long".into()));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.key, &self.inner.validation)
-            .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid(e.to_string()),
-        })?;
+        let key = self.key_for(token)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.inner.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            },
+        )?;
         let claims = Arc::new(data.claims);
         if claims.exp <= now {
             return Err(TokenError::Expired);
@@ -453,6 +508,31 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(v.verify(&hs), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn rotation_accepts_both_keys_by_kid_and_drops_the_old_one() {
+        let (old, _) = SigningKey::generate().unwrap();
+        let (new, _) = SigningKey::generate().unwrap();
+        let t_old = old.sign(&claims(60)).unwrap();
+        let t_new = new.sign(&claims(60)).unwrap();
+        let overlap = TokenVerifier::from_keys(&[new.jwk(), old.jwk()], "classcast").unwrap();
+        assert!(overlap.verify(&t_old).is_ok());
+        assert!(overlap.verify(&t_new).is_ok());
+        let after = TokenVerifier::from_keys(&[new.jwk()], "classcast").unwrap();
+        assert!(after.verify(&t_new).is_ok());
+        assert_eq!(
+            after.verify(&t_old),
+            Err(TokenError::Invalid(format!(
+                "unknown signing key {}",
+                old.kid()
+            )))
+        );
+        // A key published under another key's kid does not verify that key's tokens.
+        let mut lying = old.jwk();
+        lying.kid = new.kid();
+        let v = TokenVerifier::from_keys(&[lying], "classcast").unwrap();
+        assert!(matches!(v.verify(&t_new), Err(TokenError::Invalid(_))));
     }
 
     #[test]

@@ -6,6 +6,9 @@ use common::token::{Action, Claims, Role, SigningKey, new_claims};
 
 pub struct TokenIssuer {
     key: SigningKey,
+    /// Keys that no longer sign but are still published, so tokens they signed stay valid on
+    /// every slave until they expire (a key rotation's overlap).
+    previous: Vec<SigningKey>,
     pub issuer: String,
     pub read_ttl: Duration,
     pub publish_ttl: Duration,
@@ -15,6 +18,7 @@ impl TokenIssuer {
     pub fn new(key: SigningKey, issuer: String, read_ttl: Duration, publish_ttl: Duration) -> Self {
         Self {
             key,
+            previous: Vec::new(),
             issuer,
             read_ttl,
             publish_ttl,
@@ -23,6 +27,26 @@ impl TokenIssuer {
 
     pub fn key(&self) -> &SigningKey {
         &self.key
+    }
+
+    /// Publishes `previous` next to the signing key, for verification only.
+    pub fn with_previous(mut self, previous: Vec<SigningKey>) -> Self {
+        let current = self.key.kid();
+        self.previous = previous
+            .into_iter()
+            .filter(|k| k.kid() != current)
+            .collect();
+        self
+    }
+
+    /// Every key a slave must accept: the signing key first, then the previous ones.
+    pub fn jwks(&self) -> common::token::Jwks {
+        common::token::Jwks {
+            keys: std::iter::once(&self.key)
+                .chain(&self.previous)
+                .map(SigningKey::jwk)
+                .collect(),
+        }
     }
 
     pub fn issue(

@@ -58,7 +58,7 @@ async fn masters(State(st): State<AppState>) -> impl IntoResponse {
 }
 
 async fn jwks(State(st): State<AppState>) -> impl IntoResponse {
-    axum::Json(st.issuer.key().jwks())
+    axum::Json(st.issuer.jwks())
 }
 
 async fn health(State(st): State<AppState>) -> impl IntoResponse {

@@ -19,6 +19,8 @@ pub struct MasterConfig {
     pub bind: SocketAddr,
     pub secret: ClusterSecret,
     pub key_path: PathBuf,
+    /// Keys rotated out: published for verification, never used to sign.
+    pub previous_key_paths: Vec<PathBuf>,
     pub issuer: String,
     /// Teachers log in with this; `None` disables the teacher role.
     pub teacher_credential: Option<String>,
@@ -49,6 +51,7 @@ impl MasterConfig {
             bind,
             secret,
             key_path,
+            previous_key_paths: Vec::new(),
             issuer: "classcast".into(),
             teacher_credential: None,
             heartbeat_interval: Duration::from_secs(5),
@@ -93,12 +96,18 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(cfg: MasterConfig) -> anyhow::Result<Self> {
         let key = SigningKey::load_or_generate(&cfg.key_path)?;
+        let previous = cfg
+            .previous_key_paths
+            .iter()
+            .map(|p| SigningKey::load(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let issuer = TokenIssuer::new(
             key,
             cfg.issuer.clone(),
             cfg.token_ttl,
             cfg.publish_token_ttl,
-        );
+        )
+        .with_previous(previous);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .connect_timeout(Duration::from_secs(2))

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{Heartbeat, NodeStats, RegisterRequest, RegisterResponse, StreamReport};
-use common::token::TokenVerifier;
 
 use crate::ctx::SlaveCtx;
 use crate::hls::store::Source;
@@ -48,8 +47,8 @@ impl Agent {
     /// One registration attempt.
     async fn register_once(&self) -> anyhow::Result<RegisterResponse> {
         let r = self.master.register(&self.register_request()).await?;
-        let verifier = TokenVerifier::from_public_x(&r.public_key, &r.issuer)?;
-        self.ctx.set_verifier(verifier);
+        self.ctx
+            .set_master_keys(self.master.url(), &r.issuer, r.jwks.keys.clone())?;
         self.ctx.add_page_origins(&r.page_origins);
         for order in r.streams.clone() {
             crate::mirror::handle_order(&self.ctx, order);

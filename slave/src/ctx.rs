@@ -90,6 +90,8 @@ pub struct SlaveCtx {
     /// The masters, for announcements and origin lookups.
     pub masters: Masters,
     verifier: RwLock<Option<TokenVerifier>>,
+    /// The keys each master publishes (by master URL), whose union the verifier accepts.
+    master_keys: RwLock<std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>>,
     page_origins: RwLock<std::collections::HashSet<String>>,
     /// Where a stream this node lacks comes from (the edge mirror), set once at start.
     finder: std::sync::OnceLock<Box<dyn StreamFinder>>,
@@ -121,6 +123,7 @@ impl SlaveCtx {
             sys: SysStats::default(),
             http,
             verifier: RwLock::new(None),
+            master_keys: Default::default(),
         }))
     }
 
@@ -131,6 +134,74 @@ impl SlaveCtx {
 
     pub fn set_verifier(&self, v: TokenVerifier) {
         *self.verifier.write() = Some(v);
+    }
+
+    /// Records the keys `master` publishes and accepts the union of every master's keys. During
+    /// a key rotation the masters publish the new key and the previous one; a key is refused
+    /// once no master publishes it. The verifier (and its cache of verified tokens) is rebuilt
+    /// only when the union changes, so a token of a dropped key is not served from the cache.
+    pub fn set_master_keys(
+        &self,
+        master: &str,
+        issuer: &str,
+        keys: Vec<common::token::Jwk>,
+    ) -> anyhow::Result<()> {
+        let mut all = self.master_keys.write();
+        let before = Self::key_union(&all);
+        all.insert(master.to_string(), (issuer.to_string(), keys));
+        self.rebuild_verifier(&all, before)
+    }
+
+    /// A master that is gone (no longer resolved) stops vouching for its keys.
+    pub fn forget_master_keys(&self, master: &str) -> anyhow::Result<()> {
+        let mut all = self.master_keys.write();
+        let before = Self::key_union(&all);
+        if all.remove(master).is_none() || all.is_empty() {
+            // The last master's keys stay: tokens keep playing while no master is reachable.
+            return Ok(());
+        }
+        self.rebuild_verifier(&all, before)
+    }
+
+    fn key_union(
+        all: &std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>,
+    ) -> Vec<(String, String)> {
+        let mut u: Vec<(String, String)> = all
+            .values()
+            .flat_map(|(_, ks)| ks.iter().map(|k| (k.kid.clone(), k.x.clone())))
+            .collect();
+        u.sort();
+        u.dedup();
+        u
+    }
+
+    fn rebuild_verifier(
+        &self,
+        all: &std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>,
+        before: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        let after = Self::key_union(all);
+        if after == before && self.verifier.read().is_some() {
+            return Ok(());
+        }
+        let Some((issuer, _)) = all.values().next() else {
+            return Ok(());
+        };
+        let mut keys: Vec<common::token::Jwk> = Vec::new();
+        for (_, ks) in all.values() {
+            for k in ks {
+                if !keys.iter().any(|have| have.kid == k.kid && have.x == k.x) {
+                    keys.push(k.clone());
+                }
+            }
+        }
+        let v = TokenVerifier::from_keys(&keys, issuer)?;
+        tracing::info!(
+            keys = ?after.iter().map(|(kid, _)| kid.as_str()).collect::<Vec<_>>(),
+            "token verification keys"
+        );
+        self.set_verifier(v);
+        Ok(())
     }
 
     /// The master's origin as we reach it and our configured extras: allowed before the master

@@ -234,3 +234,74 @@ async fn three_masters_balance_their_bursts() {
     }
     drop(others);
 }
+
+/// Key rotation without downtime: the master restarted with a new signing key and the old one
+/// as `--jwt-previous-key-file` publishes both, so tokens of either key play; restarted without
+/// the old key, the old key's tokens are refused and the new ones still play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_old_tokens_for_the_overlap_only() {
+    let mut c = Cluster::start("key_rotation", 1, Timings::default()).await;
+    let (rtmp, key, _) = c.teacher("rotate").await;
+    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    c.wait_live("rotate", 1).await;
+    let old_token = c.student("rotate", "before").await;
+    let old_url = old_token["hls_url"].as_str().unwrap().to_string();
+    ffprobe(&old_url).expect("a token of the first key plays");
+
+    // Rotate: the old key file moves aside and is published as the previous key.
+    let old_key = log_dir("key_rotation").join("jwt-old.pem");
+    c.master.take().unwrap().terminate(Duration::from_secs(5));
+    std::fs::rename(&c.key_file, &old_key).unwrap();
+    c.master_flags = vec![
+        "--jwt-previous-key-file".into(),
+        old_key.to_str().unwrap().into(),
+    ];
+    c.start_master();
+    let jwks = wait_for_jwks(&c, 2).await;
+    let new_kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
+    // The slave learns the new key when it re-registers (one heartbeat after the restart),
+    // which is also when the restarted master learns the stream again.
+    c.wait_live("rotate", 1).await;
+    let new_token = c.student("rotate", "during").await;
+    let new_url = new_token["hls_url"].as_str().unwrap().to_string();
+    let ok = wait_until(Duration::from_secs(10), || async {
+        view_once(&c.http, &new_url).await.is_ok()
+    })
+    .await;
+    assert!(ok, "a token of the new key {new_kid} never played");
+    ffprobe(&new_url).expect("a token of the new key plays");
+    ffprobe(&old_url).expect("during the overlap a token of the old key still plays");
+
+    // The overlap ends: the master no longer publishes the old key.
+    c.master.take().unwrap().terminate(Duration::from_secs(5));
+    c.master_flags.clear();
+    c.start_master();
+    wait_for_jwks(&c, 1).await;
+    let refused = wait_until(Duration::from_secs(10), || async {
+        c.http
+            .get(&old_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 401)
+    })
+    .await;
+    assert!(refused, "a token of the dropped key still plays");
+    ffprobe(&new_url).expect("after the overlap a token of the new key plays");
+}
+
+/// The master's published key set once it holds `n` keys.
+async fn wait_for_jwks(c: &Cluster, n: usize) -> Value {
+    let url = format!("{}/.well-known/jwks.json", c.master_url());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = get_json(&c.http, &url).await.unwrap_or(Value::Null);
+        if v["keys"].as_array().is_some_and(|k| k.len() == n) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master does not publish {n} keys: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -131,7 +131,7 @@ async fn register(
         ok: true,
         node_id,
         public_key: st.issuer.key().public_x(),
-        jwks: st.issuer.key().jwks(),
+        jwks: st.issuer.jwks(),
         issuer: st.issuer.issuer.clone(),
         heartbeat_interval_ms: st.cfg.heartbeat_interval.as_millis() as u64,
         streams,
