@@ -113,7 +113,7 @@ impl SlaveCtx {
             conns: common::http::ConnTable::for_limits(&cfg.http),
             parked: ParkedRequests::new(cfg.max_parked),
             draining: Default::default(),
-            masters: Masters::new(&cfg.master_urls, &cfg.secret, &cfg.node_id, http.clone()),
+            masters: Masters::new(&cfg.secret, &cfg.node_id, http.clone()),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod ctx;
+pub mod discovery;
 pub mod hls;
 pub mod ingest;
 pub mod master_client;
@@ -113,12 +114,8 @@ pub async fn serve(
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
     // One heartbeat loop per master: each master holds the whole registry on its own.
-    let agents: Vec<_> = ctx
-        .masters
-        .all()
-        .iter()
-        .map(|m| tokio::spawn(agent::Agent::new(ctx.clone(), m.clone()).run()))
-        .collect();
+    let masters = discovery::MasterSet::new(ctx.clone())?;
+    let discovery = tokio::spawn(masters.clone().run());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(common::http::serve(
         http,
@@ -134,9 +131,8 @@ pub async fn serve(
     // would re-register it), viewers' playlists answer 503 so players move to another slave,
     // and media and peers are still served for the drain time.
     tracing::info!(drain = ?ctx.cfg.drain, "slave draining: leaving the masters, sending viewers elsewhere");
-    for a in &agents {
-        a.abort();
-    }
+    discovery.abort();
+    masters.stop();
     ctx.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
     ctx.masters.unregister().await;

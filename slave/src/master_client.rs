@@ -23,42 +23,58 @@ pub enum HeartbeatError {
 
 /// Every master this slave reports to. Each gets the same calls independently, so one master
 /// down never delays the others; any one of them can then mint tokens this slave accepts
-/// (they share one signing key).
+/// (they share one signing key). The set changes when a `dns+` entry of `MASTER_URL` resolves
+/// to other addresses (master pods behind a headless Service, see [`crate::discovery`]).
 #[derive(Clone)]
-pub struct Masters(Vec<MasterClient>);
+pub struct Masters {
+    current: std::sync::Arc<parking_lot::RwLock<Vec<MasterClient>>>,
+    secret: ClusterSecret,
+    node_id: String,
+    http: reqwest::Client,
+}
 
 impl Masters {
-    pub fn new(
-        urls: &[String],
-        secret: &ClusterSecret,
-        node_id: &str,
-        http: reqwest::Client,
-    ) -> Self {
-        Self(
-            urls.iter()
-                .map(|u| MasterClient::new(u, secret, node_id, http.clone()))
-                .collect(),
-        )
+    pub fn new(secret: &ClusterSecret, node_id: &str, http: reqwest::Client) -> Self {
+        Self {
+            current: Default::default(),
+            secret: secret.clone(),
+            node_id: node_id.to_string(),
+            http,
+        }
     }
 
-    pub fn all(&self) -> &[MasterClient] {
-        &self.0
+    /// Adds the master at `url` (a no-op if it is known) and returns its client.
+    pub fn add(&self, url: &str) -> MasterClient {
+        let client = MasterClient::new(url, &self.secret, &self.node_id, self.http.clone());
+        let mut all = self.current.write();
+        if !all.iter().any(|m| m.base == client.base) {
+            all.push(client.clone());
+        }
+        client
+    }
+
+    pub fn remove(&self, url: &str) {
+        self.current.write().retain(|m| m.base != url);
+    }
+
+    pub fn all(&self) -> Vec<MasterClient> {
+        self.current.read().clone()
     }
 
     /// Tells every master (see [`MasterClient::announce`]).
     pub fn announce(&self, path: &str, live: bool) {
-        for m in &self.0 {
+        for m in self.all() {
             m.announce(path, live);
         }
     }
 
     pub async fn unregister(&self) {
-        futures::future::join_all(self.0.iter().map(|m| m.unregister())).await;
+        futures::future::join_all(self.all().iter().map(|m| m.unregister())).await;
     }
 
     /// Where `path` is live, from the first master that knows.
     pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
-        for m in &self.0 {
+        for m in self.all() {
             if let Some(o) = m.origin_of(path).await {
                 return Some(o);
             }

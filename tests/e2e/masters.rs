@@ -305,3 +305,24 @@ async fn wait_for_jwks(c: &Cluster, n: usize) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `MASTER_URL=dns+http://name:port` (how slaves find every master pod behind a headless
+/// Service on Kubernetes): the slave reports to the address the name resolves to, and a token
+/// from that master plays on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_master_entry_reaches_the_masters_it_names() {
+    let mut c = Cluster::start("dns_masters", 0, Timings::default()).await;
+    c.slave_master_urls = Some(format!("dns+http://localhost:{}", c.master_port));
+    c.add_slave("s1", &[]);
+    c.wait_healthy(1).await;
+    let (rtmp, key, _) = c.teacher("dns").await;
+    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    c.wait_live("dns", 1).await;
+    let v = c.student("dns", "viewer").await;
+    ffprobe(v["hls_url"].as_str().unwrap()).expect("a token from the resolved master plays");
+    let log = c.slave("s1").proc.log_text();
+    assert!(
+        log.contains(&format!("master=http://127.0.0.1:{}", c.master_port)),
+        "the slave did not report to the resolved address"
+    );
+}
