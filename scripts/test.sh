@@ -12,6 +12,8 @@ command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# The cache tier test runs the shipped nginx configuration in front of a slave.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 # The teacher's real tools: OBS Studio under Xvfb, GStreamer's two RTMP sinks.
 command -v obs >/dev/null 2>&1 || need+=(obs-studio)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)

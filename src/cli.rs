@@ -170,6 +170,11 @@ pub(crate) struct SlaveArgs {
     /// Host part of the public URLs when PUBLIC_URL is not given.
     #[arg(long, env = "PUBLIC_HOST")]
     pub(crate) public_host: Option<String>,
+    /// Base URL of an HTTP cache in front of this slave (deploy/nginx/classcast-cache.conf):
+    /// the master hands it to viewers instead of PUBLIC_URL, and playlists list media URIs
+    /// that are the same for every viewer for a minute, so the cache fetches each part once.
+    #[arg(long, env = "CACHE_URL")]
+    pub(crate) cache_url: Option<String>,
     /// Base URL other slaves pull from (default: the public URL).
     #[arg(long, env = "INTERNAL_URL")]
     pub(crate) internal_url: Option<String>,

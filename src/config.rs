@@ -153,10 +153,18 @@ pub(crate) fn slave_config(
             h
         }
     };
-    let public_url = a
+    let own_url = a
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{host}:{http_port}"));
+    // Behind a cache, viewers are sent to the cache; other slaves still pull from us.
+    let public_url = match &a.cache_url {
+        Some(c) => {
+            common::http::origin_of(c).context("CACHE_URL must be an http(s) URL")?;
+            c.trim_end_matches('/').to_string()
+        }
+        None => own_url.clone(),
+    };
     let node_id = a
         .node_id
         .clone()
@@ -183,7 +191,7 @@ pub(crate) fn slave_config(
                     .as_ref()
                     .map(|h| format!("http://{h}:{http_port}"))
             })
-            .unwrap_or_else(|| public_url.clone()),
+            .unwrap_or(own_url),
         rtmp_url: format!("rtmp://{host}:{rtmp_port}/live"),
         public_url,
         max_connections: a.max_connections.max(1),
@@ -198,6 +206,7 @@ pub(crate) fn slave_config(
         cors_origins: origins(&a.common.cors_origins)?,
         max_parked: a.media.max_parked_requests.max(1),
         drain: Duration::from_millis(a.media.drain_ms),
+        behind_cache: a.cache_url.is_some(),
     })
 }
 

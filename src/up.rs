@@ -75,6 +75,7 @@ pub(crate) async fn run_up(a: UpArgs) -> anyhow::Result<()> {
             http_port_range: None,
             port_file: None,
             public_url: None,
+            cache_url: None,
             public_host: Some(a.public_host.clone()),
             internal_url: Some(format!("http://127.0.0.1:{hp}")),
             internal_host: None,

@@ -29,6 +29,8 @@ pub mod paths {
     pub const MIRROR_ORDER: &str = "/internal/mirror";
     /// On slaves: `/live/{name}/{file}`.
     pub const HLS: &str = "/live/{name}/{file}";
+    /// The token check a cache in front of a slave makes for a viewer's playlist request.
+    pub const HLS_AUTH: &str = "/auth/live/{name}/{file}";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

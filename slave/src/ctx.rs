@@ -65,6 +65,9 @@ pub struct SlaveConfig {
     pub cors_origins: Vec<String>,
     /// Blocking requests parked at once.
     pub max_parked: usize,
+    /// A shared HTTP cache sits in front of this slave (`CACHE_URL`, deploy/nginx): viewers'
+    /// playlists list shared media tickets and may be cached.
+    pub behind_cache: bool,
     /// On SIGTERM: how long the slave keeps serving (media, and peers) after it stopped taking
     /// viewers, while its players move to other slaves.
     pub drain: Duration,

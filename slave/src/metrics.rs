@@ -28,6 +28,8 @@ pub struct SlaveMetrics {
     /// RTMP connections closed by a bound before publishing, by bound.
     pub rtmp_refusals: IntCounterVec,
     pub parked: IntGauge,
+    /// Viewer token checks made by a cache in front of this node.
+    pub cache_auth_checks: IntCounter,
 }
 
 impl SlaveMetrics {
@@ -115,6 +117,10 @@ impl SlaveMetrics {
                 "classcast_slave_parked_requests",
                 "Blocking playlist and part requests waiting now",
             ),
+            cache_auth_checks: ic(
+                "classcast_slave_cache_auth_checks_total",
+                "Viewer token checks a cache in front of this node made (one per viewer per few seconds)",
+            ),
             requests_by_kind: ["playlist", "init", "segment", "part"]
                 .map(|k| http_requests.with_label_values(&[k])),
             http_requests,
@@ -138,6 +144,7 @@ impl SlaveMetrics {
             Box::new(m.origin_lookups.clone()),
             Box::new(m.rtmp_refusals.clone()),
             Box::new(m.parked.clone()),
+            Box::new(m.cache_auth_checks.clone()),
         ];
         for c in cs {
             m.prom.register(c).unwrap();

@@ -45,6 +45,24 @@ impl TicketError {
     }
 }
 
+/// The viewer id of a ticket shared by every viewer of a stream on this node, listed in
+/// playlists when the slave sits behind a cache (`CACHE_URL`): the URIs are then the same for
+/// everyone for a while, so the cache serves each part to all of them after one fetch. It grants
+/// what every viewer's playlist already granted (reading this stream here) for at most
+/// [`SHARED_TICKET_BUCKET_SECS`] × 2. It counts no viewer: behind a cache, a viewer is counted
+/// when the cache checks its token for a playlist (`/auth/live/…`).
+pub const SHARED_VIEWER: &str = "AAAAAAAAAAA";
+
+/// Shared tickets change once per bucket: a part is fetched again under the new URI at most
+/// once per bucket.
+pub const SHARED_TICKET_BUCKET_SECS: u64 = 60;
+
+/// Expiry of the shared ticket listed at `now`: the end of the next bucket, so a ticket listed
+/// just before a bucket ends still lives a whole bucket.
+pub fn shared_expiry(now: u64) -> u64 {
+    (now / SHARED_TICKET_BUCKET_SECS + 2) * SHARED_TICKET_BUCKET_SECS
+}
+
 /// Bytes of the MAC kept: 128 bits is beyond online guessing.
 const MAC_LEN: usize = 16;
 /// Base64url characters of a [`MAC_LEN`]-byte MAC.

@@ -2,6 +2,7 @@
 //! ffmpeg/ffprobe as publisher and players.
 
 mod bounds;
+mod cache_tier;
 mod clients;
 mod control_plane;
 mod fanout;

@@ -97,8 +97,11 @@ fn authorize(
             .tickets
             .check(t, path, common::now_unix())
             .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-        // A viewer counts once it fetches media, never for a playlist alone.
-        ctx.viewers.touch(viewer);
+        // A viewer counts once it fetches media, never for a playlist alone. A shared ticket
+        // (behind a cache) names no viewer.
+        if viewer != crate::tickets::SHARED_VIEWER {
+            ctx.viewers.touch(viewer);
+        }
         return Ok(Caller::Viewer {
             exp,
             viewer: viewer.to_string(),

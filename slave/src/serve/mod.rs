@@ -25,7 +25,37 @@ use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};
 
 pub fn router() -> Router<Arc<SlaveCtx>> {
-    Router::new().route(paths::HLS, get(hls_file))
+    Router::new()
+        .route(paths::HLS, get(hls_file))
+        .route(paths::HLS_AUTH, get(viewer_auth))
+}
+
+/// `GET /auth/live/{name}/{file}?jwt=…`: the check a cache in front of this slave makes
+/// (nginx `auth_request`) before it answers a viewer's playlist from its cache: 204 for a
+/// token this node accepts for that stream, 401/403 otherwise. The viewer counts here, since
+/// behind a cache its media requests never reach the slave.
+async fn viewer_auth(
+    State(ctx): State<Arc<SlaveCtx>>,
+    req: Result<HlsRequest, ApiError>,
+) -> Response {
+    match req {
+        Ok(HlsRequest {
+            caller: Caller::Viewer { viewer, .. },
+            ..
+        }) => {
+            ctx.metrics.cache_auth_checks.inc();
+            if viewer != crate::tickets::SHARED_VIEWER {
+                ctx.viewers.touch(&viewer);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            ctx.metrics.http_refusals.with_label_values(&[e.code]).inc();
+            tracing::info!(error = %e, "cache auth check refused");
+            e.into_response()
+        }
+    }
 }
 
 async fn hls_file(State(ctx): State<Arc<SlaveCtx>>, req: Result<HlsRequest, ApiError>) -> Response {
@@ -77,20 +107,32 @@ async fn playlist(
         )
         .retry_after(1));
     }
-    // What follows every URI: the viewer's media ticket, nothing for a peer.
+    // What follows every URI: the viewer's media ticket (shared by every viewer behind a
+    // cache), nothing for a peer.
+    let shared = ctx.cfg.behind_cache && matches!(req.caller, Caller::Viewer { .. });
     let query = match &req.caller {
+        Caller::Viewer { .. } if shared => {
+            let exp = crate::tickets::shared_expiry(common::now_unix());
+            let t = ctx
+                .tickets
+                .mint(&req.path, exp, crate::tickets::SHARED_VIEWER);
+            format!("?t={t}")
+        }
         Caller::Viewer { exp, viewer } => {
             format!("?t={}", ctx.tickets.mint(&req.path, *exp, viewer))
         }
         Caller::Peer => String::new(),
     };
     let body = playlist_response(ctx, stream, req.msn, req.part, &query).await?;
-    let mut r = respond(
-        ctx,
-        body.into(),
-        "application/vnd.apple.mpegurl",
-        "no-cache",
-    );
+    // A playlist with per-viewer tickets must never be shared. A shared one may be: a blocking
+    // reload's answer (keyed by `_HLS_msn`/`_HLS_part`) stays right for a while; the plain
+    // playlist for one second, the smallest a cache's max-age can say.
+    let cache = match (shared, req.msn) {
+        (false, _) => "no-cache",
+        (true, Some(_)) => "public, max-age=6",
+        (true, None) => "public, max-age=1",
+    };
+    let mut r = respond(ctx, body.into(), "application/vnd.apple.mpegurl", cache);
     if matches!(req.caller, Caller::Peer) {
         let newest = stream
             .read()
