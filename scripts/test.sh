@@ -14,6 +14,10 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # The cache tier test runs the shipped nginx configuration in front of a slave.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+# The shipped systemd units are checked with systemd-analyze, the Kubernetes manifests with
+# kubernetes-validate (from PyPI).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip python3-venv)
 # The teacher's real tools: OBS Studio under Xvfb, GStreamer's two RTMP sinks.
 command -v obs >/dev/null 2>&1 || need+=(obs-studio)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
@@ -41,6 +45,9 @@ cargo test --test e2e clients:: -- --test-threads=1
 # The pages in real headless Chromium (playwright-core drives the apt chromium).
 (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 cargo build -p classcast
+# Kubernetes manifests and systemd units against the binary's flags (no cluster needed).
+./deploy/kubernetes/check.sh
+./deploy/systemd/check.sh
 (cd tests/web && node --test --test-concurrency=1 pages.test.mjs)
 
 # A short fuzz smoke of the four cargo-fuzz targets (the long runs are in docs/fuzzing.md).

@@ -96,11 +96,16 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(cfg: MasterConfig) -> anyhow::Result<Self> {
         let key = SigningKey::load_or_generate(&cfg.key_path)?;
-        let previous = cfg
-            .previous_key_paths
-            .iter()
-            .map(|p| SigningKey::load(p))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // A previous key that is not there is skipped (on Kubernetes it is an optional item of
+        // the key Secret, present only during a rotation); one that is there must load.
+        let mut previous = Vec::new();
+        for p in &cfg.previous_key_paths {
+            if p.exists() {
+                previous.push(SigningKey::load(p)?);
+            } else {
+                tracing::warn!(path = %p.display(), "no previous signing key there; publishing only the current one");
+            }
+        }
         let issuer = TokenIssuer::new(
             key,
             cfg.issuer.clone(),
