@@ -242,6 +242,10 @@ pub(crate) struct UpArgs {
     /// Address the listeners bind to.
     #[arg(long, env = "BIND_HOST", default_value = "127.0.0.1")]
     pub(crate) bind_host: String,
+    /// The one-PC classroom: bind every interface, advertise this machine's LAN address to
+    /// students (printed with a QR code, also shown on the teacher page), keep OBS on loopback.
+    #[arg(long, env = "LAN", default_value_t = false)]
+    pub(crate) lan: bool,
     #[arg(long, env = "MASTER_PORT", default_value_t = 8000)]
     pub(crate) master_port: u16,
     /// First slave's RTMP port; slave i uses base + i.

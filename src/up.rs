@@ -4,13 +4,47 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use common::secret::ClusterSecret;
 
 use crate::cli::{Common, SlaveArgs, UpArgs};
 use crate::config::{check_teacher_password, master_config, slave_config};
 use crate::{bind, shutdown_signal};
 
-pub(crate) async fn run_up(a: UpArgs) -> anyhow::Result<()> {
+/// The address other machines on the LAN reach this one at: the source address of the route
+/// towards the outside world, which the kernel picks without sending a packet (a Docker bridge
+/// or a VPN interface is not it, unless it carries the default route).
+fn lan_address() -> anyhow::Result<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect("198.51.100.1:9")
+        .context("no route off this machine; set PUBLIC_HOST to its LAN address")?;
+    let ip = s.local_addr()?.ip();
+    anyhow::ensure!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "no LAN address found ({ip}); set PUBLIC_HOST to this machine's LAN address"
+    );
+    Ok(ip)
+}
+
+/// A QR code for a terminal: two rows of modules per line of text.
+fn terminal_qr(text: &str) -> String {
+    qrcode::QrCode::new(text.as_bytes())
+        .map(|c| {
+            c.render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
+    if a.lan {
+        a.bind_host = "0.0.0.0".into();
+        if a.public_host == "127.0.0.1" {
+            a.public_host = lan_address()?.to_string();
+        }
+    }
     let secret = ClusterSecret::generate();
     let teacher = a
         .teacher_password
@@ -83,7 +117,11 @@ pub(crate) async fn run_up(a: UpArgs) -> anyhow::Result<()> {
             upstream_url: None,
             media: a.media.clone(),
         };
-        let cfg = slave_config(&args, secret.clone(), hp, rp)?;
+        let mut cfg = slave_config(&args, secret.clone(), hp, rp)?;
+        if a.lan {
+            // OBS runs on this PC: its server stays on loopback, whatever address students use.
+            cfg.rtmp_url = format!("rtmp://127.0.0.1:{rp}/live");
+        }
         slaves.push((
             cfg.node_id.clone(),
             cfg.rtmp_url.clone(),
@@ -114,7 +152,13 @@ pub(crate) async fn run_up(a: UpArgs) -> anyhow::Result<()> {
     println!(
         "         then put the Server and Stream Key it shows into OBS (Settings → Stream → Custom)."
     );
-    println!("Students: open http://{host}:{master_port}/ , type a name, and watch.\n");
+    let student = format!("http://{host}:{master_port}/?stream=stream");
+    println!("Students: open {student} , type a name, and watch (class \"stream\").");
+    if a.lan {
+        println!("          Phones on this network can scan it (also on the teacher page):\n");
+        println!("{}", terminal_qr(&student));
+    }
+    println!();
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
     let _ = stop_tx.send(true);

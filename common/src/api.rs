@@ -22,6 +22,9 @@ pub mod paths {
     pub const TOKEN: &str = "/api/token";
     /// On masters: every master's public origin, for the pages' fallback.
     pub const MASTERS: &str = "/api/masters";
+    /// The link students open for a class (`?stream=`), and the same as a QR code.
+    pub const STUDENT_LINK: &str = "/api/student-link";
+    pub const STUDENT_QR: &str = "/qr.svg";
     pub const JWKS: &str = "/.well-known/jwks.json";
     pub const HEALTH: &str = "/health";
     pub const METRICS: &str = "/metrics";

@@ -2,7 +2,7 @@
 //! (`/admin`). Plain HTML/JS compiled into the binary, with hls.js bundled (never a CDN).
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -52,9 +52,80 @@ pub fn router(st: AppState) -> Router<AppState> {
             "/admin",
             get(|| async { page(include_str!("../web/admin.html")) }),
         )
+        .route(common::api::paths::STUDENT_LINK, get(student_link))
+        .route(common::api::paths::STUDENT_QR, get(student_qr))
         .route("/static/{file}", get(asset))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .layer(axum::middleware::map_response(headers))
+}
+
+#[derive(serde::Deserialize)]
+struct LinkQuery {
+    stream: String,
+}
+
+/// The link students open for a class: the master's public URL (`PUBLIC_URL`; `up --lan` sets
+/// it to the machine's LAN address), else the host the teacher's browser used.
+fn student_url(
+    st: &AppState,
+    headers: &axum::http::HeaderMap,
+    stream: &str,
+) -> Result<String, common::ApiError> {
+    if !common::valid_stream_name(stream) {
+        return Err(common::ApiError::bad_request("bad class name"));
+    }
+    let base = match &st.cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| {
+                    !h.is_empty()
+                        && h.len() <= 255
+                        && h.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        })
+                })
+                .ok_or_else(|| common::ApiError::bad_request("no usable Host header"))?;
+            format!("http://{host}")
+        }
+    };
+    Ok(format!("{base}/?stream={stream}"))
+}
+
+async fn student_link(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<LinkQuery>,
+) -> Result<Response, common::ApiError> {
+    let url = student_url(&st, &headers, &q.stream)?;
+    Ok(axum::Json(serde_json::json!({ "url": url })).into_response())
+}
+
+/// The student link as a QR code (SVG) for phones to scan off the teacher's screen.
+async fn student_qr(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<LinkQuery>,
+) -> Result<Response, common::ApiError> {
+    let url = student_url(&st, &headers, &q.stream)?;
+    let code = qrcode::QrCode::new(url.as_bytes())
+        .map_err(|e| common::ApiError::bad_request(format!("no QR code for this link: {e}")))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(256, 256)
+        .quiet_zone(true)
+        .build();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        svg,
+    )
+        .into_response())
 }
 
 fn page(html: &'static str) -> Response {

@@ -135,9 +135,10 @@
   });
 
   const params = new URLSearchParams(location.search);
+  // A class link (`/?stream=…`, the teacher page's QR code) fills in the class.
+  if (params.get('stream')) $('stream').value = params.get('stream');
   if (params.get('name')) {
     $('name').value = params.get('name');
-    if (params.get('stream')) $('stream').value = params.get('stream');
     if (params.get('autoplay') !== null) $('join-form').requestSubmit();
   }
 })();

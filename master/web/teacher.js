@@ -2,12 +2,31 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   let tok = null, hls = null;
+  // The other masters of this school (GET /api/masters): where to log in when this one is down.
+  // Teacher tokens are only minted for a master's own page, so the teacher moves, not the call.
+  let others = [];
+  window.classcast = { get others() { return others; } };
+  fetch('/api/masters').then((r) => r.json())
+    .then((j) => { others = (j.masters || []).filter((m) => m !== location.origin); }).catch(() => {});
+  function masterDown(down) {
+    $('master-down').hidden = !down;
+    $('other-masters').innerHTML = others.map((m) => `<li><a href="${esc(m)}/teacher">${esc(m)}</a></li>`).join('')
+      || '<li>No other server is configured (MASTERS).</li>';
+  }
 
   $('login-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     $('login-error').textContent = '';
-    const body = { role: 'teacher', user_id: 'teacher', stream: $('stream').value.trim() || 'stream', credential: $('password').value };
-    const r = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const stream = $('stream').value.trim() || 'stream';
+    const body = { role: 'teacher', user_id: 'teacher', stream, credential: $('password').value };
+    let r;
+    try {
+      r = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    } catch {
+      masterDown(true);
+      return;
+    }
+    masterDown(false);
     const j = await r.json().catch(() => ({}));
     if (!r.ok) { $('login-error').textContent = j.message || ('error ' + r.status); return; }
     tok = j;
@@ -16,6 +35,7 @@
     $('expires').textContent = new Date(j.expires_at * 1000).toLocaleString();
     $('login').hidden = true;
     for (const id of ['settings', 'preview-card', 'viewers-card']) $(id).hidden = false;
+    showStudentLink(stream);
     startPreview();
     refreshViewers();
     setInterval(refreshViewers, 3000);
@@ -42,8 +62,19 @@
     attempt();
   }
 
+  // The link (and QR code) students open for this class.
+  async function showStudentLink(stream) {
+    const q = '?stream=' + encodeURIComponent(stream);
+    const j = await fetch('/api/student-link' + q).then((r) => r.json()).catch(() => null);
+    if (!j || !j.url) return;
+    $('student-url').textContent = j.url;
+    $('qr').src = '/qr.svg' + q;
+    $('join-card').hidden = false;
+  }
+
   async function refreshViewers() {
     const r = await fetch('/cluster/nodes').catch(() => null);
+    masterDown(!r);
     if (!r || !r.ok) return;
     const j = await r.json();
     const rows = j.nodes.map((n) => `<tr><td>${esc(n.node_name)}</td><td>${n.current_connections}</td><td><span class="badge ${n.status}">${n.status}</span></td></tr>`);

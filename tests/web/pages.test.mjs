@@ -7,7 +7,9 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, createWriteStream, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
+import os from 'node:os';
 import { chromium } from 'playwright-core';
+import jsQR from 'jsqr';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const BIN = process.env.CLASSCAST_BIN || path.join(ROOT, 'target/debug/classcast');
@@ -231,6 +233,16 @@ test('a student whose master is down at join time gets a token from another mast
   await until('the class is live at master B', 30000, async () =>
     (await json(`${b}/cluster/streams`)).streams.some((s) => s.path === 'live/mm'));
 
+  // The teacher is logged in on master A's page, previewing the class.
+  const teacher = await newPage('masters-teacher');
+  await withShot(teacher, async () => {
+    await teacher.goto(`${a}/teacher`);
+    await until('the teacher page knows master B', 10000, () => teacher.evaluate(() => window.classcast.others.length === 1));
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'mm');
+    await teacher.click('button[type=submit]');
+    await teacher.waitForSelector('#key:not(:empty)', { timeout: 10000 });
+  });
   const page = await newPage('masters');
   await withShot(page, async () => {
     await page.goto(`${a}/?name=Carol&stream=mm`);
@@ -244,4 +256,61 @@ test('a student whose master is down at join time gets a token from another mast
     assert.deepEqual(used, [b], 'the token came from master B');
     assert.deepEqual(page._csp, [], 'the CSP blocked nothing');
   });
+  // The teacher page says its master is down and links to B; the preview (from the slave) and
+  // OBS carry on; on B's page the teacher logs in again.
+  await withShot(teacher, async () => {
+    await teacher.waitForSelector('#master-down:not([hidden])', { timeout: 10000 });
+    const t0 = await teacher.evaluate(() => document.getElementById('preview').currentTime);
+    await until('the preview keeps playing', 10000, () => teacher.evaluate((t) => document.getElementById('preview').currentTime > t + 1, t0));
+    await teacher.click(`#other-masters a[href="${b}/teacher"]`);
+    await teacher.waitForURL(`${b}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'mm');
+    await teacher.click('button[type=submit]');
+    await teacher.waitForSelector('#key:not(:empty)', { timeout: 10000 });
+    assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing');
+  });
+});
+
+test('up --lan prints a LAN student link that answers, and the teacher page QR code decodes to it', async () => {
+  const port = await freePort();
+  rmSync(path.join(ART, 'lan-data'), { recursive: true, force: true });
+  const lan = run('up-lan', BIN, ['up', '--lan', '--slaves', '1', '--master-port', String(port), '--rtmp-port-base', '0',
+    '--http-port-base', '0', '--teacher-password', TEACHER, '--data-dir', path.join(ART, 'lan-data')]);
+  let out = '';
+  lan.stdout.on('data', (d) => { out += d; });
+  const link = await until('up --lan prints the student link', 20000, () => (out.match(/Students: open (\S+)/) || [])[1]);
+  const url = new URL(link);
+  const mine = Object.values(os.networkInterfaces()).flat().map((i) => i.address);
+  assert.ok(!/^127\.|^::1$|^localhost$/.test(url.hostname), `the link uses a loopback address: ${link}`);
+  assert.ok(mine.includes(url.hostname), `${url.hostname} is not an address of this machine (${mine})`);
+  assert.ok(/\u2580|\u2584|\u2588/.test(out), 'a QR code is printed in the terminal');
+  const r = await until('the student link answers', 20000, async () => { const r = await fetch(link); return r.ok && r; });
+  assert.match(await r.text(), /id="join-form"/);
+
+  const teacher = await newPage('lan-teacher');
+  await withShot(teacher, async () => {
+    await teacher.goto(`${url.origin}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'stream');
+    await teacher.click('button[type=submit]');
+    await teacher.waitForSelector('#join-card:not([hidden])', { timeout: 10000 });
+    assert.equal(await teacher.textContent('#student-url'), link);
+    // The QR code as the page shows it, rasterized in the page, decoded here with jsQR.
+    await until('the QR image loads', 10000, () => teacher.evaluate(() => document.getElementById('qr').complete && document.getElementById('qr').naturalWidth > 0));
+    const px = await teacher.evaluate(() => {
+      const img = document.getElementById('qr');
+      const c = document.createElement('canvas');
+      c.width = c.height = 512;
+      const g = c.getContext('2d');
+      g.fillStyle = '#fff'; g.fillRect(0, 0, 512, 512);
+      g.drawImage(img, 0, 0, 512, 512);
+      return Array.from(g.getImageData(0, 0, 512, 512).data);
+    });
+    const code = jsQR(Uint8ClampedArray.from(px), 512, 512);
+    assert.ok(code, 'the QR code on the teacher page decodes');
+    assert.equal(code.data, link);
+    assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing');
+  });
+  lan.kill('SIGTERM');
 });
