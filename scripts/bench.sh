@@ -26,11 +26,13 @@
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
 #   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
-#                            viewers,memory,g2g. With a subset, results are appended to
+#                            viewers,memory,g2g,cache. With a subset, results are appended to
 #                            target/bench-media/extra-results.jsonl and merged into
 #                            target/bench-media/last-results.jsonl, from which the document is
 #                            re-rendered (the hand-written figures live in bench/OBSERVATIONS.md)
 #   VIEWER_STEPS [500,750,1000,1250,1500,2000,2500]  viewer counts of the `viewers` ramp
+#   CACHE_STEPS [100,250,500,1000,2000]  viewer counts of the cache tier ramp (section 9: a
+#                            slave alone, then through the shipped nginx cache in front of one)
 #   G2G_RUNS [3]             glass-to-glass runs per configuration (30 s each)
 #   G2G_LONG_S [300]         then one run of this many seconds of classcast (100 ms parts) with
 #                            hls.js low-latency + catch-up 1.5, counting stalls; 0 skips it
@@ -45,7 +47,7 @@ if [ "${BENCH_REPORT_ONLY:-0}" != 1 ]; then
   command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
   if want serving && ! command -v wrk >/dev/null 2>&1; then need+=(wrk); fi
   # nginx-rtmp is the ingest reference (NGINX=1); serving, viewers and g2g need nginx too.
-  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g; then
+  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache; then
     command -v nginx >/dev/null 2>&1 && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] \
       || need+=(nginx libnginx-mod-rtmp)
   fi

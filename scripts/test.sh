@@ -18,6 +18,10 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # kubernetes-validate (from PyPI).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip python3-venv)
+# deploy/kubernetes/check.sh runs promtool and amtool on monitoring.yaml's configs (required when
+# CI=true); deploy/test.sh needs the same two packages.
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+{ command -v prometheus-alertmanager && command -v amtool; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 # The teacher's real tools: OBS Studio under Xvfb, GStreamer's two RTMP sinks.
 command -v obs >/dev/null 2>&1 || need+=(obs-studio)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)

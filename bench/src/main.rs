@@ -182,6 +182,10 @@ enum Cmd {
         /// Tick interval of the synchronized mode (the part duration).
         #[arg(long, default_value_t = 200)]
         sync_interval_ms: u64,
+        /// `/metrics` of the classcast slave behind the server under test (a cache in front
+        /// of it): each step reports the requests per part that reached the slave.
+        #[arg(long)]
+        origin_metrics: Option<String>,
     },
     /// Prints a student's HLS playlist URL (with its token) for a stream.
     ViewerUrl {
@@ -347,6 +351,7 @@ fn main() -> anyhow::Result<()> {
                 sync_playlist,
                 sync_part,
                 sync_interval_ms,
+                origin_metrics,
             } => {
                 let sync = sync_playlist
                     .zip(sync_part)
@@ -366,6 +371,7 @@ fn main() -> anyhow::Result<()> {
                     goal_p99_ms,
                     label,
                     sync,
+                    origin_metrics,
                 })
                 .await?;
                 viewers::print(&r);

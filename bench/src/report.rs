@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::Value;
 
+#[path = "report_cache.rs"]
+mod cache;
 #[path = "report_extra.rs"]
 mod extra;
 
@@ -527,6 +529,7 @@ pub fn write(
     }
 
     extra::sections(w, &results)?;
+    cache::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

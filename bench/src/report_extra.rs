@@ -572,8 +572,14 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
 /// The viewers result of classcast (LL-HLS, blocking reloads) or of the synchronized nginx
 /// reference.
 fn viewers_run(r: &[Value], synchronized: bool) -> Option<&Value> {
-    r.iter()
-        .find(|v| v["bench"] == "viewers" && (v["mode"] == "synchronized") == synchronized)
+    // Section 9's runs (labels `cache-tier:…`) are not section 6's.
+    r.iter().find(|v| {
+        v["bench"] == "viewers"
+            && (v["mode"] == "synchronized") == synchronized
+            && !v["label"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("cache-tier:"))
+    })
 }
 
 /// Largest passing step, 0 when none passed.

@@ -39,6 +39,9 @@ pub struct ViewersArgs {
     /// Label of the server under test in the results (`classcast`, `nginx`).
     pub label: String,
     pub sync: Option<SyncArgs>,
+    /// The `/metrics` URL of the classcast slave behind the server under test (a cache): each
+    /// step then reports how many requests per part reached it.
+    pub origin_metrics: Option<String>,
 }
 
 /// Synchronized fixed-URL viewers (no tokens, no blocking reload).
@@ -69,7 +72,25 @@ pub struct StepResult {
     pub generator_cpu_pct: f64,
     pub other_cpu_pct: f64,
     pub slave_rss_max_mib: Option<f64>,
+    /// With `origin_metrics`: part and playlist requests that reached the slave during the
+    /// measured seconds, per part it made meanwhile.
+    pub origin_part_requests_per_part: Option<f64>,
+    pub origin_playlist_requests_per_part: Option<f64>,
     pub ok: bool,
+}
+
+/// `(part requests, playlist requests, parts made)` of a classcast slave, from its metrics.
+async fn origin_counts(url: &str) -> Option<(f64, f64, f64)> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    };
+    Some((
+        value(r#"classcast_slave_http_requests_total{kind="part"}"#)?,
+        value(r#"classcast_slave_http_requests_total{kind="playlist"}"#)?,
+        value("classcast_slave_parts_total")?,
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -319,6 +340,10 @@ async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<St
     }
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
     let slave0 = a.slave_pid.and_then(|p| cpu_seconds(p).ok());
+    let origin0 = match &a.origin_metrics {
+        Some(u) => origin_counts(u).await,
+        None => None,
+    };
     let self0 = self_cpu_seconds();
     let sys0 = system_busy_seconds();
     let t0 = Instant::now();
@@ -332,6 +357,16 @@ async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<St
     }
     sh.measuring.store(false, Ordering::Relaxed);
     let wall = t0.elapsed().as_secs_f64();
+    let origin1 = match &a.origin_metrics {
+        Some(u) => origin_counts(u).await,
+        None => None,
+    };
+    let per_part = origin0
+        .zip(origin1)
+        .and_then(|((p0, l0, n0), (p1, l1, n1))| {
+            let made = n1 - n0;
+            (made > 0.0).then(|| ((p1 - p0) / made, (l1 - l0) / made))
+        });
     let slave_cpu = a
         .slave_pid
         .and_then(|p| cpu_seconds(p).ok())
@@ -383,6 +418,8 @@ async fn step(a: &ViewersArgs, tokens: &[String], n: usize) -> anyhow::Result<St
         generator_cpu_pct: pct(gen_cpu),
         other_cpu_pct: pct(sys_cpu - gen_cpu - slave_cpu.unwrap_or(0.0)),
         slave_rss_max_mib: rss_max,
+        origin_part_requests_per_part: per_part.map(|p| crate::stats::round3(p.0)),
+        origin_playlist_requests_per_part: per_part.map(|p| crate::stats::round3(p.1)),
         ok,
     })
 }
@@ -453,6 +490,14 @@ pub fn print_step(s: &StepResult) {
         s.slave_rss_max_mib,
         if s.ok { "  OK" } else { "" }
     );
+    if let (Some(p), Some(l)) = (
+        s.origin_part_requests_per_part,
+        s.origin_playlist_requests_per_part,
+    ) {
+        eprintln!(
+            "               at the slave behind: {p:.2} part and {l:.2} playlist requests per part made"
+        );
+    }
 }
 
 pub fn print(r: &ViewersResult) {

@@ -16,6 +16,16 @@
 #      values are Services defined here (a `dns+` MASTER_URL a headless one); every referenced
 #      Secret key is in secrets.example.yaml; a slave's terminationGracePeriodSeconds exceeds
 #      DRAIN_MS + 5 s.
+#   Checks 2-4 and the commented-out env entries concern classcast containers (image
+#   classcast[:tag]) and the files defining one; the other containers (monitoring.yaml's
+#   Prometheus and Alertmanager) get checks 1 and 5, and:
+#   6. monitoring configs: the ConfigMap key alerts.yml is byte-identical to
+#      deploy/prometheus/alerts.yml, and alertmanager.yml is deploy/alertmanager/alertmanager.yml
+#      except its webhook `- url:` line (any URL, same indentation); the *.svc names in
+#      prometheus.yml are Services defined here; `promtool check config` (with alerts.yml next to
+#      it) and `amtool check-config` pass on the extracted configs. Without promtool / amtool
+#      (apt: prometheus, prometheus-alertmanager) those two are skipped with a warning, but fail
+#      under CI=true.
 # Fails (non-zero) and prints every failed check.
 #
 #   deploy/kubernetes/check.sh [DIR]      DIR: the manifests (default: this script's directory)
@@ -162,6 +172,7 @@ for _, o in docs:
     if o.get("kind") == "Secret":
         secrets[o["metadata"]["name"]] = set((o.get("data") or {}) | (o.get("stringData") or {}))
 workloads = []  # (kind, name, pod template labels)
+classcast_files = set()  # the files with a classcast container
 
 
 def pod_spec(o):
@@ -211,6 +222,7 @@ for f, o in docs:
         cw = f"{where} container {c.get('name')}"
         if not is_classcast_image(c.get("image")):
             continue
+        classcast_files.add(f)
         # The image's ENTRYPOINT is ["classcast"] (deploy/Dockerfile).
         argv = (c.get("command") or ["classcast"]) + (c.get("args") or [])
         role = check_argv(cw, argv)
@@ -256,9 +268,12 @@ for f, o in docs:
             if grace * 1000 <= drain + 5000:
                 fail(f"{cw}: terminationGracePeriodSeconds {grace} s does not exceed DRAIN_MS {drain} ms + 5 s")
 
-# Env entries left commented out (`# - name: FOO`, for the operator to enable) are checked too.
+# Env entries left commented out (`# - name: FOO`, for the operator to enable) are checked too,
+# in the files that define a classcast container (not in monitoring.yaml's embedded configs).
 known_all = set().union(*(role_envs(r) for r in ROLES)) | set(HELPERS)
 for f in FILES:
+    if os.path.basename(f) not in classcast_files:
+        continue
     for i, line in enumerate(open(f), 1):
         m = re.match(r"^\s*#\s*-\s*name:\s*([A-Z][A-Z0-9_]*)\s*$", line)
         if m and m.group(1) not in known_all:
@@ -284,6 +299,126 @@ for e in errors:
 if errors:
     sys.exit(1)
 print(f"ok: {len(docs)} objects; env names, commands, probes and references check out")
+PY
+
+# ------------------------------------------------------------------ 6. monitoring configs
+echo "== monitoring configs (ConfigMaps vs deploy/prometheus, deploy/alertmanager; promtool, amtool)"
+python3 - "$root" "${files[@]}" <<'PY' || failed=1
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT, FILES = sys.argv[1], sys.argv[2:]
+CI = os.environ.get("CI") == "true"
+ALERTS = os.path.join(ROOT, "deploy/prometheus/alerts.yml")
+ALERTMANAGER = os.path.join(ROOT, "deploy/alertmanager/alertmanager.yml")
+# The one line of alertmanager.yml a Kubernetes copy may change: the webhook receiver's URL.
+URL_LINE = re.compile(r"^(\s*)- url: \S+$")
+
+errors = []
+fail = errors.append
+
+docs = []  # (file, object)
+for f in FILES:
+    with open(f) as fh:
+        docs.extend((os.path.basename(f), o) for o in yaml.safe_load_all(fh) if o)
+services = {o["metadata"]["name"] for _, o in docs if o.get("kind") == "Service"}
+keys = {}  # ConfigMap data key -> [(where, text)]
+for f, o in docs:
+    if o.get("kind") == "ConfigMap":
+        for k, v in (o.get("data") or {}).items():
+            keys.setdefault(k, []).append((f"{f}: ConfigMap/{o['metadata']['name']} key {k}", v))
+
+
+def one(key):
+    found = keys.get(key, [])
+    if len(found) != 1:
+        fail(f"{len(found)} ConfigMaps with key {key} (want exactly 1, monitoring.yaml's)")
+        return None, None
+    return found[0]
+
+
+def first_diff(a, b):
+    al, bl = a.splitlines(True), b.splitlines(True)
+    for i, (x, y) in enumerate(zip(al, bl), 1):
+        if x != y:
+            return f"line {i}: {x!r} != {y!r}"
+    return f"{len(al)} lines != {len(bl)} lines, or another final newline"
+
+
+where, alerts = one("alerts.yml")
+if alerts is not None:
+    want = open(ALERTS, encoding="utf-8").read()
+    if alerts != want:
+        fail(f"{where} is not byte-identical to deploy/prometheus/alerts.yml ({first_diff(alerts, want)}): copy the file into it")
+
+am_where, am = one("alertmanager.yml")
+if am is not None:
+    want = open(ALERTMANAGER, encoding="utf-8").read()
+    got_l, want_l = am.splitlines(True), want.splitlines(True)
+    url_lines = [i for i, l in enumerate(want_l) if URL_LINE.match(l.rstrip("\n"))]
+    if len(url_lines) != 1:
+        fail(f"deploy/alertmanager/alertmanager.yml has {len(url_lines)} `- url:` lines, not 1 (the webhook's): adapt check.sh")
+    elif len(got_l) != len(want_l) or not am.endswith("\n") or not want.endswith("\n"):
+        fail(f"{am_where} differs from deploy/alertmanager/alertmanager.yml ({first_diff(am, want)}): copy the file into it")
+    else:
+        for i, (g, w) in enumerate(zip(got_l, want_l)):
+            if g == w:
+                continue
+            m, n = URL_LINE.match(g.rstrip("\n")), URL_LINE.match(w.rstrip("\n"))
+            if i == url_lines[0] and m and m.group(1) == n.group(1):
+                continue  # the webhook URL: the one line allowed to differ
+            fail(f"{am_where} differs from deploy/alertmanager/alertmanager.yml at line {i + 1}: {g!r} != {w!r} (only the webhook `- url:` line may)")
+            break
+
+prom_where, prom = one("prometheus.yml")
+if prom is not None:
+    for m in re.finditer(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9-]+)\.svc(\.cluster\.local)?\b", prom):
+        if m.group(1) not in services:
+            fail(f"{prom_where} names Service {m.group(1)!r}, which is not defined here")
+
+
+def tool(name, argv, what):
+    if shutil.which(name) is None:
+        pkg = "prometheus" if name == "promtool" else "prometheus-alertmanager"
+        msg = f"{name} not found (apt: {pkg}): {what} not checked"
+        if CI:
+            fail(f"{msg} (required under CI=true)")
+        else:
+            print(f"WARN: {msg}", file=sys.stderr)
+        return
+    r = subprocess.run([name, *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        out = (r.stdout + r.stderr).strip()
+        fail(f"`{name} {' '.join(argv)}` on {what} exited {r.returncode}:\n{out}")
+    else:
+        print(f"ok: {name} {argv[0]} {argv[1] if argv[0] == 'check' else ''}".rstrip() + f": {what}")
+
+
+with tempfile.TemporaryDirectory(prefix="classcast-k8s-check.") as tmp:
+    if prom is not None:
+        with open(os.path.join(tmp, "prometheus.yml"), "w", encoding="utf-8") as fh:
+            fh.write(prom)
+        # Next to it, for its `rule_files: [alerts.yml]` (checked by promtool too).
+        if alerts is not None:
+            with open(os.path.join(tmp, "alerts.yml"), "w", encoding="utf-8") as fh:
+                fh.write(alerts)
+        tool("promtool", ["check", "config", os.path.join(tmp, "prometheus.yml")], f"{prom_where} (rules: alerts.yml)")
+    if am is not None:
+        with open(os.path.join(tmp, "alertmanager.yml"), "w", encoding="utf-8") as fh:
+            fh.write(am)
+        tool("amtool", ["check-config", os.path.join(tmp, "alertmanager.yml")], am_where)
+
+for e in errors:
+    print(f"FAIL: {e}", file=sys.stderr)
+if errors:
+    sys.exit(1)
+print("ok: alerts.yml identical, alertmanager.yml identical but for the webhook URL, Services exist")
 PY
 
 if [ "$failed" != 0 ]; then

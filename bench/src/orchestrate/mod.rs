@@ -6,6 +6,7 @@
 //! goes through one [`procs::Supervisor`], which stops it by PID at the end, on error, on panic
 //! and on Ctrl-C.
 
+mod cache;
 pub mod finish;
 mod g2g;
 mod procs;
@@ -76,7 +77,7 @@ pub struct RunArgs {
     /// Only re-render the document from the last run's results.
     #[arg(long, env = "BENCH_REPORT_ONLY", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "0")]
     pub report_only: bool,
-    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g
+    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache
     /// (merged into target/bench-media/last-results.jsonl), or all.
     #[arg(long, env = "BENCH_ONLY", default_value = "all")]
     pub only: String,
@@ -87,6 +88,9 @@ pub struct RunArgs {
         default_value = "500,750,1000,1250,1500,2000,2500"
     )]
     pub viewer_steps: String,
+    /// Viewer counts of the cache tier ramp (section 9), run on a slave alone and through nginx.
+    #[arg(long, env = "CACHE_STEPS", default_value = "100,250,500,1000,2000")]
+    pub cache_steps: String,
     /// Glass-to-glass runs per configuration (30 s each).
     #[arg(long, env = "G2G_RUNS", default_value_t = 3)]
     pub g2g_runs: u32,
@@ -349,6 +353,13 @@ async fn run(
     }
     if args.want("g2g") {
         g2g::run(&ctx).await?;
+    }
+    if args.want("cache") {
+        anyhow::ensure!(
+            servers::on_path("nginx").is_some(),
+            "the cache section needs nginx (scripts/bench.sh installs it)"
+        );
+        cache::run(&ctx).await?;
     }
     // Everything measured: nothing may linger into the report's `git diff` or the next run.
     sup.stop_all();
