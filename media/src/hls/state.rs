@@ -12,10 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-/// How far a stream's PROGRAM-DATE-TIME may run from the wall clock before it is re-anchored
-/// (a publisher whose clock runs slow or fast; a real encoder drifts far less).
-const PDT_MAX_DRIFT_MS: u64 = 1_000;
-
 /// The moment a change happens at, on both clocks the state keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
@@ -320,11 +316,14 @@ impl State {
                 // PROGRAM-DATE-TIME follows the media: the previous segment's date plus its
                 // duration. Dating each segment by its arrival instead made the dates disagree
                 // with EXTINF by the publisher's jitter (±30 ms seen), and players that place
-                // segments by date (Shaka) then saw gaps and overlaps. Re-anchor at a
-                // discontinuity, or once the publisher's clock has drifted too far.
+                // segments by date (Shaka) then saw gaps and overlaps. Only a discontinuity
+                // re-anchors on the wall clock, and never backwards: re-anchoring whenever the
+                // publisher's clock had drifted a second made a date go back by a second (a
+                // segment at 42.530 with EXTINF 1.0, the next at 42.496) when the publisher ran
+                // ahead, and rewinding and replay seek by these dates.
                 let follows = s.pdt_ms + (s.duration * 1000.0).round() as u64;
-                let pdt = if discontinuity || follows.abs_diff(wall_ms) > PDT_MAX_DRIFT_MS {
-                    wall_ms
+                let pdt = if discontinuity {
+                    wall_ms.max(follows)
                 } else {
                     follows
                 };
@@ -630,11 +629,42 @@ mod tests {
         // Whatever the wall clock does between arrivals, the next date is the last one plus
         // the segment's duration: 0.4 s.
         push(&mut st, &cfg, 3, true, false, later(40));
-        push(&mut st, &cfg, 4, true, true, later(50));
+        push(&mut st, &cfg, 4, true, true, later(5000));
         let pdt = |m| st.segment(m).unwrap().pdt_ms;
         assert_eq!(pdt(b + 1), pdt(b) + 400);
         // A discontinuity re-anchors on the wall clock: its first sample came one part ago.
-        assert_eq!(pdt(b + 2), t0.unix_ms + 50 - 200);
+        assert_eq!(pdt(b + 2), t0.unix_ms + 5000 - 200);
+    }
+
+    #[test]
+    fn program_date_time_never_goes_back() {
+        let cfg = HlsConfig::default();
+        let t0 = Now::system();
+        let at = |ms: i64| Now {
+            at: t0.at,
+            unix_ms: (t0.unix_ms as i64 + ms) as u64,
+        };
+        let mut st = State::default();
+        let (b, _) = push(&mut st, &cfg, 1, true, false, t0);
+        // The publisher runs seconds ahead of the wall clock (a burst), then comes back with a
+        // discontinuity while the wall clock is still behind the media: dates only go forward.
+        for i in 0..8 {
+            push(&mut st, &cfg, 2 + i, true, false, at(-3000));
+        }
+        push(&mut st, &cfg, 10, true, true, at(-2000));
+        // Then far behind the wall clock: a discontinuity re-anchors forward.
+        push(&mut st, &cfg, 11, true, true, at(60_000));
+        let segs: Vec<_> = st.segments.iter().collect();
+        for w in segs.windows(2) {
+            let follows = w[0].pdt_ms + (w[0].duration * 1000.0).round() as u64;
+            if w[1].discontinuity {
+                assert!(w[1].pdt_ms >= follows, "a date went back at msn {}", w[1].msn);
+            } else {
+                assert_eq!(w[1].pdt_ms, follows, "dates disagree with EXTINF at msn {}", w[1].msn);
+            }
+        }
+        assert_eq!(st.segments.back().unwrap().pdt_ms, t0.unix_ms + 60_000 - 200);
+        assert!(st.segment(b).is_some());
     }
 
     #[test]
