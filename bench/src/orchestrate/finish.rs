@@ -233,6 +233,11 @@ pub fn merge(last: &str, subset: &[&str], new: &str, stamp: &str) -> String {
                 drop(&mut keep, "\"bench\":\"ingest_cpu\"");
                 keep.extend(mem);
             }
+            // Section 9's runs are viewer runs labelled `cache-tier:…`; section 6 keeps them.
+            "cache" => drop(&mut keep, "\"label\":\"cache-tier:"),
+            "viewers" => keep.retain(|l| {
+                !l.contains("\"bench\":\"viewers\"") || l.contains("\"label\":\"cache-tier:")
+            }),
             "g2g" => {
                 let mut keys: Vec<String> = new.lines().filter_map(g2g_key).collect();
                 keys.sort();

@@ -23,7 +23,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -32,6 +32,7 @@ pub const SECTIONS: [&str; 8] = [
     "viewers",
     "memory",
     "g2g",
+    "cache",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
