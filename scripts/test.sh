@@ -14,6 +14,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # The cache tier test runs the shipped nginx configuration in front of a slave.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+# mpv plays a recorded class from an edge (tests/e2e/recording.rs).
+command -v mpv >/dev/null 2>&1 || need+=(mpv)
 # The shipped systemd units are checked with systemd-analyze, the Kubernetes manifests with
 # kubernetes-validate (from PyPI).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

@@ -170,6 +170,12 @@ pub(crate) struct SlaveArgs {
     /// Host part of the public URLs when PUBLIC_URL is not given.
     #[arg(long, env = "PUBLIC_HOST")]
     pub(crate) public_host: Option<String>,
+    /// Where this slave records the classes published to it (one folder per class); empty: no
+    /// recording.
+    #[arg(long, env = "RECORD_DIR", default_value = "data/recordings")]
+    pub(crate) record_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) record: RecordTuning,
     /// Base URL of an HTTP cache in front of this slave (deploy/nginx/classcast-cache.conf):
     /// the master hands it to viewers instead of PUBLIC_URL, and playlists list media URIs
     /// that are the same for every viewer for a minute, so the cache fetches each part once.
@@ -190,6 +196,27 @@ pub(crate) struct SlaveArgs {
     pub(crate) upstream_url: Option<String>,
     #[command(flatten)]
     pub(crate) media: MediaTuning,
+}
+
+/// Recording at the origin (every slave records what is published to it).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RecordTuning {
+    /// Record a class unless its teacher switched recording off (the teacher page's switch).
+    #[arg(long, env = "RECORD_BY_DEFAULT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) record_by_default: bool,
+    /// Finished recordings older than this many days are deleted (0: never by age).
+    #[arg(long, env = "RECORD_MAX_AGE_DAYS", default_value_t = 30.0)]
+    pub(crate) record_max_age_days: f64,
+    /// Finished recordings are deleted, oldest first, while they take more than this many
+    /// MiB in all (0: no limit).
+    #[arg(long, env = "RECORD_MAX_MB", default_value_t = 0)]
+    pub(crate) record_max_mb: u64,
+    /// A recording stops (the class carries on) when the disk has less free space than this.
+    #[arg(long, env = "RECORD_MIN_FREE_MB", default_value_t = 1024)]
+    pub(crate) record_min_free_mb: u64,
+    /// How often retention runs (also at start).
+    #[arg(long, env = "RECORD_RETENTION_EVERY_MS", default_value_t = 60_000)]
+    pub(crate) record_retention_every_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -268,6 +295,9 @@ pub(crate) struct UpArgs {
     pub(crate) tuning: MasterTuning,
     #[command(flatten)]
     pub(crate) media: MediaTuning,
+    /// Slaves record under DATA_DIR/recordings/<slave>.
+    #[command(flatten)]
+    pub(crate) record: RecordTuning,
 }
 
 #[derive(Args, Debug, Clone)]

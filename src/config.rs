@@ -207,6 +207,18 @@ pub(crate) fn slave_config(
         max_parked: a.media.max_parked_requests.max(1),
         drain: Duration::from_millis(a.media.drain_ms),
         behind_cache: a.cache_url.is_some(),
+        record: slave::record::RecordConfig {
+            dir: (!a.record_dir.as_os_str().is_empty()).then(|| a.record_dir.clone()),
+            by_default: a.record.record_by_default,
+            max_age: if a.record.record_max_age_days > 0.0 {
+                Duration::from_secs_f64(a.record.record_max_age_days * 86_400.0)
+            } else {
+                Duration::MAX
+            },
+            max_bytes: a.record.record_max_mb.saturating_mul(1 << 20),
+            min_free_bytes: a.record.record_min_free_mb.saturating_mul(1 << 20),
+            retention_every: Duration::from_millis(a.record.record_retention_every_ms.max(100)),
+        },
     })
 }
 

@@ -110,6 +110,11 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
             port_file: None,
             public_url: None,
             cache_url: None,
+            record_dir: a
+                .data_dir
+                .join("recordings")
+                .join(format!("slave-{}", i + 1)),
+            record: a.record.clone(),
             public_host: Some(a.public_host.clone()),
             internal_url: Some(format!("http://127.0.0.1:{hp}")),
             internal_host: None,

@@ -153,6 +153,7 @@ fn heartbeat_body(node_id: &str, streams: Vec<StreamReport>, connections: u32) -
             egress_bytes_per_sec: 0,
             ingest_bytes_per_sec: 0,
             streams,
+            recordings: Vec::new(),
         },
     })
     .expect("serializable")

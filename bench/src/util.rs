@@ -40,6 +40,8 @@ pub async fn teacher_key(master: &str, password: &str, stream: &str) -> anyhow::
         stream: Some(stream.into()),
         exclude: None,
         credential: Some(password.into()),
+        recording: None,
+        record: None,
     };
     let r = reqwest::Client::new()
         .post(format!("{}/api/token", master.trim_end_matches('/')))
@@ -77,6 +79,8 @@ pub async fn viewer_url(master: &str, stream: &str) -> anyhow::Result<String> {
         stream: Some(stream.into()),
         exclude: None,
         credential: None,
+        recording: None,
+        record: None,
     };
     let r = reqwest::Client::new()
         .post(format!("{}/api/token", master.trim_end_matches('/')))

@@ -32,6 +32,15 @@ pub mod paths {
     pub const MIRROR_ORDER: &str = "/internal/mirror";
     /// On slaves: `/live/{name}/{file}`.
     pub const HLS: &str = "/live/{name}/{file}";
+    /// A recording's VOD playlist, init and media segments, and the whole class as one MP4.
+    pub const VOD: &str = "/vod/{id}/{file}";
+    /// The master's list of recordings, and deleting one (a teacher).
+    pub const RECORDINGS: &str = "/api/recordings";
+    pub const RECORDING_DELETE: &str = "/api/recordings/delete";
+    /// Which slave holds a recording (peers).
+    pub const RECORDING_ORIGIN: &str = "/cluster/recordings/origin";
+    /// A slave deletes a recording it holds, or forgets its cached copy (the master's order).
+    pub const RECORDING_FORGET: &str = "/internal/recordings/forget";
     /// The token check a cache in front of a slave makes for a viewer's playlist request.
     pub const HLS_AUTH: &str = "/auth/live/{name}/{file}";
 }
@@ -94,6 +103,36 @@ pub struct NodeStats {
     pub ingest_bytes_per_sec: u64,
     #[serde(default)]
     pub streams: Vec<StreamReport>,
+    /// The recordings this node holds (it was their origin), newest first, at most
+    /// [`MAX_REPORTED_RECORDINGS`].
+    #[serde(default)]
+    pub recordings: Vec<RecordingInfo>,
+}
+
+/// Which node holds a recording, for an edge that serves it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordingOrigin {
+    pub node_id: String,
+    pub internal_url: String,
+}
+
+/// Recordings a heartbeat lists at most (the newest).
+pub const MAX_REPORTED_RECORDINGS: usize = 256;
+
+/// One recorded class, as its origin slave reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordingInfo {
+    /// `<stream name>-<start unix ms>`: URL-safe, unique per class.
+    pub id: String,
+    /// The live stream it recorded, `live/<name>`.
+    pub path: String,
+    /// Unix ms of the first segment.
+    pub started_ms: u64,
+    /// Seconds of media on disk.
+    pub duration_s: f64,
+    pub bytes: u64,
+    /// Still being recorded (the class is live).
+    pub recording: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +243,13 @@ pub struct TokenRequest {
     /// The teacher credential (also accepted as `Authorization: Bearer`).
     #[serde(default)]
     pub credential: Option<String>,
+    /// A recording to play (its id) instead of a live stream: the token reads `rec/<id>` on
+    /// the least-loaded slave, and `hls_url` is its VOD playlist.
+    #[serde(default)]
+    pub recording: Option<String>,
+    /// Teacher only: record this class (`None`: the slave's `RECORD_BY_DEFAULT`).
+    #[serde(default)]
+    pub record: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

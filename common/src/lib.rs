@@ -36,6 +36,19 @@ pub fn stream_path(stream: &str) -> Option<String> {
     valid_stream_name(name).then(|| format!("{APP}/{name}"))
 }
 
+/// The token path of a recording: `rec/<id>`, id of `[A-Za-z0-9_-]` (1–96).
+pub fn recording_path(id: &str) -> Option<String> {
+    valid_recording_id(id).then(|| format!("rec/{id}"))
+}
+
+pub fn valid_recording_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 96
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

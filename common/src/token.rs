@@ -49,6 +49,9 @@ pub struct Claims {
     pub iat: u64,
     pub exp: u64,
     pub jti: String,
+    /// Publish tokens: whether the origin records this class (absent: the slave's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rec: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -409,6 +412,7 @@ pub fn new_claims(
         iat,
         exp: iat + ttl.as_secs().max(1),
         jti: uuid::Uuid::new_v4().simple().to_string(),
+        rec: None,
     }
 }
 

@@ -65,4 +65,26 @@ impl TokenIssuer {
         let token = self.key.sign(&claims)?;
         Ok((token, claims))
     }
+
+    /// A stream key that also says whether the origin records the class (`None`: the slave's
+    /// default).
+    pub fn issue_publish(
+        &self,
+        user_id: &str,
+        node_id: &str,
+        path: &str,
+        record: Option<bool>,
+    ) -> anyhow::Result<String> {
+        let mut claims = new_claims(
+            &self.issuer,
+            user_id,
+            Role::Teacher,
+            node_id,
+            path,
+            Action::Publish,
+            self.publish_ttl,
+        );
+        claims.rec = record;
+        self.key.sign(&claims)
+    }
 }

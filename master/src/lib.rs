@@ -39,6 +39,7 @@ pub fn router(st: &AppState) -> Router {
         .max_age(Duration::from_secs(600));
     Router::new()
         .merge(routes::cluster::router())
+        .merge(routes::recordings::router())
         .route(
             paths::TOKEN,
             post(routes::token::issue_token).layer(token_cors),

@@ -388,6 +388,13 @@ impl Registry {
         })
     }
 
+    /// A deleted recording leaves the directory at once (the holder's next heartbeat agrees).
+    pub fn forget_recording(&self, id: &str) {
+        for n in self.nodes.lock().values_mut() {
+            n.stats.recordings.retain(|r| r.id != id);
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<Node> {
         self.nodes.lock().values().cloned().collect()
     }

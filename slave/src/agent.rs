@@ -109,6 +109,7 @@ impl Agent {
             egress_bytes_per_sec: egress,
             ingest_bytes_per_sec: ingest_rate,
             streams,
+            recordings: ctx.recordings.infos(),
         }
     }
 

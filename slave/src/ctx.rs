@@ -65,6 +65,8 @@ pub struct SlaveConfig {
     pub cors_origins: Vec<String>,
     /// Blocking requests parked at once.
     pub max_parked: usize,
+    /// Recording at the origin: where, by default or not, retention.
+    pub record: crate::record::RecordConfig,
     /// A shared HTTP cache sits in front of this slave (`CACHE_URL`, deploy/nginx): viewers'
     /// playlists list shared media tickets and may be cached.
     pub behind_cache: bool,
@@ -92,6 +94,10 @@ pub struct SlaveCtx {
     pub missing: dashmap::DashMap<String, std::time::Instant>,
     /// The masters, for announcements and origin lookups.
     pub masters: Masters,
+    /// The recordings on this node's disk.
+    pub recordings: crate::record::Recordings,
+    /// Recorded files fetched from other nodes.
+    pub vod_cache: crate::vod::VodCache,
     verifier: RwLock<Option<TokenVerifier>>,
     /// The keys each master publishes (by master URL), whose union the verifier accepts.
     master_keys: RwLock<std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>>,
@@ -117,6 +123,8 @@ impl SlaveCtx {
             parked: ParkedRequests::new(cfg.max_parked),
             draining: Default::default(),
             masters: Masters::new(&cfg.secret, &cfg.node_id, http.clone()),
+            recordings: Default::default(),
+            vod_cache: crate::vod::VodCache::new(256 << 20),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),

@@ -12,9 +12,11 @@ pub mod ingest;
 pub mod master_client;
 pub mod metrics;
 pub mod mirror;
+pub mod record;
 pub mod serve;
 pub mod tickets;
 pub mod viewers;
+pub mod vod;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +45,8 @@ pub fn router(ctx: &Arc<SlaveCtx>) -> Router {
         .allow_headers([axum::http::header::RANGE])
         .max_age(Duration::from_secs(600));
     Router::new()
-        .merge(serve::router().layer(cors))
+        .merge(serve::router().merge(vod::router()).layer(cors))
+        .merge(vod::internal_router())
         .route(paths::HEALTH, get(health))
         .route(paths::METRICS, get(metrics))
         .route(paths::MIRROR_ORDER, post(mirror_order))
@@ -113,6 +116,7 @@ pub async fn serve(
     ctx.set_finder(mirror::EdgeMirror);
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
+    let retention = tokio::spawn(record::retention_loop(ctx.clone()));
     // One heartbeat loop per master: each master holds the whole registry on its own.
     let masters = discovery::MasterSet::new(ctx.clone())?;
     let discovery = tokio::spawn(masters.clone().run());
@@ -139,6 +143,7 @@ pub async fn serve(
     tokio::time::sleep(ctx.cfg.drain).await;
     tracing::info!("slave shutting down");
     ingest.abort();
+    retention.abort();
     shutdown_streams(&ctx).await;
     let _ = tx.send(());
     // Blocked playlist requests would hold the graceful shutdown for seconds; cap it.

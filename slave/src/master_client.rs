@@ -72,6 +72,16 @@ impl Masters {
         futures::future::join_all(self.all().iter().map(|m| m.unregister())).await;
     }
 
+    /// Which node holds recording `id`, from the first master that knows.
+    pub async fn recording_origin(&self, id: &str) -> Option<common::api::RecordingOrigin> {
+        for m in self.all() {
+            if let Some(o) = m.recording_origin(id).await {
+                return Some(o);
+            }
+        }
+        None
+    }
+
     /// Where `path` is live, from the first master that knows.
     pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
         for m in self.all() {
@@ -192,6 +202,22 @@ impl MasterClient {
             Ok(r) => tracing::warn!(status = %r.status(), "unregister refused"),
             Err(e) => tracing::warn!(error = %e, "unregister failed"),
         }
+    }
+
+    /// Which node holds recording `id` (ids are URL-safe, checked by the callers).
+    pub async fn recording_origin(&self, id: &str) -> Option<common::api::RecordingOrigin> {
+        let resp = self
+            .http
+            .get(format!("{}{}?id={id}", self.base, paths::RECORDING_ORIGIN))
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
     }
 
     /// Where `path` is live, if anywhere.

@@ -30,6 +30,11 @@ pub struct SlaveMetrics {
     pub parked: IntGauge,
     /// Viewer token checks made by a cache in front of this node.
     pub cache_auth_checks: IntCounter,
+    pub recorded_bytes: IntCounter,
+    pub recordings: IntGauge,
+    pub recording_disk_free: IntGauge,
+    /// Recordings stopped before their class ended, by reason (`disk_full`, `write_error`).
+    pub recordings_stopped: IntCounterVec,
 }
 
 impl SlaveMetrics {
@@ -121,6 +126,26 @@ impl SlaveMetrics {
                 "classcast_slave_cache_auth_checks_total",
                 "Viewer token checks a cache in front of this node made (one per viewer per few seconds)",
             ),
+            recorded_bytes: ic(
+                "classcast_slave_recorded_bytes_total",
+                "Media bytes written to recordings",
+            ),
+            recordings: ig(
+                "classcast_slave_recordings",
+                "Recordings on this node's disk",
+            ),
+            recording_disk_free: ig(
+                "classcast_slave_recording_disk_free_bytes",
+                "Free bytes on the file system of RECORD_DIR",
+            ),
+            recordings_stopped: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_recordings_stopped_total",
+                    "Recordings stopped before their class ended (the class carried on), by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             requests_by_kind: ["playlist", "init", "segment", "part"]
                 .map(|k| http_requests.with_label_values(&[k])),
             http_requests,
@@ -145,6 +170,10 @@ impl SlaveMetrics {
             Box::new(m.rtmp_refusals.clone()),
             Box::new(m.parked.clone()),
             Box::new(m.cache_auth_checks.clone()),
+            Box::new(m.recorded_bytes.clone()),
+            Box::new(m.recordings.clone()),
+            Box::new(m.recording_disk_free.clone()),
+            Box::new(m.recordings_stopped.clone()),
         ];
         for c in cs {
             m.prom.register(c).unwrap();

@@ -9,4 +9,5 @@ mod fanout;
 mod faults;
 mod masters;
 mod media_plane;
+mod recording;
 mod support;

@@ -187,6 +187,11 @@ impl Cluster {
                 .unwrap(),
         };
         let _ = std::fs::remove_file(&c.key_file);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("rec-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         c.start_master();
         for i in 0..n {
             c.add_slave(&format!("s{}", i + 1), &[]);
@@ -261,6 +266,12 @@ impl Cluster {
             ])
             .args(&self.slave_flags)
             .args(extra);
+        // Each slave records into its own folder of the test's directory (a restarted slave
+        // finds its recordings there), unless the test says otherwise.
+        if !self.slave_flags.iter().any(|f| f == "--record-dir") && !extra.contains(&"--record-dir")
+        {
+            cmd.args(["--record-dir", self.record_dir(id).to_str().unwrap()]);
+        }
         // A short drain on SIGTERM, unless the test sets its own.
         if !self.slave_flags.iter().any(|f| f == "--drain-ms") && !extra.contains(&"--drain-ms") {
             cmd.args(["--drain-ms", "300"]);
@@ -278,6 +289,11 @@ impl Cluster {
             proc,
         });
         self.slaves.len() - 1
+    }
+
+    /// Where slave `id` records (emptied when the cluster starts).
+    pub fn record_dir(&self, id: &str) -> PathBuf {
+        log_dir(&self.test).join(format!("rec-{id}"))
     }
 
     /// Kills a slave (SIGKILL) and starts it again on the same ports with the same arguments.

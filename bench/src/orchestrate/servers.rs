@@ -149,6 +149,9 @@ impl Ctx<'_> {
             1000,
             "--max-connections",
             10000,
+            // Recording is on by default: measured as a user gets it, into the run's folder.
+            "--record-dir",
+            path_str(&self.work.join("recordings").join(name)),
         ]);
         a.extend_from_slice(extra);
         let log = self.work.join(format!("{name}.log"));

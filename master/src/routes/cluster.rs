@@ -150,6 +150,13 @@ async fn heartbeat(
     hb.stats
         .streams
         .retain(|s| stream_path(&s.path).as_deref() == Some(s.path.as_str()));
+    hb.stats
+        .recordings
+        .truncate(common::api::MAX_REPORTED_RECORDINGS);
+    hb.stats.recordings.retain(|r| {
+        common::valid_recording_id(&r.id)
+            && stream_path(&r.path).as_deref() == Some(r.path.as_str())
+    });
     match st.registry.heartbeat(&hb.node_id, hb.stats) {
         HeartbeatOutcome::Accepted(status, t) => {
             st.metrics.heartbeats.with_label_values(&["ok"]).inc();

@@ -1,4 +1,5 @@
 pub mod cluster;
+pub mod recordings;
 #[cfg(test)]
 mod tests;
 pub mod token;

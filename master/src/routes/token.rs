@@ -25,7 +25,7 @@ pub fn valid_user_id(id: &str) -> bool {
 
 /// Whether the request came from a page of another origin than ours. Browsers send `Origin` on
 /// every cross-origin request and on same-origin POSTs; scripts send none.
-fn cross_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn cross_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return false;
     };
@@ -93,39 +93,7 @@ pub async fn issue_token(
         ));
     }
     if req.role == Role::Teacher {
-        if let Err(wait) = st.login_throttle.check(peer) {
-            tracing::warn!(%peer, retry_after = wait, "teacher login throttled after repeated wrong passwords");
-            st.metrics
-                .token_refusals
-                .with_label_values(&["login_throttled"])
-                .inc();
-            return Err(ApiError::too_many(
-                "login_throttled",
-                "too many wrong passwords from this address; wait before trying again",
-                wait,
-            ));
-        }
-        match (&st.cfg.teacher_credential, credential(&req, &headers)) {
-            (None, _) => {
-                return Err(refuse(
-                    "teacher_disabled",
-                    ApiError::forbidden(
-                        "teacher login is not configured on this master (TEACHER_PASSWORD)",
-                    ),
-                ));
-            }
-            (Some(want), Some(g)) if common::secret::credential_eq(want, g) => {
-                st.login_throttle.succeeded(peer);
-            }
-            _ => {
-                let block = st.login_throttle.failed(peer);
-                tracing::warn!(%peer, blocked_for = ?block, "wrong teacher password");
-                return Err(refuse(
-                    "teacher_credential",
-                    ApiError::unauthorized("wrong teacher credential"),
-                ));
-            }
-        }
+        check_teacher(&st, peer, credential(&req, &headers))?;
     }
     // A monitor token reads any stream on any node: operators only.
     if req.role == Role::Monitor
@@ -135,6 +103,10 @@ pub async fn issue_token(
             "monitor_credential",
             ApiError::unauthorized("a monitor token needs the cluster secret as its credential"),
         ));
+    }
+
+    if let Some(id) = req.recording.as_deref() {
+        return recording_token(&st, &req, id).map_err(|e| refuse("recording", e));
     }
 
     let chosen: Selected = match req.role {
@@ -193,15 +165,9 @@ pub async fn issue_token(
         stream_key: None,
     };
     if req.role == Role::Teacher {
-        let (publish, _) = st
+        let publish = st
             .issuer
-            .issue(
-                &req.user_id,
-                Role::Teacher,
-                &chosen.node_id,
-                &path,
-                Action::Publish,
-            )
+            .issue_publish(&req.user_id, &chosen.node_id, &path, req.record)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         resp.rtmp_url = Some(chosen.rtmp_url.clone());
         resp.stream_key = Some(format!("{name}?key={publish}"));
@@ -211,6 +177,90 @@ pub async fn issue_token(
         .with_label_values(&[req.role.as_str()])
         .inc();
     Ok(Json(resp))
+}
+
+/// A token for a recorded class, on the least-loaded slave: every slave serves every
+/// recording (an edge fetches it from the slave that holds it).
+fn recording_token(
+    st: &AppState,
+    req: &TokenRequest,
+    id: &str,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let path = common::recording_path(id)
+        .ok_or_else(|| ApiError::bad_request("a recording id is [A-Za-z0-9_-], 1–96 long"))?;
+    if crate::routes::recordings::holder(st, id).is_none() {
+        return Err(ApiError::not_found(
+            "recording_not_found",
+            format!("no slave holds recording {id}"),
+        ));
+    }
+    let chosen = st
+        .registry
+        .select(StreamFilter::Any, req.exclude.as_deref(), true)
+        .ok_or_else(|| ApiError::unavailable("no_node", "no slave can take a viewer now"))?;
+    let (token, claims) = st
+        .issuer
+        .issue(&req.user_id, req.role, &chosen.node_id, &path, Action::Read)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let base = chosen.public_url.trim_end_matches('/');
+    st.metrics
+        .tokens_issued
+        .with_label_values(&[req.role.as_str()])
+        .inc();
+    Ok(Json(TokenResponse {
+        hls_url: format!("{base}/vod/{id}/index.m3u8?jwt={token}"),
+        token,
+        node_id: chosen.node_id,
+        node_name: chosen.node_name,
+        expires_at: claims.exp,
+        rtmp_url: None,
+        stream_key: None,
+    }))
+}
+
+/// The teacher password check, throttled per address (docs/security.md).
+pub(crate) fn check_teacher(
+    st: &AppState,
+    peer: std::net::IpAddr,
+    given: Option<&str>,
+) -> Result<(), ApiError> {
+    let refuse = |reason: &'static str, e: ApiError| {
+        st.metrics.token_refusals.with_label_values(&[reason]).inc();
+        tracing::info!(%peer, reason, error = %e, "teacher request refused");
+        e
+    };
+    if let Err(wait) = st.login_throttle.check(peer) {
+        tracing::warn!(%peer, retry_after = wait, "teacher login throttled after repeated wrong passwords");
+        st.metrics
+            .token_refusals
+            .with_label_values(&["login_throttled"])
+            .inc();
+        return Err(ApiError::too_many(
+            "login_throttled",
+            "too many wrong passwords from this address; wait before trying again",
+            wait,
+        ));
+    }
+    match (&st.cfg.teacher_credential, given) {
+        (None, _) => Err(refuse(
+            "teacher_disabled",
+            ApiError::forbidden(
+                "teacher login is not configured on this master (TEACHER_PASSWORD)",
+            ),
+        )),
+        (Some(want), Some(g)) if common::secret::credential_eq(want, g) => {
+            st.login_throttle.succeeded(peer);
+            Ok(())
+        }
+        _ => {
+            let block = st.login_throttle.failed(peer);
+            tracing::warn!(%peer, blocked_for = ?block, "wrong teacher password");
+            Err(refuse(
+                "teacher_credential",
+                ApiError::unauthorized("wrong teacher credential"),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -658,12 +658,23 @@ mod tests {
         for w in segs.windows(2) {
             let follows = w[0].pdt_ms + (w[0].duration * 1000.0).round() as u64;
             if w[1].discontinuity {
-                assert!(w[1].pdt_ms >= follows, "a date went back at msn {}", w[1].msn);
+                assert!(
+                    w[1].pdt_ms >= follows,
+                    "a date went back at msn {}",
+                    w[1].msn
+                );
             } else {
-                assert_eq!(w[1].pdt_ms, follows, "dates disagree with EXTINF at msn {}", w[1].msn);
+                assert_eq!(
+                    w[1].pdt_ms, follows,
+                    "dates disagree with EXTINF at msn {}",
+                    w[1].msn
+                );
             }
         }
-        assert_eq!(st.segments.back().unwrap().pdt_ms, t0.unix_ms + 60_000 - 200);
+        assert_eq!(
+            st.segments.back().unwrap().pdt_ms,
+            t0.unix_ms + 60_000 - 200
+        );
         assert!(st.segment(b).is_some());
     }
 

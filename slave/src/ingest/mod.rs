@@ -187,9 +187,9 @@ impl Connection {
                 stream_key,
                 ..
             } => match self.authorize_publish(&stream_key) {
-                Ok(path) => {
+                Ok((path, record)) => {
                     let more = session.accept(request_id)?;
-                    self.start_publishing(path);
+                    self.start_publishing(path, record);
                     Ok(Flow::Continue(more))
                 }
                 Err((code, why)) => {
@@ -230,7 +230,11 @@ impl Connection {
     }
 
     /// Checks the publish token in `name?key=TOKEN`, and that nobody else is live on the path.
-    fn authorize_publish(&self, stream_key: &str) -> Result<String, (&'static str, String)> {
+    /// Returns the path and whether the stream key asks for the class to be recorded.
+    fn authorize_publish(
+        &self,
+        stream_key: &str,
+    ) -> Result<(String, Option<bool>), (&'static str, String)> {
         const BAD: &str = "NetStream.Publish.BadName";
         if self.publishing.is_some() {
             return Err((BAD, "this connection already publishes".into()));
@@ -263,10 +267,10 @@ impl Connection {
             }
         }
         tracing::info!(peer = %self.peer, %path, user = %claims.sub, "publish accepted");
-        Ok(path)
+        Ok((path, claims.rec))
     }
 
-    fn start_publishing(&mut self, path: String) {
+    fn start_publishing(&mut self, path: String, record: Option<bool>) {
         let ctx = &self.ctx;
         let (stream, resumed) = match ctx.store.get(&path) {
             Some(e) if !e.stream.is_ended() => (e.stream.clone(), true),
@@ -278,6 +282,11 @@ impl Connection {
                 false,
             ),
         };
+        // A new class is recorded from its first segment; a publisher coming back within the
+        // grace period continues the same stream, and so the same recording.
+        if !resumed && record.unwrap_or(ctx.cfg.record.by_default) {
+            crate::record::spawn(ctx.clone(), stream.clone());
+        }
         stream.publisher_joined();
         if resumed {
             tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");

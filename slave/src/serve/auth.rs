@@ -71,7 +71,10 @@ impl FromRequestParts<Arc<SlaveCtx>> for HlsRequest {
     }
 }
 
-fn authorize(
+/// The one authorization rule for a stream's files (live or recorded, `path` being
+/// `live/<name>` or `rec/<id>`): the cluster secret, or a media ticket for media, or a token
+/// bound to this node and `path`.
+pub(crate) fn authorize(
     ctx: &SlaveCtx,
     parts: &Parts,
     q: &HlsQuery<'_>,

@@ -20,6 +20,7 @@ use common::ApiError;
 use common::api::paths;
 use media::hls::names::HlsFile;
 
+pub(crate) use self::auth::authorize;
 pub use self::auth::{Caller, HlsRequest, PeerAuth};
 use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};

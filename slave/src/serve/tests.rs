@@ -51,6 +51,7 @@ fn fixture(max_parked: usize) -> Fixture {
         max_parked,
         drain: Duration::from_millis(10),
         behind_cache: false,
+        record: Default::default(),
     };
     let ctx = SlaveCtx::new(cfg).unwrap();
     let (key, _) = SigningKey::generate().unwrap();

@@ -1,0 +1,143 @@
+//! The playlist of a recorded class: every segment from the start (`EXT-X-PLAYLIST-TYPE:VOD`
+//! and `EXT-X-ENDLIST` once the class ended, `EVENT` while it is still recorded), dates
+//! following the media as in the live playlist. Pure: the caller says which segments exist.
+
+use std::fmt::Write as _;
+
+use super::playlist::rfc3339_ms;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VodSegment {
+    pub msn: u64,
+    pub duration: f64,
+    pub pdt_ms: u64,
+    pub discontinuity: bool,
+    pub init_id: u32,
+}
+
+/// The VOD playlist of `segments` (a finished class), each URI followed by `query` (a media
+/// ticket, or nothing on disk).
+pub fn render(segments: &[VodSegment], query: &str) -> String {
+    render_as(segments, query, true)
+}
+
+/// `ended`: a finished class (`VOD`, `ENDLIST`); otherwise an `EVENT` playlist that grows.
+pub fn render_as(segments: &[VodSegment], query: &str, ended: bool) -> String {
+    let target = segments
+        .iter()
+        .map(|s| s.duration)
+        .fold(1.0_f64, f64::max)
+        .round()
+        .max(1.0) as u64;
+    let mut out = String::with_capacity(96 + segments.len() * 96);
+    out.push_str("#EXTM3U\n#EXT-X-VERSION:7\n");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let _ = writeln!(
+        out,
+        "#EXT-X-PLAYLIST-TYPE:{}",
+        if ended { "VOD" } else { "EVENT" }
+    );
+    let _ = writeln!(
+        out,
+        "#EXT-X-MEDIA-SEQUENCE:{}",
+        segments.first().map_or(0, |s| s.msn)
+    );
+    out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let mut prev: Option<&VodSegment> = None;
+    for s in segments {
+        // A segment the recorder never got (a gap in the numbers) is a discontinuity too.
+        let gap = prev.is_some_and(|p| s.msn != p.msn + 1);
+        if prev.is_some() && (s.discontinuity || gap) {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if prev.is_none_or(|p| p.init_id != s.init_id) {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"init{}.mp4{query}\"", s.init_id);
+        }
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(s.pdt_ms));
+        let _ = writeln!(out, "#EXTINF:{:.5},\nseg{}.m4s{query}", s.duration, s.msn);
+        prev = Some(s);
+    }
+    if ended {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
+    out
+}
+
+/// A playlist rendered without a query (what a peer gets) with `query` after every URI: how an
+/// edge lists its own tickets in the origin's playlist.
+pub fn splice_query(text: &str, query: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with('#') {
+            out.push_str(line);
+            out.push_str(query);
+        } else if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+            let (uri, tail) = rest.split_once('"').unwrap_or((rest, ""));
+            out.push_str("#EXT-X-MAP:URI=\"");
+            out.push_str(uri);
+            out.push_str(query);
+            out.push('"');
+            out.push_str(tail);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(msn: u64, init_id: u32, discontinuity: bool) -> VodSegment {
+        VodSegment {
+            msn,
+            duration: 1.0,
+            pdt_ms: 1_796_000_000_000 + msn * 1000,
+            discontinuity,
+            init_id,
+        }
+    }
+
+    #[test]
+    fn a_finished_class_is_a_vod_playlist() {
+        let p = render(
+            &[
+                seg(5, 0, false),
+                seg(6, 0, false),
+                seg(7, 1, true),
+                seg(9, 1, false),
+            ],
+            "?t=x",
+        );
+        assert!(p.contains("#EXT-X-PLAYLIST-TYPE:VOD\n"));
+        assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:5\n"));
+        assert!(p.ends_with("#EXT-X-ENDLIST\n"));
+        assert_eq!(p.matches("#EXT-X-MAP:").count(), 2);
+        assert!(p.contains("#EXT-X-MAP:URI=\"init1.mp4?t=x\""));
+        // The reconnect and the missing segment 8.
+        assert_eq!(p.matches("#EXT-X-DISCONTINUITY\n").count(), 2);
+        assert!(p.contains("seg9.m4s?t=x\n"));
+        assert_eq!(p.matches("#EXTINF:1.00000,").count(), 4);
+    }
+
+    #[test]
+    fn an_edge_splices_its_ticket_into_the_origin_playlist() {
+        let segs = [seg(5, 0, false), seg(6, 1, true)];
+        assert_eq!(
+            splice_query(&render(&segs, ""), "?t=x"),
+            render(&segs, "?t=x")
+        );
+    }
+
+    #[test]
+    fn a_class_still_recorded_is_an_event_playlist() {
+        let p = render_as(&[seg(5, 0, false)], "", false);
+        assert!(p.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n"));
+        assert!(!p.contains("ENDLIST"));
+    }
+}
