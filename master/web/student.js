@@ -7,6 +7,8 @@
   let hls = null;
   let current = null; // token response
   let user = '', stream = '';
+  // A recorded class being replayed (its id), instead of the live one.
+  let recording = null;
   let recovering = false;
   // Where tokens come from: this page's own master first, then every other master of the
   // cluster (GET /api/masters), so a student whose master is down still joins.
@@ -35,7 +37,7 @@
 
   async function getToken(exclude) {
     for (;;) {
-      const body = { role: 'student', user_id: user, stream };
+      const body = recording ? { role: 'student', user_id: user, recording } : { role: 'student', user_id: user, stream };
       if (exclude) body.exclude = exclude;
       let r;
       try {
@@ -66,12 +68,17 @@
 
   function play(tok) {
     current = tok;
+    // Rewinding a class still running plays its recording (an EVENT playlist growing with the
+    // class) from the start; "Back to live" returns to the live stream.
+    $('back-live').hidden = !(recording && liveRecording());
+    $('rewind').hidden = true;
     $('node').textContent = tok.node_name + ' (' + tok.node_id + ')';
     log({ type: 'play', node_id: tok.node_id });
     if (hls) { hls.destroy(); hls = null; }
     if (window.Hls && Hls.isSupported()) {
-      hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
-                      manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1 });
+      hls = new Hls({ lowLatencyMode: !recording, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
+                      manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1,
+                      startPosition: recording ? 0 : -1 });
       hls.on(Hls.Events.ERROR, (_, data) => {
         log({ type: 'hls-error', fatal: data.fatal, details: data.details });
         if (data.fatal) failover('playback failed (' + data.details + ')');
@@ -111,19 +118,39 @@
   setInterval(() => {
     if (!current) return;
     if (video.currentTime !== lastTime) { lastTime = video.currentTime; lastProgress = Date.now(); }
-    if (!video.paused && Date.now() - lastProgress > 3000) failover('stalled');
+    if (!video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) failover('stalled');
+    if (recording) {
+      // A replay: the date the picture was filmed, not a latency.
+      if (hls && hls.playingDate) $('latency').textContent = hls.playingDate.toLocaleString();
+      if (!video.paused && video.currentTime > 0) state('Replay of a past class');
+      return;
+    }
     if (hls && hls.playingDate) {
       const lat = (Date.now() - hls.playingDate.getTime()) / 1000;
       $('latency').textContent = lat.toFixed(1) + ' s';
       window.classcast.latency = lat;
     }
     if (!video.paused && video.currentTime > 0) state('Live');
+    $('rewind').hidden = !liveRecording();
   }, 500);
+
+  // The recording of the live class, while it is being made.
+  const liveRecording = () => (window.classcast.past_all || []).find((r) => r.recording && r.path === 'live/' + stream);
+  setInterval(() => { if (current) loadPast(); }, 3000);
+  $('rewind').addEventListener('click', () => { const r = liveRecording(); if (r) playRecording(r.id); });
+  $('back-live').addEventListener('click', async () => {
+    recording = null;
+    $('latency-label').textContent = 'Latency';
+    state('Back to the live class…');
+    play(await getToken());
+  });
 
   $('join-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     user = $('name').value.trim();
     stream = $('stream').value.trim() || 'stream';
+    recording = null;
+    $('latency-label').textContent = 'Latency';
     $('join-error').textContent = '';
     try {
       $('player').hidden = false;
@@ -134,11 +161,44 @@
     }
   });
 
+  // Past classes (GET /api/recordings): a row each, played like the live class.
+  const fmtDuration = (s) => { const m = Math.floor(s / 60); return m + ':' + String(Math.round(s % 60)).padStart(2, '0'); };
+  const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+  async function loadPast() {
+    const j = await fetch('/api/recordings').then((r) => r.json()).catch(() => null);
+    if (!j) return;
+    window.classcast.past_all = j.recordings || [];
+    const done = window.classcast.past_all.filter((r) => !r.recording);
+    $('past-empty').hidden = done.length > 0;
+    $('past-table').hidden = done.length === 0;
+    $('past-list').innerHTML = done.map((r) => `<tr data-id="${esc(r.id)}"><td>${esc(r.path.replace(/^live\//, ''))}</td>` +
+      `<td>${esc(new Date(r.started_ms).toLocaleString())}</td><td>${fmtDuration(r.duration_s)}</td>` +
+      `<td><button type="button" class="secondary" data-play="${esc(r.id)}">Watch</button></td></tr>`).join('');
+    window.classcast.past = done;
+  }
+  $('past-list').addEventListener('click', (ev) => {
+    const id = ev.target && ev.target.dataset && ev.target.dataset.play;
+    if (id) playRecording(id);
+  });
+  async function playRecording(id, exclude) {
+    user = $('name').value.trim();
+    $('past-error').textContent = '';
+    if (!user) { $('past-error').textContent = 'Type your name above first.'; $('name').focus(); return; }
+    recording = id;
+    $('latency-label').textContent = 'Filmed';
+    $('player').hidden = false;
+    state('Asking for a seat…');
+    try { play(await getToken(exclude)); } catch (e) { $('past-error').textContent = e.message; }
+  }
+  window.classcast.playRecording = playRecording;
+  window.classcast.pastLoaded = loadPast();
+
   const params = new URLSearchParams(location.search);
   // A class link (`/?stream=…`, the teacher page's QR code) fills in the class.
   if (params.get('stream')) $('stream').value = params.get('stream');
   if (params.get('name')) {
     $('name').value = params.get('name');
-    if (params.get('autoplay') !== null) $('join-form').requestSubmit();
+    if (params.get('recording')) playRecording(params.get('recording'));
+    else if (params.get('autoplay') !== null) $('join-form').requestSubmit();
   }
 })();

@@ -18,7 +18,7 @@
     ev.preventDefault();
     $('login-error').textContent = '';
     const stream = $('stream').value.trim() || 'stream';
-    const body = { role: 'teacher', user_id: 'teacher', stream, credential: $('password').value };
+    const body = { role: 'teacher', user_id: 'teacher', stream, credential: $('password').value, record: $('record').checked };
     let r;
     try {
       r = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
@@ -34,8 +34,10 @@
     $('key').textContent = j.stream_key;
     $('expires').textContent = new Date(j.expires_at * 1000).toLocaleString();
     $('login').hidden = true;
-    for (const id of ['settings', 'preview-card', 'viewers-card']) $(id).hidden = false;
+    for (const id of ['settings', 'preview-card', 'viewers-card', 'recordings-card']) $(id).hidden = false;
     showStudentLink(stream);
+    refreshRecordings();
+    setInterval(refreshRecordings, 5000);
     startPreview();
     refreshViewers();
     setInterval(refreshViewers, 3000);
@@ -71,6 +73,47 @@
     $('qr').src = '/qr.svg' + q;
     $('join-card').hidden = false;
   }
+
+  // Recordings: play (the student page), download (one MP4, with a viewer token for it),
+  // delete (the teacher password again, checked by the master).
+  const fmtDuration = (s) => { const m = Math.floor(s / 60); return m + ':' + String(Math.round(s % 60)).padStart(2, '0'); };
+  async function refreshRecordings() {
+    const j = await fetch('/api/recordings').then((r) => r.json()).catch(() => null);
+    if (!j) return;
+    const all = j.recordings || [];
+    $('recordings-empty').hidden = all.length > 0;
+    $('recordings-table').hidden = all.length === 0;
+    $('recordings').innerHTML = all.map((r) => `<tr data-id="${esc(r.id)}"><td>${esc(r.path.replace(/^live\//, ''))}</td>` +
+      `<td>${esc(new Date(r.started_ms).toLocaleString())}</td><td>${fmtDuration(r.duration_s)}${r.recording ? ' (recording)' : ''}</td><td>` +
+      (r.recording ? '' : `<a href="/?name=teacher&recording=${encodeURIComponent(r.id)}" target="_blank" rel="noopener">Play</a> ` +
+        `<button type="button" class="secondary" data-download="${esc(r.id)}">Download</button> ` +
+        `<button type="button" class="secondary" data-delete="${esc(r.id)}">Delete</button>`) + '</td></tr>').join('');
+  }
+  $('recordings').addEventListener('click', async (ev) => {
+    const d = ev.target && ev.target.dataset;
+    if (!d) return;
+    $('recordings-error').textContent = '';
+    if (d.download) {
+      const r = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ role: 'student', user_id: 'teacher', recording: d.download }) });
+      const j = await r.json().catch(() => ({}));
+      if (!r.ok) { $('recordings-error').textContent = j.message || ('error ' + r.status); return; }
+      const a = document.createElement('a');
+      a.href = j.hls_url.replace('/index.m3u8?', '/download.mp4?');
+      a.id = 'download-link';
+      a.download = d.download + '.mp4';
+      a.textContent = 'Download ' + d.download + '.mp4';
+      ev.target.replaceWith(a);
+      a.click();
+    } else if (d.delete) {
+      if (!window.confirm('Delete this recording for everyone?')) return;
+      const r = await fetch('/api/recordings/delete', { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ id: d.delete, credential: $('password').value }) });
+      const j = await r.json().catch(() => ({}));
+      if (!r.ok) { $('recordings-error').textContent = j.message || ('error ' + r.status); return; }
+      refreshRecordings();
+    }
+  });
 
   async function refreshViewers() {
     const r = await fetch('/cluster/nodes').catch(() => null);

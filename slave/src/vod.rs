@@ -328,6 +328,9 @@ pub struct VodCache {
     max: usize,
     /// Which node holds a recording, asked of the master, remembered for a while.
     origins: DashMap<String, (String, Instant)>,
+    /// Playlists of classes still recorded (they grow): kept for a second, so the viewers an
+    /// edge has rewinding a live class cost its holder one request a second, not one each.
+    growing: DashMap<String, (Bytes, Instant)>,
 }
 
 impl VodCache {
@@ -338,6 +341,7 @@ impl VodCache {
             bytes: AtomicUsize::new(0),
             max,
             origins: DashMap::new(),
+            growing: DashMap::new(),
         }
     }
 
@@ -371,6 +375,7 @@ impl VodCache {
             keep
         });
         self.origins.remove(id);
+        self.growing.retain(|k, _| !k.starts_with(&prefix));
     }
 
     pub fn bytes(&self) -> usize {
@@ -379,6 +384,7 @@ impl VodCache {
 }
 
 const ORIGIN_TTL: Duration = Duration::from_secs(10);
+const GROWING_TTL: Duration = Duration::from_secs(1);
 
 /// The internal URL of the node holding recording `id`.
 async fn origin_url(ctx: &SlaveCtx, id: &str) -> Result<String, ApiError> {
@@ -465,6 +471,18 @@ async fn remote(ctx: &Arc<SlaveCtx>, req: &VodRequest) -> Result<Response, ApiEr
             Ok(out)
         }
         VodFile::Playlist => {
+            let fresh = ctx
+                .vod_cache
+                .growing
+                .get(&key)
+                .filter(|e| e.1.elapsed() < GROWING_TTL)
+                .map(|e| e.0.clone());
+            if let Some(b) = fresh {
+                return Ok(playlist_response(media::hls::vod::splice_query(
+                    std::str::from_utf8(&b).unwrap_or(""),
+                    &query_for(ctx, req),
+                )));
+            }
             let text = fetch(ctx, &url, None)
                 .await?
                 .text()
@@ -473,6 +491,13 @@ async fn remote(ctx: &Arc<SlaveCtx>, req: &VodRequest) -> Result<Response, ApiEr
             // A finished class's playlist never changes again: keep it.
             if text.contains("#EXT-X-ENDLIST") {
                 ctx.vod_cache.put(key, Bytes::from(text.clone()));
+            } else {
+                ctx.vod_cache
+                    .growing
+                    .retain(|_, e| e.1.elapsed() < GROWING_TTL);
+                ctx.vod_cache
+                    .growing
+                    .insert(key, (Bytes::from(text.clone()), Instant::now()));
             }
             Ok(playlist_response(media::hls::vod::splice_query(
                 &text,

@@ -60,6 +60,7 @@ async function newPage(name) {
     // Anything the pages' Content-Security-Policy blocked: there must be none.
     if (/Content Security Policy/i.test(m.text())) page._csp.push(m.text());
   });
+  page.on('response', (r) => { if (r.status() >= 400) console.log(`[${name}] ${r.status()} ${r.url().slice(0, 140)}`); });
   page._name = name;
   return page;
 }
@@ -83,7 +84,7 @@ before(async () => {
   upPort = await freePort();
   rmSync(path.join(ART, 'up-data'), { recursive: true, force: true });
   up = run('up', BIN, ['up', '--slaves', '2', '--master-port', String(upPort), '--rtmp-port-base', '0', '--http-port-base', '0',
-    '--heartbeat-interval-ms', '500', '--teacher-password', TEACHER, '--data-dir', path.join(ART, 'up-data')]);
+    '--heartbeat-interval-ms', '500', '--grace-ms', '1000', '--teacher-password', TEACHER, '--data-dir', path.join(ART, 'up-data')]);
   await until('up is healthy', 30000, async () => (await json(`http://127.0.0.1:${upPort}/cluster/nodes`)).healthy_nodes === 2);
 });
 
@@ -163,6 +164,78 @@ test('admin page shows the same numbers as /cluster/nodes', async () => {
     assert.equal(await admin.textContent('#t-healthy'), '2');
     assert.match(await admin.textContent('#streams tbody'), /live\/stream/);
     await admin.screenshot({ path: path.join(ART, 'admin.png'), fullPage: true });
+  });
+});
+
+test('a live class rewinds to its start and back; a past class replays from an edge with a seek to the middle; the teacher downloads and deletes it', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'replay', credential: TEACHER, record: true }) });
+  const pub = publish('replay-publisher', `${t.rtmp_url}/${t.stream_key}`);
+  const rec = await until('6 s recorded', 60000, async () =>
+    (await json(`${base}/api/recordings`)).recordings.find((r) => r.path === 'live/replay' && r.duration_s >= 6));
+
+  // During the class: a student rewinds to the start (the recording so far), then back to live.
+  const live = await newPage('rewind');
+  await withShot(live, async () => {
+    await live.goto(`${base}/?name=Ros&stream=replay&autoplay`);
+    await playsFor(live, 1, 30000);
+    await live.waitForSelector('#rewind:not([hidden])', { timeout: 10000 });
+    await live.click('#rewind');
+    await until('plays the class from the start', 20000, () => live.evaluate(() => {
+      const v = document.getElementById('video');
+      return window.classcast.current.hls_url.includes('/vod/') && v.currentTime > 0.2 && v.currentTime < 4;
+    }));
+    const span = await live.evaluate(() => document.getElementById('video').seekable.end(0));
+    assert.ok(span >= 5, `the seek bar covers the class so far (${span} s)`);
+    await live.click('#back-live');
+    await until('live again', 20000, () => live.evaluate(() => window.classcast.current.hls_url.includes('/live/')));
+    await playsFor(live, 1, 30000);
+    assert.deepEqual(live._csp, [], 'the CSP blocked nothing');
+  });
+  pub.kill('SIGINT');
+  const done = await until('the recording is finished', 30000, async () =>
+    (await json(`${base}/api/recordings`)).recordings.find((r) => r.id === rec.id && !r.recording));
+
+  const page = await newPage('replay');
+  await withShot(page, async () => {
+    await page.goto(`${base}/?name=Vic`);
+    await page.waitForSelector(`#past-list tr[data-id="${done.id}"]`, { timeout: 10000 });
+    // Played like a failover would: avoiding the slave that holds it, so an edge serves it.
+    await page.evaluate(([id, origin]) => window.classcast.playRecording(id, origin), [done.id, done.node_id]);
+    const node = await playsFor(page, 1, 30000);
+    assert.notEqual(node, done.node_id, 'the replay comes from an edge');
+    const dur = await page.evaluate(() => document.getElementById('video').duration);
+    assert.ok(dur >= 5.5 && Number.isFinite(dur), `a VOD of the whole class, duration ${dur}`);
+    // A seek to the middle lands within one segment (1 s) and plays on from there.
+    const target = dur / 2;
+    await page.evaluate((t) => new Promise((res) => { const v = document.getElementById('video');
+      v.addEventListener('seeked', res, { once: true }); v.currentTime = t; }), target);
+    const at = await page.evaluate(() => document.getElementById('video').currentTime);
+    assert.ok(Math.abs(at - target) < 1.0, `seeked to ${at}, asked ${target}`);
+    await until('plays on after the seek', 10000, () => page.evaluate((a) => document.getElementById('video').currentTime > a + 0.5, at));
+    assert.deepEqual(page._csp, [], 'the CSP blocked nothing');
+  });
+
+  const teacher = await newPage('replay-teacher');
+  teacher.on('dialog', (d) => d.accept());
+  await withShot(teacher, async () => {
+    await teacher.goto(`${base}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'replay2');
+    await teacher.click('button[type=submit]');
+    const row = `#recordings tr[data-id="${done.id}"]`;
+    await teacher.waitForSelector(row, { timeout: 10000 });
+    assert.equal(await teacher.getAttribute(`${row} a`, 'href'), `/?name=teacher&recording=${encodeURIComponent(done.id)}`);
+    await teacher.click(`${row} button[data-download]`);
+    const href = await teacher.getAttribute('#download-link', 'href');
+    const r = await fetch(href, { headers: { range: 'bytes=0-7' } });
+    assert.equal(r.status, 206);
+    assert.equal(Buffer.from(await r.arrayBuffer()).subarray(4, 8).toString(), 'ftyp');
+    await teacher.click(`${row} button[data-delete]`);
+    await teacher.waitForSelector(row, { state: 'detached', timeout: 10000 });
+    assert.ok(!(await json(`${base}/api/recordings`)).recordings.some((x) => x.id === done.id), 'deleted for everyone');
+    assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing');
   });
 });
 

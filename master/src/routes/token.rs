@@ -75,6 +75,13 @@ pub async fn issue_token(
             ApiError::bad_request("user_id must be 1–64 letters, digits, spaces or -_.@"),
         ));
     }
+    // A recorded class: any role, no live stream involved (a teacher's still needs the password
+    // below, so only students skip it here).
+    if let Some(id) = req.recording.as_deref()
+        && req.role == Role::Student
+    {
+        return recording_token(&st, &req, id).map_err(|e| refuse("recording", e));
+    }
     let stream = req.stream.as_deref().unwrap_or("live/stream");
     let path = stream_path(stream).ok_or_else(|| {
         refuse(
