@@ -76,7 +76,7 @@
     log({ type: 'play', node_id: tok.node_id });
     if (hls) { hls.destroy(); hls = null; }
     if (window.Hls && Hls.isSupported()) {
-      hls = new Hls({ lowLatencyMode: !recording, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
+      hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
                       manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1,
                       startPosition: recording ? 0 : -1 });
       hls.on(Hls.Events.ERROR, (_, data) => {

@@ -78,6 +78,8 @@ struct VodRequest {
     file: VodFile,
     caller: Caller,
     range: Option<String>,
+    /// `_HLS_skip=YES`: a delta update of a growing playlist.
+    skip: bool,
 }
 
 impl FromRequestParts<Arc<SlaveCtx>> for VodRequest {
@@ -109,6 +111,7 @@ impl FromRequestParts<Arc<SlaveCtx>> for VodRequest {
             file,
             caller,
             range,
+            skip: q.skip,
         })
     }
 }
@@ -160,7 +163,8 @@ async fn local(ctx: &SlaveCtx, e: &Entry, req: &VodRequest) -> Result<Response, 
     match req.file {
         VodFile::Playlist => {
             let q = query_for(ctx, req);
-            let text = media::hls::vod::render_as(&disk::view(&rec.segments), &q, !e.live);
+            let text =
+                media::hls::vod::render_as(&disk::view(&rec.segments), &q, !e.live, req.skip);
             Ok(playlist_response(text))
         }
         VodFile::Init(i) if rec.segments.iter().any(|s| s.init_id == i) => {
@@ -436,7 +440,10 @@ async fn fetch(
 
 /// An edge's answer: from the cache, or fetched from the recording's node (and cached).
 async fn remote(ctx: &Arc<SlaveCtx>, req: &VodRequest) -> Result<Response, ApiError> {
-    let key = format!("{}/{}", req.id, req.file.name());
+    let key = match (req.file, req.skip) {
+        (VodFile::Playlist, true) => format!("{}/index.m3u8?_HLS_skip=YES", req.id),
+        _ => format!("{}/{}", req.id, req.file.name()),
+    };
     if let Some(b) = ctx.vod_cache.get(&key) {
         return Ok(match req.file {
             VodFile::Playlist => playlist_response(media::hls::vod::splice_query(
@@ -447,7 +454,11 @@ async fn remote(ctx: &Arc<SlaveCtx>, req: &VodRequest) -> Result<Response, ApiEr
         });
     }
     let base = origin_url(ctx, &req.id).await?;
-    let url = format!("{base}/vod/{}/{}", req.id, req.file.name());
+    let mut url = format!("{base}/vod/{}/{}", req.id, req.file.name());
+    if req.skip && req.file == VodFile::Playlist {
+        // Edges ask the holder for delta updates too.
+        url.push_str("?_HLS_skip=YES");
+    }
     match req.file {
         VodFile::Download => {
             // Streamed through, never cached (a class is hundreds of megabytes).

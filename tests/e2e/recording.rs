@@ -104,6 +104,30 @@ async fn kill_9_at_20_s_leaves_a_recording_that_plays_and_is_served_after_restar
         r["duration_s"].as_f64().unwrap_or(0.0) >= 19.0
     })
     .await;
+    // While the class runs its recording is a growing EVENT playlist with delta updates.
+    let live = wait_recording(&c, "crash", "still recording", |r| r["recording"] == true).await;
+    let v = recording_token(&c, live["id"].as_str().unwrap(), None).await;
+    let url = v["hls_url"].as_str().unwrap();
+    let full = c.http.get(url).send().await.unwrap().text().await.unwrap();
+    let delta = c
+        .http
+        .get(format!("{url}&_HLS_skip=YES"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(full.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && full.contains("CAN-SKIP-UNTIL=6.0"));
+    assert!(
+        !full.contains("#EXT-X-SKIP") && !full.contains("ENDLIST"),
+        "{full}"
+    );
+    assert!(delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS="), "{delta}");
+    assert!(
+        delta.len() * 2 < full.len(),
+        "a delta update is not smaller"
+    );
     c.slave_mut("s1").proc.kill9();
 
     // What is on disk plays as it is: no moov needed, no index repair.

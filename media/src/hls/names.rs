@@ -59,6 +59,8 @@ pub struct HlsQuery<'a> {
     pub ticket: Option<Cow<'a, str>>,
     pub msn: Option<u64>,
     pub part: Option<usize>,
+    /// `_HLS_skip=YES` (or `v2`): a delta update is asked for.
+    pub skip: bool,
 }
 
 impl<'a> HlsQuery<'a> {
@@ -74,6 +76,7 @@ impl<'a> HlsQuery<'a> {
                 "t" => q.ticket = Some(v),
                 "_HLS_msn" => q.msn = Some(v.parse().map_err(|_| QueryError::BadMsn)?),
                 "_HLS_part" => q.part = Some(v.parse().map_err(|_| QueryError::BadPart)?),
+                "_HLS_skip" => q.skip = v == "YES" || v == "v2",
                 _ => {}
             }
         }
@@ -117,6 +120,8 @@ mod tests {
             (q.jwt.as_deref(), q.msn, q.part),
             (Some("a.b.c"), Some(5), Some(2))
         );
+        assert!(HlsQuery::parse(Some("_HLS_skip=YES")).unwrap().skip);
+        assert!(!HlsQuery::parse(Some("_HLS_skip=NO")).unwrap().skip);
         let q = HlsQuery::parse(Some("t=123.abc&jwt=a%2Eb")).unwrap();
         assert_eq!(
             (q.ticket.as_deref(), q.jwt.as_deref()),
