@@ -323,6 +323,45 @@ EDGE_URL=$(jq -r --arg id "$EDGE" '.nodes[] | select(.node_id == $id) | .public_
 check "the edge refuses a playlist request without a token (401)" \
   test "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$EDGE_URL/live/stream/index.m3u8")" = 401
 
+# ------------------------------------------------------------------------------------------------
+log "the origin records the class into the recordings volume; a write error stops it, not the class"
+ORIGIN_C=""
+for c in "${!NODE_OF[@]}"; do [ "${NODE_OF[$c]}" = "$ORIGIN" ] && ORIGIN_C=$c; done
+[ -n "$ORIGIN_C" ] || die "the origin's container ($ORIGIN)"
+REC=/var/lib/classcast/recordings
+ORIGIN_URL=$(jq -r --arg id "$ORIGIN" '.nodes[] | select(.node_id == $id) | .public_url' "$TMP/nodes.json")
+check "every slave mounts the project's recordings volume at $REC" test "$(
+  for c in "${!NODE_OF[@]}"; do
+    docker inspect -f "{{range .Mounts}}{{if eq .Destination \"$REC\"}}{{.Type}} {{.Name}}{{end}}{{end}}" "$c"
+  done | sort -u)" = "volume ${PROJECT}_recordings"
+check "$REC is owned by the image's classcast user (10001)" \
+  test "$(docker exec "$ORIGIN_C" stat -c %u:%g "$REC")" = 10001:10001
+# One folder per class: <stream name>-<start ms>, with segments as they complete.
+# Each slave records under its own node id (replicas share the volume, never each other's).
+REC_NODE="$REC/$ORIGIN"
+rec_dir() { docker exec "$ORIGIN_C" sh -c "ls -1 $REC_NODE" 2>/dev/null | head -1; }
+rec_ok() {
+  REC_ID=$(rec_dir)
+  [ -n "$REC_ID" ] &&
+    [ "$(docker exec "$ORIGIN_C" sh -c "ls $REC_NODE/$REC_ID/ | grep -c '^seg.*\.m4s$'" 2>/dev/null)" -ge 2 ] &&
+    docker exec "$ORIGIN_C" test -s "$REC_NODE/$REC_ID/index.m3u8"
+}
+REC_ID=""
+for _ in $(seq 1 40); do rec_ok && break; sleep 0.5; done
+check "the origin records the class into $REC_NODE/$REC_ID (segments and index.m3u8)" rec_ok
+metric() { curl -sf --max-time 3 "$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+check "the origin counts recorded bytes (classcast_slave_recorded_bytes_total > 0)" \
+  test "$(metric "$ORIGIN_URL" classcast_slave_recorded_bytes_total | cut -d. -f1)" -gt 0
+if [ -n "$REC_ID" ]; then
+  # The recording's folder read-only for the slave: its next segment cannot be written.
+  docker exec -u 0 "$ORIGIN_C" chmod 0555 "$REC_NODE/$REC_ID"
+  stopped_ok() { [ "$(metric "$ORIGIN_URL" 'classcast_slave_recordings_stopped_total{reason="write_error"}')" = 1 ]; }
+  for _ in $(seq 1 40); do stopped_ok && break; sleep 0.5; done
+  check "an unwritable recording stops with classcast_slave_recordings_stopped_total{reason=\"write_error\"} 1" stopped_ok
+  check "the origin logs that the recording stopped and the class carries on" \
+    sh -c "docker logs '$ORIGIN_C' 2>&1 | grep -q 'recording stopped; the live class carries on'"
+fi
+
 # A viewer that keeps playing from the edge while Prometheus starts and scrapes: a viewer counts
 # while it fetches media (docs/security.md), not for one playlist seen long ago.
 timeout 120 ffmpeg -hide_banner -loglevel error -nostdin -i "$HLS_URL" -f null - >"$TMP/viewer.log" 2>&1 &
@@ -388,7 +427,13 @@ for _ in $(seq 1 30); do master_up && break; sleep 1; done
 check "Prometheus scrapes the master" master_up
 curl -sf "$P/api/v1/rules" >"$TMP/rules.json"
 check "all alert rules loaded and evaluating without errors" \
-  jqt '[.data.groups[].rules[]] | (length == 13) and all(.health == "ok")' "$TMP/rules.json"
+  jqt '[.data.groups[].rules[]] | (length == 14) and all(.health == "ok")' "$TMP/rules.json"
+rec_alert() {
+  pq "ALERTS{alertname=\"ClasscastRecordingStopped\", alertstate=\"firing\", reason=\"write_error\"}" |
+    jqt --arg id "$ORIGIN" '[.data.result[] | select(.metric.node_id == $id)] | length == 1'
+}
+for _ in $(seq 1 30); do rec_alert && break; sleep 1; done
+check "ClasscastRecordingStopped fires for the origin's stopped recording (the counter's first series)" rec_alert
 am_found() {
   curl -sf --max-time 3 "$P/api/v1/alertmanagers" |
     jqt --arg u "127.0.0.1:$AM_PORT" '.data.activeAlertmanagers | length == 1 and (.[0].url | contains($u))'

@@ -173,6 +173,16 @@ pub(crate) fn slave_config(
         a.master_url.iter().any(|u| !u.trim().is_empty()),
         "MASTER_URL (--master-url) names no master"
     );
+    let record_node: String = node_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     Ok(slave::SlaveConfig {
         node_name: a.node_name.clone().unwrap_or_else(|| node_id.clone()),
         node_id,
@@ -208,7 +218,9 @@ pub(crate) fn slave_config(
         drain: Duration::from_millis(a.media.drain_ms),
         behind_cache: a.cache_url.is_some(),
         record: slave::record::RecordConfig {
-            dir: (!a.record_dir.as_os_str().is_empty()).then(|| a.record_dir.clone()),
+            // One folder per node, so that slaves sharing a disk (compose replicas on one
+            // volume) never list, serve or expire one another's recordings.
+            dir: (!a.record_dir.as_os_str().is_empty()).then(|| a.record_dir.join(&record_node)),
             by_default: a.record.record_by_default,
             max_age: if a.record.record_max_age_days > 0.0 {
                 Duration::from_secs_f64(a.record.record_max_age_days * 86_400.0)

@@ -131,7 +131,7 @@ async fn kill_9_at_20_s_leaves_a_recording_that_plays_and_is_served_after_restar
     c.slave_mut("s1").proc.kill9();
 
     // What is on disk plays as it is: no moov needed, no index repair.
-    let dir = only_subdir(&c.record_dir("s1"));
+    let dir = only_subdir(&c.record_dir("s1").join("s1"));
     let secs = decodes_for(dir.join("index.m3u8").to_str().unwrap());
     assert!(secs >= 18.0, "only {secs} s of the class on disk");
     let index = std::fs::read_to_string(dir.join("index.jsonl")).unwrap();
@@ -302,7 +302,7 @@ async fn retention_and_a_full_disk_stop_recordings_not_classes() {
     );
 
     // Retention: a recording older than the age limit is deleted when the slave starts.
-    let dir = c.record_dir("s2");
+    let dir = c.record_dir("s2").join("s2");
     {
         let mut w = slave::record::disk::RecordingWriter::create(
             &dir,
