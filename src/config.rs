@@ -217,7 +217,7 @@ pub(crate) fn slave_config(
         max_parked: a.media.max_parked_requests.max(1),
         drain: Duration::from_millis(a.media.drain_ms),
         behind_cache: a.cache_url.is_some(),
-        record: slave::record::RecordConfig {
+        record: slave::recordings::RecordConfig {
             // One folder per node, so that slaves sharing a disk (compose replicas on one
             // volume) never list, serve or expire one another's recordings.
             dir: (!a.record_dir.as_os_str().is_empty()).then(|| a.record_dir.join(&record_node)),

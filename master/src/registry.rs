@@ -388,6 +388,22 @@ impl Registry {
         })
     }
 
+    /// The node holding recording `id`: its id, internal URL, and what it says of it.
+    pub fn recording_holder(
+        &self,
+        id: &str,
+    ) -> Option<(String, String, common::api::RecordingInfo)> {
+        self.nodes.lock().values().find_map(|n| {
+            let r = n.stats.recordings.iter().find(|r| r.id == id)?.clone();
+            let url = n
+                .info
+                .internal_url
+                .clone()
+                .unwrap_or_else(|| n.info.public_url.clone());
+            Some((n.info.node_id.clone(), url, r))
+        })
+    }
+
     /// A deleted recording leaves the directory at once (the holder's next heartbeat agrees).
     pub fn forget_recording(&self, id: &str) {
         for n in self.nodes.lock().values_mut() {

@@ -66,7 +66,7 @@ pub struct SlaveConfig {
     /// Blocking requests parked at once.
     pub max_parked: usize,
     /// Recording at the origin: where, by default or not, retention.
-    pub record: crate::record::RecordConfig,
+    pub record: crate::recordings::RecordConfig,
     /// A shared HTTP cache sits in front of this slave (`CACHE_URL`, deploy/nginx): viewers'
     /// playlists list shared media tickets and may be cached.
     pub behind_cache: bool,
@@ -95,9 +95,9 @@ pub struct SlaveCtx {
     /// The masters, for announcements and origin lookups.
     pub masters: Masters,
     /// The recordings on this node's disk.
-    pub recordings: crate::record::Recordings,
+    pub recordings: crate::recordings::Recordings,
     /// Recorded files fetched from other nodes.
-    pub vod_cache: crate::vod::VodCache,
+    pub vod_cache: crate::vod_cache::VodCache,
     verifier: RwLock<Option<TokenVerifier>>,
     /// The keys each master publishes (by master URL), whose union the verifier accepts.
     master_keys: RwLock<std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>>,
@@ -124,7 +124,7 @@ impl SlaveCtx {
             draining: Default::default(),
             masters: Masters::new(&cfg.secret, &cfg.node_id, http.clone()),
             recordings: Default::default(),
-            vod_cache: crate::vod::VodCache::new(256 << 20),
+            vod_cache: crate::vod_cache::VodCache::new(256 << 20),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),

@@ -12,11 +12,13 @@ pub mod ingest;
 pub mod master_client;
 pub mod metrics;
 pub mod mirror;
-pub mod record;
+pub mod recorder;
+pub mod recordings;
 pub mod serve;
 pub mod tickets;
 pub mod viewers;
 pub mod vod;
+pub mod vod_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +118,7 @@ pub async fn serve(
     ctx.set_finder(mirror::EdgeMirror);
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
-    let retention = tokio::spawn(record::retention_loop(ctx.clone()));
+    let retention = tokio::spawn(recorder::retention_loop(ctx.clone()));
     // One heartbeat loop per master: each master holds the whole registry on its own.
     let masters = discovery::MasterSet::new(ctx.clone())?;
     let discovery = tokio::spawn(masters.clone().run());

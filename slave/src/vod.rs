@@ -5,9 +5,7 @@
 //! what it fetched in a bounded cache ([`VodCache`]). Authorization is the live stream's: a
 //! token for `rec/<id>` bound to this node, or the ticket its playlist listed, or a peer.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -21,13 +19,11 @@ use bytes::Bytes;
 use common::ApiError;
 use common::api::paths;
 use common::error::JsonBody;
-use dashmap::DashMap;
 use media::hls::names::{HlsFile, HlsQuery};
-use parking_lot::Mutex;
 
 use crate::ctx::SlaveCtx;
-use crate::record::Entry;
-use crate::record::disk::{self, Recording};
+use crate::recordings::Entry;
+use crate::recordings::disk::{self, Recording};
 use crate::serve::{Caller, PeerAuth};
 
 pub fn router() -> Router<Arc<SlaveCtx>> {
@@ -323,70 +319,6 @@ fn download(ctx: &SlaveCtx, rec: &Recording, range: Option<&str>) -> Result<Resp
     Ok(r)
 }
 
-/// Bytes fetched from recordings' origins, kept up to a budget, oldest out first. Recorded
-/// files never change, so nothing in it goes stale; deleting a recording forgets its entries.
-pub struct VodCache {
-    map: DashMap<String, Bytes>,
-    order: Mutex<VecDeque<String>>,
-    bytes: AtomicUsize,
-    max: usize,
-    /// Which node holds a recording, asked of the master, remembered for a while.
-    origins: DashMap<String, (String, Instant)>,
-    /// Playlists of classes still recorded (they grow): kept for a second, so the viewers an
-    /// edge has rewinding a live class cost its holder one request a second, not one each.
-    growing: DashMap<String, (Bytes, Instant)>,
-}
-
-impl VodCache {
-    pub fn new(max: usize) -> Self {
-        Self {
-            map: DashMap::new(),
-            order: Mutex::new(VecDeque::new()),
-            bytes: AtomicUsize::new(0),
-            max,
-            origins: DashMap::new(),
-            growing: DashMap::new(),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<Bytes> {
-        self.map.get(key).map(|b| b.clone())
-    }
-
-    fn put(&self, key: String, data: Bytes) {
-        if data.len() > self.max / 4 || self.map.contains_key(&key) {
-            return;
-        }
-        self.bytes.fetch_add(data.len(), Ordering::Relaxed);
-        self.map.insert(key.clone(), data);
-        let mut order = self.order.lock();
-        order.push_back(key);
-        while self.bytes.load(Ordering::Relaxed) > self.max {
-            let Some(old) = order.pop_front() else { break };
-            if let Some((_, b)) = self.map.remove(&old) {
-                self.bytes.fetch_sub(b.len(), Ordering::Relaxed);
-            }
-        }
-    }
-
-    pub fn forget(&self, id: &str) {
-        let prefix = format!("{id}/");
-        self.map.retain(|k, b| {
-            let keep = !k.starts_with(&prefix);
-            if !keep {
-                self.bytes.fetch_sub(b.len(), Ordering::Relaxed);
-            }
-            keep
-        });
-        self.origins.remove(id);
-        self.growing.retain(|k, _| !k.starts_with(&prefix));
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
-    }
-}
-
 const ORIGIN_TTL: Duration = Duration::from_secs(10);
 const GROWING_TTL: Duration = Duration::from_secs(1);
 
@@ -545,7 +477,7 @@ async fn forget(
         return Err(ApiError::bad_request("bad recording id"));
     }
     ctx.vod_cache.forget(&o.id);
-    let deleted = o.delete && crate::record::delete(&ctx, &o.id).await;
+    let deleted = o.delete && crate::recorder::delete(&ctx, &o.id).await;
     if deleted {
         tracing::info!(id = %o.id, "recording deleted on the master's order");
     }

@@ -304,10 +304,10 @@ async fn retention_and_a_full_disk_stop_recordings_not_classes() {
     // Retention: a recording older than the age limit is deleted when the slave starts.
     let dir = c.record_dir("s2").join("s2");
     {
-        let mut w = slave::record::disk::RecordingWriter::create(
+        let mut w = slave::recordings::disk::RecordingWriter::create(
             &dir,
             "old-1000",
-            slave::record::disk::Header {
+            slave::recordings::disk::Header {
                 v: 1,
                 path: "live/old".into(),
                 started_ms: 1000,

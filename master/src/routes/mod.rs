@@ -1,5 +1,6 @@
 pub mod cluster;
 pub mod recordings;
+pub mod teacher;
 #[cfg(test)]
 mod tests;
 pub mod token;

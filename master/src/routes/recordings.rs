@@ -29,19 +29,6 @@ struct Listed {
     node_id: String,
 }
 
-/// The node holding recording `id`, and what it says of it.
-pub fn holder(st: &AppState, id: &str) -> Option<(String, String, RecordingInfo)> {
-    st.registry.snapshot().into_iter().find_map(|n| {
-        let r = n.stats.recordings.iter().find(|r| r.id == id)?.clone();
-        let url = n
-            .info
-            .internal_url
-            .clone()
-            .unwrap_or_else(|| n.info.public_url.clone());
-        Some((n.info.node_id.clone(), url, r))
-    })
-}
-
 /// Every recording of the cluster, newest first.
 async fn list(State(st): State<AppState>) -> Json<serde_json::Value> {
     let mut all: Vec<Listed> = st
@@ -70,7 +57,9 @@ async fn origin(
     _: ClusterPeer,
     Query(q): Query<IdQuery>,
 ) -> Result<Json<RecordingOrigin>, ApiError> {
-    let (node_id, internal_url, _) = holder(&st, &q.id)
+    let (node_id, internal_url, _) = st
+        .registry
+        .recording_holder(&q.id)
         .ok_or_else(|| ApiError::not_found("recording_not_found", "no node holds it"))?;
     Ok(Json(RecordingOrigin {
         node_id,
@@ -91,16 +80,18 @@ async fn delete(
     body: Result<JsonBody<DeleteRequest>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let JsonBody(req) = body?;
-    if super::token::cross_origin(&headers) {
+    if super::teacher::cross_origin(&headers) {
         return Err(ApiError::forbidden(
             "recordings are deleted from this master's own teacher page only",
         ));
     }
-    super::token::check_teacher(&st, peer.ip(), req.credential.as_deref())?;
+    super::teacher::check_teacher(&st, peer.ip(), req.credential.as_deref())?;
     if !common::valid_recording_id(&req.id) {
         return Err(ApiError::bad_request("bad recording id"));
     }
-    let (holder_id, _, _) = holder(&st, &req.id)
+    let (holder_id, _, _) = st
+        .registry
+        .recording_holder(&req.id)
         .ok_or_else(|| ApiError::not_found("recording_not_found", "no node holds it"))?;
     let mut deleted = false;
     for (node_id, url) in st.registry.peers("") {

@@ -23,19 +23,6 @@ pub fn valid_user_id(id: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.' | '@'))
 }
 
-/// Whether the request came from a page of another origin than ours. Browsers send `Origin` on
-/// every cross-origin request and on same-origin POSTs; scripts send none.
-pub(crate) fn cross_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return false;
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    origin_host.is_none() || origin_host != host
-}
-
 /// The credential a request carries: the `credential` field, or `Authorization: Bearer`.
 fn credential<'a>(req: &'a TokenRequest, headers: &'a HeaderMap) -> Option<&'a str> {
     req.credential.as_deref().or_else(|| {
@@ -93,14 +80,14 @@ pub async fn issue_token(
 
     // The teacher login and monitor tokens are for our own pages and scripts, never for a page
     // of another site that a student's browser happens to run.
-    if req.role != Role::Student && cross_origin(&headers) {
+    if req.role != Role::Student && super::teacher::cross_origin(&headers) {
         return Err(refuse(
             "cross_origin",
             ApiError::forbidden("teacher and monitor tokens are not issued to other sites' pages"),
         ));
     }
     if req.role == Role::Teacher {
-        check_teacher(&st, peer, credential(&req, &headers))?;
+        super::teacher::check_teacher(&st, peer, credential(&req, &headers))?;
     }
     // A monitor token reads any stream on any node: operators only.
     if req.role == Role::Monitor
@@ -195,7 +182,7 @@ fn recording_token(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let path = common::recording_path(id)
         .ok_or_else(|| ApiError::bad_request("a recording id is [A-Za-z0-9_-], 1–96 long"))?;
-    if crate::routes::recordings::holder(st, id).is_none() {
+    if st.registry.recording_holder(id).is_none() {
         return Err(ApiError::not_found(
             "recording_not_found",
             format!("no slave holds recording {id}"),
@@ -223,51 +210,6 @@ fn recording_token(
         rtmp_url: None,
         stream_key: None,
     }))
-}
-
-/// The teacher password check, throttled per address (docs/security.md).
-pub(crate) fn check_teacher(
-    st: &AppState,
-    peer: std::net::IpAddr,
-    given: Option<&str>,
-) -> Result<(), ApiError> {
-    let refuse = |reason: &'static str, e: ApiError| {
-        st.metrics.token_refusals.with_label_values(&[reason]).inc();
-        tracing::info!(%peer, reason, error = %e, "teacher request refused");
-        e
-    };
-    if let Err(wait) = st.login_throttle.check(peer) {
-        tracing::warn!(%peer, retry_after = wait, "teacher login throttled after repeated wrong passwords");
-        st.metrics
-            .token_refusals
-            .with_label_values(&["login_throttled"])
-            .inc();
-        return Err(ApiError::too_many(
-            "login_throttled",
-            "too many wrong passwords from this address; wait before trying again",
-            wait,
-        ));
-    }
-    match (&st.cfg.teacher_credential, given) {
-        (None, _) => Err(refuse(
-            "teacher_disabled",
-            ApiError::forbidden(
-                "teacher login is not configured on this master (TEACHER_PASSWORD)",
-            ),
-        )),
-        (Some(want), Some(g)) if common::secret::credential_eq(want, g) => {
-            st.login_throttle.succeeded(peer);
-            Ok(())
-        }
-        _ => {
-            let block = st.login_throttle.failed(peer);
-            tracing::warn!(%peer, blocked_for = ?block, "wrong teacher password");
-            Err(refuse(
-                "teacher_credential",
-                ApiError::unauthorized("wrong teacher credential"),
-            ))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ impl Connection {
         // A new class is recorded from its first segment; a publisher coming back within the
         // grace period continues the same stream, and so the same recording.
         if !resumed && record.unwrap_or(ctx.cfg.record.by_default) {
-            crate::record::spawn(ctx.clone(), stream.clone());
+            crate::recorder::spawn(ctx.clone(), stream.clone());
         }
         stream.publisher_joined();
         if resumed {
