@@ -75,6 +75,35 @@ fn decodes_for(url: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Every program-date-time of `playlist` follows the one before it by that segment's EXTINF
+/// (within 5 ms), except across a discontinuity, where it may only move forward.
+fn dates_follow_durations(playlist: &str) {
+    let (mut prev, mut dur, mut disc, mut n) = (None::<u64>, None::<f64>, false, 0);
+    for line in playlist.lines() {
+        if let Some(d) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            let at = media::hls::playlist::parse_rfc3339_ms(d).expect("a date");
+            if let (Some(p), Some(len)) = (prev, dur) {
+                let follows = p as f64 + len * 1000.0;
+                if disc {
+                    assert!(at as f64 >= follows - 5.0, "a date went back at {d}");
+                } else {
+                    assert!(
+                        (at as f64 - follows).abs() <= 5.0,
+                        "{d} is not {follows} ms"
+                    );
+                }
+                n += 1;
+            }
+            (prev, dur, disc) = (Some(at), None, false);
+        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
+            dur = d.trim_end_matches(',').parse().ok();
+        } else if line == "#EXT-X-DISCONTINUITY" {
+            disc = true;
+        }
+    }
+    assert!(n >= 2, "too few dated segments to check:\n{playlist}");
+}
+
 fn only_subdir(dir: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -154,6 +183,32 @@ async fn kill_9_at_20_s_leaves_a_recording_that_plays_and_is_served_after_restar
     assert!(codecs(&probe).contains(&"h264".to_string()), "{probe}");
     let text = c.http.get(url).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("#EXT-X-PLAYLIST-TYPE:VOD") && text.contains("#EXT-X-ENDLIST"));
+    dates_follow_durations(&text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_back_within_the_grace_period_continues_the_same_recording() {
+    let c = Cluster::start("recording_reconnect", 1, Timings::default()).await;
+    let (rtmp, key, _) = c.teacher("again").await;
+    let mut first = c.publish("publisher-1", &rtmp, &key, Some(4));
+    first.wait_exit(Duration::from_secs(30));
+    // Back at once (the grace period is 2 s here): the same class, the same recording.
+    let mut second = c.publish("publisher-2", &rtmp, &key, Some(4));
+    second.wait_exit(Duration::from_secs(30));
+    let rec = wait_recording(&c, "again", "finished", |r| r["recording"] == false).await;
+    let all: Vec<Value> = recordings(&c)
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "live/again")
+        .collect();
+    assert_eq!(all.len(), 1, "one recording for the class: {all:?}");
+    let v = recording_token(&c, rec["id"].as_str().unwrap(), None).await;
+    let url = v["hls_url"].as_str().unwrap();
+    let text = c.http.get(url).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("#EXT-X-DISCONTINUITY"), "{text}");
+    dates_follow_durations(&text);
+    let secs = decodes_for(url);
+    assert!(secs >= 7.0, "playable across the reconnect: {secs} s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,11 +372,47 @@ async fn retention_and_a_full_disk_stop_recordings_not_classes() {
         .unwrap();
         w.finish(2000).unwrap();
     }
+    // And by size: two recent recordings of 600 KiB over a 1 MiB budget lose the older one.
+    let now = common::now_unix_ms();
+    for (id, started) in [("older", now - 60_000), ("newer", now - 30_000)] {
+        let mut w = slave::recordings::disk::RecordingWriter::create(
+            &dir,
+            id,
+            slave::recordings::disk::Header {
+                v: 1,
+                path: format!("live/{id}"),
+                started_ms: started,
+                node_id: "s2".into(),
+            },
+        )
+        .unwrap();
+        w.init(0, b"init").unwrap();
+        let seg = slave::recordings::disk::SegmentEntry {
+            msn: 1,
+            duration: 1.0,
+            pdt_ms: started,
+            discontinuity: false,
+            init_id: 0,
+            bytes: 600 << 10,
+        };
+        w.segment(seg, &[&vec![0u8; 600 << 10]]).unwrap();
+        w.finish(started + 1000).unwrap();
+    }
     c.slave_flags.clear();
-    c.add_slave("s2", &["--record-max-age-days", "1"]);
+    c.add_slave(
+        "s2",
+        &["--record-max-age-days", "1", "--record-max-mb", "1"],
+    );
     let deleted = wait_until(Duration::from_secs(10), || async {
-        !dir.join("old-1000").exists()
+        !dir.join("old-1000").exists() && !dir.join("older").exists()
     })
     .await;
-    assert!(deleted, "retention left a recording past its age");
+    assert!(
+        deleted,
+        "retention left a recording past its age, or the oldest over the size"
+    );
+    assert!(
+        dir.join("newer").exists(),
+        "retention deleted the newest first"
+    );
 }

@@ -203,6 +203,14 @@ mod tests {
                 .map(|(_, t)| format!("#EXT-X-PROGRAM-DATE-TIME:{t}"))
                 .unwrap()
         );
+        // With a 10-minute window a delta update stays within 2× of a playlist of the live
+        // window (7 segments): what a player reloads does not grow with the class.
+        let long: Vec<VodSegment> = (0..600).map(|i| seg(100 + i, 0, false)).collect();
+        let window = render_as(&long[..7], "?t=x", false, false).len();
+        let delta_long = render_as(&long, "?t=x", false, true).len();
+        let full_long = render_as(&long, "?t=x", false, false).len();
+        assert!(delta_long <= 2 * window, "{delta_long} bytes vs {window}");
+        assert!(full_long > 50 * window);
         // A finished class and a short one are never skipped.
         assert!(!render_as(&segs, "", true, true).contains("EXT-X-SKIP"));
         assert!(!render_as(&segs[..5], "", false, true).contains("EXT-X-SKIP"));
