@@ -26,7 +26,7 @@
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
 #   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
-#                            viewers,memory,g2g,cache. With a subset, results are appended to
+#                            viewers,memory,g2g,cache,recording. With a subset, results are appended to
 #                            target/bench-media/extra-results.jsonl and merged into
 #                            target/bench-media/last-results.jsonl, from which the document is
 #                            re-rendered (the hand-written figures live in bench/OBSERVATIONS.md)
@@ -47,7 +47,7 @@ if [ "${BENCH_REPORT_ONLY:-0}" != 1 ]; then
   command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
   if want serving && ! command -v wrk >/dev/null 2>&1; then need+=(wrk); fi
   # nginx-rtmp is the ingest reference (NGINX=1); serving, viewers and g2g need nginx too.
-  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache; then
+  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache || want recording; then
     command -v nginx >/dev/null 2>&1 && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] \
       || need+=(nginx libnginx-mod-rtmp)
   fi

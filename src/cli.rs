@@ -170,8 +170,8 @@ pub(crate) struct SlaveArgs {
     /// Host part of the public URLs when PUBLIC_URL is not given.
     #[arg(long, env = "PUBLIC_HOST")]
     pub(crate) public_host: Option<String>,
-    /// Where this slave records the classes published to it (one folder per class); empty: no
-    /// recording.
+    /// Where this slave records the classes published to it (one folder per node, then one per
+    /// class).
     #[arg(long, env = "RECORD_DIR", default_value = "data/recordings")]
     pub(crate) record_dir: PathBuf,
     #[command(flatten)]
@@ -201,6 +201,9 @@ pub(crate) struct SlaveArgs {
 /// Recording at the origin (every slave records what is published to it).
 #[derive(Args, Debug, Clone)]
 pub(crate) struct RecordTuning {
+    /// false: this slave never records (whatever the teacher chooses).
+    #[arg(long, env = "RECORD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) record: bool,
     /// Record a class unless its teacher switched recording off (the teacher page's switch).
     #[arg(long, env = "RECORD_BY_DEFAULT", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) record_by_default: bool,

@@ -220,7 +220,7 @@ pub(crate) fn slave_config(
         record: slave::recordings::RecordConfig {
             // One folder per node, so that slaves sharing a disk (compose replicas on one
             // volume) never list, serve or expire one another's recordings.
-            dir: (!a.record_dir.as_os_str().is_empty()).then(|| a.record_dir.join(&record_node)),
+            dir: a.record.record.then(|| a.record_dir.join(&record_node)),
             by_default: a.record.record_by_default,
             max_age: if a.record.record_max_age_days > 0.0 {
                 Duration::from_secs_f64(a.record.record_max_age_days * 86_400.0)

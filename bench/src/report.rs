@@ -10,6 +10,8 @@ use serde_json::Value;
 mod cache;
 #[path = "report_extra.rs"]
 mod extra;
+#[path = "report_record.rs"]
+mod record;
 
 fn f(v: &Value, path: &str) -> f64 {
     let mut cur = v;
@@ -54,7 +56,13 @@ pub fn write(
     let find = |b: &str| results.iter().find(|r| r["bench"] == b);
     let ingest: Vec<&Value> = results
         .iter()
-        .filter(|r| r["bench"] == "ingest_cpu" && r["server"] != "classcast-memory")
+        .filter(|r| {
+            r["bench"] == "ingest_cpu"
+                && r["server"] != "classcast-memory"
+                && !r["server"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("classcast-record-"))
+        })
         .collect();
     let machine = std::fs::read_to_string(machine)?;
     let mfield = |k: &str| {
@@ -530,6 +538,7 @@ pub fn write(
 
     extra::sections(w, &results)?;
     cache::section(w, &results)?;
+    record::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

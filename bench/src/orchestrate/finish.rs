@@ -235,6 +235,16 @@ pub fn merge(last: &str, subset: &[&str], new: &str, stamp: &str) -> String {
             }
             // Section 9's runs are viewer runs labelled `cache-tier:…`; section 6 keeps them.
             "cache" => drop(&mut keep, "\"label\":\"cache-tier:"),
+            "recording" => {
+                for pat in [
+                    "\"server\":\"classcast-record-",
+                    "\"bench\":\"recording_disk\"",
+                    "\"bench\":\"playlist_bytes\"",
+                    "\"kind\":\"vod-segment\"",
+                ] {
+                    drop(&mut keep, pat);
+                }
+            }
             "viewers" => keep.retain(|l| {
                 !l.contains("\"bench\":\"viewers\"") || l.contains("\"label\":\"cache-tier:")
             }),

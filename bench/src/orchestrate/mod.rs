@@ -10,6 +10,7 @@ mod cache;
 pub mod finish;
 mod g2g;
 mod procs;
+mod recording;
 mod sample;
 mod sections;
 mod servers;
@@ -23,7 +24,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -33,6 +34,7 @@ pub const SECTIONS: [&str; 9] = [
     "memory",
     "g2g",
     "cache",
+    "recording",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,7 +80,7 @@ pub struct RunArgs {
     /// Only re-render the document from the last run's results.
     #[arg(long, env = "BENCH_REPORT_ONLY", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "0")]
     pub report_only: bool,
-    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache
+    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording
     /// (merged into target/bench-media/last-results.jsonl), or all.
     #[arg(long, env = "BENCH_ONLY", default_value = "all")]
     pub only: String,
@@ -361,6 +363,9 @@ async fn run(
             "the cache section needs nginx (scripts/bench.sh installs it)"
         );
         cache::run(&ctx).await?;
+    }
+    if args.want("recording") {
+        recording::run(&ctx).await?;
     }
     // Everything measured: nothing may linger into the report's `git diff` or the next run.
     sup.stop_all();

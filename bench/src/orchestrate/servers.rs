@@ -149,10 +149,15 @@ impl Ctx<'_> {
             1000,
             "--max-connections",
             10000,
-            // Recording is on by default: measured as a user gets it, into the run's folder.
-            "--record-dir",
-            path_str(&self.work.join("recordings").join(name)),
         ]);
+        // Recording is on by default: measured as a user gets it, into the run's folder (unless
+        // the section sets its own).
+        if !extra.iter().any(|a| a == "--record-dir") {
+            a.extend(args![
+                "--record-dir",
+                path_str(&self.work.join("recordings").join(name))
+            ]);
+        }
         a.extend_from_slice(extra);
         let log = self.work.join(format!("{name}.log"));
         let cmd = self.launch.command(true, &self.cc, &a);

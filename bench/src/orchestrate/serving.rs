@@ -21,7 +21,7 @@ impl Drop for Shm {
     }
 }
 
-async fn get(url: &str, bearer: Option<&str>) -> anyhow::Result<Vec<u8>> {
+pub(super) async fn get(url: &str, bearer: Option<&str>) -> anyhow::Result<Vec<u8>> {
     let mut req = reqwest::Client::new().get(url);
     if let Some(b) = bearer {
         req = req.header("Authorization", format!("Bearer {b}"));
@@ -33,7 +33,7 @@ async fn get(url: &str, bearer: Option<&str>) -> anyhow::Result<Vec<u8>> {
     Ok(r.bytes().await?.to_vec())
 }
 
-fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub(super) fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
@@ -83,7 +83,7 @@ pub fn parse_wrk(out: &str, label: &str, server: &str, kind: &str, bytes: u64) -
 }
 
 /// One `wrk -t2 -c200 -d10s --latency` run → one result line.
-async fn wrk_run(
+pub(super) async fn wrk_run(
     ctx: &Ctx<'_>,
     (label, server, kind): (&str, &str, &str),
     bytes: u64,
