@@ -43,6 +43,9 @@ if cargo tree -p classcast-media -e normal --prefix none | grep -E '^(tokio|axum
   echo "classcast-media must not depend on tokio, axum, hyper, reqwest or tower" >&2
   exit 1
 fi
+# The cache tier test (tests/e2e/cache_tier.rs) runs the bench's viewer generator, a binary of
+# another package: `cargo test` does not build it.
+cargo build -p classcast-bench
 cargo test --workspace --all-targets -- --test-threads=4 --skip clients::
 # OBS (software rendering takes about a core) and GStreamer run on their own, so the timing
 # assertions of the other end-to-end tests do not share the two cores with them.
