@@ -223,6 +223,8 @@ pub async fn delete(ctx: &Arc<SlaveCtx>, id: &str) -> bool {
     let Some(e) = ctx.recordings.remove(id) else {
         return false;
     };
+    // What this node served of it recently goes too (the cache would answer for it).
+    ctx.vod_cache.forget(id);
     let dir = e.rec.dir.clone();
     let res = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     if let Ok(Err(err)) = res {

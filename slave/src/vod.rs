@@ -2,7 +2,8 @@
 //! VOD playlist), `init<N>.mp4`, `seg<M>.m4s` and `download.mp4` (the whole class as one
 //! fragmented MP4), with `Range`. The origin serves its own disk; any other slave asks the
 //! master which node holds the recording, fetches from it with the cluster secret and keeps
-//! what it fetched in a bounded cache ([`VodCache`]). Authorization is the live stream's: a
+//! what it fetched in a bounded cache ([`crate::vod_cache::VodCache`]); the holder keeps the files it served
+//! recently in the same cache. Authorization is the live stream's: a
 //! token for `rec/<id>` bound to this node, or the ticket its playlist listed, or a peer.
 
 use std::sync::Arc;
@@ -164,16 +165,33 @@ async fn local(ctx: &SlaveCtx, e: &Entry, req: &VodRequest) -> Result<Response, 
             Ok(playlist_response(text))
         }
         VodFile::Init(i) if rec.segments.iter().any(|s| s.init_id == i) => {
-            let data = read(rec.init_file(i)).await?;
+            let data = read_cached(ctx, req, rec.init_file(i)).await?;
             Ok(ranged(ctx, data, req.range.as_deref(), "video/mp4"))
         }
         VodFile::Segment(m) if rec.segments.iter().any(|s| s.msn == m) => {
-            let data = read(rec.segment_file(m)).await?;
+            let data = read_cached(ctx, req, rec.segment_file(m)).await?;
             Ok(ranged(ctx, data, req.range.as_deref(), "video/mp4"))
         }
         VodFile::Download => download(ctx, rec, req.range.as_deref()),
         _ => Err(not_found()),
     }
+}
+
+/// A recorded file, from the cache when a viewer asked for it recently: a class replayed by a
+/// room full of students reads each file once, and serving it is then a reference-count bump,
+/// as for live parts.
+async fn read_cached(
+    ctx: &SlaveCtx,
+    req: &VodRequest,
+    path: std::path::PathBuf,
+) -> Result<Bytes, ApiError> {
+    let key = format!("{}/{}", req.id, req.file.name());
+    if let Some(b) = ctx.vod_cache.get(&key) {
+        return Ok(b);
+    }
+    let data = read(path).await?;
+    ctx.vod_cache.put(key, data.clone());
+    Ok(data)
 }
 
 async fn read(path: std::path::PathBuf) -> Result<Bytes, ApiError> {
