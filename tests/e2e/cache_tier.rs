@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// nginx with the shipped configuration, its paths and ports moved into the test's directory.
 struct Nginx {
-    _proc: Proc,
+    proc: Proc,
     port: u16,
 }
 
@@ -76,11 +76,18 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nginx { _proc: proc, port }
+        Nginx { proc, port }
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// nginx's master ends its workers on SIGTERM; killed outright it would leave them running.
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.proc.terminate(Duration::from_secs(5));
     }
 }
 
