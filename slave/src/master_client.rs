@@ -206,26 +206,21 @@ impl MasterClient {
 
     /// Which node holds recording `id` (ids are URL-safe, checked by the callers).
     pub async fn recording_origin(&self, id: &str) -> Option<common::api::RecordingOrigin> {
-        let resp = self
-            .http
-            .get(format!("{}{}?id={id}", self.base, paths::RECORDING_ORIGIN))
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
-            .timeout(Duration::from_secs(3))
-            .send()
+        self.lookup(&format!("{}?id={id}", paths::RECORDING_ORIGIN))
             .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
     }
 
-    /// Where `path` is live, if anywhere.
+    /// Where `path` is live, if anywhere. Stream paths are `live/<name>` of URL-safe
+    /// characters (checked by the callers).
     pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
+        self.lookup(&format!("{}?path={path}", paths::ORIGIN)).await
+    }
+
+    /// A directory question to the master (cluster secret); `None` when it does not know.
+    async fn lookup<T: serde::de::DeserializeOwned>(&self, path_and_query: &str) -> Option<T> {
         let resp = self
             .http
-            // Stream paths are `live/<name>` of URL-safe characters (checked by the callers).
-            .get(format!("{}{}?path={path}", self.base, paths::ORIGIN))
+            .get(format!("{}{path_and_query}", self.base))
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .timeout(Duration::from_secs(3))
             .send()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::procs::{self, Output};
+use super::procs;
 use super::sample::{children, small_media};
 use super::{Ctx, log, path_str};
 use crate::args;
@@ -54,29 +54,7 @@ fn cache_conf(ctx: &Ctx<'_>, dir: &Path, slave_port: u16, port: u16) -> anyhow::
 
 async fn publish(ctx: &Ctx<'_>, p: u16, stream: &str) -> anyhow::Result<u32> {
     let small = small_media(ctx).await?;
-    let (publish, _) = ctx.teacher_key(p, stream).await?;
-    let a = args![
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostdin",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-        path_str(&small),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        publish
-    ];
-    let cmd = ctx.launch.command(true, Path::new("ffmpeg"), &a);
-    let pid = ctx.sup.spawn(
-        &format!("ffmpeg publisher {stream}"),
-        cmd,
-        Output::Log(ctx.work.join(format!("publisher-{stream}.log"))),
-    )?;
+    let pid = super::serving::publish_loop(ctx, p, stream, &small).await?;
     ctx.viewer_url(p, stream).await?;
     procs::sleep(Duration::from_secs(4)).await?; // a few segments in the window
     Ok(pid)

@@ -147,15 +147,15 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One slave with one live ~1.5 Mbit/s stream; the bytes a viewer gets (its playlist, the
-/// newest listed part as it is listed: with the media ticket) and the bare playlist an edge
-/// gets, copied into tmpfs for static nginx.
-async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> anyhow::Result<()> {
-    let small = small_media(ctx).await?;
-    let s = ctx.start_slave("slave-serving", p, hs, rs, &[]).await?;
-    ctx.wait_nodes(p, 1).await?;
-    let (publish, _) = ctx.teacher_key(p, "serve").await?;
-    // ffmpeg -c copy loops the file in real time (publishing costs no encoder).
+/// ffmpeg publishing `media` to a new class `stream` on the master at port `p`, looped in real
+/// time with `-c copy` (publishing costs no encoder); its pid.
+pub(super) async fn publish_loop(
+    ctx: &Ctx<'_>,
+    p: u16,
+    stream: &str,
+    media: &Path,
+) -> anyhow::Result<u32> {
+    let (publish, _) = ctx.teacher_key(p, stream).await?;
     let a = args![
         "-hide_banner",
         "-loglevel",
@@ -165,7 +165,7 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
         "-stream_loop",
         "-1",
         "-i",
-        path_str(&small),
+        path_str(media),
         "-c",
         "copy",
         "-f",
@@ -173,11 +173,21 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
         publish
     ];
     let cmd = ctx.launch.command(true, Path::new("ffmpeg"), &a);
-    let publisher = ctx.sup.spawn(
-        "ffmpeg publisher",
+    ctx.sup.spawn(
+        &format!("ffmpeg publisher {stream}"),
         cmd,
-        Output::Log(ctx.work.join("publisher-serving.log")),
-    )?;
+        Output::Log(ctx.work.join(format!("publisher-{stream}.log"))),
+    )
+}
+
+/// One slave with one live ~1.5 Mbit/s stream; the bytes a viewer gets (its playlist, the
+/// newest listed part as it is listed: with the media ticket) and the bare playlist an edge
+/// gets, copied into tmpfs for static nginx.
+async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> anyhow::Result<()> {
+    let small = small_media(ctx).await?;
+    let s = ctx.start_slave("slave-serving", p, hs, rs, &[]).await?;
+    ctx.wait_nodes(p, 1).await?;
+    let publisher = publish_loop(ctx, p, "serve", &small).await?;
     let vurl = ctx.viewer_url(p, "serve").await?;
     let _ = super::retry(100, Duration::from_millis(200), || get(&vurl, None)).await;
     procs::sleep(Duration::from_secs(4)).await?; // a few segments in the window
