@@ -259,6 +259,20 @@ pub(crate) struct MediaTuning {
     /// Blocking playlist and part requests parked at once; past it, 503 with Retry-After.
     #[arg(long, env = "MAX_PARKED_REQUESTS", default_value_t = 8192)]
     pub(crate) max_parked_requests: usize,
+    /// Offer WebRTC playback (WHEP at /whep/live/<name>) beside LL-HLS.
+    #[arg(long, env = "WEBRTC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) webrtc: bool,
+    /// The one UDP port of this slave's WebRTC sessions (ICE-lite host candidate); 0 takes a
+    /// free port. `up` gives slave i this port + i.
+    #[arg(long, env = "WEBRTC_UDP_PORT", default_value_t = 8189)]
+    pub(crate) webrtc_udp_port: u16,
+    /// The address browsers send WebRTC media to (an IP). Default: PUBLIC_HOST or the public
+    /// URL's host, resolved.
+    #[arg(long, env = "WEBRTC_HOST")]
+    pub(crate) webrtc_host: Option<String>,
+    /// WebRTC viewers this slave takes at once; past it the master offers LL-HLS only.
+    #[arg(long, env = "MAX_WEBRTC_VIEWERS", default_value_t = 500)]
+    pub(crate) max_webrtc_viewers: u32,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -217,6 +217,18 @@ pub(crate) fn slave_config(
         max_parked: a.media.max_parked_requests.max(1),
         drain: Duration::from_millis(a.media.drain_ms),
         behind_cache: a.cache_url.is_some(),
+        webrtc: slave::webrtc::WebRtcConfig {
+            enabled: a.media.webrtc,
+            udp_port: a.media.webrtc_udp_port,
+            host: a
+                .media
+                .webrtc_host
+                .clone()
+                .or_else(|| a.public_host.clone())
+                .or_else(|| a.public_url.as_deref().and_then(url_host))
+                .unwrap_or_else(|| host.clone()),
+            max_viewers: a.media.max_webrtc_viewers,
+        },
         record: slave::recordings::RecordConfig {
             // One folder per node, so that slaves sharing a disk (compose replicas on one
             // volume) never list, serve or expire one another's recordings.
@@ -232,6 +244,17 @@ pub(crate) fn slave_config(
             retention_every: Duration::from_millis(a.record.record_retention_every_ms.max(100)),
         },
     })
+}
+
+/// `h` of `scheme://h[:port][/…]` (brackets kept off an IPv6 address).
+fn url_host(u: &str) -> Option<String> {
+    let rest = u.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// A teacher password short enough to guess online is refused at start, naming the flag.

@@ -153,7 +153,7 @@ fn heartbeat_body(node_id: &str, streams: Vec<StreamReport>, connections: u32) -
             egress_bytes_per_sec: 0,
             ingest_bytes_per_sec: 0,
             streams,
-            recordings: Vec::new(),
+            ..Default::default()
         },
     })
     .expect("serializable")
@@ -192,6 +192,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
                     path: "live/bench".into(),
                     origin: i == 0,
                     upstream: (i != 0).then(|| nodes[0].node_id.clone()),
+                    bframes: false,
                 }],
                 0,
             )
@@ -432,12 +433,14 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
         path: room,
         origin: i.is_multiple_of(20),
         upstream: (!i.is_multiple_of(20)).then(|| "sim-0000".to_string()),
+        bframes: false,
     }];
     if i.is_multiple_of(3) {
         streams.push(StreamReport {
             path: format!("live/extra{}", i % 7),
             origin: false,
             upstream: Some("sim-0001".into()),
+            bframes: false,
         });
     }
     heartbeat_body(node_id, streams, (i * 37 % 400) as u32)

@@ -87,6 +87,17 @@ pub struct StreamReport {
     pub origin: bool,
     #[serde(default)]
     pub upstream: Option<String>,
+    /// The publisher's encoder uses B-frames: no browser plays it over WebRTC.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bframes: bool,
+}
+
+/// A slave's WebRTC (WHEP) playback now.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WebRtcStats {
+    pub sessions: u32,
+    /// `MAX_WEBRTC_VIEWERS`.
+    pub capacity: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -107,6 +118,9 @@ pub struct NodeStats {
     /// [`MAX_REPORTED_RECORDINGS`].
     #[serde(default)]
     pub recordings: Vec<RecordingInfo>,
+    /// None: this slave offers no WebRTC.
+    #[serde(default)]
+    pub webrtc: Option<WebRtcStats>,
 }
 
 /// Which node holds a recording, for an edge that serves it.
@@ -265,6 +279,14 @@ pub struct TokenResponse {
     /// Teacher only: the OBS "Stream Key" field, `<name>?key=<publish token>`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stream_key: Option<String>,
+    /// The WHEP endpoint of the same node for the same token, when that node offers WebRTC for
+    /// this stream now (the page plays it, and LL-HLS when it fails).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub whep_url: Option<String>,
+    /// Live streams: whether WebRTC is offered, and if not why (`ready`, `bframes`, `full`,
+    /// `off`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub webrtc: Option<String>,
 }
 
 /// Master → slave: a stream went live (or ended) on `origin_node_id`; mirror it (or stop).

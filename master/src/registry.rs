@@ -106,6 +106,8 @@ pub struct Selected {
     pub rtmp_url: String,
     pub load_percentage: f64,
     pub status: NodeStatus,
+    /// WebRTC offered by this node, and whether it has a session to spare.
+    pub webrtc: Option<bool>,
 }
 
 impl Selected {
@@ -117,6 +119,7 @@ impl Selected {
             rtmp_url: n.info.rtmp_url.clone(),
             load_percentage: n.effective_load_pct(),
             status: n.status,
+            webrtc: n.stats.webrtc.map(|w| w.sessions < w.capacity),
         }
     }
 }
@@ -234,6 +237,7 @@ impl Registry {
                 path: path.to_string(),
                 origin: true,
                 upstream: None,
+                bframes: false,
             });
         }
         true
@@ -353,6 +357,14 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Some node reports that `path`'s encoder uses B-frames.
+    pub fn has_bframes(&self, path: &str) -> bool {
+        self.nodes
+            .lock()
+            .values()
+            .any(|n| n.stats.streams.iter().any(|s| s.path == path && s.bframes))
     }
 
     pub fn is_live_anywhere(&self, path: &str) -> bool {

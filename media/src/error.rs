@@ -40,6 +40,8 @@ pub enum MediaError {
     MissingSequenceHeader(&'static str),
     #[error("buffer limit exceeded: {0}")]
     BufferLimit(&'static str),
+    #[error("invalid frame stream: {0}")]
+    InvalidFrameStream(&'static str),
     #[error("fMP4 encoding failed: {0}")]
     Mux(String),
 }

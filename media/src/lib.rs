@@ -21,6 +21,7 @@ pub mod cmaf;
 mod error;
 pub mod flv;
 pub mod flv_file;
+pub mod frames;
 pub mod hls;
 pub mod packager;
 pub mod rtmp;

@@ -99,6 +99,7 @@ impl Agent {
                     Source::Edge { origin_node } => Some(origin_node.clone()),
                     Source::Origin => None,
                 },
+                bframes: e.stream.frames.has_bframes(),
             })
             .collect();
         ctx.metrics.streams.set(streams.len() as i64);
@@ -110,6 +111,10 @@ impl Agent {
             ingest_bytes_per_sec: ingest_rate,
             streams,
             recordings: ctx.recordings.infos(),
+            webrtc: ctx.whep.get().map(|w| common::api::WebRtcStats {
+                sessions: w.load.sessions(),
+                capacity: ctx.cfg.webrtc.max_viewers,
+            }),
         }
     }
 

@@ -73,6 +73,7 @@ pub struct SlaveConfig {
     /// On SIGTERM: how long the slave keeps serving (media, and peers) after it stopped taking
     /// viewers, while its players move to other slaves.
     pub drain: Duration,
+    pub webrtc: crate::webrtc::WebRtcConfig,
 }
 
 /// Everything the slave's tasks share.
@@ -98,6 +99,8 @@ pub struct SlaveCtx {
     pub recordings: crate::recordings::Recordings,
     /// Recorded files fetched from other nodes.
     pub vod_cache: crate::vod_cache::VodCache,
+    /// WebRTC playback, once its UDP port is bound (none with WEBRTC=false).
+    pub whep: std::sync::OnceLock<Arc<crate::webrtc::Whep>>,
     verifier: RwLock<Option<TokenVerifier>>,
     /// The keys each master publishes (by master URL), whose union the verifier accepts.
     master_keys: RwLock<std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>>,
@@ -125,6 +128,7 @@ impl SlaveCtx {
             masters: Masters::new(&cfg.secret, &cfg.node_id, http.clone()),
             recordings: Default::default(),
             vod_cache: crate::vod_cache::VodCache::new(256 << 20),
+            whep: Default::default(),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),

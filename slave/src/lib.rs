@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod ctx;
 pub mod discovery;
+pub mod frame_link;
 pub mod hls;
 pub mod ingest;
 pub mod master_client;
@@ -19,6 +20,7 @@ pub mod tickets;
 pub mod viewers;
 pub mod vod;
 pub mod vod_cache;
+pub mod webrtc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,8 @@ pub fn router(ctx: &Arc<SlaveCtx>) -> Router {
     Router::new()
         .merge(serve::router().merge(vod::router()).layer(cors))
         .merge(vod::internal_router())
+        .merge(webrtc::router(ctx))
+        .route(frame_link::ROUTE, get(frame_link::serve))
         .route(paths::HEALTH, get(health))
         .route(paths::METRICS, get(metrics))
         .route(paths::MIRROR_ORDER, post(mirror_order))
@@ -116,6 +120,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let ctx = SlaveCtx::new(cfg)?;
     ctx.set_finder(mirror::EdgeMirror);
+    if let Some(w) = webrtc::start(&ctx).await? {
+        let _ = ctx.whep.set(w);
+    }
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
     let retention = tokio::spawn(recorder::retention_loop(ctx.clone()));

@@ -35,6 +35,16 @@ pub struct SlaveMetrics {
     pub recording_disk_free: IntGauge,
     /// Recordings stopped before their class ended, by reason (`disk_full`, `write_error`).
     pub recordings_stopped: IntCounterVec,
+    /// WebRTC (WHEP) sessions with media flowing.
+    pub webrtc_sessions: IntGauge,
+    pub webrtc_bytes: IntCounter,
+    pub webrtc_packets: IntCounter,
+    pub webrtc_nacks: IntCounter,
+    pub webrtc_plis: IntCounter,
+    /// WHEP offers refused, by reason.
+    pub webrtc_refusals: IntCounterVec,
+    /// AAC → Opus transcoders running (one per stream with WebRTC viewers).
+    pub opus_transcoders: IntGauge,
 }
 
 impl SlaveMetrics {
@@ -146,6 +156,38 @@ impl SlaveMetrics {
                 &["reason"],
             )
             .unwrap(),
+            webrtc_sessions: ig(
+                "classcast_slave_webrtc_sessions",
+                "WebRTC sessions with media flowing",
+            ),
+            webrtc_bytes: ic(
+                "classcast_slave_webrtc_bytes_total",
+                "RTP bytes sent to WebRTC viewers",
+            ),
+            webrtc_packets: ic(
+                "classcast_slave_webrtc_packets_total",
+                "RTP packets sent to WebRTC viewers",
+            ),
+            webrtc_nacks: ic(
+                "classcast_slave_webrtc_nacks_total",
+                "NACKs received from WebRTC viewers",
+            ),
+            webrtc_plis: ic(
+                "classcast_slave_webrtc_plis_total",
+                "Picture loss indications received from WebRTC viewers (answered by the next keyframe)",
+            ),
+            webrtc_refusals: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_webrtc_refusals_total",
+                    "WHEP offers refused, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            opus_transcoders: ig(
+                "classcast_slave_opus_transcoders",
+                "AAC to Opus transcoders running (one per stream with WebRTC viewers)",
+            ),
             requests_by_kind: ["playlist", "init", "segment", "part"]
                 .map(|k| http_requests.with_label_values(&[k])),
             http_requests,
@@ -174,6 +216,13 @@ impl SlaveMetrics {
             Box::new(m.recordings.clone()),
             Box::new(m.recording_disk_free.clone()),
             Box::new(m.recordings_stopped.clone()),
+            Box::new(m.webrtc_sessions.clone()),
+            Box::new(m.webrtc_bytes.clone()),
+            Box::new(m.webrtc_packets.clone()),
+            Box::new(m.webrtc_nacks.clone()),
+            Box::new(m.webrtc_plis.clone()),
+            Box::new(m.webrtc_refusals.clone()),
+            Box::new(m.opus_transcoders.clone()),
         ];
         for c in cs {
             m.prom.register(c).unwrap();

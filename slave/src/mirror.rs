@@ -60,6 +60,7 @@ pub fn start(
         },
     );
     tracing::info!(%path, upstream = %upstream_url, "mirroring stream");
+    let _ = entry.stream.frames.upstream.set(upstream_url.clone());
     let ctx2 = ctx.clone();
     let stream = entry.stream.clone();
     tokio::spawn(async move {

@@ -10,6 +10,9 @@ pub struct ViewerTracker {
     window: Duration,
     /// Bound on tracked ids, so a flood of distinct tokens cannot grow memory without limit.
     max: usize,
+    /// Viewers with a connection that lasts (WebRTC): present until released, whatever the
+    /// window. Counted once with the window's ids.
+    held: DashMap<Box<str>, u32>,
 }
 
 impl ViewerTracker {
@@ -18,6 +21,7 @@ impl ViewerTracker {
             seen: DashMap::new(),
             window,
             max: 1_000_000,
+            held: DashMap::new(),
         }
     }
 
@@ -39,10 +43,27 @@ impl ViewerTracker {
 
     pub fn count(&self) -> u32 {
         let w = self.window;
-        self.seen
+        let recent = self
+            .seen
             .iter()
-            .filter(|e| e.value().elapsed() <= w)
-            .count() as u32
+            .filter(|e| e.value().elapsed() <= w && !self.held.contains_key(e.key()))
+            .count();
+        (recent + self.held.len()) as u32
+    }
+
+    /// A WebRTC session of `id` has media flowing.
+    pub fn hold(&self, id: &str) {
+        *self.held.entry(id.into()).or_insert(0) += 1;
+    }
+
+    /// That session ended: the viewer counts no more, at once (not at the end of the window).
+    pub fn release(&self, id: &str) {
+        self.held.remove_if_mut(id, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+        // Its window entry, from an LL-HLS start before WebRTC took over, goes too.
+        self.seen.remove(id);
     }
 }
 
@@ -60,5 +81,20 @@ mod tests {
         assert_eq!(v.count(), 0);
         v.purge();
         assert_eq!(v.seen.len(), 0);
+    }
+
+    #[test]
+    fn held_sessions_count_once_until_released() {
+        let v = ViewerTracker::new(Duration::from_secs(60));
+        v.touch("a");
+        v.hold("a");
+        v.hold("b");
+        v.hold("b");
+        assert_eq!(v.count(), 2);
+        v.release("b");
+        assert_eq!(v.count(), 2);
+        v.release("b");
+        v.release("a");
+        assert_eq!(v.count(), 0);
     }
 }

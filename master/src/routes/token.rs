@@ -157,7 +157,19 @@ pub async fn issue_token(
         expires_at: claims.exp,
         rtmp_url: None,
         stream_key: None,
+        whep_url: None,
+        webrtc: None,
     };
+    let webrtc = match chosen.webrtc {
+        None => "off",
+        Some(_) if st.registry.has_bframes(&path) => "bframes",
+        Some(false) => "full",
+        Some(true) => "ready",
+    };
+    if webrtc == "ready" && req.role != Role::Teacher {
+        resp.whep_url = Some(format!("{base}/whep/live/{name}"));
+    }
+    resp.webrtc = Some(webrtc.to_string());
     if req.role == Role::Teacher {
         let publish = st
             .issuer
@@ -209,6 +221,8 @@ fn recording_token(
         expires_at: claims.exp,
         rtmp_url: None,
         stream_key: None,
+        whep_url: None,
+        webrtc: None,
     }))
 }
 

@@ -24,6 +24,8 @@ pub struct HlsStream {
     msn_base: u64,
     /// The last rendering and the version it was made at.
     rendered: parking_lot::Mutex<Option<(u64, Arc<Rendered>)>>,
+    /// The same media frame by frame, for WebRTC viewers and edges' frame links.
+    pub frames: super::frames::FrameFeed,
 }
 
 impl HlsStream {
@@ -36,6 +38,7 @@ impl HlsStream {
             created: Instant::now(),
             msn_base: common::now_unix(),
             rendered: parking_lot::Mutex::new(None),
+            frames: Default::default(),
         }
     }
 

@@ -69,6 +69,8 @@ struct Publishing {
     /// When recent media messages arrived, by RTMP timestamp: what the publish → part latency
     /// metric measures from. Bounded to a few seconds of messages.
     arrivals: std::collections::VecDeque<(u64, Instant)>,
+    /// The same messages frame by frame, for WebRTC viewers (`HlsStream::frames`).
+    tap: media::frames::FrameTap,
 }
 
 struct Connection {
@@ -304,6 +306,7 @@ impl Connection {
             started: false,
             announced: resumed,
             arrivals: Default::default(),
+            tap: Default::default(),
         });
     }
 
@@ -316,6 +319,15 @@ impl Connection {
             p.arrivals.pop_front();
         }
         p.arrivals.push_back((u64::from(timestamp), Instant::now()));
+        // The packager reports what it cannot use; the tap only skips it.
+        let tapped = if video {
+            p.tap.push_video(timestamp, &data)
+        } else {
+            p.tap.push_audio(timestamp, &data)
+        };
+        if let Ok(Some(item)) = tapped {
+            p.stream.frames.push(item);
+        }
         let out = if video {
             p.packager.push_video(timestamp, data)
         } else {

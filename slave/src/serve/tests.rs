@@ -50,6 +50,7 @@ fn fixture(max_parked: usize) -> Fixture {
         cors_origins: Vec::new(),
         max_parked,
         drain: Duration::from_millis(10),
+        webrtc: Default::default(),
         behind_cache: false,
         record: Default::default(),
     };

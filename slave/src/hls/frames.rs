@@ -1,0 +1,185 @@
+//! A stream's frames as they arrive, beside its LL-HLS parts: what WebRTC viewers and edges'
+//! frame links read. Holds the decoder configurations and the frames since the latest
+//! keyframe, so that a newcomer starts with a picture at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use media::frames::TapItem;
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+/// Items in flight to one subscriber before it is told it lagged (about 4 s of 30 fps video
+/// with its audio).
+const CHANNEL: usize = 512;
+/// Bounds on what the latest GOP may hold; a publisher that never sends a keyframe gets no
+/// cache past them, not unbounded memory.
+const MAX_GOP_ITEMS: usize = 600;
+const MAX_GOP_BYTES: usize = 16 << 20;
+
+#[derive(Default)]
+struct Latest {
+    video_config: Option<Arc<TapItem>>,
+    audio_config: Option<Arc<TapItem>>,
+    /// Video frames from the latest keyframe on (no audio: a newcomer hears from now).
+    gop: Vec<Arc<TapItem>>,
+    gop_bytes: usize,
+}
+
+pub struct FrameFeed {
+    tx: broadcast::Sender<Arc<TapItem>>,
+    latest: Mutex<Latest>,
+    bframes: AtomicBool,
+    /// Unix ms of the last item: whether frames are flowing here now.
+    last_ms: AtomicU64,
+    /// Where a mirrored stream's frames come from (the edge's upstream), and whether the link
+    /// to it runs (`frame_link`).
+    pub upstream: std::sync::OnceLock<String>,
+    pub linked: AtomicBool,
+}
+
+impl Default for FrameFeed {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(CHANNEL).0,
+            latest: Mutex::default(),
+            bframes: AtomicBool::new(false),
+            last_ms: AtomicU64::new(0),
+            upstream: Default::default(),
+            linked: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FrameFeed {
+    pub fn push(&self, item: TapItem) {
+        let item = Arc::new(item);
+        {
+            let mut l = self.latest.lock();
+            match &*item {
+                TapItem::VideoConfig(_) => {
+                    l.video_config = Some(item.clone());
+                    l.gop.clear();
+                    l.gop_bytes = 0;
+                }
+                TapItem::AudioConfig(_) => l.audio_config = Some(item.clone()),
+                TapItem::Video(v) => {
+                    if v.cts_ms != 0 && !self.bframes.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "a stream's encoder uses B-frames: WebRTC playback is refused for it (LL-HLS plays it)"
+                        );
+                    }
+                    if v.keyframe {
+                        l.gop.clear();
+                        l.gop_bytes = 0;
+                    }
+                    if (v.keyframe || !l.gop.is_empty())
+                        && l.gop.len() < MAX_GOP_ITEMS
+                        && l.gop_bytes + v.data.len() <= MAX_GOP_BYTES
+                    {
+                        l.gop_bytes += v.data.len();
+                        l.gop.push(item.clone());
+                    } else if !v.keyframe {
+                        // Past the bounds the cache no longer starts a decoder: drop it whole.
+                        l.gop.clear();
+                        l.gop_bytes = 0;
+                    }
+                }
+                TapItem::Audio(_) => {}
+            }
+            // Sent under the lock, so that a subscriber's snapshot and its channel never
+            // miss or repeat an item between them.
+            let _ = self.tx.send(item);
+        }
+        self.last_ms.store(common::now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// What a newcomer starts with (configurations, then the latest GOP) and the channel of
+    /// everything after it.
+    pub fn subscribe(&self) -> (Vec<Arc<TapItem>>, broadcast::Receiver<Arc<TapItem>>) {
+        let l = self.latest.lock();
+        let mut start: Vec<_> = l
+            .video_config
+            .iter()
+            .chain(l.audio_config.iter())
+            .cloned()
+            .collect();
+        start.extend(l.gop.iter().cloned());
+        (start, self.tx.subscribe())
+    }
+
+    pub fn set_bframes(&self, yes: bool) {
+        self.bframes.store(yes, Ordering::Relaxed);
+    }
+
+    /// The encoder reorders frames: no browser plays this stream over WebRTC.
+    pub fn has_bframes(&self) -> bool {
+        self.bframes.load(Ordering::Relaxed)
+    }
+
+    /// Frames arrived within the last `ms`.
+    pub fn flowing(&self, ms: u64) -> bool {
+        common::now_unix_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)) <= ms
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use media::frames::{AudioFrame, VideoFrame};
+
+    fn video(ts: u64, key: bool) -> TapItem {
+        TapItem::Video(VideoFrame {
+            dts_ms: ts,
+            cts_ms: 0,
+            keyframe: key,
+            data: Bytes::from_static(b"au"),
+        })
+    }
+
+    #[test]
+    fn a_newcomer_starts_at_the_latest_keyframe_with_the_configs() {
+        let f = FrameFeed::default();
+        f.push(TapItem::VideoConfig(Bytes::from_static(b"avcC")));
+        f.push(TapItem::AudioConfig(Bytes::from_static(&[0x12, 0x10])));
+        f.push(video(0, true));
+        f.push(video(40, false));
+        f.push(video(80, true));
+        f.push(TapItem::Audio(AudioFrame {
+            pts_ms: 80,
+            data: Bytes::from_static(b"a"),
+        }));
+        f.push(video(120, false));
+        let (start, mut rx) = f.subscribe();
+        let times: Vec<_> = start
+            .iter()
+            .filter_map(|i| match &**i {
+                TapItem::Video(v) => Some(v.dts_ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(times, [80, 120]);
+        assert!(matches!(*start[0], TapItem::VideoConfig(_)));
+        assert!(matches!(*start[1], TapItem::AudioConfig(_)));
+        f.push(video(160, false));
+        assert!(matches!(&*rx.try_recv().unwrap(), TapItem::Video(v) if v.dts_ms == 160));
+        assert!(f.flowing(1000));
+    }
+
+    #[test]
+    fn a_gop_past_its_bounds_is_dropped_not_grown() {
+        let f = FrameFeed::default();
+        f.push(video(0, true));
+        for i in 1..=MAX_GOP_ITEMS as u64 + 5 {
+            f.push(video(i, false));
+        }
+        assert!(f.latest.lock().gop.is_empty());
+        f.push(video(10_000, true));
+        assert_eq!(f.latest.lock().gop.len(), 1);
+    }
+}

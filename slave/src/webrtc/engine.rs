@@ -1,0 +1,607 @@
+//! The one task that owns this slave's WebRTC: a UDP socket shared by every session (str0m's
+//! `accepts` tells whose a datagram is), each session's sans-IO `Rtc`, and per stream with
+//! viewers one frame feed and one AAC → Opus transcoder that all its viewers share.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use media::frames::TapItem;
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::transcode::{OPUS_RATE, OpusTranscoder};
+use crate::ctx::SlaveCtx;
+use crate::hls::HlsStream;
+
+/// A session that has not connected by then is dropped (the browser went away mid-offer).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+/// Datagrams read per wake-up before the sessions are driven.
+const RECV_BATCH: usize = 64;
+
+pub(super) enum Command {
+    Open {
+        stream: Arc<HlsStream>,
+        viewer: String,
+        offer: SdpOffer,
+        reply: oneshot::Sender<anyhow::Result<(String, String)>>,
+    },
+    Close {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Candidates {
+        id: String,
+        candidates: Vec<Candidate>,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+enum Feed {
+    Item(Arc<TapItem>),
+    /// The forwarder fell behind the stream: frames were lost, the next keyframe resumes.
+    Lagged,
+}
+
+struct Session {
+    rtc: Rtc,
+    path: Arc<str>,
+    viewer: String,
+    created: Instant,
+    next: Instant,
+    connected: bool,
+    video: Option<(Mid, Pt)>,
+    audio: Option<(Mid, Pt)>,
+    /// Video is written from a keyframe on.
+    video_started: bool,
+    /// Egress counters seen last, per mid, for the metrics' deltas.
+    stats: HashMap<Mid, (u64, u64, u64, u64)>,
+}
+
+/// One stream with viewers here.
+struct StreamFeed {
+    forwarder: tokio::task::JoinHandle<()>,
+    avc: Option<media::AvcConfig>,
+    opus: Option<OpusTranscoder>,
+    /// Video since the latest keyframe, Annex B, for sessions that connect now.
+    gop: Vec<(u64, Arc<[u8]>)>,
+    /// Stream time (ms) and the instant it is sent at: the wall clock RTCP sender reports map
+    /// both tracks to, which keeps them in sync in the browser.
+    epoch: Option<(u64, Instant)>,
+    sessions: usize,
+}
+
+impl StreamFeed {
+    fn wallclock(&mut self, ms: u64) -> Instant {
+        let (base, at) = *self.epoch.get_or_insert((ms, Instant::now()));
+        if ms >= base {
+            at + Duration::from_millis(ms - base)
+        } else {
+            at.checked_sub(Duration::from_millis(base - ms))
+                .unwrap_or(at)
+        }
+    }
+}
+
+pub(super) struct Engine {
+    ctx: Arc<SlaveCtx>,
+    socket: UdpSocket,
+    /// The address in our host candidate: what a datagram is addressed to, whatever the
+    /// interface it arrived on.
+    local: SocketAddr,
+    sessions: HashMap<String, Session>,
+    streams: HashMap<Arc<str>, StreamFeed>,
+    feed_tx: mpsc::Sender<(Arc<str>, Feed)>,
+    feed_rx: mpsc::Receiver<(Arc<str>, Feed)>,
+    load: Arc<super::WebRtcLoad>,
+}
+
+impl Engine {
+    pub(super) fn new(
+        ctx: Arc<SlaveCtx>,
+        socket: UdpSocket,
+        local: SocketAddr,
+        load: Arc<super::WebRtcLoad>,
+    ) -> Self {
+        let (feed_tx, feed_rx) = mpsc::channel(4096);
+        Self {
+            ctx,
+            socket,
+            local,
+            sessions: HashMap::new(),
+            streams: HashMap::new(),
+            feed_tx,
+            feed_rx,
+            load,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = self
+                .sessions
+                .values()
+                .map(|s| s.next)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        self.receive(&buf[..n], from);
+                        for _ in 1..RECV_BATCH {
+                            match self.socket.try_recv_from(&mut buf) {
+                                Ok((n, from)) => self.receive(&buf[..n], from),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                c = cmds.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                Some((path, f)) = self.feed_rx.recv() => {
+                    self.feed(&path, f);
+                    // Drain what else is queued before driving sessions again.
+                    while let Ok((path, f)) = self.feed_rx.try_recv() {
+                        self.feed(&path, f);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            self.timeouts();
+            self.reap();
+        }
+        for (_, s) in self.sessions.drain() {
+            if s.connected {
+                self.ctx.viewers.release(&s.viewer);
+            }
+        }
+    }
+
+    fn receive(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some((id, s)) = self
+            .sessions
+            .iter_mut()
+            .find(|(_, s)| s.rtc.accepts(&input))
+        else {
+            return;
+        };
+        if let Err(e) = s.rtc.handle_input(input) {
+            tracing::debug!(session = %id, error = %e, "webrtc input refused; closing the session");
+            s.rtc.disconnect();
+        }
+        let id = id.clone();
+        self.drive(&id);
+    }
+
+    fn timeouts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.next <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                if !s.connected && s.created.elapsed() > CONNECT_DEADLINE {
+                    tracing::info!(session = %id, "webrtc session never connected; dropped");
+                    s.rtc.disconnect();
+                    continue;
+                }
+                if s.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    s.rtc.disconnect();
+                }
+            }
+            self.drive(&id);
+        }
+    }
+
+    /// Polls a session until it has nothing more to send now.
+    fn drive(&mut self, id: &str) {
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let mut connected_now = false;
+        loop {
+            if !s.rtc.is_alive() {
+                s.next = Instant::now();
+                break;
+            }
+            match s.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    s.next = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    // UDP: a full socket buffer loses the datagram, as the network may; NACKs
+                    // and the next keyframe repair it.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => {
+                        s.connected = true;
+                        connected_now = true;
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        s.rtc.disconnect();
+                    }
+                    Event::MediaAdded(m) => {
+                        let pt = pick_pt(&mut s.rtc, m.mid, m.kind);
+                        match (m.kind, pt) {
+                            (MediaKind::Video, Some(pt)) => s.video = Some((m.mid, pt)),
+                            (MediaKind::Audio, Some(pt)) => s.audio = Some((m.mid, pt)),
+                            _ => {}
+                        }
+                    }
+                    Event::KeyframeRequest(_) => {
+                        // RTMP cannot ask the teacher's encoder for a keyframe: the stream's
+                        // next one answers it (counted from the egress stats).
+                    }
+                    Event::MediaEgressStats(st) => {
+                        let m = &self.ctx.metrics;
+                        let last = s.stats.entry(st.mid).or_default();
+                        m.webrtc_bytes.inc_by(st.bytes.saturating_sub(last.0));
+                        m.webrtc_packets.inc_by(st.packets.saturating_sub(last.1));
+                        m.webrtc_nacks.inc_by(st.nacks.saturating_sub(last.2));
+                        m.webrtc_plis
+                            .inc_by((st.plis + st.firs).saturating_sub(last.3));
+                        *last = (st.bytes, st.packets, st.nacks, st.plis + st.firs);
+                        // A viewer keeps counting while its session lives.
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::debug!(session = %id, error = %e, "webrtc session failed");
+                    s.rtc.disconnect();
+                }
+            }
+        }
+        if connected_now {
+            let (path, viewer) = (s.path.clone(), s.viewer.clone());
+            self.ctx.viewers.hold(&viewer);
+            self.ctx.metrics.webrtc_sessions.inc();
+            tracing::info!(session = %id, %path, "webrtc session connected; media flowing");
+            self.start(id);
+        }
+    }
+
+    /// A session just connected: the stream's latest GOP, so the picture comes at once.
+    fn start(&mut self, id: &str) {
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let Some(feed) = self.streams.get_mut(&s.path) else {
+            return;
+        };
+        let Some((mid, pt)) = s.video else {
+            return;
+        };
+        let gop = feed.gop.clone();
+        for (pts_ms, au) in gop {
+            let wall = feed.wallclock(pts_ms);
+            if let Some(w) = s.rtc.writer(mid)
+                && w.write(pt, wall, MediaTime::from_90khz(pts_ms * 90), au)
+                    .is_ok()
+            {
+                s.video_started = true;
+            }
+        }
+        let id = id.to_string();
+        self.drive(&id);
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Open {
+                stream,
+                viewer,
+                offer,
+                reply,
+            } => {
+                let r = self.open(stream, viewer, offer);
+                let _ = reply.send(r);
+            }
+            Command::Close { id, reply } => {
+                let found = match self.sessions.get_mut(&id) {
+                    Some(s) => {
+                        s.rtc.disconnect();
+                        true
+                    }
+                    None => false,
+                };
+                self.reap();
+                let _ = reply.send(found);
+            }
+            Command::Candidates {
+                id,
+                candidates,
+                reply,
+            } => {
+                let found = match self.sessions.get_mut(&id) {
+                    Some(s) => {
+                        for c in candidates {
+                            s.rtc.add_remote_candidate(c);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                if found {
+                    self.drive(&id);
+                }
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        stream: Arc<HlsStream>,
+        viewer: String,
+        offer: SdpOffer,
+    ) -> anyhow::Result<(String, String)> {
+        let now = Instant::now();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_opus(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(self.local, "udp")?);
+        let answer = rtc.sdp_api().accept_offer(offer)?;
+        let id = super::session_id();
+        let path: Arc<str> = stream.path.as_str().into();
+        if !self.streams.contains_key(&path) {
+            let forwarder =
+                tokio::spawn(forward(stream.clone(), path.clone(), self.feed_tx.clone()));
+            self.streams.insert(
+                path.clone(),
+                StreamFeed {
+                    forwarder,
+                    avc: None,
+                    opus: None,
+                    gop: Vec::new(),
+                    epoch: None,
+                    sessions: 0,
+                },
+            );
+            self.ctx.metrics.opus_transcoders.inc();
+        }
+        self.streams.get_mut(&path).expect("inserted").sessions += 1;
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                rtc,
+                path,
+                viewer,
+                created: now,
+                next: now,
+                connected: false,
+                video: None,
+                audio: None,
+                video_started: false,
+                stats: HashMap::new(),
+            },
+        );
+        self.load.set_sessions(self.sessions.len());
+        self.drive(&id);
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    /// Drops sessions that ended, and streams nobody here watches any more.
+    fn reap(&mut self) {
+        let dead: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.rtc.is_alive())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            let s = self.sessions.remove(&id).expect("listed");
+            if s.connected {
+                self.ctx.viewers.release(&s.viewer);
+                self.ctx.metrics.webrtc_sessions.dec();
+            }
+            tracing::info!(session = %id, path = %s.path, "webrtc session ended");
+            if let Some(f) = self.streams.get_mut(&s.path) {
+                f.sessions -= 1;
+                if f.sessions == 0 {
+                    f.forwarder.abort();
+                    self.streams.remove(&s.path);
+                    self.ctx.metrics.opus_transcoders.dec();
+                }
+            }
+        }
+        self.load.set_sessions(self.sessions.len());
+    }
+
+    /// One item of a stream's feed, written to every connected session of that stream.
+    fn feed(&mut self, path: &Arc<str>, f: Feed) {
+        let Some(feed) = self.streams.get_mut(path) else {
+            return;
+        };
+        let item = match f {
+            Feed::Lagged => {
+                feed.gop.clear();
+                for s in self.sessions.values_mut().filter(|s| s.path == *path) {
+                    s.video_started = false;
+                }
+                return;
+            }
+            Feed::Item(i) => i,
+        };
+        match &*item {
+            TapItem::VideoConfig(rec) => {
+                feed.avc = media::AvcConfig::parse(rec.clone()).ok();
+                feed.gop.clear();
+            }
+            TapItem::AudioConfig(asc) => match OpusTranscoder::new(asc) {
+                Ok(t) => feed.opus = Some(t),
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "no Opus for this stream's audio; WebRTC viewers get video only");
+                    feed.opus = None;
+                }
+            },
+            TapItem::Video(v) => {
+                if v.cts_ms != 0 {
+                    // B-frames: no browser decodes them in order. Close; players fall back.
+                    for s in self.sessions.values_mut().filter(|s| s.path == *path) {
+                        s.rtc.disconnect();
+                    }
+                    return;
+                }
+                let Some(avc) = &feed.avc else { return };
+                let ps = v.keyframe.then(|| (avc.sps.as_slice(), avc.pps.as_slice()));
+                let Ok(au) = media::frames::avcc_to_annexb(&v.data, avc.nal_length_size, ps) else {
+                    return;
+                };
+                let au: Arc<[u8]> = au.into();
+                if v.keyframe {
+                    feed.gop.clear();
+                }
+                if (v.keyframe || !feed.gop.is_empty()) && feed.gop.len() < 600 {
+                    feed.gop.push((v.dts_ms, au.clone()));
+                }
+                let wall = feed.wallclock(v.dts_ms);
+                let rtp = MediaTime::from_90khz(v.dts_ms * 90);
+                let ids = self.write_all(path, |s| {
+                    let Some((mid, pt)) = s.video else {
+                        return false;
+                    };
+                    if !s.video_started && !v.keyframe {
+                        return false;
+                    }
+                    s.video_started = true;
+                    s.rtc
+                        .writer(mid)
+                        .is_some_and(|w| w.write(pt, wall, rtp, au.clone()).is_ok())
+                });
+                self.drive_all(ids);
+            }
+            TapItem::Audio(a) => {
+                let Some(opus) = feed.opus.as_mut() else {
+                    return;
+                };
+                let packets = match opus.push(a.pts_ms, &a.data) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(%path, error = %e, "an AAC frame did not decode");
+                        return;
+                    }
+                };
+                let timed: Vec<_> = packets
+                    .into_iter()
+                    .map(|p| {
+                        let wall = feed.wallclock(p.pts * 1000 / u64::from(OPUS_RATE));
+                        let rtp = MediaTime::new(p.pts, Frequency::FORTY_EIGHT_KHZ);
+                        (wall, rtp, Arc::<[u8]>::from(&p.data[..]))
+                    })
+                    .collect();
+                let mut ids = Vec::new();
+                for (wall, rtp, data) in timed {
+                    ids = self.write_all(path, |s| {
+                        let Some((mid, pt)) = s.audio else {
+                            return false;
+                        };
+                        s.rtc
+                            .writer(mid)
+                            .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
+                    });
+                }
+                self.drive_all(ids);
+            }
+        }
+    }
+
+    /// Runs `write` on every connected session of `path`; returns the ones written to.
+    fn write_all(
+        &mut self,
+        path: &Arc<str>,
+        mut write: impl FnMut(&mut Session) -> bool,
+    ) -> Vec<String> {
+        self.sessions
+            .iter_mut()
+            .filter(|(_, s)| s.connected && s.path == *path && s.rtc.is_alive())
+            .filter_map(|(id, s)| write(s).then(|| id.clone()))
+            .collect()
+    }
+
+    fn drive_all(&mut self, ids: Vec<String>) {
+        for id in ids {
+            self.drive(&id);
+        }
+    }
+}
+
+/// The payload type to send `kind` with: H.264 in packetization mode 1 (what RFC 6184 FU-A
+/// needs), Opus for audio.
+fn pick_pt(rtc: &mut Rtc, mid: Mid, kind: MediaKind) -> Option<Pt> {
+    let w = rtc.writer(mid)?;
+    let mut best: Option<(u8, Pt)> = None;
+    for p in w.payload_params() {
+        let spec = p.spec();
+        let rank = match (kind, spec.codec) {
+            (MediaKind::Audio, Codec::Opus) => 1,
+            // Constrained baseline first: every decoder takes it, and a browser decodes a
+            // main or high profile stream under it too.
+            (MediaKind::Video, Codec::H264) if spec.format.packetization_mode == Some(1) => {
+                if spec.format.profile_level_id == Some(0x42e01f) {
+                    2
+                } else {
+                    1
+                }
+            }
+            _ => 0,
+        };
+        if rank > 0 && best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, p.pt()));
+        }
+    }
+    best.map(|(_, pt)| pt)
+}
+
+/// Carries one stream's frames into the engine: the configurations and latest GOP first, then
+/// everything as it arrives.
+async fn forward(stream: Arc<HlsStream>, path: Arc<str>, tx: mpsc::Sender<(Arc<str>, Feed)>) {
+    let (start, mut rx) = stream.frames.subscribe();
+    for item in start {
+        if tx.send((path.clone(), Feed::Item(item))).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let f = match rx.recv().await {
+            Ok(i) => Feed::Item(i),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(%path, lost = n, "webrtc feed fell behind; resuming at the next keyframe");
+                Feed::Lagged
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send((path.clone(), f)).await.is_err() {
+            return;
+        }
+    }
+}

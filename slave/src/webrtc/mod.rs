@@ -1,0 +1,313 @@
+//! WebRTC playback (WHEP, draft-ietf-wish-whep): `POST /whep/live/{name}` with an SDP offer and
+//! the viewer's node-bound token → `201 Created`, the answer, and a session URL for `PATCH`
+//! (trickle ICE) and `DELETE`. ICE-lite on one UDP port; H.264 passed through, AAC → Opus once
+//! per stream. The media itself is driven by [`engine`], one task, sans-IO str0m sessions.
+
+mod engine;
+pub mod transcode;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use common::ApiError;
+use common::token::Action;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ctx::SlaveCtx;
+
+#[derive(Debug, Clone)]
+pub struct WebRtcConfig {
+    pub enabled: bool,
+    /// 0: any free port.
+    pub udp_port: u16,
+    /// The IP (or a name resolving to one) in the host candidate.
+    pub host: String,
+    pub max_viewers: u32,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_port: 0,
+            host: "127.0.0.1".into(),
+            max_viewers: 500,
+        }
+    }
+}
+
+/// What the heartbeat reports: sessions now against the cap.
+#[derive(Default)]
+pub struct WebRtcLoad {
+    sessions: AtomicU32,
+}
+
+impl WebRtcLoad {
+    pub fn sessions(&self) -> u32 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+    fn set_sessions(&self, n: usize) {
+        self.sessions.store(n as u32, Ordering::Relaxed);
+    }
+}
+
+/// The handle the HTTP side talks to the engine through.
+pub struct Whep {
+    cmds: mpsc::Sender<engine::Command>,
+    pub candidate: SocketAddr,
+    pub load: Arc<WebRtcLoad>,
+}
+
+/// Binds the UDP port and starts the engine. The candidate's address is resolved once here.
+pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
+    let cfg = &ctx.cfg.webrtc;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let ip = resolve(&cfg.host).await?;
+    let bind: SocketAddr = if ip.is_loopback() {
+        (ip, cfg.udp_port).into()
+    } else {
+        (IpAddr::from([0u8; 4]), cfg.udp_port).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| {
+        anyhow::anyhow!(
+            "WEBRTC_UDP_PORT {}: cannot bind UDP {bind}: {e}",
+            cfg.udp_port
+        )
+    })?;
+    let candidate = SocketAddr::new(ip, socket.local_addr()?.port());
+    let load = Arc::new(WebRtcLoad::default());
+    let (tx, rx) = mpsc::channel(256);
+    let engine = engine::Engine::new(ctx.clone(), socket, candidate, load.clone());
+    tokio::spawn(engine.run(rx));
+    tracing::info!(%candidate, max = cfg.max_viewers, "webrtc (WHEP) ready");
+    Ok(Some(Arc::new(Whep {
+        cmds: tx,
+        candidate,
+        load,
+    })))
+}
+
+async fn resolve(host: &str) -> anyhow::Result<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let mut addrs = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("WEBRTC_HOST {host:?} does not resolve: {e}"))?;
+    addrs
+        .find(|a| a.is_ipv4())
+        .map(|a| a.ip())
+        .ok_or_else(|| anyhow::anyhow!("WEBRTC_HOST {host:?} has no IPv4 address"))
+}
+
+/// 128 random bits: the session URL is the capability to end it (as the WHEP draft has it).
+fn session_id() -> String {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Largest SDP offer taken: a browser's is 5–10 KB.
+const MAX_OFFER: usize = 64 * 1024;
+
+pub fn router(ctx: &Arc<SlaveCtx>) -> Router<Arc<SlaveCtx>> {
+    let c = ctx.clone();
+    // The student page runs on a master's origin and posts with a bearer token: a preflighted
+    // cross-origin call, answered for the cluster's page origins only.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
+            o.to_str().is_ok_and(|o| c.allows_origin(o))
+        }))
+        .allow_methods([Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
+        .expose_headers([header::LOCATION, header::ETAG])
+        .max_age(Duration::from_secs(600));
+    Router::new()
+        .route("/whep/live/{name}", post(offer))
+        .route("/whep/session/{id}", patch(trickle).delete(end))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER))
+        .layer(cors)
+}
+
+fn refuse(ctx: &SlaveCtx, status: StatusCode, code: &'static str, msg: String) -> ApiError {
+    ctx.metrics.webrtc_refusals.with_label_values(&[code]).inc();
+    ApiError::new(status, code, msg)
+}
+
+async fn offer(
+    State(ctx): State<Arc<SlaveCtx>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = format!("{}/{name}", common::APP);
+    if !common::valid_stream_name(&name) {
+        return Err(ApiError::not_found("not_found", "no such stream"));
+    }
+    let whep = ctx.whep.get().cloned().ok_or_else(|| {
+        refuse(
+            &ctx,
+            StatusCode::NOT_FOUND,
+            "webrtc_off",
+            "this slave does not offer WebRTC (WEBRTC=false); play over LL-HLS".into(),
+        )
+    })?;
+    // The same token model as LL-HLS: bound to this node and this stream.
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let verifier = ctx.verifier().ok_or_else(|| {
+        ApiError::unavailable(
+            "not_registered",
+            "this node has not registered with the master yet",
+        )
+    })?;
+    let claims = verifier
+        .authorize(token, &ctx.cfg.node_id, &path, Action::Read)
+        .inspect_err(|e| tracing::info!(%path, error = %e, "whep offer refused: token"))?;
+    if ctx.draining.load(Ordering::Relaxed) {
+        return Err(refuse(
+            &ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this slave is shutting down; ask the master for another".into(),
+        ));
+    }
+    if whep.load.sessions() >= ctx.cfg.webrtc.max_viewers {
+        tracing::warn!(%path, max = ctx.cfg.webrtc.max_viewers, "whep offer refused: MAX_WEBRTC_VIEWERS reached");
+        return Err(refuse(
+            &ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webrtc_full",
+            "this slave's WebRTC sessions are full; play over LL-HLS".into(),
+        ));
+    }
+    let entry = ctx
+        .find_stream(&path)
+        .await
+        .filter(|e| !e.stream.is_ended())
+        .ok_or_else(|| ApiError::not_found("not_found", "no such stream live here"))?;
+    if entry.source != crate::hls::store::Source::Origin {
+        crate::frame_link::ensure(&ctx, &entry);
+    }
+    if entry.stream.frames.has_bframes() {
+        tracing::info!(%path, "whep offer refused: the stream has B-frames");
+        return Err(refuse(&ctx, StatusCode::UNPROCESSABLE_ENTITY, "bframes", "this stream's encoder uses B-frames, which browsers cannot play over WebRTC; play over LL-HLS (the teacher can set B-frames to 0)".into()));
+    }
+    let sdp = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|s| str0m::change::SdpOffer::from_sdp_string(s).ok())
+        .ok_or_else(|| {
+            refuse(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                "bad_offer",
+                "the body is not an SDP offer".into(),
+            )
+        })?;
+    let (tx, rx) = oneshot::channel();
+    let viewer = crate::tickets::viewer_id(&claims.jti);
+    whep.cmds
+        .send(engine::Command::Open {
+            stream: entry.stream.clone(),
+            viewer,
+            offer: sdp,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
+    let (id, answer) = rx
+        .await
+        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?
+        .map_err(|e| {
+            refuse(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                "bad_offer",
+                format!("offer not accepted: {e}"),
+            )
+        })?;
+    tracing::info!(%path, session = %id, "whep session created");
+    let mut r = (StatusCode::CREATED, answer).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/whep/session/{id}")) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+async fn end(
+    State(ctx): State<Arc<SlaveCtx>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let whep = ctx
+        .whep
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
+    let (tx, rx) = oneshot::channel();
+    let _ = whep
+        .cmds
+        .send(engine::Command::Close { id, reply: tx })
+        .await;
+    match rx.await {
+        Ok(true) => Ok(StatusCode::OK),
+        _ => Err(ApiError::not_found("not_found", "no such session")),
+    }
+}
+
+/// Trickle ICE (`application/trickle-ice-sdpfrag`): the browser's candidates, one
+/// `a=candidate:` line each. ICE-lite needs none (the browser's checks reach us first), but a
+/// browser that sends them is answered as the draft asks.
+async fn trickle(
+    State(ctx): State<Arc<SlaveCtx>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let whep = ctx
+        .whep
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("not an SDP fragment"))?;
+    let candidates = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .filter_map(|l| str0m::Candidate::from_sdp_string(l).ok())
+        .collect();
+    let (tx, rx) = oneshot::channel();
+    let _ = whep
+        .cmds
+        .send(engine::Command::Candidates {
+            id,
+            candidates,
+            reply: tx,
+        })
+        .await;
+    match rx.await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        _ => Err(ApiError::not_found("not_found", "no such session")),
+    }
+}

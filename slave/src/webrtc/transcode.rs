@@ -1,0 +1,185 @@
+//! AAC → Opus, once per stream: browsers decode no AAC over WebRTC. symphonia's AAC-LC
+//! decoder, a linear resampler to Opus's 48 kHz, libopus in 20 ms frames. No IO: frames in,
+//! packets out, timed on the stream's clock so that audio and video stay in sync.
+
+use bytes::Bytes;
+use symphonia_core::audio::SampleBuffer;
+use symphonia_core::codecs::{CODEC_TYPE_AAC, CodecParameters, Decoder, DecoderOptions};
+use symphonia_core::formats::Packet;
+
+/// Opus's own rate; RTP time for Opus is counted in it.
+pub const OPUS_RATE: u32 = 48_000;
+/// 20 ms at 48 kHz: what browsers expect per packet.
+const FRAME: usize = 960;
+/// Past this gap between where the audio should be and what the publisher stamps, the output
+/// follows the publisher's timestamps again (a reconnect, a dropped run of frames).
+const RESYNC_MS: i64 = 100;
+
+/// One Opus packet: its presentation time in 48 kHz units on the stream's clock
+/// (`pts_ms * 48`), and the payload.
+#[derive(Debug, Clone)]
+pub struct OpusPacket {
+    pub pts: u64,
+    pub data: Bytes,
+}
+
+pub struct OpusTranscoder {
+    decoder: symphonia_codec_aac::AacDecoder,
+    encoder: opus::Encoder,
+    in_rate: u32,
+    channels: usize,
+    /// Position in the input between the last two input samples, per resampler step.
+    frac: f64,
+    /// The last input sample of each channel, for interpolating across calls.
+    last: Vec<f32>,
+    /// Resampled, interleaved, waiting for a whole 20 ms frame.
+    pcm: Vec<f32>,
+    /// 48 kHz time of `pcm[0]`.
+    next_pts: Option<u64>,
+    out: Vec<u8>,
+}
+
+impl OpusTranscoder {
+    /// From the stream's AudioSpecificConfig. Mono stays mono; more than two channels are
+    /// folded to stereo.
+    pub fn new(asc: &[u8]) -> anyhow::Result<Self> {
+        let cfg = media::AacConfig::parse(Bytes::copy_from_slice(asc))?;
+        let mut params = CodecParameters::new();
+        params
+            .for_codec(CODEC_TYPE_AAC)
+            .with_sample_rate(cfg.sample_rate)
+            .with_extra_data(asc.to_vec().into_boxed_slice());
+        let decoder = <symphonia_codec_aac::AacDecoder as Decoder>::try_new(
+            &params,
+            &DecoderOptions::default(),
+        )?;
+        let channels = if cfg.channel_count() == 1 { 1 } else { 2 };
+        let mut encoder = opus::Encoder::new(
+            OPUS_RATE,
+            if channels == 1 {
+                opus::Channels::Mono
+            } else {
+                opus::Channels::Stereo
+            },
+            opus::Application::Audio,
+        )?;
+        encoder.set_bitrate(opus::Bitrate::Bits(if channels == 1 {
+            64_000
+        } else {
+            96_000
+        }))?;
+        Ok(Self {
+            decoder,
+            encoder,
+            in_rate: cfg.sample_rate,
+            channels,
+            frac: 0.0,
+            last: vec![0.0; channels],
+            pcm: Vec::with_capacity(FRAME * 4),
+            next_pts: None,
+            out: vec![0; 4000],
+        })
+    }
+
+    /// One AAC access unit at `pts_ms`; returns the Opus packets it completed (usually 0–2).
+    /// An undecodable frame is skipped (the error is returned, the state is kept).
+    pub fn push(&mut self, pts_ms: u64, aac: &[u8]) -> anyhow::Result<Vec<OpusPacket>> {
+        let decoded = self
+            .decoder
+            .decode(&Packet::new_from_slice(0, 0, 1024, aac))?;
+        let spec = *decoded.spec();
+        let in_ch = spec.channels.count().max(1);
+        let mut sb = SampleBuffer::<f32>::new(decoded.capacity() as u64, spec);
+        sb.copy_interleaved_ref(decoded);
+        let input = sb.samples();
+        // Where this frame's audio belongs at 48 kHz, and whether the output has drifted from it.
+        let expected = pts_ms * u64::from(OPUS_RATE) / 1000;
+        let queued = (self.pcm.len() / self.channels) as u64;
+        match self.next_pts {
+            Some(p) if ((p + queued) as i64 - expected as i64).abs() <= RESYNC_MS * 48 => {}
+            _ => {
+                self.pcm.clear();
+                self.frac = 0.0;
+                self.next_pts = Some(expected);
+            }
+        }
+        self.resample(input, in_ch);
+        let mut packets = Vec::new();
+        let frame = FRAME * self.channels;
+        while self.pcm.len() >= frame {
+            let n = self
+                .encoder
+                .encode_float(&self.pcm[..frame], &mut self.out)?;
+            let pts = self.next_pts.expect("set above");
+            packets.push(OpusPacket {
+                pts,
+                data: Bytes::copy_from_slice(&self.out[..n]),
+            });
+            self.pcm.drain(..frame);
+            self.next_pts = Some(pts + FRAME as u64);
+        }
+        Ok(packets)
+    }
+
+    /// Linear interpolation from `in_rate` to 48 kHz, folding channels to `self.channels`.
+    /// Good enough for a teacher's voice, and a few multiplications per sample.
+    fn resample(&mut self, input: &[f32], in_ch: usize) {
+        let frames = input.len() / in_ch;
+        let sample = |i: usize, c: usize| -> f32 {
+            if in_ch == 1 {
+                input[i]
+            } else if c < in_ch {
+                input[i * in_ch + c]
+            } else {
+                input[i * in_ch]
+            }
+        };
+        let step = f64::from(self.in_rate) / f64::from(OPUS_RATE);
+        // `frac` is the output position relative to the previous call's last sample (index -1).
+        let mut pos = self.frac;
+        // Each output sample interpolates between input samples floor(pos) and floor(pos) + 1,
+        // so pos stays below the last index; the rest waits for the next frame.
+        while pos < frames as f64 - 1.0 {
+            let i = pos.floor();
+            let t = (pos - i) as f32;
+            for c in 0..self.channels {
+                let a = if i < 0.0 {
+                    self.last[c]
+                } else {
+                    sample(i as usize, c)
+                };
+                let b = sample((i + 1.0).max(0.0) as usize, c);
+                self.pcm.push(a + (b - a) * t);
+            }
+            pos += step;
+        }
+        if frames > 0 {
+            for c in 0..self.channels {
+                self.last[c] = sample(frames - 1, c);
+            }
+            self.frac = pos - frames as f64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resampling_keeps_the_rate_across_calls() {
+        // 44.1 kHz stereo ASC: AAC-LC (2), index 4, 2 channels.
+        let asc = [0x12, 0x10];
+        let mut t = OpusTranscoder::new(&asc).unwrap();
+        let mut total = 0usize;
+        for _ in 0..100 {
+            let input = vec![0.25f32; 1024 * 2];
+            t.resample(&input, 2);
+            total = t.pcm.len() / 2;
+        }
+        // 102,400 input samples at 44.1 kHz are 111,455 at 48 kHz.
+        let want = 102_400.0 * 48_000.0 / 44_100.0;
+        assert!((total as f64 - want).abs() < 3.0, "{total} vs {want}");
+        assert!(t.pcm.iter().all(|s| (*s - 0.25).abs() < 1e-6 || *s == 0.0));
+    }
+}
