@@ -266,6 +266,10 @@ pub(crate) struct MediaTuning {
     /// free port. `up` gives slave i this port + i.
     #[arg(long, env = "WEBRTC_UDP_PORT", default_value_t = 8189)]
     pub(crate) webrtc_udp_port: u16,
+    /// Bind the first free UDP port of this range (`8189-8218`) instead: how replicas sharing
+    /// a host network get distinct ports.
+    #[arg(long, env = "WEBRTC_UDP_PORT_RANGE")]
+    pub(crate) webrtc_udp_port_range: Option<String>,
     /// The address browsers send WebRTC media to (an IP). Default: PUBLIC_HOST or the public
     /// URL's host, resolved.
     #[arg(long, env = "WEBRTC_HOST")]

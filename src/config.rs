@@ -219,7 +219,10 @@ pub(crate) fn slave_config(
         behind_cache: a.cache_url.is_some(),
         webrtc: slave::webrtc::WebRtcConfig {
             enabled: a.media.webrtc,
-            udp_port: a.media.webrtc_udp_port,
+            udp_ports: match a.media.webrtc_udp_port_range.as_deref() {
+                Some(r) => crate::parse_range(r).context("WEBRTC_UDP_PORT_RANGE")?,
+                None => (a.media.webrtc_udp_port, a.media.webrtc_udp_port),
+            },
             host: a
                 .media
                 .webrtc_host

@@ -123,8 +123,9 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
             media: a.media.clone(),
         };
         let mut cfg = slave_config(&args, secret.clone(), hp, rp)?;
-        if cfg.webrtc.udp_port != 0 {
-            cfg.webrtc.udp_port = cfg.webrtc.udp_port.saturating_add(i as u16);
+        if cfg.webrtc.udp_ports.0 != 0 {
+            let p = cfg.webrtc.udp_ports.0.saturating_add(i as u16);
+            cfg.webrtc.udp_ports = (p, p);
         }
         if a.lan {
             // OBS runs on this PC: its server stays on loopback, whatever address students use.

@@ -221,6 +221,9 @@ pub struct NodeView {
     pub rtmp_url: String,
     pub version: String,
     pub streams: Vec<StreamReport>,
+    /// WebRTC sessions against the cap (none: WebRTC off on that slave).
+    #[serde(default)]
+    pub webrtc: Option<WebRtcStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -452,6 +452,7 @@ impl Registry {
                 rtmp_url: n.info.rtmp_url.clone(),
                 version: n.info.version.clone(),
                 streams: n.stats.streams.clone(),
+                webrtc: n.stats.webrtc,
             })
             .collect();
         let online = views.iter().filter(|v| v.status != NodeStatus::Offline);

@@ -1,5 +1,6 @@
-// Student page: get a token from the master, play the class with hls.js in low-latency mode
-// (native HLS where MSE is missing, e.g. iOS Safari), and move to another slave if one fails.
+// Student page: get a token from the master, play the class over WebRTC (WHEP) when the slave
+// offers it, else with hls.js in low-latency mode (native HLS where MSE is missing, e.g. iOS
+// Safari); fall back to LL-HLS when WebRTC fails, and move to another slave if one fails.
 (() => {
   const $ = (id) => document.getElementById(id);
   const video = $('video');
@@ -13,7 +14,11 @@
   // Where tokens come from: this page's own master first, then every other master of the
   // cluster (GET /api/masters), so a student whose master is down still joins.
   let masters = [''];
-  window.classcast = { events: [], get current() { return current; }, get hls() { return hls; }, get masters() { return masters; } };
+  let pc = null; // the WebRTC session, when playing over WHEP
+  let whepSession = null; // its URL, for DELETE
+  let mode = null; // 'webrtc' | 'hls'
+  window.classcast = { events: [], get current() { return current; }, get hls() { return hls; }, get masters() { return masters; },
+                       get mode() { return mode; }, get pc() { return pc; } };
   const log = (e) => { window.classcast.events.push({ t: Date.now(), ...e }); };
   const mastersLoaded = fetch('/api/masters').then((r) => r.json())
     .then((j) => { masters = [''].concat((j.masters || []).filter((m) => m !== location.origin)); })
@@ -66,15 +71,58 @@
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-  function play(tok) {
-    current = tok;
-    // Rewinding a class still running plays its recording (an EVENT playlist growing with the
-    // class) from the start; "Back to live" returns to the live stream.
-    $('back-live').hidden = !(recording && liveRecording());
-    $('rewind').hidden = true;
-    $('node').textContent = tok.node_name + ' (' + tok.node_id + ')';
-    log({ type: 'play', node_id: tok.node_id });
-    if (hls) { hls.destroy(); hls = null; }
+  const setMode = (m) => { mode = m; $('mode').textContent = m === 'webrtc' ? 'WebRTC' : 'LL-HLS'; log({ type: 'mode', mode: m }); };
+
+  function stopWebRtc() {
+    if (whepSession) {
+      // The WHEP session URL ends the session on the slave (its viewer count drops at once).
+      fetch(whepSession, { method: 'DELETE', keepalive: true }).catch(() => {});
+      whepSession = null;
+    }
+    if (pc) { pc.close(); pc = null; }
+  }
+  window.addEventListener('pagehide', stopWebRtc);
+
+  // WHEP: POST our offer with the same token that plays LL-HLS; 201 brings the answer. Any
+  // failure (refused, no media within a few seconds, connection lost) falls back to LL-HLS on
+  // the same slave; a slave that is gone is left by the stall check below.
+  async function playWebRtc(tok) {
+    const mine = new RTCPeerConnection();
+    pc = mine;
+    mine.addTransceiver('video', { direction: 'recvonly' });
+    mine.addTransceiver('audio', { direction: 'recvonly' });
+    const ms = new MediaStream();
+    mine.ontrack = (e) => { ms.addTrack(e.track); video.srcObject = ms; video.play().catch(() => {}); };
+    const fallback = (why) => {
+      if (pc !== mine || current !== tok) return;
+      log({ type: 'webrtc-fallback', why });
+      stopWebRtc();
+      playHls(tok);
+    };
+    try {
+      await mine.setLocalDescription(await mine.createOffer());
+      const r = await fetch(tok.whep_url, { method: 'POST', body: mine.localDescription.sdp,
+        headers: { 'content-type': 'application/sdp', authorization: 'Bearer ' + tok.token } });
+      if (r.status !== 201) {
+        const j = await r.json().catch(() => ({}));
+        return fallback('refused ' + r.status + (j.error ? ' ' + j.error : ''));
+      }
+      whepSession = new URL(r.headers.get('location'), tok.whep_url).href;
+      await mine.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+    } catch (e) {
+      return fallback('error ' + e.message);
+    }
+    rtcFrames = 0; rtcProgress = Date.now();
+    mine.onconnectionstatechange = () => {
+      if (pc === mine && ['disconnected', 'failed'].includes(mine.connectionState)) failover('webrtc ' + mine.connectionState);
+    };
+    setTimeout(() => { if (pc === mine && !(video.videoWidth > 0 && video.currentTime > 0)) fallback('no media'); }, 5000);
+    setMode('webrtc');
+  }
+
+  function playHls(tok) {
+    setMode('hls');
+    video.srcObject = null;
     if (window.Hls && Hls.isSupported()) {
       hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
                       manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1,
@@ -92,8 +140,23 @@
       video.play().catch(() => {});
     } else {
       state('This browser cannot play HLS video.');
-      return;
+      return false;
     }
+    return true;
+  }
+
+  function play(tok) {
+    current = tok;
+    // Rewinding a class still running plays its recording (an EVENT playlist growing with the
+    // class) from the start; "Back to live" returns to the live stream.
+    $('back-live').hidden = !(recording && liveRecording());
+    $('rewind').hidden = true;
+    $('node').textContent = tok.node_name + ' (' + tok.node_id + ')';
+    log({ type: 'play', node_id: tok.node_id });
+    if (hls) { hls.destroy(); hls = null; }
+    stopWebRtc();
+    if (tok.whep_url && !recording && window.RTCPeerConnection && !window.classcast.noWebRtc) playWebRtc(tok);
+    else if (!playHls(tok)) return;
     state('Connecting to ' + tok.node_name + '…');
   }
 
@@ -115,6 +178,7 @@
 
   // A stalled picture with no error (a slave that vanished mid-request) also triggers failover.
   let lastTime = 0, lastProgress = Date.now();
+  let rtcFrames = 0, rtcProgress = Date.now();
   setInterval(() => {
     if (!current) return;
     if (video.currentTime !== lastTime) { lastTime = video.currentTime; lastProgress = Date.now(); }
@@ -125,7 +189,21 @@
       if (!video.paused && video.currentTime > 0) state('Replay of a past class');
       return;
     }
-    if (hls && hls.playingDate) {
+    if (mode === 'webrtc' && pc) {
+      // A MediaStream's currentTime runs on even when frames stop: watch decoded frames instead.
+      // WebRTC has no programme date; the receiver's jitter buffer is what the page can show.
+      const mine = pc;
+      mine.getStats().then((st) => {
+        st.forEach((s) => {
+          if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+          if (s.framesDecoded !== rtcFrames) { rtcFrames = s.framesDecoded; rtcProgress = Date.now(); }
+          const buf = s.jitterBufferEmittedCount ? s.jitterBufferDelay / s.jitterBufferEmittedCount : 0;
+          $('latency').textContent = 'buffer ' + Math.round(buf * 1000) + ' ms';
+          window.classcast.webrtc = { frames: s.framesDecoded, buffer: buf };
+        });
+        if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 2000) failover('stalled');
+      }).catch(() => {});
+    } else if (hls && hls.playingDate) {
       const lat = (Date.now() - hls.playingDate.getTime()) / 1000;
       $('latency').textContent = lat.toFixed(1) + ' s';
       window.classcast.latency = lat;

@@ -122,6 +122,26 @@
     const j = await r.json();
     const rows = j.nodes.map((n) => `<tr><td>${esc(n.node_name)}</td><td>${n.current_connections}</td><td><span class="badge ${n.status}">${n.status}</span></td></tr>`);
     $('viewers').innerHTML = rows.join('');
+    showWebRtc(j.nodes);
+  }
+
+  // Whether students get the sub-second WebRTC delivery, and what the teacher can do if not.
+  function showWebRtc(nodes) {
+    const path = 'live/' + ($('stream').value.trim() || 'stream');
+    const serving = nodes.filter((n) => n.status !== 'offline' && n.streams.some((s) => s.path === path));
+    const el = $('webrtc-state');
+    let text, st;
+    if (!serving.length) { text = ''; st = 'waiting'; }
+    else if (serving.some((n) => n.streams.some((s) => s.path === path && s.bframes))) {
+      st = 'bframes';
+      text = 'WebRTC: off for this stream, because your encoder sends B-frames (browsers cannot play them over WebRTC). Students get LL-HLS (about 1 s behind). In OBS set Output → Encoder → "B-frames" to 0 (or x264 options: bframes=0) and restart streaming.';
+    } else {
+      const ready = nodes.filter((n) => n.status !== 'offline' && n.webrtc && n.webrtc.sessions < n.webrtc.capacity);
+      st = ready.length ? 'ready' : 'off';
+      text = ready.length ? `WebRTC: ready on ${ready.length} slave(s); students play over WebRTC, LL-HLS where it fails.` : 'WebRTC: not offered by any slave now; students get LL-HLS.';
+    }
+    el.textContent = text;
+    el.dataset.state = st;
   }
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 })();

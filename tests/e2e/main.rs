@@ -11,3 +11,4 @@ mod masters;
 mod media_plane;
 mod recording;
 mod support;
+mod webrtc;

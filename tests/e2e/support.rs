@@ -260,6 +260,8 @@ impl Cluster {
             .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
             .args(["--grace-ms", &t.grace_ms.to_string()])
             .args(["--viewer-window-ms", "3000"])
+            // Several slaves share this host: each takes a free UDP port for WebRTC.
+            .args(["--webrtc-udp-port", "0"])
             .args([
                 "--http-header-timeout-ms",
                 &t.http_header_timeout_ms.to_string(),

@@ -83,7 +83,7 @@ before(async () => {
     args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required'] });
   upPort = await freePort();
   rmSync(path.join(ART, 'up-data'), { recursive: true, force: true });
-  up = run('up', BIN, ['up', '--slaves', '2', '--master-port', String(upPort), '--rtmp-port-base', '0', '--http-port-base', '0',
+  up = run('up', BIN, ['up', '--slaves', '2', '--webrtc-udp-port', '0', '--master-port', String(upPort), '--rtmp-port-base', '0', '--http-port-base', '0',
     '--heartbeat-interval-ms', '500', '--grace-ms', '1000', '--teacher-password', TEACHER, '--data-dir', path.join(ART, 'up-data')]);
   await until('up is healthy', 30000, async () => (await json(`http://127.0.0.1:${upPort}/cluster/nodes`)).healthy_nodes === 2);
 });
@@ -251,7 +251,7 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
   for (const id of ['f1', 'f2', 'f3']) {
     const [r, h] = [await freePort(), await freePort()];
     slaves[id] = run(`fo-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
-      '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300'], env);
+      '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0'], env);
   }
   await until('failover cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 3);
   const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
@@ -299,7 +299,7 @@ test('a student whose master is down at join time gets a token from another mast
   master('mm-master-b', pb);
   const [r, h] = [await freePort(), await freePort()];
   run('mm-slave', BIN, ['slave', '--master-url', `${a},${b}`, '--node-id', 'm1', '--rtmp-bind', `127.0.0.1:${r}`,
-    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300'], env);
+    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0'], env);
   for (const m of [a, b]) await until(`${m} sees the slave`, 30000, async () => (await json(`${m}/cluster/nodes`)).healthy_nodes === 1);
   const t = await json(`${a}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'mm', credential: TEACHER }) });
@@ -349,7 +349,7 @@ test('a student whose master is down at join time gets a token from another mast
 test('up --lan prints a LAN student link that answers, and the teacher page QR code decodes to it', async () => {
   const port = await freePort();
   rmSync(path.join(ART, 'lan-data'), { recursive: true, force: true });
-  const lan = run('up-lan', BIN, ['up', '--lan', '--slaves', '1', '--master-port', String(port), '--rtmp-port-base', '0',
+  const lan = run('up-lan', BIN, ['up', '--lan', '--slaves', '1', '--webrtc-udp-port', '0', '--master-port', String(port), '--rtmp-port-base', '0',
     '--http-port-base', '0', '--teacher-password', TEACHER, '--data-dir', path.join(ART, 'lan-data')]);
   let out = '';
   lan.stdout.on('data', (d) => { out += d; });

@@ -143,6 +143,8 @@ impl Ctx<'_> {
             format!("127.0.0.1:{http_port}"),
             "--rtmp-bind",
             format!("127.0.0.1:{rtmp_port}"),
+            "--webrtc-udp-port",
+            "0",
             "--public-host",
             "127.0.0.1",
             "--heartbeat-interval-ms",

@@ -26,8 +26,8 @@ use crate::ctx::SlaveCtx;
 #[derive(Debug, Clone)]
 pub struct WebRtcConfig {
     pub enabled: bool,
-    /// 0: any free port.
-    pub udp_port: u16,
+    /// The first free port of `lo..=hi` is bound; `(0, 0)`: any free port.
+    pub udp_ports: (u16, u16),
     /// The IP (or a name resolving to one) in the host candidate.
     pub host: String,
     pub max_viewers: u32,
@@ -37,7 +37,7 @@ impl Default for WebRtcConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            udp_port: 0,
+            udp_ports: (0, 0),
             host: "127.0.0.1".into(),
             max_viewers: 500,
         }
@@ -73,17 +73,32 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
         return Ok(None);
     }
     let ip = resolve(&cfg.host).await?;
-    let bind: SocketAddr = if ip.is_loopback() {
-        (ip, cfg.udp_port).into()
+    let bind_ip = if ip.is_loopback() {
+        ip
     } else {
-        (IpAddr::from([0u8; 4]), cfg.udp_port).into()
+        IpAddr::from([0u8; 4])
     };
-    let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| {
+    let (lo, hi) = cfg.udp_ports;
+    let mut socket = None;
+    let mut last = None;
+    for port in lo..=hi.max(lo) {
+        match tokio::net::UdpSocket::bind((bind_ip, port)).await {
+            Ok(s) => {
+                socket = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let socket = socket.ok_or_else(|| {
         anyhow::anyhow!(
-            "WEBRTC_UDP_PORT {}: cannot bind UDP {bind}: {e}",
-            cfg.udp_port
+            "WEBRTC_UDP_PORT {lo}-{hi}: no UDP port free on {bind_ip} ({}); set another, or WEBRTC=false",
+            last.map(|e| e.to_string()).unwrap_or_default()
         )
     })?;
+    // One socket carries every viewer's media: a deeper send buffer rides out a burst (a
+    // keyframe to hundreds of viewers at once) instead of dropping datagrams.
+    let _ = set_send_buffer(&socket);
     let candidate = SocketAddr::new(ip, socket.local_addr()?.port());
     let load = Arc::new(WebRtcLoad::default());
     let (tx, rx) = mpsc::channel(256);
@@ -95,6 +110,26 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
         candidate,
         load,
     })))
+}
+
+fn set_send_buffer(s: &tokio::net::UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: a valid fd and a c_int option value of the right length.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 async fn resolve(host: &str) -> anyhow::Result<IpAddr> {
