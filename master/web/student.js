@@ -20,6 +20,8 @@
   window.classcast = { events: [], get current() { return current; }, get hls() { return hls; }, get masters() { return masters; },
                        get mode() { return mode; }, get pc() { return pc; } };
   const log = (e) => { window.classcast.events.push({ t: Date.now(), ...e }); };
+  // `?webrtc=0`: LL-HLS only (a school network that blocks UDP, or a test of the HLS path).
+  if (new URLSearchParams(location.search).get('webrtc') === '0') window.classcast.noWebRtc = true;
   const mastersLoaded = fetch('/api/masters').then((r) => r.json())
     .then((j) => { masters = [''].concat((j.masters || []).filter((m) => m !== location.origin)); })
     .catch(() => {});
@@ -179,9 +181,18 @@
   // A stalled picture with no error (a slave that vanished mid-request) also triggers failover.
   let lastTime = 0, lastProgress = Date.now();
   let rtcFrames = 0, rtcProgress = Date.now();
+  // How many checks in a row saw the picture move, on which slave: what "playing again" means.
+  const progressed = () => {
+    const node = current && current.node_id;
+    const p = window.classcast.progress;
+    window.classcast.progress = p && p.node === node ? { node, count: p.count + 1 } : { node, count: 1 };
+  };
   setInterval(() => {
     if (!current) return;
-    if (video.currentTime !== lastTime) { lastTime = video.currentTime; lastProgress = Date.now(); }
+    if (video.currentTime !== lastTime) {
+      lastTime = video.currentTime; lastProgress = Date.now();
+      if (mode === 'hls') progressed();
+    }
     if (!video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) failover('stalled');
     if (recording) {
       // A replay: the date the picture was filmed, not a latency.
@@ -196,12 +207,12 @@
       mine.getStats().then((st) => {
         st.forEach((s) => {
           if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
-          if (s.framesDecoded !== rtcFrames) { rtcFrames = s.framesDecoded; rtcProgress = Date.now(); }
+          if (s.framesDecoded !== rtcFrames) { rtcFrames = s.framesDecoded; rtcProgress = Date.now(); if (pc === mine) progressed(); }
           const buf = s.jitterBufferEmittedCount ? s.jitterBufferDelay / s.jitterBufferEmittedCount : 0;
           $('latency').textContent = 'buffer ' + Math.round(buf * 1000) + ' ms';
           window.classcast.webrtc = { frames: s.framesDecoded, buffer: buf };
         });
-        if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 2000) failover('stalled');
+        if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) failover('stalled');
       }).catch(() => {});
     } else if (hls && hls.playingDate) {
       const lat = (Date.now() - hls.playingDate.getTime()) / 1000;

@@ -117,7 +117,7 @@ test('teacher page OBS settings publish, and the student page plays the class', 
   const student = await newPage('student');
   await withShot(student, async () => {
     const errors = [];
-    const resp = await student.goto(`${base}/?name=Alice&stream=stream&autoplay`);
+    const resp = await student.goto(`${base}/?name=Alice&stream=stream&autoplay&webrtc=0`);
     const h = resp.headers();
     assert.match(h['content-security-policy'] || '', /script-src 'self'/);
     assert.match(h['content-security-policy'] || '', /frame-ancestors/);
@@ -140,12 +140,105 @@ test('teacher page OBS settings publish, and the student page plays the class', 
     await student.screenshot({ path: path.join(ART, 'student.png') });
     assert.deepEqual(student._csp, [], 'the CSP blocked nothing the student page needs');
   });
-  // The teacher's preview plays too.
+  // The teacher's preview plays too, and the page says students get WebRTC.
   await withShot(teacher, async () => {
     await until('preview plays', 30000, () => teacher.evaluate(() => document.getElementById('preview').currentTime > 1));
+    await until('WebRTC shown ready', 10000, () => teacher.evaluate(() => document.getElementById('webrtc-state').dataset.state === 'ready'));
     await teacher.screenshot({ path: path.join(ART, 'teacher.png'), fullPage: true });
     assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing the teacher page needs');
   });
+});
+
+// Listens to the page's WebRTC audio with a WebAudio analyser: the loudest frequency and the RMS.
+async function listen(page) {
+  return page.evaluate(async () => {
+    const tracks = document.getElementById('video').srcObject?.getAudioTracks() || [];
+    if (!tracks.length) return { tracks: 0 };
+    const ac = new AudioContext();
+    const an = ac.createAnalyser();
+    an.fftSize = 4096;
+    ac.createMediaStreamSource(new MediaStream(tracks)).connect(an);
+    await new Promise((r) => setTimeout(r, 1500));
+    const f = new Float32Array(an.frequencyBinCount);
+    an.getFloatFrequencyData(f);
+    let bin = 0;
+    f.forEach((x, i) => { if (x > f[bin]) bin = i; });
+    const td = new Float32Array(an.fftSize);
+    an.getFloatTimeDomainData(td);
+    const rms = Math.sqrt(td.reduce((a, x) => a + x * x, 0) / td.length);
+    ac.close();
+    return { tracks: tracks.length, hz: (bin * ac.sampleRate) / an.fftSize, rms };
+  });
+}
+
+test('the student page plays over WebRTC from the origin and from an edge, with sound', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const seen = new Map();
+  // Pages stay open, so their load sends the next student to the other slave.
+  const open = [];
+  for (let i = 0; i < 8 && seen.size < 2; i++) {
+    const page = await newPage(`webrtc-${i}`);
+    open.push(page);
+    await withShot(page, async () => {
+      await page.goto(`${base}/?name=Rtc${i}&stream=stream&autoplay`);
+      await until('plays over WebRTC', 20000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+      const node = await page.evaluate(() => window.classcast.current.node_id);
+      if (seen.has(node)) return;
+      // Frames keep coming, the picture has a size, and the 440 Hz sine is heard.
+      const f0 = await page.evaluate(() => window.classcast.webrtc.frames);
+      await until('frames advance', 5000, () => page.evaluate((f) => window.classcast.webrtc.frames > f + 30, f0));
+      assert.equal(await page.evaluate(() => document.getElementById('video').videoWidth), 640);
+      const heard = await listen(page);
+      assert.equal(heard.tracks, 1, 'an audio track');
+      assert.ok(Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `the sine is heard: ${JSON.stringify(heard)}`);
+      assert.equal(await page.textContent('#mode'), 'WebRTC');
+      const events = await page.evaluate(() => window.classcast.events.filter((e) => e.type === 'webrtc-fallback'));
+      assert.deepEqual(events, [], 'no fallback to LL-HLS');
+      seen.set(node, heard);
+    });
+  }
+  assert.equal(seen.size, 2, `played from the origin and the edge: ${[...seen.keys()]}`);
+  // Leaving the page ends its session at once (DELETE on pagehide): the slaves hold none.
+  for (const p of open) await p.close({ runBeforeUnload: true });
+  await until('sessions ended', 5000, async () => {
+    const nodes = (await json(`${base}/cluster/nodes`)).nodes;
+    return nodes.every((n) => n.webrtc && n.webrtc.sessions === 0);
+  });
+});
+
+test('a stream with B-frames: WebRTC is refused, the student page plays it over LL-HLS and the teacher page says why', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'bframes', credential: TEACHER }) });
+  const pub = run('bf-publisher', 'ffmpeg', ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+    '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
+    '-c:v', 'libx264', '-preset', 'ultrafast', '-bf', '2', '-g', '30', '-pix_fmt', 'yuv420p',
+    '-c:a', 'aac', '-b:a', '64k', '-f', 'flv', `${t.rtmp_url}/${t.stream_key}`]);
+  try {
+    await until('the master knows of the B-frames', 20000, async () => {
+      const r = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ role: 'student', user_id: 'probe', stream: 'bframes' }) }).catch(() => ({}));
+      return r.webrtc === 'bframes';
+    });
+    const page = await newPage('bframes');
+    await withShot(page, async () => {
+      await page.goto(`${base}/?name=Dan&stream=bframes&autoplay`);
+      await playsFor(page, 2, 30000);
+      assert.equal(await page.evaluate(() => window.classcast.mode), 'hls');
+      assert.equal(await page.textContent('#mode'), 'LL-HLS');
+    });
+    const teacher = await newPage('teacher-bframes');
+    await withShot(teacher, async () => {
+      await teacher.goto(`${base}/teacher`);
+      await teacher.fill('#password', TEACHER);
+      await teacher.fill('#stream', 'bframes');
+      await teacher.click('button[type=submit]');
+      await until('teacher told of the B-frames', 10000, () => teacher.evaluate(() => document.getElementById('webrtc-state').dataset.state === 'bframes'));
+      assert.match(await teacher.textContent('#webrtc-state'), /B-frames/);
+    });
+  } finally {
+    pub.kill('SIGINT');
+  }
 });
 
 test('admin page shows the same numbers as /cluster/nodes', async () => {
@@ -269,14 +362,14 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
       if (node !== origin) break;
     }
     assert.notEqual(node, origin, 'student landed on an edge');
+    await until('plays over WebRTC', 10000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
     const killedAt = Date.now();
     slaves[node].kill('SIGKILL');
+    // Playing again: the picture seen moving twice in a row (WebRTC: decoded frames; LL-HLS:
+    // currentTime), on another slave.
     const recovered = await until('recovered on another slave', 15000, () => page.evaluate((dead) => {
-      const v = document.getElementById('video');
-      const c = window.classcast.current;
-      if (!c || c.node_id === dead) return null;
-      window.__t0 ??= v.currentTime;
-      return v.currentTime > window.__t0 + 0.5 ? c.node_id : null;
+      const p = window.classcast.progress;
+      return p && p.node !== dead && p.count >= 2 ? p.node : null;
     }, node));
     const took = Date.now() - killedAt;
     assert.notEqual(recovered, node);
