@@ -473,7 +473,9 @@ impl Engine {
                     return;
                 }
                 let Some(avc) = &feed.avc else { return };
-                let ps = v.keyframe.then(|| (avc.sps.as_slice(), avc.pps.as_slice()));
+                let ps = v
+                    .keyframe
+                    .then_some((avc.sps.as_slice(), avc.pps.as_slice()));
                 let Ok(au) = media::frames::avcc_to_annexb(&v.data, avc.nal_length_size, ps) else {
                     return;
                 };
