@@ -9,7 +9,7 @@
 #   ./scripts/bench.sh
 #
 # Environment knobs (defaults in brackets):
-#   BENCH_PORT_BASE [18700]  first of the loopback ports used (base .. base+40; xiu binds its
+#   BENCH_PORT_BASE [18700]  first of the loopback ports used (base .. base+46; xiu binds its
 #                            ports on all interfaces)
 #   NGINX [auto]             1: run the nginx-rtmp ingest reference (installs it if missing);
 #                            0: skip it; auto: run it if nginx and its rtmp module are installed

@@ -16,6 +16,7 @@ mod rtmp;
 mod stats;
 mod util;
 mod viewers;
+mod whep;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,23 @@ enum Cmd {
     /// Every benchmark against freshly started release processes on loopback, then the report
     /// (what scripts/bench.sh runs; its environment knobs are these flags' variables).
     Run(Box<orchestrate::RunArgs>),
+    /// WebRTC viewers: N WHEP clients on one stream, their loss and the slave's CPU.
+    WhepViewers {
+        /// The slave's `/whep/live/NAME`.
+        #[arg(long)]
+        url: String,
+        /// A viewer token for that slave and stream (every client uses it).
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 100)]
+        viewers: usize,
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long, default_value = "classcast")]
+        label: String,
+    },
     /// Student tokens per second from POST /api/token (registers fake slaves first).
     Tokens {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -297,6 +315,26 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await?;
                 latency::print(&r);
+                emit(results, &r)
+            }
+            Cmd::WhepViewers {
+                url,
+                token,
+                viewers,
+                seconds,
+                pid,
+                label,
+            } => {
+                let r = whep::run(whep::WhepArgs {
+                    url,
+                    token,
+                    viewers,
+                    seconds,
+                    pid,
+                    label,
+                })
+                .await?;
+                println!("{}", serde_json::to_string(&r)?);
                 emit(results, &r)
             }
             Cmd::IngestCpu {

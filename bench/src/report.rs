@@ -12,6 +12,8 @@ mod cache;
 mod extra;
 #[path = "report_record.rs"]
 mod record;
+#[path = "report_webrtc.rs"]
+mod webrtc;
 
 fn f(v: &Value, path: &str) -> f64 {
     let mut cur = v;
@@ -539,6 +541,7 @@ pub fn write(
     extra::sections(w, &results)?;
     cache::section(w, &results)?;
     record::section(w, &results)?;
+    webrtc::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

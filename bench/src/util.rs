@@ -72,6 +72,25 @@ pub async fn teacher_key(master: &str, password: &str, stream: &str) -> anyhow::
 }
 
 /// A student's playlist URL (`hls_url` of a token answer, token in its query).
+/// A student's WHEP URL and token (avoiding `exclude`), and the node that token names.
+pub async fn whep_target(
+    master: &str,
+    stream: &str,
+    exclude: Option<&str>,
+) -> anyhow::Result<(String, String, String)> {
+    let req = serde_json::json!({"role": "student", "user_id": "bench-webrtc", "stream": stream, "exclude": exclude});
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/token", master.trim_end_matches('/')))
+        .json(&req)
+        .send()
+        .await?;
+    let t: TokenResponse = r.error_for_status()?.json().await?;
+    let url = t
+        .whep_url
+        .ok_or_else(|| anyhow::anyhow!("no WebRTC offered: {:?}", t.webrtc))?;
+    Ok((url, t.token, t.node_id))
+}
+
 pub async fn viewer_url(master: &str, stream: &str) -> anyhow::Result<String> {
     let req = TokenRequest {
         role: Role::Student,

@@ -230,6 +230,35 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             .await?;
         }
     }
+    // WebRTC (WHEP) with the defaults, from the origin and from an edge of the same master.
+    if ctx.args.g2g_webrtc {
+        let (he, re) = (ctx.port(45), ctx.port(46));
+        ctx.start_slave("slave-g2g-edge", pa, he, re, &part(200))
+            .await?;
+        ctx.wait_nodes(pa, 2).await?;
+        let master = ctx.master_url(pa);
+        let (url, token, origin) =
+            crate::util::whep_target(&master, "g2g", Some("slave-g2g-edge")).await?;
+        let cfg = serde_json::json!({ "token": token }).to_string();
+        node(g2g(
+            format!("classcast-webrtc-origin{sfx}"),
+            "whep",
+            cfg,
+            &url,
+            &[],
+        ))
+        .await?;
+        let (url, token, _) = crate::util::whep_target(&master, "g2g", Some(&origin)).await?;
+        let cfg = serde_json::json!({ "token": token }).to_string();
+        node(g2g(
+            format!("classcast-webrtc-edge{sfx}"),
+            "whep",
+            cfg,
+            &url,
+            &[],
+        ))
+        .await?;
+    }
     // One long run of the configuration the latency goal is judged on, for its stalls.
     let long = ctx.args.g2g_long_s;
     if long > 0 {

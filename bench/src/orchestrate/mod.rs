@@ -15,6 +15,7 @@ mod sample;
 mod sections;
 mod servers;
 mod serving;
+mod webrtc;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -35,6 +36,7 @@ pub const SECTIONS: [&str; 10] = [
     "g2g",
     "cache",
     "recording",
+    "webrtc",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,7 +82,7 @@ pub struct RunArgs {
     /// Only re-render the document from the last run's results.
     #[arg(long, env = "BENCH_REPORT_ONLY", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "0")]
     pub report_only: bool,
-    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording
+    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording,webrtc
     /// (merged into target/bench-media/last-results.jsonl), or all.
     #[arg(long, env = "BENCH_ONLY", default_value = "all")]
     pub only: String,
@@ -94,6 +96,9 @@ pub struct RunArgs {
     /// Viewer counts of the cache tier ramp (section 9), run on a slave alone and through nginx.
     #[arg(long, env = "CACHE_STEPS", default_value = "100,250,500,1000,2000")]
     pub cache_steps: String,
+    /// WebRTC viewer counts of section 11.
+    #[arg(long, env = "WEBRTC_STEPS", default_value = "1,100,250,500")]
+    pub webrtc_steps: String,
     /// Glass-to-glass runs per configuration (30 s each).
     #[arg(long, env = "G2G_RUNS", default_value_t = 3)]
     pub g2g_runs: u32,
@@ -109,6 +114,9 @@ pub struct RunArgs {
     /// 0: no Shaka Player configurations in glass-to-glass.
     #[arg(long, env = "G2G_SHAKA", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "1")]
     pub g2g_shaka: bool,
+    /// 0: no WebRTC (WHEP) configurations in glass-to-glass.
+    #[arg(long, env = "G2G_WEBRTC", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "1")]
+    pub g2g_webrtc: bool,
 }
 
 impl RunArgs {
@@ -366,6 +374,9 @@ async fn run(
     }
     if args.want("recording") {
         recording::run(&ctx).await?;
+    }
+    if args.want("webrtc") {
+        webrtc::run(&ctx).await?;
     }
     // Everything measured: nothing may linger into the report's `git diff` or the next run.
     sup.stop_all();
