@@ -96,6 +96,9 @@ pub(super) struct Engine {
     /// interface it arrived on.
     local: SocketAddr,
     sessions: HashMap<String, Session>,
+    /// Whose datagrams come from an address, learnt from `Rtc::accepts`: asking every session
+    /// for every datagram would cost O(sessions) per packet.
+    by_addr: HashMap<SocketAddr, String>,
     streams: HashMap<Arc<str>, StreamFeed>,
     feed_tx: mpsc::Sender<(Arc<str>, Feed)>,
     feed_rx: mpsc::Receiver<(Arc<str>, Feed)>,
@@ -115,6 +118,7 @@ impl Engine {
             socket,
             local,
             sessions: HashMap::new(),
+            by_addr: HashMap::new(),
             streams: HashMap::new(),
             feed_tx,
             feed_rx,
@@ -179,18 +183,32 @@ impl Engine {
                 contents,
             },
         );
-        let Some((id, s)) = self
-            .sessions
-            .iter_mut()
-            .find(|(_, s)| s.rtc.accepts(&input))
-        else {
-            return;
+        let known = self
+            .by_addr
+            .get(&source)
+            .filter(|id| {
+                self.sessions
+                    .get(*id)
+                    .is_some_and(|s| s.rtc.accepts(&input))
+            })
+            .cloned();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some((id, _)) = self.sessions.iter().find(|(_, s)| s.rtc.accepts(&input))
+                else {
+                    return;
+                };
+                let id = id.clone();
+                self.by_addr.insert(source, id.clone());
+                id
+            }
         };
+        let s = self.sessions.get_mut(&id).expect("found above");
         if let Err(e) = s.rtc.handle_input(input) {
             tracing::debug!(session = %id, error = %e, "webrtc input refused; closing the session");
             s.rtc.disconnect();
         }
-        let id = id.clone();
         self.drive(&id);
     }
 
@@ -418,6 +436,9 @@ impl Engine {
             .filter(|(_, s)| !s.rtc.is_alive())
             .map(|(id, _)| id.clone())
             .collect();
+        if dead.is_empty() {
+            return;
+        }
         for id in dead {
             let s = self.sessions.remove(&id).expect("listed");
             if s.connected {
@@ -434,6 +455,8 @@ impl Engine {
                 }
             }
         }
+        let sessions = &self.sessions;
+        self.by_addr.retain(|_, id| sessions.contains_key(id));
         self.load.set_sessions(self.sessions.len());
     }
 
