@@ -26,11 +26,13 @@
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
 #   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
-#                            viewers,memory,g2g,cache,recording. With a subset, results are appended to
+#                            viewers,memory,g2g,cache,recording,webrtc. With a subset, results are appended to
 #                            target/bench-media/extra-results.jsonl and merged into
 #                            target/bench-media/last-results.jsonl, from which the document is
 #                            re-rendered (the hand-written figures live in bench/OBSERVATIONS.md)
 #   VIEWER_STEPS [500,750,1000,1250,1500,2000,2500]  viewer counts of the `viewers` ramp
+#   WEBRTC_STEPS [1,100,250,500]  WHEP clients of section 11 (WebRTC viewers per slave)
+#   G2G_WEBRTC [1]           0: no WebRTC (WHEP) runs in glass-to-glass
 #   CACHE_STEPS [100,250,500,1000,2000]  viewer counts of the cache tier ramp (section 9: a
 #                            slave alone, then through the shipped nginx cache in front of one)
 #   G2G_RUNS [3]             glass-to-glass runs per configuration (30 s each)

@@ -51,7 +51,8 @@ try {
     const ctx = await browser.newContext({ viewport: { width: 640, height: 360 } });
     const page = await ctx.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
-    const q = new URLSearchParams({ src: args.src, player: args.player || 'hls', epoch: args.epoch, cfg: args.cfg || '{}' });
+    // --token: the viewer token a WHEP player sends (kept out of cfg, which the results record).
+    const q = new URLSearchParams({ src: args.src, player: args.player || 'hls', epoch: args.epoch, cfg: args.cfg || '{}', token: args.token || '' });
     // The run's length is a plain sleep (no Playwright timeout applies to it); loading the page
     // and reading the figures get generous bounds of their own.
     page.setDefaultTimeout(60_000);

@@ -239,23 +239,21 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         let master = ctx.master_url(pa);
         let (url, token, origin) =
             crate::util::whep_target(&master, "g2g", Some("slave-g2g-edge")).await?;
-        let cfg = serde_json::json!({ "token": token }).to_string();
         node(g2g(
             format!("classcast-webrtc-origin{sfx}"),
             "whep",
-            cfg,
+            "{}".into(),
             &url,
-            &[],
+            &["--token", &token],
         ))
         .await?;
         let (url, token, _) = crate::util::whep_target(&master, "g2g", Some(&origin)).await?;
-        let cfg = serde_json::json!({ "token": token }).to_string();
         node(g2g(
             format!("classcast-webrtc-edge{sfx}"),
             "whep",
-            cfg,
+            "{}".into(),
             &url,
-            &[],
+            &["--token", &token],
         ))
         .await?;
     }
