@@ -111,10 +111,14 @@ impl Agent {
             ingest_bytes_per_sec: ingest_rate,
             streams,
             recordings: ctx.recordings.infos(),
-            webrtc: ctx.whep.get().map(|w| common::api::WebRtcStats {
-                sessions: w.load.sessions(),
-                capacity: ctx.cfg.webrtc.max_viewers,
-            }),
+            webrtc: ctx
+                .webrtc_load
+                .enabled
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| common::api::WebRtcStats {
+                    sessions: ctx.webrtc_load.sessions(),
+                    capacity: ctx.cfg.webrtc.max_viewers,
+                }),
         }
     }
 

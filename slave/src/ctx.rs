@@ -73,7 +73,29 @@ pub struct SlaveConfig {
     /// On SIGTERM: how long the slave keeps serving (media, and peers) after it stopped taking
     /// viewers, while its players move to other slaves.
     pub drain: Duration,
-    pub webrtc: crate::webrtc::WebRtcConfig,
+    pub webrtc: WebRtcConfig,
+}
+
+#[derive(Debug, Clone)]
+/// WebRTC playback (`slave/src/webrtc/`).
+pub struct WebRtcConfig {
+    pub enabled: bool,
+    /// The first free port of `lo..=hi` is bound; `(0, 0)`: any free port.
+    pub udp_ports: (u16, u16),
+    /// The IP (or a name resolving to one) in the host candidate.
+    pub host: String,
+    pub max_viewers: u32,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_ports: (0, 0),
+            host: "127.0.0.1".into(),
+            max_viewers: 500,
+        }
+    }
 }
 
 /// Everything the slave's tasks share.
@@ -99,8 +121,8 @@ pub struct SlaveCtx {
     pub recordings: crate::recordings::Recordings,
     /// Recorded files fetched from other nodes.
     pub vod_cache: crate::vod_cache::VodCache,
-    /// WebRTC playback, once its UDP port is bound (none with WEBRTC=false).
-    pub whep: std::sync::OnceLock<Arc<crate::webrtc::Whep>>,
+    /// WebRTC sessions now, for the heartbeat (the engine itself lives in `webrtc`).
+    pub webrtc_load: Arc<crate::viewers::WebRtcLoad>,
     verifier: RwLock<Option<TokenVerifier>>,
     /// The keys each master publishes (by master URL), whose union the verifier accepts.
     master_keys: RwLock<std::collections::BTreeMap<String, (String, Vec<common::token::Jwk>)>>,
@@ -128,7 +150,7 @@ impl SlaveCtx {
             masters: Masters::new(&cfg.secret, &cfg.node_id, http.clone()),
             recordings: Default::default(),
             vod_cache: crate::vod_cache::VodCache::new(256 << 20),
-            whep: Default::default(),
+            webrtc_load: Default::default(),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),

@@ -40,6 +40,11 @@ use crate::serve::PeerAuth;
 /// Only the viewer endpoints (`/live/…`) answer browsers of other origins, and only the
 /// cluster's page origins; `/internal`, `/metrics` and `/health` grant no origin at all.
 pub fn router(ctx: &Arc<SlaveCtx>) -> Router {
+    router_with(ctx, None)
+}
+
+/// The router with the WebRTC engine's handle (the WHEP routes answer 404 without one).
+pub fn router_with(ctx: &Arc<SlaveCtx>, whep: Option<Arc<webrtc::Whep>>) -> Router {
     let c = ctx.clone();
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::AllowOrigin::predicate(move |o, _| {
@@ -51,7 +56,7 @@ pub fn router(ctx: &Arc<SlaveCtx>) -> Router {
     Router::new()
         .merge(serve::router().merge(vod::router()).layer(cors))
         .merge(vod::internal_router())
-        .merge(webrtc::router(ctx))
+        .merge(webrtc::router(ctx, whep))
         .route(frame_link::ROUTE, get(frame_link::serve))
         .route(paths::HEALTH, get(health))
         .route(paths::METRICS, get(metrics))
@@ -120,9 +125,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let ctx = SlaveCtx::new(cfg)?;
     ctx.set_finder(mirror::EdgeMirror);
-    if let Some(w) = webrtc::start(&ctx).await? {
-        let _ = ctx.whep.set(w);
-    }
+    let whep = webrtc::start(&ctx).await?;
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
     let retention = tokio::spawn(recorder::retention_loop(ctx.clone()));
@@ -132,7 +135,7 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(common::http::serve(
         http,
-        router(&ctx),
+        router_with(&ctx, whep),
         ctx.cfg.http.clone(),
         ctx.conns.clone(),
         async move {

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
 use dashmap::DashMap;
 
 pub struct ViewerTracker {
@@ -64,6 +66,23 @@ impl ViewerTracker {
         });
         // Its window entry, from an LL-HLS start before WebRTC took over, goes too.
         self.seen.remove(id);
+    }
+}
+
+/// What the heartbeat reports: sessions now against the cap.
+#[derive(Default)]
+pub struct WebRtcLoad {
+    sessions: AtomicU32,
+    /// The engine runs (WEBRTC=true and its UDP port bound).
+    pub enabled: AtomicBool,
+}
+
+impl WebRtcLoad {
+    pub fn sessions(&self) -> u32 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+    pub fn set_sessions(&self, n: usize) {
+        self.sessions.store(n as u32, Ordering::Relaxed);
     }
 }
 

@@ -8,12 +8,12 @@ pub mod transcode;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
@@ -23,41 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::ctx::SlaveCtx;
 
-#[derive(Debug, Clone)]
-pub struct WebRtcConfig {
-    pub enabled: bool,
-    /// The first free port of `lo..=hi` is bound; `(0, 0)`: any free port.
-    pub udp_ports: (u16, u16),
-    /// The IP (or a name resolving to one) in the host candidate.
-    pub host: String,
-    pub max_viewers: u32,
-}
-
-impl Default for WebRtcConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            udp_ports: (0, 0),
-            host: "127.0.0.1".into(),
-            max_viewers: 500,
-        }
-    }
-}
-
-/// What the heartbeat reports: sessions now against the cap.
-#[derive(Default)]
-pub struct WebRtcLoad {
-    sessions: AtomicU32,
-}
-
-impl WebRtcLoad {
-    pub fn sessions(&self) -> u32 {
-        self.sessions.load(Ordering::Relaxed)
-    }
-    fn set_sessions(&self, n: usize) {
-        self.sessions.store(n as u32, Ordering::Relaxed);
-    }
-}
+pub use crate::ctx::WebRtcConfig;
+use crate::viewers::WebRtcLoad;
 
 /// The handle the HTTP side talks to the engine through.
 pub struct Whep {
@@ -100,7 +67,8 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
     // keyframe to hundreds of viewers at once) instead of dropping datagrams.
     let _ = set_send_buffer(&socket);
     let candidate = SocketAddr::new(ip, socket.local_addr()?.port());
-    let load = Arc::new(WebRtcLoad::default());
+    let load = ctx.webrtc_load.clone();
+    load.enabled.store(true, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(256);
     let engine = engine::Engine::new(ctx.clone(), socket, candidate, load.clone());
     tokio::spawn(engine.run(rx));
@@ -155,7 +123,7 @@ fn session_id() -> String {
 /// Largest SDP offer taken: a browser's is 5–10 KB.
 const MAX_OFFER: usize = 64 * 1024;
 
-pub fn router(ctx: &Arc<SlaveCtx>) -> Router<Arc<SlaveCtx>> {
+pub fn router(ctx: &Arc<SlaveCtx>, whep: Option<Arc<Whep>>) -> Router<Arc<SlaveCtx>> {
     let c = ctx.clone();
     // The student page runs on a master's origin and posts with a bearer token: a preflighted
     // cross-origin call, answered for the cluster's page origins only.
@@ -175,6 +143,7 @@ pub fn router(ctx: &Arc<SlaveCtx>) -> Router<Arc<SlaveCtx>> {
         .route("/whep/live/{name}", post(offer))
         .route("/whep/session/{id}", patch(trickle).delete(end))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER))
+        .layer(Extension(whep))
         .layer(cors)
 }
 
@@ -183,8 +152,12 @@ fn refuse(ctx: &SlaveCtx, status: StatusCode, code: &'static str, msg: String) -
     ApiError::new(status, code, msg)
 }
 
+/// The engine's handle, given to the routes by `router`'s layer (none with WEBRTC=false).
+type EngineHandle = Extension<Option<Arc<Whep>>>;
+
 async fn offer(
     State(ctx): State<Arc<SlaveCtx>>,
+    Extension(whep): EngineHandle,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -193,7 +166,7 @@ async fn offer(
     if !common::valid_stream_name(&name) {
         return Err(ApiError::not_found("not_found", "no such stream"));
     }
-    let whep = ctx.whep.get().cloned().ok_or_else(|| {
+    let whep = whep.ok_or_else(|| {
         refuse(
             &ctx,
             StatusCode::NOT_FOUND,
@@ -292,14 +265,11 @@ async fn offer(
 }
 
 async fn end(
-    State(ctx): State<Arc<SlaveCtx>>,
+    State(_): State<Arc<SlaveCtx>>,
+    Extension(whep): EngineHandle,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let whep = ctx
-        .whep
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
+    let whep = whep.ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
     let (tx, rx) = oneshot::channel();
     let _ = whep
         .cmds
@@ -315,15 +285,12 @@ async fn end(
 /// `a=candidate:` line each. ICE-lite needs none (the browser's checks reach us first), but a
 /// browser that sends them is answered as the draft asks.
 async fn trickle(
-    State(ctx): State<Arc<SlaveCtx>>,
+    State(_): State<Arc<SlaveCtx>>,
+    Extension(whep): EngineHandle,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let whep = ctx
-        .whep
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
+    let whep = whep.ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("not an SDP fragment"))?;
     let candidates = text
