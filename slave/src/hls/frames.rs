@@ -58,6 +58,9 @@ impl FrameFeed {
             let mut l = self.latest.lock();
             match &*item {
                 TapItem::VideoConfig(_) => {
+                    // A new encoder configuration (a publisher back within the grace period,
+                    // perhaps with B-frames now off): judged again from its own frames.
+                    self.bframes.store(false, Ordering::Relaxed);
                     l.video_config = Some(item.clone());
                     l.gop.clear();
                     l.gop_bytes = 0;
@@ -169,6 +172,22 @@ mod tests {
         f.push(video(160, false));
         assert!(matches!(&*rx.try_recv().unwrap(), TapItem::Video(v) if v.dts_ms == 160));
         assert!(f.flowing(1000));
+    }
+
+    #[test]
+    fn bframes_are_judged_again_after_a_new_encoder_config() {
+        let f = FrameFeed::default();
+        f.push(TapItem::VideoConfig(Bytes::from_static(b"avcC")));
+        f.push(TapItem::Video(VideoFrame {
+            dts_ms: 0,
+            cts_ms: 66,
+            keyframe: true,
+            data: Bytes::from_static(b"au"),
+        }));
+        assert!(f.has_bframes());
+        f.push(TapItem::VideoConfig(Bytes::from_static(b"avcC2")));
+        f.push(video(40, true));
+        assert!(!f.has_bframes());
     }
 
     #[test]
