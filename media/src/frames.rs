@@ -7,6 +7,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::MediaError;
 use crate::flv::{self, AudioPacket, VideoPacket};
+// The packager's own RTMP clock, so that frames and parts agree on every timestamp.
+use crate::packager::timeline::Timeline;
 
 /// One thing a frame consumer needs, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,24 +37,6 @@ pub struct VideoFrame {
 pub struct AudioFrame {
     pub pts_ms: u64,
     pub data: Bytes,
-}
-
-/// RTMP's u32 millisecond timestamps on one u64 timeline shared by both tracks: a step is read
-/// as the signed 32-bit difference, so a wrap after 49.7 days continues the line.
-#[derive(Debug, Default)]
-struct Timeline {
-    last: Option<(u32, u64)>,
-}
-
-impl Timeline {
-    fn extend(&mut self, ts: u32) -> u64 {
-        let ext = match self.last {
-            None => u64::from(ts),
-            Some((raw, ext)) => ext.saturating_add_signed(i64::from(ts.wrapping_sub(raw) as i32)),
-        };
-        self.last = Some((ts, ext));
-        ext
-    }
 }
 
 /// FLV tag bodies in, frames out. Tracks whether the encoder uses B-frames (a composition
@@ -85,7 +69,7 @@ impl FrameTap {
                     self.bframes = true;
                 }
                 Some(TapItem::Video(VideoFrame {
-                    dts_ms: self.timeline.extend(ts),
+                    dts_ms: self.timeline.map(ts),
                     cts_ms: composition_time_ms,
                     keyframe,
                     data,
@@ -100,7 +84,7 @@ impl FrameTap {
         Ok(match tag.packet {
             AudioPacket::SequenceHeader(asc) => Some(TapItem::AudioConfig(asc)),
             AudioPacket::Raw(data) if !data.is_empty() => Some(TapItem::Audio(AudioFrame {
-                pts_ms: self.timeline.extend(ts),
+                pts_ms: self.timeline.map(ts),
                 data,
             })),
             AudioPacket::Raw(_) => None,
@@ -231,10 +215,10 @@ mod tests {
     #[test]
     fn timeline_continues_across_the_u32_wrap() {
         let mut t = Timeline::default();
-        assert_eq!(t.extend(u32::MAX - 10), u64::from(u32::MAX - 10));
-        assert_eq!(t.extend(5), u64::from(u32::MAX) + 6);
+        assert_eq!(t.map(u32::MAX - 10), u64::from(u32::MAX - 10));
+        assert_eq!(t.map(5), u64::from(u32::MAX) + 6);
         // A small step back is a step back, not a wrap.
-        assert_eq!(t.extend(3), u64::from(u32::MAX) + 4);
+        assert_eq!(t.map(3), u64::from(u32::MAX) + 4);
     }
 
     #[test]

@@ -10,18 +10,7 @@ use serde_json::json;
 use crate::support::*;
 
 fn sign(c: &Cluster, node: &str, path: &str, ttl_secs: i64) -> String {
-    let key = SigningKey::load_or_generate(&c.key_file).unwrap();
-    let mut claims = new_claims(
-        "classcast",
-        "tester",
-        Role::Student,
-        node,
-        path,
-        Action::Read,
-        Duration::from_secs(3600),
-    );
-    claims.exp = (common::now_unix() as i64 + ttl_secs) as u64;
-    key.sign(&claims).unwrap()
+    sign_student(c, node, path, ttl_secs, None)
 }
 
 fn uri_of(playlist: &str, prefix: &str) -> String {

@@ -645,3 +645,34 @@ pub fn time_to_close(s: &mut std::net::TcpStream, within: Duration) -> Option<Du
     let t0 = Instant::now();
     closed_by_server(s, within).then(|| t0.elapsed())
 }
+
+/// A student read token for `path` on `node` that expires `ttl_secs` from now (negative:
+/// already expired), signed with the cluster's key, or with `key` (a forgery).
+pub fn sign_student(
+    c: &Cluster,
+    node: &str,
+    path: &str,
+    ttl_secs: i64,
+    key: Option<&common::token::SigningKey>,
+) -> String {
+    use common::token::{Action, Role, SigningKey, new_claims};
+    let own;
+    let key = match key {
+        Some(k) => k,
+        None => {
+            own = SigningKey::load_or_generate(&c.key_file).unwrap();
+            &own
+        }
+    };
+    let mut claims = new_claims(
+        "classcast",
+        "tester",
+        Role::Student,
+        node,
+        path,
+        Action::Read,
+        Duration::from_secs(3600),
+    );
+    claims.exp = (common::now_unix() as i64 + ttl_secs) as u64;
+    key.sign(&claims).unwrap()
+}

@@ -5,7 +5,7 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::token::{Action, Role, SigningKey, new_claims};
+use common::token::SigningKey;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind};
@@ -115,28 +115,6 @@ async fn post_offer(
     (status, r.text().await.unwrap(), location)
 }
 
-fn sign(c: &Cluster, node: &str, path: &str, ttl_secs: i64, key: Option<&SigningKey>) -> String {
-    let own;
-    let key = match key {
-        Some(k) => k,
-        None => {
-            own = SigningKey::load_or_generate(&c.key_file).unwrap();
-            &own
-        }
-    };
-    let mut claims = new_claims(
-        "classcast",
-        "tester",
-        Role::Student,
-        node,
-        path,
-        Action::Read,
-        Duration::from_secs(3600),
-    );
-    claims.exp = (common::now_unix() as i64 + ttl_secs) as u64;
-    key.sign(&claims).unwrap()
-}
-
 async fn viewers(c: &Cluster, id: &str) -> u64 {
     get_json(&c.http, &format!("{}/health", c.slave(id).base()))
         .await
@@ -209,22 +187,28 @@ async fn whep_plays_from_the_origin_and_an_edge_with_the_viewers_token_only() {
         ("none", None, 401),
         (
             "forged",
-            Some(sign(&c, &origin, "live/class", 600, Some(&other_key))),
+            Some(sign_student(
+                &c,
+                &origin,
+                "live/class",
+                600,
+                Some(&other_key),
+            )),
             401,
         ),
         (
             "expired",
-            Some(sign(&c, &origin, "live/class", -10, None)),
+            Some(sign_student(&c, &origin, "live/class", -10, None)),
             401,
         ),
         (
             "other node",
-            Some(sign(&c, &edge, "live/class", 600, None)),
+            Some(sign_student(&c, &edge, "live/class", 600, None)),
             403,
         ),
         (
             "other stream",
-            Some(sign(&c, &origin, "live/other", 600, None)),
+            Some(sign_student(&c, &origin, "live/other", 600, None)),
             403,
         ),
     ];

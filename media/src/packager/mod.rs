@@ -36,7 +36,7 @@
 mod audio;
 #[cfg(test)]
 mod tests;
-mod timeline;
+pub(crate) mod timeline;
 mod video;
 
 use std::time::Duration;

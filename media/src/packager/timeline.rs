@@ -7,12 +7,12 @@ use super::MAX_TS_JUMP_MS;
 /// taken against the most recent message of *any* track, which is what keeps audio and video
 /// aligned across a u32 wrap.
 #[derive(Debug, Default)]
-struct Timeline {
+pub(crate) struct Timeline {
     last: Option<(u32, u64)>,
 }
 
 impl Timeline {
-    fn map(&mut self, raw: u32) -> u64 {
+    pub(crate) fn map(&mut self, raw: u32) -> u64 {
         let out = match self.last {
             None => u64::from(raw),
             Some((last_raw, last_out)) => {
