@@ -230,8 +230,9 @@ pub(crate) struct MediaTuning {
     /// Segment target (segments start at keyframes, so a longer GOP makes longer segments).
     #[arg(long, env = "SEGMENT_TARGET_MS", default_value_t = 1000)]
     pub(crate) segment_target_ms: u64,
-    /// Segments listed in the playlist.
-    #[arg(long, env = "PLAYLIST_WINDOW", default_value_t = 7)]
+    /// Segments listed in the playlist (at least 3; each one listed costs two held in memory,
+    /// as RFC 8216 keeps a segment for a playlist's length after it leaves).
+    #[arg(long, env = "PLAYLIST_WINDOW", default_value_t = 4)]
     pub(crate) window: usize,
     /// How long a stream waits for its publisher to come back before it ends.
     #[arg(long, env = "PUBLISH_GRACE_MS", default_value_t = 10_000)]

@@ -127,7 +127,7 @@ pub async fn serve(
     ctx.set_finder(mirror::EdgeMirror);
     let whep = webrtc::start(&ctx).await?;
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
-    let ingest = tokio::spawn(ingest::run_listener(ctx.clone(), rtmp));
+    let ingest = ingest::IngestThread::start(ctx.clone(), rtmp)?;
     let retention = tokio::spawn(recorder::retention_loop(ctx.clone()));
     // One heartbeat loop per master: each master holds the whole registry on its own.
     let masters = discovery::MasterSet::new(ctx.clone())?;
@@ -154,7 +154,7 @@ pub async fn serve(
     ctx.masters.unregister().await;
     tokio::time::sleep(ctx.cfg.drain).await;
     tracing::info!("slave shutting down");
-    ingest.abort();
+    ingest.stop().await;
     retention.abort();
     shutdown_streams(&ctx).await;
     let _ = tx.send(());

@@ -97,7 +97,7 @@ pub fn spawn(ctx: Arc<SlaveCtx>, stream: Arc<HlsStream>) {
             Err(e) => return stopped(&ctx, &id, "write_error", &e.to_string()),
         };
         tracing::info!(%id, path = %stream.path, dir = %writer.dir().display(), "recording the class");
-        let mut rx = stream.subscribe();
+        let mut rx = stream.subscribe_completed();
         let mut next = None;
         loop {
             let (batch, ended) = collect(&stream, &mut next);

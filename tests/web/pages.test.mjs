@@ -265,7 +265,7 @@ test('a live class rewinds to its start and back; a past class replays from an e
   const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'replay', credential: TEACHER, record: true }) });
   const pub = publish('replay-publisher', `${t.rtmp_url}/${t.stream_key}`);
-  // Longer than the 7 s the slaves keep in memory (PLAYLIST_WINDOW), so rewinding needs the recording.
+  // Longer than the 4 s the slaves list (PLAYLIST_WINDOW; 9 s held), so rewinding needs the recording.
   const rec = await until('9 s recorded', 60000, async () =>
     (await json(`${base}/api/recordings`)).recordings.find((r) => r.path === 'live/replay' && r.duration_s >= 9));
 

@@ -49,7 +49,11 @@ impl Default for HlsConfig {
         Self {
             part_target: Duration::from_millis(200),
             segment_target: Duration::from_secs(1),
-            window: 7,
+            // Four segments of 1 s: the shortest playlist RFC 8216 allows for a target
+            // duration of 1 (three target durations, plus the segment being filled), and what
+            // a player that ignores parts needs for its HOLD-BACK of 3 s. Media lives in memory,
+            // so every segment listed costs two held (the retention margin in `trim`).
+            window: 4,
             grace: Duration::from_secs(10),
             linger: Duration::from_secs(30),
         }
@@ -442,16 +446,13 @@ impl State {
         }
     }
 
-    /// Drops segments beyond the window plus a retention margin of three target durations,
-    /// so that a player that just read an older playlist can still fetch what it lists.
+    /// Drops segments beyond the window plus a retention margin: RFC 8216 (6.2.2) has a
+    /// segment that left the playlist stay available for its own duration plus that of the
+    /// longest playlist it was in, so a player that just read an older playlist can still
+    /// fetch everything it lists. With segments of about the target that is `window + 1` more.
     fn trim(&mut self, cfg: &HlsConfig) {
-        let target = self
-            .max_segment
-            .max(cfg.segment_target.as_secs_f64())
-            .max(0.1);
-        let keep_extra =
-            (3.0 * target / cfg.segment_target.as_secs_f64().max(0.1)).ceil() as usize + 1;
-        while self.segments.len() > cfg.window + keep_extra {
+        let keep = 2 * cfg.window + 1;
+        while self.segments.len() > keep {
             if let Some(s) = self.segments.pop_front()
                 && s.discontinuity
             {
@@ -638,7 +639,11 @@ mod tests {
 
     #[test]
     fn program_date_time_never_goes_back() {
-        let cfg = HlsConfig::default();
+        // Every segment of the test held at once.
+        let cfg = HlsConfig {
+            window: 7,
+            ..Default::default()
+        };
         let t0 = Now::system();
         let at = |ms: i64| Now {
             at: t0.at,
@@ -715,14 +720,14 @@ mod tests {
     }
 
     #[test]
-    fn window_is_trimmed() {
+    fn window_is_trimmed_and_dropped_segments_stay_for_a_playlist_length() {
         let cfg = HlsConfig {
-            window: 3,
+            window: 4,
             ..Default::default()
         };
         let now = Now::system();
         let mut st = State::default();
-        for _ in 0..50 {
+        for i in 0..50u64 {
             let cut = CutPart {
                 data: part(0),
                 duration: Duration::from_secs(1),
@@ -732,8 +737,16 @@ mod tests {
             };
             let p = st.place_part(7, cut, now);
             st.insert_part(&cfg, p, now);
+            // The playlist lists the newest `window`; everything that left it within the
+            // last `window + 1` segments is still held (RFC 8216 6.2.2).
+            let held = st.segments.len() as u64;
+            assert_eq!(held, (i + 1).min(9), "after {} segments", i + 1);
         }
-        assert!(st.segments.len() <= 3 + 4);
+        assert_eq!(st.segments.front().map(|s| s.msn), Some(7 + 49 - 8));
         assert_eq!(st.last_msn(), Some(7 + 49));
+        // Listed: three whole segments and the one being filled.
+        let text = super::super::playlist::render(&st, &cfg, None);
+        assert!(text.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{}\n", 7 + 46)));
+        assert_eq!(text.matches("#EXTINF").count(), 3);
     }
 }

@@ -18,6 +18,9 @@ pub struct HlsStream {
     state: RwLock<State>,
     /// Bumped on every change; blocked playlist and part requests wait on it.
     version: watch::Sender<u64>,
+    /// The newest complete segment and whether the stream ended: what the recorder waits on,
+    /// so that it wakes once a segment and not at every part.
+    completed: watch::Sender<(Option<u64>, bool)>,
     pub created: Instant,
     /// First media sequence number of an origin stream: the creation time in seconds, so a
     /// re-published path never reuses a URI that a cache may hold as immutable.
@@ -35,6 +38,7 @@ impl HlsStream {
             cfg,
             state: RwLock::new(State::default()),
             version: watch::channel(0).0,
+            completed: watch::channel((None, false)).0,
             created: Instant::now(),
             msn_base: common::now_unix(),
             rendered: parking_lot::Mutex::new(None),
@@ -67,6 +71,11 @@ impl HlsStream {
         self.version.subscribe()
     }
 
+    /// Changes when a segment completes or the stream ends.
+    pub fn subscribe_completed(&self) -> watch::Receiver<(Option<u64>, bool)> {
+        self.completed.subscribe()
+    }
+
     /// Applies `change` under the write lock and wakes waiters if it says something changed.
     /// The version is bumped with the lock held, so that a reader under the read lock always
     /// sees a version that matches the state (the rendering cache relies on it).
@@ -75,6 +84,15 @@ impl HlsStream {
         let (out, changed) = change(&mut st);
         if changed {
             self.version.send_modify(|v| *v += 1);
+            let done = (
+                st.segments.iter().rev().find(|s| s.complete).map(|s| s.msn),
+                st.ended,
+            );
+            self.completed.send_if_modified(|c| {
+                let new = *c != done;
+                *c = done;
+                new
+            });
         }
         out
     }
@@ -302,6 +320,24 @@ mod tests {
         assert_eq!(s.push_part(part(2), d, false, false, false), (b, 1));
         assert_eq!(s.push_part(part(3), d, true, true, false), (b + 1, 0));
         assert!(s.read().segment(b).unwrap().complete);
+    }
+
+    #[test]
+    fn the_recorders_signal_changes_per_segment_not_per_part() {
+        let s = HlsStream::new("live/x".into(), HlsConfig::default());
+        let mut rx = s.subscribe_completed();
+        let d = Duration::from_millis(200);
+        let (b, _) = s.push_part(part(1), d, true, true, false);
+        s.push_part(part(2), d, false, false, false);
+        // Parts of the open segment: nothing for the recorder yet.
+        assert!(!rx.has_changed().unwrap());
+        s.push_part(part(3), d, true, true, false);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), (Some(b), false));
+        s.push_part(part(4), d, false, false, false);
+        assert!(!rx.has_changed().unwrap());
+        s.end();
+        assert_eq!(*rx.borrow_and_update(), (Some(b + 1), true));
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! RTMP ingest: one tokio task per connection, from TCP bytes through the rml_rtmp adapter and
-//! the packager into the stream store.
+//! RTMP ingest: one task per connection, from TCP bytes through the rml_rtmp adapter and the
+//! packager into the stream store, all on one thread of its own ([`IngestThread`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,16 +9,87 @@ use bytes::Bytes;
 use common::token::Action;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 
 use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, Source};
 use media::rtmp::{self, RtmpEvent, RtmpSession, chunks, split_stream_key};
 use media::{Packager, PackagerConfig, PackagerOutput};
 
+/// The RTMP connections' thread: a single-threaded runtime that owns the listener and every
+/// publisher's socket, as an nginx worker does.
+///
+/// Why: on the shared multi-threaded runtime each RTMP message (~75 a second per stream) woke
+/// a worker and, with the other worker idle, often a second one to steal it; the ingest
+/// benchmark measured twice the context switches and ~1.7x the CPU per stream of a runtime
+/// with one worker (docs/benchmarks.md, "Ingest CPU"). Publishers are few and cheap (well under
+/// 1 % of a core each), so one thread carries a building's worth of them. What ingest starts
+/// that outlives a connection (the recorder, announcements, the grace timer) runs on the main
+/// runtime (`main`), so that stopping ingest never cuts a recording short.
+pub struct IngestThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IngestThread {
+    /// Moves `listener` to a new ingest thread; must be called from within the main runtime.
+    pub fn start(ctx: Arc<SlaveCtx>, listener: TcpListener) -> std::io::Result<Self> {
+        let main = Handle::current();
+        let listener = listener.into_std()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let join = std::thread::Builder::new()
+            .name("rtmp-ingest".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "rtmp listener could not join the ingest thread");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = run_listener(ctx, listener, main) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Connections still open are dropped here; their streams are ended by the
+                // slave's shutdown.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            join: Some(join),
+        })
+    }
+
+    /// Stops accepting and closes every RTMP connection.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(j) = self.join.take() {
+            let _ = tokio::task::spawn_blocking(move || j.join()).await;
+        }
+    }
+}
+
+impl Drop for IngestThread {
+    fn drop(&mut self) {
+        // A slave dropped without `stop` (a test's task aborted) still ends its thread.
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
 /// Accepts RTMP connections, at most `max_connections` at once: past it a newcomer is closed at
 /// once (a connection that has not published yet is closed at its publish deadline, so the room
 /// it takes is bounded in time too).
-pub async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener) {
+async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener, main: Handle) {
     let slots = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.rtmp.max_connections));
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -43,10 +114,11 @@ pub async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener) {
             continue;
         };
         let ctx = ctx.clone();
+        let main = main.clone();
         tokio::spawn(async move {
             let _slot = slot;
             ctx.metrics.rtmp_connections.inc();
-            let mut conn = Connection::new(ctx.clone(), peer);
+            let mut conn = Connection::new(ctx.clone(), peer, main);
             let res = conn.run(sock).await;
             conn.finish();
             ctx.metrics.rtmp_connections.dec();
@@ -77,14 +149,18 @@ struct Connection {
     ctx: Arc<SlaveCtx>,
     peer: SocketAddr,
     publishing: Option<Publishing>,
+    /// The main runtime: the synchronous handlers below enter it, so what they spawn
+    /// (recorder, announcements, grace timer) lives there and not on the ingest thread.
+    main: Handle,
 }
 
 impl Connection {
-    fn new(ctx: Arc<SlaveCtx>, peer: SocketAddr) -> Self {
+    fn new(ctx: Arc<SlaveCtx>, peer: SocketAddr, main: Handle) -> Self {
         Self {
             ctx,
             peer,
             publishing: None,
+            main,
         }
     }
 
@@ -150,7 +226,10 @@ impl Connection {
             }
             let mut pending = std::collections::VecDeque::from(events?);
             while let Some(ev) = pending.pop_front() {
-                let flow = self.handle(&mut session, ev)?;
+                let flow = {
+                    let _main = self.main.enter();
+                    self.handle(&mut session, ev)?
+                };
                 let out = session.take_output();
                 if !out.is_empty() {
                     sock.write_all(&out).await?;
@@ -429,6 +508,7 @@ impl Connection {
     }
 
     fn finish(&mut self) {
+        let _main = self.main.enter();
         self.stop_publishing("connection closed");
     }
 }
