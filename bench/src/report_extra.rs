@@ -237,7 +237,7 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
              30 fps x264 1.4 Mbit/s + AAC 96 kbit/s FLV with `-c copy` (looped, real time). The script takes \
              a student token from the master, fetches the playlist a viewer gets, picks the newest listed \
              part and copies those exact bytes (part, viewer playlist, peer playlist) into `/dev/shm`, served \
-             by nginx (1 worker, `sendfile on`, `tcp_nopush on`, no access log). `wrk -t2 -c200 -d10s \
+             by nginx (1 worker, `sendfile on`, `tcp_nopush on`, no access log). `wrk -t2 -c200 -d8s \
              --latency` then hits each URL in turn, all under `chrt -r 1`, wrk on the same 2 cores. \
              classcast's part and viewer playlist carry the viewer's JWT in the query (as a player sends \
              it); the peer playlist is fetched with `Authorization: Bearer <cluster secret>`.",
@@ -492,9 +492,9 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
         writeln!(
             w,
             "`G2G_LONG_S` (default 300; 0 skips it): after the runs above, against the same live \
-             stream, **one** run of that many seconds of classcast with 100 ms parts in hls.js \
-             low-latency mode with catch-up at up to 1.5× speed (the configuration the latency goal \
-             is judged on), measured as above (5 s warm-up). A stall is a `waiting` event once playback had \
+             stream, **one** run of that many seconds of classcast with its default 200 ms parts in \
+             hls.js low-latency mode with catch-up at up to 1.5× speed (what the student page plays \
+             when WebRTC is off or refused: the defaults a user gets), measured as above (5 s warm-up). A stall is a `waiting` event once playback had \
              started; its time runs until the next `playing` (one still open at the end counts up to \
              the end). \"Longest freeze\" is the largest gap between two new frames on screen after \
              the warm-up, which would also catch a freeze the player did not report. Decoded / dropped \

@@ -95,7 +95,7 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
         writeln!(
             w,
             "A recorded segment ({:.0} B) as a viewer fetches it (with its ticket), from the slave's disk, \
-             against static nginx serving the same bytes from tmpfs (`wrk -t2 -c200 -d10s`): classcast \
+             against static nginx serving the same bytes from tmpfs (`wrk -t2 -c200 -d8s`): classcast \
              **{:.0} req/s** (p99 {:.2} ms), nginx {:.0} req/s (p99 {:.2} ms): **{:.2}×**.",
             f(c, "bytes"),
             f(c, "rps"),

@@ -165,7 +165,7 @@ async fn replay_serving(ctx: &Ctx<'_>, p: u16, nginx_port: u16) -> anyhow::Resul
     let nst = ctx.start_nginx_static(&shm, nginx_port).await?;
     let len = bytes.len() as u64;
     log(&format!(
-        "10b a recorded segment ({len} B) from the slave's disk vs static nginx (wrk -t2 -c200 -d10s)"
+        "10b a recorded segment ({len} B) from the slave's disk vs static nginx (wrk -t2 -c200 -d8s)"
     ));
     wrk_run(
         ctx,

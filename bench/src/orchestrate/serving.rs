@@ -82,7 +82,7 @@ pub fn parse_wrk(out: &str, label: &str, server: &str, kind: &str, bytes: u64) -
     )
 }
 
-/// One `wrk -t2 -c200 -d10s --latency` run → one result line.
+/// One `wrk -t2 -c200 -d8s --latency` run → one result line.
 pub(super) async fn wrk_run(
     ctx: &Ctx<'_>,
     (label, server, kind): (&str, &str, &str),
@@ -90,7 +90,7 @@ pub(super) async fn wrk_run(
     url: &str,
     header: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut a = Vec::from(args!["-t2", "-c200", "-d10s", "--latency"]);
+    let mut a = Vec::from(args!["-t2", "-c200", "-d8s", "--latency"]);
     if let Some(h) = header {
         a.extend(args!["-H", h]);
     }
@@ -203,9 +203,18 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
         .strip_suffix("/index.m3u8")
         .context("viewer URL without /index.m3u8")?
         .to_string();
+    // nginx first (on placeholders, rewritten below), so that the part picked below is as
+    // young as can be when wrk starts.
+    for name in ["viewer.m3u8", "peer.m3u8", "part.m4s"] {
+        let f = shm.0.join(name);
+        std::fs::write(&f, b"")?;
+        chmod(&f, 0o644)?;
+    }
+    let nst = ctx.start_nginx_static(&shm.0, ns).await?;
     let viewer = get(&vurl, None).await?;
     let peer = get(&plain, Some(&ctx.secret)).await?;
-    // The newest complete part (listed, not the preload hint): it stays available > 10 s.
+    // The newest complete part (listed, not the preload hint): it stays available for the
+    // 2 × PLAYLIST_WINDOW + 1 segments a slave holds (9 s by default), longer than wrk's 8 s.
     let text = String::from_utf8_lossy(&viewer);
     let part = text
         .lines()
@@ -230,11 +239,10 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
         peer.len() as u64,
     );
     eprintln!("part {part}: {pb} bytes; viewer playlist {vb} bytes, peer playlist {peb} bytes");
-    let nst = ctx.start_nginx_static(&shm.0, ns).await?;
 
     if ctx.args.want("serving") {
         log(
-            "5 serving: one ~40 KB part and the playlist, classcast vs static nginx (wrk -t2 -c200 -d10s)",
+            "5 serving: one ~40 KB part and the playlist, classcast vs static nginx (wrk -t2 -c200 -d8s)",
         );
         let n = |f: &str| format!("http://127.0.0.1:{ns}/{f}");
         let bearer = Some(format!("Authorization: Bearer {}", ctx.secret));
