@@ -24,8 +24,8 @@ pub const MIN_PART_HOLD_BACK: f64 = 0.3;
 /// [`MIN_PART_HOLD_BACK`]. A player that honours it (hls.js and Shaka in low-latency mode)
 /// sits that far behind the newest part, so it is most of the latency: with the default
 /// 200 ms parts 0.4 s instead of the 0.6 s of three part targets (the spec's "SHOULD"), which
-/// took a minute's glass-to-glass down by about 0.2 s (docs/benchmarks.md, "2026-12-02: issue
-/// 21"). Two parts suffice here because a player never polls for a part: the blocking reload
+/// took hls.js's glass-to-glass from 1.12 / 1.22 s to 0.95 / 1.07 s (docs/benchmarks.md,
+/// "2026-12-02: issue 21"). Two parts suffice here because a player never polls for a part: the blocking reload
 /// and the preload hint hand it each one the moment it is complete. The floor is absolute
 /// because what the margin absorbs (Wi-Fi, encoder and scheduling jitter) is: 0.2 s with
 /// 100 ms parts stalled in the benchmark, 0.3 s (three parts, as before) did not in 5 minutes.

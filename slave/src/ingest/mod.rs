@@ -20,10 +20,10 @@ use media::{Packager, PackagerConfig, PackagerOutput};
 /// publisher's socket, as an nginx worker does.
 ///
 /// Why: on the shared multi-threaded runtime each RTMP message (~75 a second per stream) woke
-/// a worker and, with the other worker idle, often a second one to steal it; the ingest
-/// benchmark measured twice the context switches and ~1.7x the CPU per stream of a runtime
-/// with one worker (docs/benchmarks.md, "Ingest CPU"). Publishers are few and cheap (well under
-/// 1 % of a core each), so one thread carries a building's worth of them. What ingest starts
+/// a worker and, with the other worker idle, often a second one to steal it: with four
+/// publishers, 79 context switches per stream-s and 0.91–2.0 % of a core per stream, against
+/// 37 and 0.54–0.63 % with one worker (docs/benchmarks.md, "2026-12-02: issue 21"). A publisher
+/// costs well under 1 % of a core here, so one thread is not what limits a slave. What ingest starts
 /// that outlives a connection (the recorder, announcements, the grace timer) runs on the main
 /// runtime (`main`), so that stopping ingest never cuts a recording short.
 pub struct IngestThread {
