@@ -222,8 +222,39 @@ pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
             f(v, "frames"),
             yes(n == 0.0 && f(v, "frames") > 0.0)
         )?;
+        let per_min = minutes(&v["p50_by_minute_ms"]);
+        if let (Some(a), Some(b)) = (per_min.first(), per_min.last()) {
+            let lag = edge_lag(r)
+                .map(|l| format!("; the live edge behind the wall clock: {}", l.join(" → ")))
+                .unwrap_or_default();
+            writeln!(
+                w,
+                "| latency drift over {}: last minute's p50 − first's | ≤ 50 ms | {:+.0} ms ({a:.0} → {b:.0} ms{lag}) | {} |",
+                duration(f(v, "seconds")),
+                b - a,
+                yes(b - a <= 50.0)
+            )?;
+        }
     }
     Ok(())
+}
+
+fn minutes(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect()
+}
+
+/// The long run's `g2g_edge_lag` line, per minute, as "123 ms" cells.
+fn edge_lag(r: &[Value]) -> Option<Vec<String>> {
+    let v = r.iter().rfind(|v| v["bench"] == "g2g_edge_lag")?;
+    let m: Vec<String> = minutes(&v["lag_by_minute_ms"])
+        .iter()
+        .map(|m| format!("{m:.0} ms"))
+        .collect();
+    (!m.is_empty()).then_some(m)
 }
 
 pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
@@ -541,6 +572,19 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
             )?;
         }
         writeln!(w)?;
+        if let Some(lag) = edge_lag(r) {
+            writeln!(
+                w,
+                "Beside the long run, the bench read the slave's playlist every 2 s: how far its live \
+                 edge (the end of the newest part on the playlist's PROGRAM-DATE-TIME clock, which is \
+                 the wall clock when the stream began advanced by media durations only) is behind the \
+                 wall clock, median per minute: {}. A lag that grows with the latency means the media \
+                 reaches the slave ever later than real time (the publisher falling behind), not the \
+                 player drifting.",
+                lag.join(", ")
+            )?;
+            writeln!(w)?;
+        }
         for v in &long {
             let at: Vec<String> = v["stalls"]
                 .as_array()

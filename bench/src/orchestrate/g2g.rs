@@ -274,7 +274,8 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         log(&format!(
             "8b stalls: classcast (default 200 ms parts), hls.js low-latency + catch-up 1.5, one run of {long} s"
         ));
-        node(Vec::from(args![
+        let lag = tokio::spawn(edge_lag_sampler(url_a.clone()));
+        let run = node(Vec::from(args![
             "bench/web/g2g.mjs",
             "--port",
             page_port,
@@ -297,9 +298,107 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             "--src",
             url_a
         ]))
-        .await?;
+        .await;
+        lag.abort();
+        let samples = LAG.lock().map(|v| v.clone()).unwrap_or_default();
+        run?;
+        let line = edge_lag_line("classcast-part200", &samples);
+        println!("{line}");
+        super::finish::append(&ctx.results, &line)?;
     }
     // The publisher, nginx, the slaves and masters (and xiu): newest first.
     ctx.sup.stop_all();
     Ok(())
+}
+
+/// What the sampler has seen so far (it is aborted when the long run ends, so it keeps its
+/// samples here rather than returning them).
+static LAG: std::sync::Mutex<Vec<(f64, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// How far the live edge of the playlist at `url` is behind the wall clock, every 2 s:
+/// `(s since the first sample, ms)`. The edge is the end of the newest part on the playlist's
+/// own clock (PROGRAM-DATE-TIME is the wall clock when the stream began, advanced by media
+/// durations only), so a lag that grows means the media arrives ever later than real time —
+/// the publisher falling behind — whatever the player does.
+async fn edge_lag_sampler(url: String) {
+    LAG.lock().map(|mut v| v.clear()).ok();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(lag) = edge_lag_ms(&fetch_text(&url).await) {
+            let at = t0.elapsed().as_secs_f64();
+            if let Ok(mut v) = LAG.lock() {
+                v.push((at, lag));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn edge_lag_ms(playlist: &str) -> Option<f64> {
+    let p = media::hls::playlist::ParsedPlaylist::parse(playlist).ok()?;
+    let last = p.segments.last()?;
+    let media_s = last
+        .duration
+        .unwrap_or_else(|| last.parts.iter().map(|x| x.duration).sum());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as f64;
+    Some(now - (last.pdt_ms as f64 + media_s * 1000.0))
+}
+
+/// The `g2g_edge_lag` result line: the median lag of each whole minute.
+fn edge_lag_line(label: &str, samples: &[(f64, f64)]) -> String {
+    let mut by_minute = Vec::new();
+    for m in 0.. {
+        let (lo, hi) = (m as f64 * 60.0, (m + 1) as f64 * 60.0);
+        if samples.last().is_none_or(|l| l.0 < hi - 2.0) {
+            break;
+        }
+        let mut w: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.0 >= lo && s.0 < hi)
+            .map(|s| s.1)
+            .collect();
+        w.sort_by(f64::total_cmp);
+        by_minute.push(w.get(w.len() / 2).map_or(f64::NAN, |v| v.round()));
+    }
+    // The key order g2g.mjs writes (bench, label, player), by which a subset run replaces it.
+    format!(
+        "{{\"bench\":\"g2g_edge_lag\",\"label\":{},\"player\":\"hls\",\"samples\":{},\"lag_by_minute_ms\":{}}}",
+        serde_json::Value::from(label),
+        samples.len(),
+        serde_json::Value::from(by_minute)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edge_is_the_newest_parts_end_on_the_playlists_clock() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let pdt = media::hls::playlist::rfc3339_ms(now - 3000);
+        let text = format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.2\n#EXT-X-MEDIA-SEQUENCE:7\n\
+             #EXT-X-MAP:URI=\"init0.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:{pdt}\n\
+             #EXT-X-PART:DURATION=0.20000,URI=\"part7.0.m4s\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.20000,URI=\"part7.1.m4s\"\n"
+        );
+        let lag = edge_lag_ms(&text).expect("a lag");
+        assert!((2550.0..2700.0).contains(&lag), "{lag}");
+    }
+
+    #[test]
+    fn the_lag_line_has_one_median_per_whole_minute() {
+        let samples: Vec<(f64, f64)> = (0..75).map(|i| (i as f64 * 2.0, 100.0 + i as f64)).collect();
+        let line = edge_lag_line("x", &samples);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["lag_by_minute_ms"], serde_json::json!([115.0, 145.0]));
+        assert_eq!(v["samples"], 75);
+    }
 }
