@@ -431,7 +431,10 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
              headless Chromium (playwright-core; `--no-sandbox --disable-gpu \
              --disable-background-networking`), which plays it with hls.js 1.7.4 (the light build we \
              ship) or Shaka Player, draws the video to a canvas every animation frame, decodes the clock \
-             and records Date.now() − clock for every new frame shown. Each run is a fresh page of 30 s; \
+             and records Date.now() − clock for every new frame shown; with hls.js it also samples \
+             `hls.latency` (the player's own distance behind the live edge it computes from the \
+             playlist) and the media buffered ahead, so that glass-to-glass minus the first is what \
+             happens before a frame is listed. Each run is a fresh page of 30 s; \
              the first 5 s after the first frame are not counted; stalls are `waiting` events after \
              playback started. Everything runs on the same 2 cores under `chrt -r 1`.",
             when(groups.first().map_or_else(|| long[0], |g| g.2[0]))
@@ -480,17 +483,26 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
     if !groups.is_empty() {
         writeln!(
             w,
-            "| server | player (config) | run | start ms | frames | p50 ms | p95 ms | min / max ms | stalls | decode failures | errors |"
+            "| server | player (config) | run | start ms | frames | p50 ms | p95 ms | min / max ms | hls.js latency / buffer p50 ms | stalls | decode failures | errors |"
         )?;
         writeln!(
             w,
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         )?;
         for (label, player, runs) in &groups {
             for v in runs {
+                let own = if v["player_latency_p50_ms"].is_number() {
+                    format!(
+                        "{:.0} / {:.0}",
+                        f(v, "player_latency_p50_ms"),
+                        f(v, "buffer_p50_ms")
+                    )
+                } else {
+                    "–".into()
+                };
                 writeln!(
                     w,
-                    "| {label} | {player} `{}` | {} | {} | {} | {} | {} |",
+                    "| {label} | {player} `{}` | {} | {} | {own} | {} | {} | {} |",
                     v["cfg"],
                     f(v, "run"),
                     latency_cells(v),

@@ -79,6 +79,13 @@ try {
       decoded_frames: g.decodedFrames, dropped_frames: g.droppedFrames,
       decode_failures: g.decodeFail, error_count: g.errorCount ?? g.errors.length, errors: g.errors,
     };
+    // hls.js only: its own latency (distance behind the live edge it computes) and the buffer
+    // ahead, p50 after the warm-up, and its target.
+    const pl = g.player.filter(([t]) => first !== null && t - first >= warmup * 1000);
+    if (pl.length) {
+      r.player_latency_p50_ms = pct(pl.map(([, l]) => l).sort((a, b) => a - b), 50);
+      r.buffer_p50_ms = pct(pl.map(([, , b]) => b).sort((a, b) => a - b), 50);
+    }
     if (seconds >= 120 && first) {
       // p50 of each whole minute after the warm-up: does the latency drift over a long run?
       r.p50_by_minute_ms = [];
