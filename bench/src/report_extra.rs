@@ -224,7 +224,7 @@ pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
         )?;
         let per_min = minutes(&v["p50_by_minute_ms"]);
         if let (Some(a), Some(b)) = (per_min.first(), per_min.last()) {
-            let lag = edge_lag(r)
+            let lag = edge_lag(r, s(v, "label").as_str())
                 .map(|l| format!("; the live edge behind the wall clock: {}", l.join(" → ")))
                 .unwrap_or_default();
             writeln!(
@@ -247,9 +247,13 @@ fn minutes(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// The long run's `g2g_edge_lag` line, per minute, as "123 ms" cells.
-fn edge_lag(r: &[Value]) -> Option<Vec<String>> {
-    let v = r.iter().rfind(|v| v["bench"] == "g2g_edge_lag")?;
+/// The `g2g_edge_lag` line sampled beside the long run labelled `long`, per minute, as
+/// "123 ms" cells (the first such lines were labelled with the long run's label up to its `+`).
+fn edge_lag(r: &[Value], long: &str) -> Option<Vec<String>> {
+    let v = r.iter().rfind(|v| {
+        v["bench"] == "g2g_edge_lag"
+            && (v["label"] == long || long.split('+').next() == v["label"].as_str())
+    })?;
     let m: Vec<String> = minutes(&v["lag_by_minute_ms"])
         .iter()
         .map(|m| format!("{m:.0} ms"))
@@ -536,8 +540,10 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
             w,
             "`G2G_LONG_S` (default 300; 0 skips it): after the runs above, against the same live \
              stream, **one** run of that many seconds of classcast with its default 200 ms parts in \
-             hls.js low-latency mode with catch-up at up to 1.5× speed (what the student page plays \
-             when WebRTC is off or refused: the defaults a user gets), measured as above (5 s warm-up). A stall is a `waiting` event once playback had \
+             hls.js with what the student page plays when WebRTC is off or refused (the defaults a \
+             user gets: low-latency mode with catch-up at up to 1.5× speed until 2026-12-02, then \
+             `master/web/live-hls.js`, which also jumps back to the live sync position), measured \
+             as above (5 s warm-up). A stall is a `waiting` event once playback had \
              started; its time runs until the next `playing` (one still open at the end counts up to \
              the end). \"Longest freeze\" is the largest gap between two new frames on screen after \
              the warm-up, which would also catch a freeze the player did not report. Decoded / dropped \
@@ -584,10 +590,13 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
             )?;
         }
         writeln!(w)?;
-        if let Some(lag) = edge_lag(r) {
+        for (label, lag) in long
+            .iter()
+            .filter_map(|v| Some((s(v, "label"), edge_lag(r, s(v, "label").as_str())?)))
+        {
             writeln!(
                 w,
-                "Beside the long run, the bench read the slave's playlist every 2 s: how far its live \
+                "Beside the long run ({label}), the bench read the slave's playlist every 2 s: how far its live \
                  edge (the end of the newest part on the playlist's PROGRAM-DATE-TIME clock, which is \
                  the wall clock when the stream began advanced by media durations only) is behind the \
                  wall clock, median per minute: {}. A lag that grows with the latency means the media \

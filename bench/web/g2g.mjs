@@ -30,6 +30,8 @@ const files = {
   '/hls.js': ['node_modules/hls.js/dist/hls.light.min.js', 'text/javascript'],
   '/shaka.js': ['node_modules/shaka-player/dist/shaka-player.compiled.js', 'text/javascript'],
   '/mpegts.js': ['node_modules/mpegts.js/dist/mpegts.js', 'text/javascript'],
+  // What the student page plays with (`--cfg student`).
+  '/live-hls.js': ['../../master/web/live-hls.js', 'text/javascript'],
 };
 const server = createServer((req, res) => {
   const f = files[req.url.split('?')[0]];
@@ -69,7 +71,7 @@ try {
     let gap = 0;
     for (let i = 1; i < counted.length; i++) gap = Math.max(gap, counted[i][0] - counted[i - 1][0]);
     const r = {
-      bench, label: args.label, player: args.player || 'hls', cfg: JSON.parse(args.cfg || '{}'), run,
+      bench, label: args.label, player: args.player || 'hls', cfg: args.cfg === 'student' ? 'student' : JSON.parse(args.cfg || '{}'), run,
       seconds, warmup_s: warmup, startup_ms: first ? first - t0 : null, frames: lat.length,
       p50_ms: pct(lat, 50), p95_ms: pct(lat, 95), min_ms: lat[0] ?? null, max_ms: lat.at(-1) ?? null,
       waiting: g.waiting, stalled_ms: g.stalledMs,

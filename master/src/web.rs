@@ -144,6 +144,10 @@ async fn asset(Path(file): Path<String>) -> Response {
             include_bytes!("../web/student.js"),
             "text/javascript; charset=utf-8",
         ),
+        "live-hls.js" => (
+            include_bytes!("../web/live-hls.js"),
+            "text/javascript; charset=utf-8",
+        ),
         "teacher.js" => (
             include_bytes!("../web/teacher.js"),
             "text/javascript; charset=utf-8",

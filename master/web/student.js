@@ -126,9 +126,10 @@
     setMode('hls');
     video.srcObject = null;
     if (window.Hls && Hls.isSupported()) {
-      hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30,
+      hls = new Hls({ ...ClasscastLiveHls.config, backBufferLength: 30,
                       manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1,
                       startPosition: recording ? 0 : -1 });
+      if (!recording) ClasscastLiveHls.attach(hls);
       hls.on(Hls.Events.ERROR, (_, data) => {
         log({ type: 'hls-error', fatal: data.fatal, details: data.details });
         if (data.fatal) failover('playback failed (' + data.details + ')');

@@ -137,6 +137,20 @@ test('teacher page OBS settings publish, and the student page plays the class', 
     assert.match(await student.textContent('#node'), new RegExp(tok.node_id));
     const latency = await until('latency estimate', 10000, () => student.evaluate(() => window.classcast.latency));
     assert.ok(latency > 0 && latency < 5, `latency estimate ${latency}`);
+    // A student who falls behind (a 3 s pause) is brought back to the live edge by the page's
+    // hls.js settings (master/web/live-hls.js): without them hls.js stays 3 s behind for good
+    // (its catch-up only acts within a target duration of its target).
+    await student.evaluate(() => document.getElementById('video').pause());
+    await sleep(3000); // the pause under test, not a wait for an event
+    await student.evaluate(() => document.getElementById('video').play());
+    // The playhead's distance from the live edge as hls.js estimates it (the playlist's end
+    // plus the time since it arrived), computed afresh at each look.
+    const behind = await until('back near the live edge after a 3 s pause', 10000, () => student.evaluate(() => {
+      const h = window.classcast.hls, d = h && h.latestLevelDetails, v = document.getElementById('video');
+      const x = d && !v.paused ? d.edge + d.age - v.currentTime : null;
+      return x !== null && x > 0 && x < 1.5 ? x : null;
+    }));
+    assert.ok(behind < 1.5, `distance from the live edge after the pause: ${behind} s`);
     await student.screenshot({ path: path.join(ART, 'student.png') });
     assert.deepEqual(student._csp, [], 'the CSP blocked nothing the student page needs');
   });

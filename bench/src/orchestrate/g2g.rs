@@ -173,12 +173,13 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         &[],
     ))
     .await?;
-    // What the student page plays when WebRTC is off or refused: hls.js low-latency with
-    // catch-up, on the defaults (200 ms parts).
+    // What the student page plays when WebRTC is off or refused, on the defaults (200 ms
+    // parts): its own hls.js settings (master/web/live-hls.js: low-latency, catch-up, and a jump
+    // back to the live sync position when more than a little behind).
     node(g2g(
-        format!("classcast-part200+catchup1.5{sfx}"),
+        format!("classcast-part200+student-page{sfx}"),
         "hls",
-        format!("{{\"lowLatencyMode\":true,\"maxLiveSyncPlaybackRate\":1.5{x}}}"),
+        "student".into(),
         &url_a,
         &[],
     ))
@@ -272,7 +273,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let long = ctx.args.g2g_long_s;
     if long > 0 {
         log(&format!(
-            "8b stalls: classcast (default 200 ms parts), hls.js low-latency + catch-up 1.5, one run of {long} s"
+            "8b stalls: classcast (default 200 ms parts), the student page's hls.js settings, one run of {long} s"
         ));
         let lag = tokio::spawn(edge_lag_sampler(url_a.clone()));
         let run = node(Vec::from(args![
@@ -290,11 +291,11 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             "--out",
             path_str(&ctx.results),
             "--label",
-            "classcast-part200+catchup1.5",
+            "classcast-part200+student-page",
             "--player",
             "hls",
             "--cfg",
-            r#"{"lowLatencyMode":true,"maxLiveSyncPlaybackRate":1.5}"#,
+            "student",
             "--src",
             url_a
         ]))
@@ -302,7 +303,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         lag.abort();
         let samples = LAG.lock().map(|v| v.clone()).unwrap_or_default();
         run?;
-        let line = edge_lag_line("classcast-part200", &samples);
+        let line = edge_lag_line("classcast-part200+student-page", &samples);
         println!("{line}");
         super::finish::append(&ctx.results, &line)?;
     }
@@ -395,7 +396,9 @@ mod tests {
 
     #[test]
     fn the_lag_line_has_one_median_per_whole_minute() {
-        let samples: Vec<(f64, f64)> = (0..75).map(|i| (i as f64 * 2.0, 100.0 + i as f64)).collect();
+        let samples: Vec<(f64, f64)> = (0..75)
+            .map(|i| (i as f64 * 2.0, 100.0 + i as f64))
+            .collect();
         let line = edge_lag_line("x", &samples);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["lag_by_minute_ms"], serde_json::json!([115.0, 145.0]));
