@@ -10,6 +10,8 @@ use serde_json::Value;
 mod cache;
 #[path = "report_extra.rs"]
 mod extra;
+#[path = "report_g2g.rs"]
+mod g2g;
 #[path = "report_record.rs"]
 mod record;
 #[path = "report_webrtc.rs"]
@@ -206,6 +208,7 @@ pub fn write(
         }
     }
     extra::summary(w, &results)?;
+    g2g::summary(w, &results)?;
     writeln!(w)?;
 
     if let Some(t) = find("tokens") {
@@ -539,6 +542,7 @@ pub fn write(
     }
 
     extra::sections(w, &results)?;
+    g2g::section(w, &results)?;
     cache::section(w, &results)?;
     record::section(w, &results)?;
     webrtc::section(w, &results)?;
