@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use super::{f, yes};
 
-fn s(v: &Value, k: &str) -> String {
+pub(super) fn s(v: &Value, k: &str) -> String {
     v[k].as_str().unwrap_or("?").to_string()
 }
 
-fn when(v: &Value) -> String {
+pub(super) fn when(v: &Value) -> String {
     v["measured"]
         .as_str()
         .map(|d| format!(" Measured {d}."))

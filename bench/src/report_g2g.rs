@@ -5,18 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use super::extra::{s, when};
 use super::{f, yes};
-
-fn s(v: &Value, k: &str) -> String {
-    v[k].as_str().unwrap_or("?").to_string()
-}
-
-fn when(v: &Value) -> String {
-    v["measured"]
-        .as_str()
-        .map(|d| format!(" Measured {d}."))
-        .unwrap_or_default()
-}
 
 /// The summary rows: each classcast hls.js configuration, classcast's best against every peer's,
 /// and the long run's stalls and drift.

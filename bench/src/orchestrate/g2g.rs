@@ -275,7 +275,8 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         log(&format!(
             "8b stalls: classcast (default 200 ms parts), the student page's hls.js settings, one run of {long} s"
         ));
-        let lag = tokio::spawn(edge_lag_sampler(url_a.clone()));
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lag = tokio::spawn(edge_lag_sampler(url_a.clone(), samples.clone()));
         let run = node(Vec::from(args![
             "bench/web/g2g.mjs",
             "--port",
@@ -301,7 +302,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         ]))
         .await;
         lag.abort();
-        let samples = LAG.lock().map(|v| v.clone()).unwrap_or_default();
+        let samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
         run?;
         let line = edge_lag_line("classcast-part200+student-page", &samples);
         println!("{line}");
@@ -312,22 +313,18 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the sampler has seen so far (it is aborted when the long run ends, so it keeps its
-/// samples here rather than returning them).
-static LAG: std::sync::Mutex<Vec<(f64, f64)>> = std::sync::Mutex::new(Vec::new());
-
 /// How far the live edge of the playlist at `url` is behind the wall clock, every 2 s:
 /// `(s since the first sample, ms)`. The edge is the end of the newest part on the playlist's
 /// own clock (PROGRAM-DATE-TIME is the wall clock when the stream began, advanced by media
 /// durations only), so a lag that grows means the media arrives ever later than real time —
 /// the publisher falling behind — whatever the player does.
-async fn edge_lag_sampler(url: String) {
-    LAG.lock().map(|mut v| v.clear()).ok();
+/// It is aborted when the long run ends, so it keeps its samples in `out`.
+async fn edge_lag_sampler(url: String, out: std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>) {
     let t0 = std::time::Instant::now();
     loop {
         if let Some(lag) = edge_lag_ms(&fetch_text(&url).await) {
             let at = t0.elapsed().as_secs_f64();
-            if let Ok(mut v) = LAG.lock() {
+            if let Ok(mut v) = out.lock() {
                 v.push((at, lag));
             }
         }
