@@ -3,8 +3,9 @@
 # container registry:
 #
 #   debian:bookworm-slim        debootstrap --variant=minbase bookworm + docker import
-#   rust:<ver>-slim-bookworm    FROM the image above, gcc libc6-dev ca-certificates pkg-config from
-#                               Debian, and this machine's Rust toolchain (`rustup which rustc`)
+#   rust:<ver>-slim-bookworm    FROM the image above, gcc libc6-dev ca-certificates from Debian (the
+#                               official image's package set: no pkg-config, no cmake), and this
+#                               machine's Rust toolchain (`rustup which rustc`)
 #
 # Both carry this machine's extra trusted CA certificates (/usr/local/share/ca-certificates/*.crt),
 # so cargo works behind a TLS-inspecting proxy. With a registry nobody needs this script: `docker
@@ -128,7 +129,9 @@ minor=${full%.*}                                        # e.g. 1.95
 RUST_TAG=${RUST_TAG:-rust:$minor-slim-bookworm}
 triple=$("$tc/bin/rustc" -vV | awk '/^host:/ {print $2}')
 
-if have_image "$RUST_TAG"; then
+# An image made by an older version of this script had pkg-config, which the official one has not:
+# such an image would hide a build that needs it, so it is made again.
+if have_image "$RUST_TAG" && $DOCKER run --rm --network host "$RUST_TAG" sh -c '! command -v pkg-config' >/dev/null 2>&1; then
   log "$RUST_TAG exists; skipping"
 else
   t0=$(date +%s)
@@ -148,7 +151,7 @@ ENV RUSTUP_HOME=/usr/local/rustup \\
     RUST_VERSION=$full
 COPY ca/ /usr/local/share/ca-certificates/
 RUN apt-get update \\
- && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates pkg-config \\
+ && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates \\
  && update-ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
 COPY toolchain/ /usr/local/rustup/toolchains/$full-$triple/

@@ -206,6 +206,10 @@ done
 # ------------------------------------------------------------------------------------------------
 log "base images without a registry (deploy/offline-images.sh)"
 timed "offline base images" env DOCKER=docker deploy/offline-images.sh
+# The official rust:*-slim image has neither: a build that needs them fails for a user who pulls it.
+check "the Rust base image has no pkg-config and no cmake (as the official slim image)" \
+  docker run --rm --network host "rust:$(sed -n 's/^ARG RUST_VERSION=//p' deploy/Dockerfile)-slim-bookworm" \
+  sh -c '! command -v pkg-config && ! command -v cmake'
 log "building the classcast image (docker compose build)"
 if docker image inspect classcast:latest >/dev/null 2>&1; then state="image present before"; else state="no image before"; fi
 if timed "image build ($state)" "${DC[@]}" build master >"$TMP/build.log" 2>&1; then
@@ -218,6 +222,9 @@ fi
 docker image prune -f >/dev/null 2>&1 || true
 docker builder prune -f --keep-storage 4GB >/dev/null 2>&1 || true
 docker image inspect -f 'classcast:latest {{.Size}} bytes, user {{.Config.User}}, healthcheck {{.Config.Healthcheck.Test}}' classcast:latest
+docker run --rm --network host --entrypoint ldd classcast:latest /usr/local/bin/classcast >"$TMP/ldd.txt" 2>&1 || true
+check "the image's release binary links only the C runtime (no package needed to run it)" \
+  scripts/ldd-check.sh <"$TMP/ldd.txt"
 check "image runs as a non-root user" test "$(docker image inspect -f '{{.Config.User}}' classcast:latest)" = "classcast:classcast"
 check "image healthcheck is exec-form classcast healthcheck" \
   test "$(docker image inspect -f '{{json .Config.Healthcheck.Test}}' classcast:latest)" = '["CMD","classcast","healthcheck"]'

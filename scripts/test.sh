@@ -4,6 +4,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A timing line per stage, and a summary at the end (where the suite's time goes).
+T0=$(date +%s)
+STAGE=""
+STAGE_T=$T0
+TIMES=()
+stage() { # stage "name": ends the current stage (printing its time) and starts the next
+  local now; now=$(date +%s)
+  if [ -n "$STAGE" ]; then
+    TIMES+=("$(printf '%5ss  %s' "$((now - STAGE_T))" "$STAGE")")
+    printf '\n== test.sh: %s took %s s (total %s s)\n' "$STAGE" "$((now - STAGE_T))" "$((now - T0))"
+  fi
+  STAGE=$1
+  STAGE_T=$now
+  [ -n "$STAGE" ] && printf '\n== test.sh: %s\n' "$STAGE"
+  return 0
+}
+summary() {
+  local rc=$?
+  stage ""
+  printf '\n== test.sh: stages (%s s in all, exit %s)\n' "$(($(date +%s) - T0))" "$rc"
+  printf '%s\n' "${TIMES[@]}"
+}
+trap summary EXIT
+
+stage "apt installs"
+
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 need=()
@@ -29,15 +55,13 @@ command -v obs >/dev/null 2>&1 || need+=(obs-studio)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
 command -v gst-launch-1.0 >/dev/null 2>&1 || need+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x)
-# libopus for the WebRTC audio transcoder (the binary links libopus.so.0).
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+stage "fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The media crate stays without IO (docs/architecture.md): no async runtime or HTTP stack in
@@ -46,25 +70,34 @@ if cargo tree -p classcast-media -e normal --prefix none | grep -E '^(tokio|axum
   echo "classcast-media must not depend on tokio, axum, hyper, reqwest or tower" >&2
   exit 1
 fi
+stage "cargo tests"
 # The cache tier test (tests/e2e/cache_tier.rs) runs the bench's viewer generator, a binary of
 # another package: `cargo test` does not build it.
 cargo build -p classcast-bench
 cargo test --workspace --all-targets -- --test-threads=4 --skip clients::
+stage "real teacher clients (OBS, GStreamer)"
 # OBS (software rendering takes about a core) and GStreamer run on their own, so the timing
 # assertions of the other end-to-end tests do not share the two cores with them.
 cargo test --test e2e clients:: -- --test-threads=1
 
+stage "binary, Kubernetes and systemd checks"
 # The pages in real headless Chromium (playwright-core drives the apt chromium).
 (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 cargo build -p classcast
+# One self-contained binary: nothing linked beyond the C runtime (the deploy test checks the
+# image's release binary the same way).
+./scripts/ldd-check.sh target/debug/classcast
 # Kubernetes manifests and systemd units against the binary's flags (no cluster needed).
 ./deploy/kubernetes/check.sh
 ./deploy/systemd/check.sh
+stage "pages in Chromium"
 (cd tests/web && node --test --test-concurrency=1 pages.test.mjs)
 
+stage "fuzz smoke"
 # A short fuzz smoke of the four cargo-fuzz targets (the long runs are in docs/fuzzing.md).
 ./scripts/fuzz-smoke.sh
 
+stage "deploy test (Docker)"
 # Deployment for real: images built offline, `docker compose up --scale slave=5` on a private
 # Docker engine, Prometheus scraping it, promtool rule tests, dashboard schema checks.
 ./deploy/test.sh

@@ -275,8 +275,11 @@ pub(crate) struct MediaTuning {
     /// URL's host, resolved.
     #[arg(long, env = "WEBRTC_HOST")]
     pub(crate) webrtc_host: Option<String>,
-    /// WebRTC viewers this slave takes at once; past it the master offers LL-HLS only.
-    #[arg(long, env = "MAX_WEBRTC_VIEWERS", default_value_t = 500)]
+    /// WebRTC viewers this slave takes at once; past it WHEP answers 503 and the master sends
+    /// viewers to a slave with room, or offers LL-HLS. One engine task sends every session's
+    /// media, so this is one core's worth: 100 viewers took 54 % of a core and 250 a whole one
+    /// (docs/benchmarks.md section 11); 150 leaves room for the transcoder and signalling.
+    #[arg(long, env = "MAX_WEBRTC_VIEWERS", default_value_t = 150)]
     pub(crate) max_webrtc_viewers: u32,
 }
 

@@ -149,13 +149,33 @@ async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOG").unwrap_or_else(|_| "info".into()),
+/// `LOG`: a level (`debug`) or directives (`warn,classcast_slave=debug`); `info` when unset. An
+/// unreadable value is reported and `info` used, so a typo never silences the logs.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("LOG").unwrap_or_default();
+    let (filter, bad) = match spec.trim() {
+        "" => ("info".parse().expect("a level"), None),
+        s => match s.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => ("info".parse().expect("a level"), Some(e)),
+        },
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
         )
+        .with(filter)
         .init();
+    if let Some(e) = bad {
+        tracing::warn!(log = %spec, error = %e, "LOG is not a level or target=level list; using info");
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

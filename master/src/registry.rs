@@ -50,6 +50,14 @@ impl Node {
         pct(self.stats.connections, self.info.max_connections)
     }
     /// Load the balancer ranks on: reported plus promised.
+    /// WebRTC offered, and its sessions plus the viewers sent here since the last heartbeat fill
+    /// its capacity.
+    fn webrtc_full_with_pending(&self) -> bool {
+        self.stats
+            .webrtc
+            .is_some_and(|w| w.sessions.saturating_add(self.pending) >= w.capacity)
+    }
+
     pub fn effective_load_pct(&self) -> f64 {
         pct(
             self.stats.connections.saturating_add(self.pending),
@@ -300,9 +308,15 @@ impl Registry {
                     StreamFilter::Any => true,
                     StreamFilter::Serving(p) => n.serves(p),
                 })
+                // A viewer goes to a node with a WebRTC session to spare before one whose WebRTC
+                // is full (it would only get LL-HLS there), then by load.
                 .min_by(|a, b| {
-                    a.effective_load_pct()
-                        .total_cmp(&b.effective_load_pct())
+                    let full = |n: &Node| {
+                        matches!(filter, StreamFilter::Serving(_)) && n.webrtc_full_with_pending()
+                    };
+                    full(a)
+                        .cmp(&full(b))
+                        .then_with(|| a.effective_load_pct().total_cmp(&b.effective_load_pct()))
                         .then_with(|| a.pending.cmp(&b.pending))
                         .then_with(|| a.info.node_id.cmp(&b.info.node_id))
                 })
@@ -636,6 +650,43 @@ mod tests {
                 .unwrap()
                 .node_id,
             "b"
+        );
+    }
+
+    #[test]
+    fn viewers_go_where_webrtc_has_room_first() {
+        let r = Registry::new(Thresholds::default(), 10);
+        for id in ["a", "b"] {
+            r.register(req(id, 100)).unwrap();
+        }
+        let webrtc = |sessions, conns| NodeStats {
+            connections: conns,
+            webrtc: Some(common::api::WebRtcStats {
+                sessions,
+                capacity: 4,
+            }),
+            ..Default::default()
+        };
+        // a is the less loaded but its WebRTC is full: b gets the viewer.
+        r.heartbeat("a", webrtc(4, 4));
+        r.heartbeat("b", webrtc(2, 40));
+        r.announce("a", "live/x", true);
+        r.announce("b", "live/x", false);
+        r.mark_mirroring("b", "live/x");
+        let pick = || {
+            r.select(StreamFilter::Serving("live/x"), None, true)
+                .unwrap()
+        };
+        let first = pick();
+        assert_eq!(first.node_id, "b");
+        assert_eq!(first.webrtc, Some(true));
+        // b has 2 sessions and now 2 viewers on their way: full too, so load decides again.
+        assert_eq!(pick().node_id, "b");
+        assert_eq!(pick().node_id, "a", "both full: the less loaded");
+        // A teacher's pick (any node) is by load alone.
+        assert_eq!(
+            r.select(StreamFilter::Any, None, false).unwrap().node_id,
+            "a"
         );
     }
 

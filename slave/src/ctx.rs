@@ -93,7 +93,7 @@ impl Default for WebRtcConfig {
             enabled: true,
             udp_ports: (0, 0),
             host: "127.0.0.1".into(),
-            max_viewers: 500,
+            max_viewers: 150,
         }
     }
 }

@@ -12,3 +12,4 @@ mod media_plane;
 mod recording;
 mod support;
 mod webrtc;
+mod webrtc_bounds;

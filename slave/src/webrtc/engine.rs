@@ -3,7 +3,7 @@
 //! viewers one frame feed and one AAC → Opus transcoder that all its viewers share.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,17 +20,23 @@ use super::transcode::{OPUS_RATE, OpusTranscoder};
 use crate::ctx::SlaveCtx;
 use crate::hls::HlsStream;
 
-/// A session that has not connected by then is dropped (the browser went away mid-offer).
-const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, MAX_PENDING_PER_ADDR};
 /// Datagrams read per wake-up before the sessions are driven.
 const RECV_BATCH: usize = 64;
 
 pub(super) enum Command {
+    /// A session built by [`new_session`] off this task; admitted or refused here, in one step
+    /// with the insert, so the cap is never passed.
     Open {
+        id: String,
+        rtc: Box<Rtc>,
         stream: Arc<HlsStream>,
         viewer: String,
-        offer: SdpOffer,
-        reply: oneshot::Sender<anyhow::Result<(String, String)>>,
+        client: Option<IpAddr>,
+        /// Remote candidates the offer carried (they count toward the session's budget).
+        candidates: usize,
+        /// `Ok(true)`: it replaced the viewer's earlier session.
+        reply: oneshot::Sender<Result<bool, Refusal>>,
     },
     Close {
         id: String,
@@ -39,8 +45,38 @@ pub(super) enum Command {
     Candidates {
         id: String,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Trickle>,
     },
+}
+
+pub(super) enum Refusal {
+    /// MAX_WEBRTC_VIEWERS sessions exist.
+    Full,
+    /// MAX_PENDING_PER_ADDR sessions from this client address have not connected yet.
+    PendingFromAddress,
+}
+
+pub(super) enum Trickle {
+    Added,
+    NotFound,
+    TooMany,
+}
+
+/// A session's state from a viewer's offer, and the answer: the SDP work, done wherever the
+/// caller runs it (the blocking pool), not on the engine's task.
+pub(super) fn new_session(offer: &[u8], local: SocketAddr) -> anyhow::Result<(Box<Rtc>, String)> {
+    let offer = std::str::from_utf8(offer)?;
+    let offer = SdpOffer::from_sdp_string(offer)?;
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true)
+        .set_stats_interval(Some(Duration::from_secs(1)))
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let answer = rtc.sdp_api().accept_offer(offer)?;
+    Ok((Box::new(rtc), answer.to_sdp_string()))
 }
 
 enum Feed {
@@ -50,9 +86,12 @@ enum Feed {
 }
 
 struct Session {
-    rtc: Rtc,
+    rtc: Box<Rtc>,
     path: Arc<str>,
     viewer: String,
+    client: Option<IpAddr>,
+    /// Remote candidates taken so far (offer and trickle), at most MAX_CANDIDATES.
+    remote_candidates: usize,
     created: Instant,
     next: Instant,
     connected: bool,
@@ -332,12 +371,15 @@ impl Engine {
     fn command(&mut self, c: Command) {
         match c {
             Command::Open {
+                id,
+                rtc,
                 stream,
                 viewer,
-                offer,
+                client,
+                candidates,
                 reply,
             } => {
-                let r = self.open(stream, viewer, offer);
+                let r = self.open(id, rtc, stream, viewer, client, candidates);
                 let _ = reply.send(r);
             }
             Command::Close { id, reply } => {
@@ -356,40 +398,67 @@ impl Engine {
                 candidates,
                 reply,
             } => {
-                let found = match self.sessions.get_mut(&id) {
+                let r = match self.sessions.get_mut(&id) {
+                    Some(s) if s.remote_candidates + candidates.len() > MAX_CANDIDATES => {
+                        Trickle::TooMany
+                    }
                     Some(s) => {
+                        s.remote_candidates += candidates.len();
                         for c in candidates {
                             s.rtc.add_remote_candidate(c);
                         }
-                        true
+                        Trickle::Added
                     }
-                    None => false,
+                    None => Trickle::NotFound,
                 };
-                if found {
+                if matches!(r, Trickle::Added) {
                     self.drive(&id);
                 }
-                let _ = reply.send(found);
+                let _ = reply.send(r);
             }
         }
     }
 
+    /// Admission and insert in one step on this task. One viewer (token id), one session: a
+    /// new offer replaces the old one, so a token cannot fill the slave.
     fn open(
         &mut self,
+        id: String,
+        rtc: Box<Rtc>,
         stream: Arc<HlsStream>,
         viewer: String,
-        offer: SdpOffer,
-    ) -> anyhow::Result<(String, String)> {
+        client: Option<IpAddr>,
+        candidates: usize,
+    ) -> Result<bool, Refusal> {
+        let earlier: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.viewer == viewer)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let replaced = !earlier.is_empty();
+        for old in earlier {
+            if let Some(s) = self.sessions.get_mut(&old) {
+                s.rtc.disconnect();
+            }
+        }
+        if replaced {
+            self.reap();
+        }
+        if self.sessions.len() >= self.ctx.cfg.webrtc.max_viewers as usize {
+            return Err(Refusal::Full);
+        }
+        if client.is_some()
+            && self
+                .sessions
+                .values()
+                .filter(|s| !s.connected && s.client == client)
+                .count()
+                >= MAX_PENDING_PER_ADDR
+        {
+            return Err(Refusal::PendingFromAddress);
+        }
         let now = Instant::now();
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_opus(true)
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(now);
-        rtc.add_local_candidate(Candidate::host(self.local, "udp")?);
-        let answer = rtc.sdp_api().accept_offer(offer)?;
-        let id = super::session_id();
         let path: Arc<str> = stream.path.as_str().into();
         if !self.streams.contains_key(&path) {
             let forwarder =
@@ -414,6 +483,8 @@ impl Engine {
                 rtc,
                 path,
                 viewer,
+                client,
+                remote_candidates: candidates,
                 created: now,
                 next: now,
                 connected: false,
@@ -425,7 +496,7 @@ impl Engine {
         );
         self.load.set_sessions(self.sessions.len());
         self.drive(&id);
-        Ok((id, answer.to_sdp_string()))
+        Ok(replaced)
     }
 
     /// Drops sessions that ended, and streams nobody here watches any more.

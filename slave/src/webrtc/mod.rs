@@ -3,6 +3,7 @@
 //! (trickle ICE) and `DELETE`. ICE-lite on one UDP port; H.264 passed through, AAC → Opus once
 //! per stream. The media itself is driven by [`engine`], one task, sans-IO str0m sessions.
 
+pub mod admission;
 mod engine;
 pub mod transcode;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
@@ -31,6 +32,7 @@ pub struct Whep {
     cmds: mpsc::Sender<engine::Command>,
     pub candidate: SocketAddr,
     pub load: Arc<WebRtcLoad>,
+    refusals: admission::RefusalLog,
 }
 
 /// Binds the UDP port and starts the engine. The candidate's address is resolved once here.
@@ -77,6 +79,7 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
         cmds: tx,
         candidate,
         load,
+        refusals: admission::RefusalLog::new(Duration::from_secs(10)),
     })))
 }
 
@@ -147,8 +150,18 @@ pub fn router(ctx: &Arc<SlaveCtx>, whep: Option<Arc<Whep>>) -> Router<Arc<SlaveC
         .layer(cors)
 }
 
-fn refuse(ctx: &SlaveCtx, status: StatusCode, code: &'static str, msg: String) -> ApiError {
+/// Every refusal is counted; one line per reason per 10 s is logged (see `RefusalLog`).
+fn refuse(
+    ctx: &SlaveCtx,
+    whep: Option<&Whep>,
+    status: StatusCode,
+    code: &'static str,
+    msg: String,
+) -> ApiError {
     ctx.metrics.webrtc_refusals.with_label_values(&[code]).inc();
+    if let Some(skipped) = whep.map_or(Some(0), |w| w.refusals.admit(code)) {
+        tracing::warn!(reason = code, %status, detail = %msg, not_logged_since_last = skipped, "whep request refused");
+    }
     ApiError::new(status, code, msg)
 }
 
@@ -158,6 +171,7 @@ type EngineHandle = Extension<Option<Arc<Whep>>>;
 async fn offer(
     State(ctx): State<Arc<SlaveCtx>>,
     Extension(whep): EngineHandle,
+    conn: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -169,11 +183,13 @@ async fn offer(
     let whep = whep.ok_or_else(|| {
         refuse(
             &ctx,
+            None,
             StatusCode::NOT_FOUND,
             "webrtc_off",
             "this slave does not offer WebRTC (WEBRTC=false); play over LL-HLS".into(),
         )
     })?;
+    let w = Some(&*whep);
     // The same token model as LL-HLS: bound to this node and this stream.
     let token = headers
         .get(header::AUTHORIZATION)
@@ -187,23 +203,27 @@ async fn offer(
     })?;
     let claims = verifier
         .authorize(token, &ctx.cfg.node_id, &path, Action::Read)
-        .inspect_err(|e| tracing::info!(%path, error = %e, "whep offer refused: token"))?;
+        .inspect_err(|_| {
+            ctx.metrics
+                .webrtc_refusals
+                .with_label_values(&["token"])
+                .inc();
+            if let Some(skipped) = whep.refusals.admit("token") {
+                tracing::info!(%path, not_logged_since_last = skipped, "whep offer refused: token");
+            }
+        })?;
     if ctx.draining.load(Ordering::Relaxed) {
         return Err(refuse(
             &ctx,
+            w,
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "this slave is shutting down; ask the master for another".into(),
         ));
     }
+    // A cheap early answer; the engine makes the binding check when it inserts the session.
     if whep.load.sessions() >= ctx.cfg.webrtc.max_viewers {
-        tracing::warn!(%path, max = ctx.cfg.webrtc.max_viewers, "whep offer refused: MAX_WEBRTC_VIEWERS reached");
-        return Err(refuse(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "webrtc_full",
-            "this slave's WebRTC sessions are full; play over LL-HLS".into(),
-        ));
+        return Err(full(&ctx, w));
     }
     let entry = ctx
         .find_stream(&path)
@@ -214,43 +234,77 @@ async fn offer(
         crate::frame_link::ensure(&ctx, &entry);
     }
     if entry.stream.frames.has_bframes() {
-        tracing::info!(%path, "whep offer refused: the stream has B-frames");
-        return Err(refuse(&ctx, StatusCode::UNPROCESSABLE_ENTITY, "bframes", "this stream's encoder uses B-frames, which browsers cannot play over WebRTC; play over LL-HLS (the teacher can set B-frames to 0)".into()));
+        return Err(refuse(&ctx, w, StatusCode::UNPROCESSABLE_ENTITY, "bframes", "this stream's encoder uses B-frames, which browsers cannot play over WebRTC; play over LL-HLS (the teacher can set B-frames to 0)".into()));
     }
-    let sdp = std::str::from_utf8(&body)
-        .ok()
-        .and_then(|s| str0m::change::SdpOffer::from_sdp_string(s).ok())
-        .ok_or_else(|| {
-            refuse(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                "bad_offer",
-                "the body is not an SDP offer".into(),
-            )
-        })?;
-    let (tx, rx) = oneshot::channel();
-    let viewer = crate::tickets::viewer_id(&claims.jti);
-    whep.cmds
-        .send(engine::Command::Open {
-            stream: entry.stream.clone(),
-            viewer,
-            offer: sdp,
-            reply: tx,
-        })
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        refuse(
+            &ctx,
+            w,
+            StatusCode::BAD_REQUEST,
+            "bad_offer",
+            "the body is not an SDP offer".into(),
+        )
+    })?;
+    let candidates = admission::check_offer(text).map_err(|e| {
+        refuse(
+            &ctx,
+            w,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "offer_too_large",
+            e.to_string(),
+        )
+    })?;
+    // Parsing the offer and building the session's state (its DTLS certificate among it) is
+    // the costly part of signalling: on the blocking pool, never on the engine's task.
+    let local = whep.candidate;
+    let sdp = body.clone();
+    let (rtc, answer) = tokio::task::spawn_blocking(move || engine::new_session(&sdp, local))
         .await
-        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
-    let (id, answer) = rx
-        .await
-        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?
+        .map_err(|_| ApiError::internal("session setup panicked"))?
         .map_err(|e| {
             refuse(
                 &ctx,
+                w,
                 StatusCode::BAD_REQUEST,
                 "bad_offer",
                 format!("offer not accepted: {e}"),
             )
         })?;
-    tracing::info!(%path, session = %id, "whep session created");
+    let (tx, rx) = oneshot::channel();
+    let id = session_id();
+    whep.cmds
+        .send(engine::Command::Open {
+            id: id.clone(),
+            rtc,
+            stream: entry.stream.clone(),
+            viewer: crate::tickets::viewer_id(&claims.jti),
+            client: conn.map(|Extension(ConnectInfo(a))| a.ip()),
+            candidates,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
+    match rx
+        .await
+        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?
+    {
+        Ok(replaced) => {
+            tracing::info!(%path, session = %id, replaced, "whep session created");
+        }
+        Err(engine::Refusal::Full) => return Err(full(&ctx, w)),
+        Err(engine::Refusal::PendingFromAddress) => {
+            return Err(refuse(
+                &ctx,
+                w,
+                StatusCode::TOO_MANY_REQUESTS,
+                "pending_per_address",
+                format!(
+                    "{} WebRTC sessions from this address are still connecting; try again in a moment",
+                    admission::MAX_PENDING_PER_ADDR
+                ),
+            ));
+        }
+    }
     let mut r = (StatusCode::CREATED, answer).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -262,6 +316,19 @@ async fn offer(
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+fn full(ctx: &SlaveCtx, whep: Option<&Whep>) -> ApiError {
+    refuse(
+        ctx,
+        whep,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "webrtc_full",
+        format!(
+            "this slave's WebRTC sessions are full (MAX_WEBRTC_VIEWERS {}); play over LL-HLS or ask the master again",
+            ctx.cfg.webrtc.max_viewers
+        ),
+    )
 }
 
 async fn end(
@@ -283,9 +350,10 @@ async fn end(
 
 /// Trickle ICE (`application/trickle-ice-sdpfrag`): the browser's candidates, one
 /// `a=candidate:` line each. ICE-lite needs none (the browser's checks reach us first), but a
-/// browser that sends them is answered as the draft asks.
+/// browser that sends them is answered as the draft asks. A session takes
+/// `admission::MAX_CANDIDATES` in all; more are refused before any is parsed.
 async fn trickle(
-    State(_): State<Arc<SlaveCtx>>,
+    State(ctx): State<Arc<SlaveCtx>>,
     Extension(whep): EngineHandle,
     Path(id): Path<String>,
     body: Bytes,
@@ -293,6 +361,21 @@ async fn trickle(
     let whep = whep.ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("not an SDP fragment"))?;
+    let too_many = || {
+        refuse(
+            &ctx,
+            Some(&whep),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_candidates",
+            format!(
+                "a session takes at most {} ICE candidates",
+                admission::MAX_CANDIDATES
+            ),
+        )
+    };
+    if admission::count_candidates(text) > admission::MAX_CANDIDATES {
+        return Err(too_many());
+    }
     let candidates = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("a="))
@@ -309,7 +392,8 @@ async fn trickle(
         })
         .await;
     match rx.await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(engine::Trickle::Added) => Ok(StatusCode::NO_CONTENT),
+        Ok(engine::Trickle::TooMany) => Err(too_many()),
         _ => Err(ApiError::not_found("not_found", "no such session")),
     }
 }
