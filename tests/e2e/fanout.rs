@@ -70,6 +70,8 @@ async fn every_slave_serves_the_class() {
             hls.starts_with(&c.slave(edge).base()),
             "the token names the edge's URL"
         );
+        let edge_playlist = c.http.get(hls).send().await.unwrap().text().await.unwrap();
+        assert_conforms("live (edge)", &edge_playlist);
         let probe = ffprobe(hls).unwrap_or_else(|e| panic!("ffprobe on {edge}: {e}"));
         assert_eq!(codecs(&probe), vec!["h264", "aac"]);
         assert_eq!(probe["streams"][0]["width"], 640);

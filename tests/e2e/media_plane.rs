@@ -156,8 +156,8 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
         "HOLD-BACK=3.000",
         "#EXT-X-PART-INF:PART-TARGET=0.2",
         "CAN-BLOCK-RELOAD=YES",
-        // Two part targets, RFC 8216bis's minimum (media/src/hls/playlist.rs says why).
-        "PART-HOLD-BACK=0.4",
+        // Three part targets: Apple's MUST, RFC 8216bis's SHOULD.
+        "PART-HOLD-BACK=0.6",
         "#EXT-X-MAP:URI=",
         "#EXT-X-PROGRAM-DATE-TIME:",
         "#EXT-X-PART:",
@@ -166,6 +166,7 @@ async fn ingest_hls_tokens_blocking_reload_and_hostile_rtmp() {
     ] {
         assert!(playlist.contains(tag), "playlist lacks {tag}:\n{playlist}");
     }
+    assert_conforms("live (origin)", &playlist);
     // Every URI carries the viewer's media ticket (not the JWT), so plain players work
     // unchanged and the playlist stays small.
     let ticket = uri_of(&playlist, "part")

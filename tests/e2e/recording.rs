@@ -148,6 +148,7 @@ async fn kill_9_at_20_s_leaves_a_recording_that_plays_and_is_served_after_restar
         .await
         .unwrap();
     assert!(full.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && full.contains("CAN-SKIP-UNTIL=6.0"));
+    assert_conforms("growing recording", &full);
     assert!(
         !full.contains("#EXT-X-SKIP") && !full.contains("ENDLIST"),
         "{full}"
@@ -183,6 +184,7 @@ async fn kill_9_at_20_s_leaves_a_recording_that_plays_and_is_served_after_restar
     assert!(codecs(&probe).contains(&"h264".to_string()), "{probe}");
     let text = c.http.get(url).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("#EXT-X-PLAYLIST-TYPE:VOD") && text.contains("#EXT-X-ENDLIST"));
+    assert_conforms("recording (VOD)", &text);
     dates_follow_durations(&text);
 }
 

@@ -676,3 +676,17 @@ pub fn sign_student(
     claims.exp = (common::now_unix() as i64 + ttl_secs) as u64;
     key.sign(&claims).unwrap()
 }
+
+/// Fails with every RFC 8216bis / Apple LL-HLS rule `playlist` breaks
+/// (`media::hls::conformance`), naming the playlist kind.
+pub fn assert_conforms(kind: &str, playlist: &str) {
+    let v = media::hls::conformance::check_media_playlist(playlist);
+    assert!(
+        v.is_empty(),
+        "the {kind} playlist breaks:\n{}\n{playlist}",
+        v.iter()
+            .map(|v| format!("  - {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

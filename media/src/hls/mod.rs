@@ -1,7 +1,9 @@
 //! LL-HLS without IO: the per-stream state ([`state`]), the playlist renderer and the parser
 //! edges use on their origin's playlist ([`playlist`]), the playlist of a recorded class
-//! ([`vod`]), and the URL space ([`names`]).
+//! ([`vod`]), the URL space ([`names`]), and the RFC 8216bis / Apple rules every playlist is
+//! checked against in the tests ([`conformance`]).
 
+pub mod conformance;
 pub mod names;
 pub mod playlist;
 pub mod state;

@@ -163,6 +163,7 @@ mod tests {
         assert_eq!(p.matches("#EXT-X-DISCONTINUITY\n").count(), 2);
         assert!(p.contains("seg9.m4s?t=x\n"));
         assert_eq!(p.matches("#EXTINF:1.00000,").count(), 4);
+        assert_eq!(crate::hls::conformance::check_media_playlist(&p), vec![]);
     }
 
     #[test]
@@ -180,6 +181,7 @@ mod tests {
         assert!(p.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n"));
         assert!(p.contains("#EXT-X-SERVER-CONTROL:CAN-SKIP-UNTIL=6.0\n"));
         assert!(!p.contains("ENDLIST"));
+        assert_eq!(crate::hls::conformance::check_media_playlist(&p), vec![]);
     }
 
     #[test]
