@@ -203,6 +203,8 @@ async fn read(path: std::path::PathBuf) -> Result<Bytes, ApiError> {
 
 /// A `Range: bytes=…` header against a body of `len` bytes: the (start, end exclusive) to
 /// send, `Ok(None)` for the whole body, `Err` for a range that cannot be satisfied (416).
+/// Positions are digits of any length (RFC 9110 14.1.1): a last position or suffix length
+/// past the body, even past 64 bits, means its end or all of it, not an error.
 fn parse_range(h: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return Ok(None);
@@ -214,17 +216,21 @@ fn parse_range(h: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
     let (a, b) = spec.split_once('-').ok_or(())?;
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
+        let n = position(b)?;
         if n == 0 {
             return Err(());
         }
         (len.saturating_sub(n), len)
     } else {
-        let s: u64 = a.parse().map_err(|_| ())?;
+        let s = position(a)?;
         let e = if b.is_empty() {
             len
         } else {
-            b.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(len)
+            let last = position(b)?;
+            if last < s {
+                return Err(());
+            }
+            last.saturating_add(1).min(len)
         };
         (s, e)
     };
@@ -232,6 +238,14 @@ fn parse_range(h: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
         return Err(());
     }
     Ok(Some((start, end)))
+}
+
+/// `1*DIGIT`, saturating: a number too large for 64 bits is past any body.
+fn position(s: &str) -> Result<u64, ()> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    Ok(s.parse().unwrap_or(u64::MAX))
 }
 
 fn unsatisfiable(len: u64) -> Response {
@@ -517,6 +531,20 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=5-2"), 100), Err(()));
         assert_eq!(parse_range(Some("bytes=x-"), 100), Err(()));
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        // RFC 9110 14.1.1: positions past the body, even past 64 bits, end at its end.
+        assert_eq!(
+            parse_range(Some("bytes=0-18446744073709551616"), 100),
+            Ok(Some((0, 100)))
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-99999999999999999999999"), 100),
+            Ok(Some((0, 100)))
+        );
+        assert_eq!(
+            parse_range(Some("bytes=18446744073709551616-"), 100),
+            Err(())
+        );
+        assert_eq!(parse_range(Some("bytes=+1-5"), 100), Err(()));
         assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
     }
 }

@@ -269,6 +269,17 @@ async fn a_finished_class_plays_from_an_edge_downloads_and_is_deleted() {
     std::fs::write(&file, &all).unwrap();
     let secs = decodes_for(file.to_str().unwrap());
     assert!(secs >= 6.0, "the download holds {secs} s");
+    // RFC 9110 14.1.1: a last position past the end, even past 64 bits, means the end.
+    let r = c
+        .http
+        .get(&dl)
+        .header("range", "bytes=0-18446744073709551616")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let want = format!("bytes 0-{}/{}", all.len() - 1, all.len());
+    assert_eq!(r.headers()["content-range"].to_str().unwrap(), want);
 
     // A token is bound to its recording.
     let (rtmp, key, _) = c.teacher("other").await;
