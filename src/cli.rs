@@ -267,6 +267,10 @@ pub(crate) struct MediaTuning {
     /// free port. `up` gives slave i this port + i.
     #[arg(long, env = "WEBRTC_UDP_PORT", default_value_t = 8189)]
     pub(crate) webrtc_udp_port: u16,
+    /// Also accept WebRTC over TCP (ICE-TCP, RFC 6544) on the same port number, for viewers
+    /// whose network drops UDP: open TCP WEBRTC_UDP_PORT in the firewall too.
+    #[arg(long, env = "WEBRTC_TCP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) webrtc_tcp: bool,
     /// Bind the first free UDP port of this range (`8189-8218`) instead: how replicas sharing
     /// a host network get distinct ports.
     #[arg(long, env = "WEBRTC_UDP_PORT_RANGE")]

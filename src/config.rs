@@ -231,6 +231,7 @@ pub(crate) fn slave_config(
                 .or_else(|| a.public_url.as_deref().and_then(url_host))
                 .unwrap_or_else(|| host.clone()),
             max_viewers: a.media.max_webrtc_viewers,
+            tcp: a.media.webrtc_tcp,
         },
         record: slave::recordings::RecordConfig {
             // One folder per node, so that slaves sharing a disk (compose replicas on one

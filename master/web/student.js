@@ -116,10 +116,29 @@
     }
     rtcFrames = 0; rtcProgress = Date.now();
     mine.onconnectionstatechange = () => {
-      if (pc === mine && ['disconnected', 'failed'].includes(mine.connectionState)) failover('webrtc ' + mine.connectionState);
+      if (pc !== mine) return;
+      if (['disconnected', 'failed'].includes(mine.connectionState)) failover('webrtc ' + mine.connectionState);
+      if (mine.connectionState === 'connected') showTransport(mine);
     };
+    // A network that drops UDP (and reaches no TCP candidate either) never connects: LL-HLS
+    // within 2 s of the answer, not after the 5 s allowed for the first picture.
+    setTimeout(() => { if (pc === mine && mine.connectionState !== 'connected') fallback('no connection in 2 s (UDP blocked?)'); }, 2000);
     setTimeout(() => { if (pc === mine && !(video.videoWidth > 0 && video.currentTime > 0)) fallback('no media'); }, 5000);
     setMode('webrtc');
+  }
+
+  // Says whether WebRTC runs over UDP or, where the network drops UDP, over TCP.
+  async function showTransport(mine) {
+    try {
+      const stats = await mine.getStats();
+      let pair = null;
+      stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+      const local = pair && stats.get(pair.localCandidateId);
+      if (!local || pc !== mine) return;
+      window.classcast.webrtcTransport = local.protocol;
+      $('mode').textContent = local.protocol === 'tcp' ? 'WebRTC (TCP)' : 'WebRTC';
+      log({ type: 'webrtc-transport', protocol: local.protocol });
+    } catch {}
   }
 
   function playHls(tok) {

@@ -85,6 +85,8 @@ pub struct WebRtcConfig {
     /// The IP (or a name resolving to one) in the host candidate.
     pub host: String,
     pub max_viewers: u32,
+    /// ICE-TCP (a passive TCP candidate on the UDP port's number) for networks that drop UDP.
+    pub tcp: bool,
 }
 
 impl Default for WebRtcConfig {
@@ -94,6 +96,7 @@ impl Default for WebRtcConfig {
             udp_ports: (0, 0),
             host: "127.0.0.1".into(),
             max_viewers: 150,
+            tcp: true,
         }
     }
 }

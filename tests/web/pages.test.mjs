@@ -394,6 +394,80 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
   });
 });
 
+// A school network that drops UDP: an iptables rule drops every UDP datagram to the test
+// slave's WebRTC port (that port only, removed in `finally`), so the slave's ICE-TCP candidate
+// on the same port number is the only way in; with it switched off (WEBRTC_TCP=false) the page
+// must play LL-HLS within 2 s. Needs root, as CI has.
+function iptables(op, port) {
+  return new Promise((res, rej) => {
+    const p = spawn('iptables', [op, 'INPUT', '-p', 'udp', '--dport', String(port), '-m', 'comment',
+      '--comment', 'classcast-web-test', '-j', 'DROP'], { stdio: 'inherit' });
+    p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`iptables ${op} exited ${c}`))));
+    p.on('error', rej);
+  });
+}
+
+async function udpBlockedCluster(name, tcp) {
+  const [mp, r, h, udp] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const master = `http://127.0.0.1:${mp}`;
+  const env = { CLUSTER_SECRET: SECRET };
+  run(`${name}-master`, BIN, ['master', '--bind', `127.0.0.1:${mp}`, '--jwt-key-file', path.join(ART, `${name}-jwt.pem`),
+    '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env);
+  await until(`${name} master up`, 15000, async () => (await fetch(`${master}/health`)).ok);
+  run(`${name}-slave`, BIN, ['slave', '--master-url', master, '--node-id', `${name}1`, '--rtmp-bind', `127.0.0.1:${r}`,
+    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', String(udp), '--webrtc-tcp', String(tcp)], env);
+  await until(`${name} slave healthy`, 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 1);
+  const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: name, credential: TEACHER }) });
+  publish(`${name}-publisher`, `${t.rtmp_url}/${t.stream_key}`);
+  await until(`${name} live`, 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === `live/${name}`));
+  return { master, udp };
+}
+
+test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 2 s where the slave has no TCP', async () => {
+  const blocked = [];
+  try {
+    // ICE-TCP: WebRTC over TCP, with picture and sound, and the page says so.
+    const withTcp = await udpBlockedCluster('udptcp', true);
+    await iptables('-I', withTcp.udp);
+    blocked.push(withTcp.udp);
+    const page = await newPage('udp-blocked-tcp');
+    await withShot(page, async () => {
+      const t0 = Date.now();
+      await page.goto(`${withTcp.master}/?name=Tcp&stream=udptcp&autoplay`);
+      await until('plays over WebRTC', 20000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+      console.log(`UDP blocked, ICE-TCP: 10 frames decoded ${Date.now() - t0} ms after the page opened`);
+      await until('transport known', 5000, () => page.evaluate(() => window.classcast.webrtcTransport));
+      assert.equal(await page.evaluate(() => window.classcast.webrtcTransport), 'tcp');
+      assert.equal(await page.textContent('#mode'), 'WebRTC (TCP)');
+      const f0 = await page.evaluate(() => window.classcast.webrtc.frames);
+      await until('frames advance', 5000, () => page.evaluate((f) => window.classcast.webrtc.frames > f + 30, f0));
+      const heard = await listen(page);
+      assert.ok(Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `the sine is heard over TCP: ${JSON.stringify(heard)}`);
+      const events = await page.evaluate(() => window.classcast.events.filter((e) => e.type === 'webrtc-fallback'));
+      assert.deepEqual(events, [], 'no fallback to LL-HLS');
+    });
+    await page.context().close();
+    // No TCP candidate either: LL-HLS within 2 s of the answer, and the page says LL-HLS.
+    const noTcp = await udpBlockedCluster('udpnotcp', false);
+    await iptables('-I', noTcp.udp);
+    blocked.push(noTcp.udp);
+    const page2 = await newPage('udp-blocked-no-tcp');
+    await withShot(page2, async () => {
+      await page2.goto(`${noTcp.master}/?name=Hls&stream=udpnotcp&autoplay`);
+      const fb = await until('falls back to LL-HLS', 10000, () => page2.evaluate(() => window.classcast.events.find((e) => e.type === 'webrtc-fallback')));
+      const tried = await page2.evaluate(() => window.classcast.events.find((e) => e.type === 'mode' && e.mode === 'webrtc'));
+      const took = fb.t - tried.t;
+      console.log(`UDP blocked, no TCP: LL-HLS ${took} ms after WebRTC was tried (${fb.why})`);
+      assert.ok(took <= 2500, `fell back ${took} ms after WebRTC was tried`);
+      await playsFor(page2, 1, 20000);
+      assert.equal(await page2.textContent('#mode'), 'LL-HLS');
+    });
+  } finally {
+    for (const port of blocked) await iptables('-D', port).catch((e) => console.log(`cleanup: ${e.message}`));
+  }
+});
+
 test('a student whose master is down at join time gets a token from another master and plays', async () => {
   // Two masters sharing one key file and secret, each told of the other; one slave reporting to both.
   const [pa, pb] = [await freePort(), await freePort()];

@@ -64,7 +64,11 @@ pub(super) enum Trickle {
 
 /// A session's state from a viewer's offer, and the answer: the SDP work, done wherever the
 /// caller runs it (the blocking pool), not on the engine's task.
-pub(super) fn new_session(offer: &[u8], local: SocketAddr) -> anyhow::Result<(Box<Rtc>, String)> {
+pub(super) fn new_session(
+    offer: &[u8],
+    local: SocketAddr,
+    local_tcp: Option<SocketAddr>,
+) -> anyhow::Result<(Box<Rtc>, String)> {
     let offer = std::str::from_utf8(offer)?;
     let offer = SdpOffer::from_sdp_string(offer)?;
     let mut rtc = Rtc::builder()
@@ -75,6 +79,15 @@ pub(super) fn new_session(offer: &[u8], local: SocketAddr) -> anyhow::Result<(Bo
         .set_stats_interval(Some(Duration::from_secs(1)))
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    if let Some(tcp) = local_tcp {
+        rtc.add_local_candidate(
+            Candidate::builder()
+                .tcp()
+                .host(tcp)
+                .tcptype(str0m::net::TcpType::Passive)
+                .build()?,
+        );
+    }
     let answer = rtc.sdp_api().accept_offer(offer)?;
     Ok((Box::new(rtc), answer.to_sdp_string()))
 }
@@ -135,9 +148,14 @@ pub(super) struct Engine {
     /// interface it arrived on.
     local: SocketAddr,
     sessions: HashMap<String, Session>,
-    /// Whose datagrams come from an address, learnt from `Rtc::accepts`: asking every session
-    /// for every datagram would cost O(sessions) per packet.
-    by_addr: HashMap<SocketAddr, String>,
+    /// Whose datagrams come from an address (over UDP or TCP), learnt from `Rtc::accepts`:
+    /// asking every session for every datagram would cost O(sessions) per packet.
+    by_addr: HashMap<(Protocol, SocketAddr), String>,
+    /// ICE-TCP: our passive candidate's address, and the viewers' connections.
+    local_tcp: Option<SocketAddr>,
+    tcp: super::tcp::TcpLinks,
+    tcp_tx: mpsc::Sender<super::tcp::TcpEvent>,
+    tcp_rx: mpsc::Receiver<super::tcp::TcpEvent>,
     streams: HashMap<Arc<str>, StreamFeed>,
     feed_tx: mpsc::Sender<(Arc<str>, Feed)>,
     feed_rx: mpsc::Receiver<(Arc<str>, Feed)>,
@@ -152,17 +170,35 @@ impl Engine {
         load: Arc<super::WebRtcLoad>,
     ) -> Self {
         let (feed_tx, feed_rx) = mpsc::channel(4096);
+        let (tcp_tx, tcp_rx) = mpsc::channel(1024);
         Self {
             ctx,
             socket,
             local,
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
+            local_tcp: None,
+            tcp: Default::default(),
+            tcp_tx,
+            tcp_rx,
             streams: HashMap::new(),
             feed_tx,
             feed_rx,
             load,
         }
+    }
+
+    /// Offers ICE-TCP on `listener` (its address is the passive candidate's), with at most
+    /// `max` connections at once.
+    pub(super) fn with_tcp(
+        mut self,
+        listener: tokio::net::TcpListener,
+        candidate: SocketAddr,
+        max: usize,
+    ) -> Self {
+        self.local_tcp = Some(candidate);
+        tokio::spawn(super::tcp::listen(listener, max, self.tcp_tx.clone()));
+        self
     }
 
     pub(super) async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
@@ -177,15 +213,22 @@ impl Engine {
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
-                        self.receive(&buf[..n], from);
+                        self.receive(&buf[..n], Protocol::Udp, from);
                         for _ in 1..RECV_BATCH {
                             match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.receive(&buf[..n], from),
+                                Ok((n, from)) => self.receive(&buf[..n], Protocol::Udp, from),
                                 Err(_) => break,
                             }
                         }
                     }
                 }
+                Some(ev) = self.tcp_rx.recv() => match ev {
+                    super::tcp::TcpEvent::Opened { peer, tx } => self.tcp.opened(peer, tx),
+                    super::tcp::TcpEvent::Frame { peer, data } => {
+                        self.receive(&data, Protocol::Tcp, peer)
+                    }
+                    super::tcp::TcpEvent::Closed { peer } => self.tcp.closed(&peer),
+                },
                 c = cmds.recv() => match c {
                     Some(c) => self.command(c),
                     None => break,
@@ -209,22 +252,26 @@ impl Engine {
         }
     }
 
-    fn receive(&mut self, data: &[u8], source: SocketAddr) {
+    fn receive(&mut self, data: &[u8], proto: Protocol, source: SocketAddr) {
         let Ok(contents) = data.try_into() else {
             return;
+        };
+        let destination = match (proto, self.local_tcp) {
+            (Protocol::Tcp, Some(tcp)) => tcp,
+            _ => self.local,
         };
         let input = Input::Receive(
             Instant::now(),
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.local,
+                destination,
                 contents,
             },
         );
         let known = self
             .by_addr
-            .get(&source)
+            .get(&(proto, source))
             .filter(|id| {
                 self.sessions
                     .get(*id)
@@ -236,10 +283,14 @@ impl Engine {
             None => {
                 let Some((id, _)) = self.sessions.iter().find(|(_, s)| s.rtc.accepts(&input))
                 else {
+                    // A TCP connection no session claims holds a slot for nothing: close it.
+                    if proto == Protocol::Tcp {
+                        self.tcp.closed(&source);
+                    }
                     return;
                 };
                 let id = id.clone();
-                self.by_addr.insert(source, id.clone());
+                self.by_addr.insert((proto, source), id.clone());
                 id
             }
         };
@@ -291,9 +342,13 @@ impl Engine {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
-                    // UDP: a full socket buffer loses the datagram, as the network may; NACKs
-                    // and the next keyframe repair it.
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    // A full socket buffer (or TCP queue) loses the datagram, as the network
+                    // may; NACKs and the next keyframe repair it.
+                    if t.proto == Protocol::Tcp {
+                        self.tcp.send(&t.destination, &t.contents);
+                    } else {
+                        let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    }
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
@@ -527,7 +582,14 @@ impl Engine {
             }
         }
         let sessions = &self.sessions;
-        self.by_addr.retain(|_, id| sessions.contains_key(id));
+        let tcp = &mut self.tcp;
+        self.by_addr.retain(|(proto, peer), id| {
+            let live = sessions.contains_key(id);
+            if !live && *proto == Protocol::Tcp {
+                tcp.closed(peer);
+            }
+            live
+        });
         self.load.set_sessions(self.sessions.len());
     }
 

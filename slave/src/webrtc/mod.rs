@@ -5,6 +5,7 @@
 
 pub mod admission;
 mod engine;
+pub mod tcp;
 pub mod transcode;
 
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,8 @@ use crate::viewers::WebRtcLoad;
 pub struct Whep {
     cmds: mpsc::Sender<engine::Command>,
     pub candidate: SocketAddr,
+    /// The ICE-TCP passive candidate, for viewers whose network drops UDP.
+    pub tcp_candidate: Option<SocketAddr>,
     pub load: Arc<WebRtcLoad>,
     refusals: admission::RefusalLog,
 }
@@ -72,12 +75,30 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
     let load = ctx.webrtc_load.clone();
     load.enabled.store(true, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(256);
-    let engine = engine::Engine::new(ctx.clone(), socket, candidate, load.clone());
+    let mut engine = engine::Engine::new(ctx.clone(), socket, candidate, load.clone());
+    // ICE-TCP on the same port number as the UDP socket (TCP's port space is its own).
+    let mut tcp_candidate = None;
+    if cfg.tcp {
+        match tokio::net::TcpListener::bind((bind_ip, candidate.port())).await {
+            Ok(l) => {
+                let c = SocketAddr::new(ip, candidate.port());
+                let max = cfg.max_viewers as usize + admission::MAX_PENDING_PER_ADDR;
+                engine = engine.with_tcp(l, c, max);
+                tcp_candidate = Some(c);
+            }
+            Err(e) => tracing::warn!(
+                port = candidate.port(),
+                error = %e,
+                "webrtc: TCP port taken; viewers whose network drops UDP get LL-HLS (WEBRTC_TCP=false silences this)"
+            ),
+        }
+    }
     tokio::spawn(engine.run(rx));
-    tracing::info!(%candidate, max = cfg.max_viewers, "webrtc (WHEP) ready");
+    tracing::info!(%candidate, tcp = ?tcp_candidate, max = cfg.max_viewers, "webrtc (WHEP) ready");
     Ok(Some(Arc::new(Whep {
         cmds: tx,
         candidate,
+        tcp_candidate,
         load,
         refusals: admission::RefusalLog::new(Duration::from_secs(10)),
     })))
@@ -256,20 +277,21 @@ async fn offer(
     })?;
     // Parsing the offer and building the session's state (its DTLS certificate among it) is
     // the costly part of signalling: on the blocking pool, never on the engine's task.
-    let local = whep.candidate;
+    let (local, local_tcp) = (whep.candidate, whep.tcp_candidate);
     let sdp = body.clone();
-    let (rtc, answer) = tokio::task::spawn_blocking(move || engine::new_session(&sdp, local))
-        .await
-        .map_err(|_| ApiError::internal("session setup panicked"))?
-        .map_err(|e| {
-            refuse(
-                &ctx,
-                w,
-                StatusCode::BAD_REQUEST,
-                "bad_offer",
-                format!("offer not accepted: {e}"),
-            )
-        })?;
+    let (rtc, answer) =
+        tokio::task::spawn_blocking(move || engine::new_session(&sdp, local, local_tcp))
+            .await
+            .map_err(|_| ApiError::internal("session setup panicked"))?
+            .map_err(|e| {
+                refuse(
+                    &ctx,
+                    w,
+                    StatusCode::BAD_REQUEST,
+                    "bad_offer",
+                    format!("offer not accepted: {e}"),
+                )
+            })?;
     let (tx, rx) = oneshot::channel();
     let id = session_id();
     whep.cmds
