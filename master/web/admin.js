@@ -16,6 +16,7 @@
           <td>${esc(x.node_name)}<br><span class="muted">${esc(x.public_url)}</span></td>
           <td><span class="badge ${esc(x.status)}">${esc(x.status)}</span></td>
           <td class="conns">${x.current_connections} / ${x.max_connections}</td>
+          <td class="webrtc">${x.webrtc ? `${x.webrtc.sessions} / ${x.webrtc.capacity}` : 'off'}</td>
           <td class="load">${x.load_percentage.toFixed(1)} %</td>
           <td class="hide-narrow">${x.cpu_usage.toFixed(0)} %</td>
           <td class="hide-narrow">${x.memory_usage.toFixed(0)} %</td>

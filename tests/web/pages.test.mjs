@@ -255,6 +255,63 @@ test('a stream with B-frames: WebRTC is refused, the student page plays it over 
   }
 });
 
+// Issue 29: another student's token and requests cannot freeze a viewer playing over WebRTC.
+// Each flood is bounded by the slave before its engine (the task that sends every viewer's
+// media) does any work; tests/e2e/webrtc_bounds.rs asserts each bound on its own.
+test('WebRTC abuse from another student on the same slave leaves a playing viewer unfrozen', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const page = await newPage('webrtc-victim');
+  await withShot(page, async () => {
+    await page.goto(`${base}/?name=Victim&stream=stream&autoplay`);
+    await until('plays over WebRTC', 20000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30));
+    const node = await page.evaluate(() => window.classcast.current.node_id);
+    const other = (await json(`${base}/cluster/nodes`)).nodes.map((n) => n.node_id).find((id) => id !== node);
+    const tok = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ role: 'student', user_id: 'mallory', stream: 'stream', exclude: other }) });
+    assert.equal(tok.node_id, node, 'the attacker is on the viewer\'s slave');
+    const sdp = await page.evaluate(async () => {
+      const pc = new RTCPeerConnection();
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      const o = await pc.createOffer();
+      pc.close();
+      return o.sdp;
+    });
+    const offer = (body) => fetch(tok.whep_url, { method: 'POST', body, headers: { 'content-type': 'application/sdp', authorization: 'Bearer ' + tok.token } });
+    const inBatches = async (n, size, f) => { const out = []; for (let i = 0; i < n; i += size) out.push(...await Promise.all(Array.from({ length: Math.min(size, n - i) }, (_, j) => f(i + j)))); return out; };
+    const before = await page.evaluate(() => ({ ...window.classcast.webrtc }));
+    const t0 = Date.now();
+
+    // 1. A PATCH flood of candidates on one session: every PATCH refused before parsing.
+    const r = await offer(sdp);
+    assert.equal(r.status, 201);
+    const session = new URL(r.headers.get('location'), tok.whep_url).href;
+    const cands = (k) => Array.from({ length: 800 }, (_, i) => `a=candidate:${k}${i} 1 udp 2122260223 10.${k % 250}.${i >> 8}.${i & 255} ${10000 + i} typ host\r\n`).join('');
+    const patches = await inBatches(200, 20, (k) => fetch(session, { method: 'PATCH', body: cands(k), headers: { 'content-type': 'application/trickle-ice-sdpfrag' } }).then((x) => x.status));
+    assert.ok(patches.every((s) => s === 422), `PATCH floods refused: ${[...new Set(patches)]}`);
+    // 2. 600 offers with one token: each replaces the one before.
+    const offers = await inBatches(600, 50, () => offer(sdp).then((x) => x.status));
+    assert.ok(offers.every((s) => s === 201), `${[...new Set(offers)]}`);
+    // 3. Offers of 132 m-lines: refused by their shape.
+    const [head] = sdp.split(/\r\nm=/);
+    const wide = head + '\r\n' + Array.from({ length: 132 }, (_, m) => `m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:${m}\r\na=recvonly\r\na=rtpmap:96 H264/90000\r\n`).join('');
+    const wides = await inBatches(200, 20, () => offer(wide).then((x) => x.status));
+    assert.ok(wides.every((s) => s === 422), `${[...new Set(wides)]}`);
+    const took = Date.now() - t0;
+
+    // The attacker holds one session (its last offer's), the viewer its own.
+    await until('sessions reported', 5000, async () => (await json(`${base}/cluster/nodes`)).nodes.find((n) => n.node_id === node).webrtc.sessions <= 2);
+    // The viewer kept playing: frames advanced through the floods and none froze.
+    await sleep(1500);
+    const after = await page.evaluate(() => ({ ...window.classcast.webrtc }));
+    console.log(`abuse for ${took} ms: viewer frames ${before.frames} -> ${after.frames}, freezes ${before.freezes} -> ${after.freezes}`);
+    assert.equal(after.freezes, before.freezes, 'freezeCount unchanged');
+    assert.ok(after.frames - before.frames >= 25 * (took / 1000), `frames kept coming: ${after.frames - before.frames} in ${took} ms`);
+    assert.equal(await page.evaluate(() => window.classcast.mode), 'webrtc');
+  });
+  await page.context().close();
+});
+
 test('admin page shows the same numbers as /cluster/nodes', async () => {
   const base = `http://127.0.0.1:${upPort}`;
   const admin = await newPage('admin');
@@ -263,12 +320,16 @@ test('admin page shows the same numbers as /cluster/nodes', async () => {
     await until('admin matches the API', 15000, async () => {
       const api = await json(`${base}/cluster/nodes`);
       const rows = await admin.$$eval('#nodes tbody tr', (trs) => trs.map((tr) => ({
-        id: tr.dataset.node, status: tr.querySelector('.badge').textContent, conns: tr.querySelector('.conns').textContent.trim() })));
-      const want = api.nodes.map((n) => ({ id: n.node_id, status: n.status, conns: `${n.current_connections} / ${n.max_connections}` }));
+        id: tr.dataset.node, status: tr.querySelector('.badge').textContent, conns: tr.querySelector('.conns').textContent.trim(),
+        webrtc: tr.querySelector('.webrtc').textContent.trim() })));
+      // WebRTC sessions against capacity, as the slaves report them.
+      const want = api.nodes.map((n) => ({ id: n.node_id, status: n.status, conns: `${n.current_connections} / ${n.max_connections}`,
+        webrtc: n.webrtc ? `${n.webrtc.sessions} / ${n.webrtc.capacity}` : 'off' }));
       const totals = await admin.textContent('#t-nodes');
       return JSON.stringify(rows) === JSON.stringify(want) && totals === String(api.total_nodes) && rows.length === 2;
     });
     assert.equal(await admin.textContent('#t-healthy'), '2');
+    assert.match(await admin.textContent('#nodes tbody'), /\d+ \/ 150/, 'WebRTC sessions against the default capacity');
     assert.match(await admin.textContent('#streams tbody'), /live\/stream/);
     await admin.screenshot({ path: path.join(ART, 'admin.png'), fullPage: true });
   });
