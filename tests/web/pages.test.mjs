@@ -476,7 +476,8 @@ async function udpBlockedCluster(name, tcp) {
     '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env);
   await until(`${name} master up`, 15000, async () => (await fetch(`${master}/health`)).ok);
   run(`${name}-slave`, BIN, ['slave', '--master-url', master, '--node-id', `${name}1`, '--rtmp-bind', `127.0.0.1:${r}`,
-    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', String(udp), '--webrtc-tcp', String(tcp)], env);
+    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', String(udp), '--webrtc-tcp', String(tcp),
+    '--record-dir', path.join(ART, `${name}-rec`)], env);
   await until(`${name} slave healthy`, 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 1);
   const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ role: 'teacher', user_id: 't', stream: name, credential: TEACHER }) });
