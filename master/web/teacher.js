@@ -98,11 +98,32 @@
         body: JSON.stringify({ role: 'student', user_id: 'teacher', recording: d.download }) });
       const j = await r.json().catch(() => ({}));
       if (!r.ok) { $('recordings-error').textContent = j.message || ('error ' + r.status); return; }
-      const a = document.createElement('a');
-      a.href = j.hls_url.replace('/index.m3u8?', '/download.mp4?');
-      a.id = 'download-link';
-      a.download = d.download + '.mp4';
-      a.textContent = 'Download ' + d.download + '.mp4';
+      // A class whose encoder settings changed midway (a new resolution) is several MP4s:
+      // the slave answers download.mp4 with the list (300), and the page offers each part.
+      const whole = j.hls_url.replace('/index.m3u8?', '/download.mp4?');
+      const probe = await fetch(whole, { headers: { range: 'bytes=0-0' } }).catch(() => null);
+      const list = probe && probe.status === 300 ? await probe.json().catch(() => null) : null;
+      const link = (href, name, text, id) => {
+        const a = document.createElement('a');
+        a.href = href; a.download = name; a.textContent = text; a.id = id;
+        return a;
+      };
+      if (list && list.parts && list.parts.length > 1) {
+        const box = document.createElement('span');
+        box.id = 'download-parts';
+        const n = list.parts.length;
+        const note = document.createElement('span');
+        note.className = 'muted';
+        note.textContent = `In ${n} parts (the encoder settings changed during the class): `;
+        box.append(note);
+        list.parts.forEach((p, i) => {
+          box.append(link(j.hls_url.replace('/index.m3u8?', `/${p.file}?`), `${d.download}-part${i + 1}.mp4`,
+            `Part ${i + 1} of ${n} (${fmtDuration(p.duration_s)})`, `download-link-${i + 1}`), ' ');
+        });
+        ev.target.replaceWith(box);
+        return;
+      }
+      const a = link(whole, d.download + '.mp4', 'Download ' + d.download + '.mp4', 'download-link');
       ev.target.replaceWith(a);
       a.click();
     } else if (d.delete) {

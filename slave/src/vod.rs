@@ -1,6 +1,7 @@
 //! Recorded classes over HTTP, from every slave: `GET /vod/{id}/{file}` with `index.m3u8` (the
-//! VOD playlist), `init<N>.mp4`, `seg<M>.m4s` and `download.mp4` (the whole class as one
-//! fragmented MP4), with `Range`. The origin serves its own disk; any other slave asks the
+//! VOD playlist), `init<N>.mp4`, `seg<M>.m4s`, `download.mp4` (the whole class as one
+//! fragmented MP4) and `download-<K>.mp4` (its K-th part, when the teacher's encoder settings
+//! changed during the class), with `Range`. The origin serves its own disk; any other slave asks the
 //! master which node holds the recording, fetches from it with the cluster secret and keeps
 //! what it fetched in a bounded cache ([`crate::vod_cache::VodCache`]); the holder keeps the files it served
 //! recently in the same cache. Authorization is the live stream's: a
@@ -41,13 +42,22 @@ enum VodFile {
     Playlist,
     Init(u32),
     Segment(u64),
-    Download,
+    /// 0: `download.mp4`, the whole class (or the list of its parts); K: `download-K.mp4`.
+    Download(u32),
 }
 
 impl VodFile {
     fn parse(s: &str) -> Option<Self> {
         if s == "download.mp4" {
-            return Some(Self::Download);
+            return Some(Self::Download(0));
+        }
+        if let Some(k) = s
+            .strip_prefix("download-")
+            .and_then(|k| k.strip_suffix(".mp4"))
+            .filter(|k| !k.starts_with('0') && k.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|k| k.parse().ok())
+        {
+            return Some(Self::Download(k));
         }
         match HlsFile::parse(s)? {
             HlsFile::Playlist => Some(Self::Playlist),
@@ -62,7 +72,8 @@ impl VodFile {
             Self::Playlist => "index.m3u8".into(),
             Self::Init(i) => disk::init_name(i),
             Self::Segment(m) => disk::segment_name(m),
-            Self::Download => "download.mp4".into(),
+            Self::Download(0) => "download.mp4".into(),
+            Self::Download(k) => format!("download-{k}.mp4"),
         }
     }
 }
@@ -172,7 +183,7 @@ async fn local(ctx: &SlaveCtx, e: &Entry, req: &VodRequest) -> Result<Response, 
             let data = read_cached(ctx, req, rec.segment_file(m)).await?;
             Ok(ranged(ctx, data, req.range.as_deref(), "video/mp4"))
         }
-        VodFile::Download => download(ctx, rec, req.range.as_deref()),
+        VodFile::Download(k) => download(ctx, rec, k, req.range.as_deref()),
         _ => Err(not_found()),
     }
 }
@@ -289,19 +300,56 @@ fn ranged(ctx: &SlaveCtx, data: Bytes, range: Option<&str>, ct: &'static str) ->
     r
 }
 
-/// The whole class as one fragmented MP4: the first init segment and every segment that uses
-/// it (a class whose init changed midway, a new camera resolution, ends there), streamed from
-/// the files, with `Range`.
-fn download(ctx: &SlaveCtx, rec: &Recording, range: Option<&str>) -> Result<Response, ApiError> {
-    let first = rec.segments.first().ok_or_else(not_found)?;
+/// A recording's parts: runs of consecutive segments with the same init segment. A new one
+/// starts where the teacher's encoder settings changed (a new resolution, say), which one
+/// MP4 cannot hold; a reconnect with the same settings continues the part.
+fn parts(rec: &Recording) -> Vec<&[disk::SegmentEntry]> {
+    rec.segments
+        .chunk_by(|a, b| a.init_id == b.init_id)
+        .collect()
+}
+
+/// `download.mp4`: the whole class as one fragmented MP4, when it has one part; with more,
+/// `300 Multiple Choices` listing `download-<K>.mp4` for each, so that no client takes the
+/// first part for the class. `download-<K>.mp4`: the K-th part (its init segment and every
+/// segment of it). Streamed from the files, with `Range`.
+fn download(
+    ctx: &SlaveCtx,
+    rec: &Recording,
+    part: u32,
+    range: Option<&str>,
+) -> Result<Response, ApiError> {
+    let parts = parts(rec);
+    if part == 0 && parts.len() > 1 {
+        let list: Vec<serde_json::Value> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                serde_json::json!({
+                    "file": format!("download-{}.mp4", i + 1),
+                    "duration_s": p.iter().map(|s| s.duration).sum::<f64>(),
+                })
+            })
+            .collect();
+        tracing::info!(id = %rec.id, parts = parts.len(), "download.mp4 of a class in parts: listed them");
+        let body = serde_json::json!({
+            "error": "multiple_parts",
+            "message": format!("the teacher's encoder settings changed {} time(s) during this class, so it downloads as {} files", parts.len() - 1, parts.len()),
+            "parts": list,
+        });
+        let mut r = (StatusCode::MULTIPLE_CHOICES, axum::Json(body)).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(r);
+    }
+    let segments = *parts
+        .get((part.max(1) - 1) as usize)
+        .ok_or_else(not_found)?;
+    let first = segments.first().ok_or_else(not_found)?;
     let init = rec.init_file(first.init_id);
     let init_len = std::fs::metadata(&init).map_err(|_| not_found())?.len();
     let mut files = vec![(init, init_len)];
-    for s in rec
-        .segments
-        .iter()
-        .take_while(|s| s.init_id == first.init_id)
-    {
+    for s in segments {
         files.push((rec.segment_file(s.msn), s.bytes));
     }
     let len: u64 = files.iter().map(|(_, n)| n).sum();
@@ -339,7 +387,10 @@ fn download(ctx: &SlaveCtx, rec: &Recording, range: Option<&str>) -> Result<Resp
     let mut r = Response::new(Body::from_stream(stream));
     *r.status_mut() = status;
     media_headers(r.headers_mut(), "video/mp4", end - start);
-    let name = format!("attachment; filename=\"{}.mp4\"", rec.id);
+    let name = match (part, parts.len()) {
+        (_, 1) => format!("attachment; filename=\"{}.mp4\"", rec.id),
+        (k, n) => format!("attachment; filename=\"{}-part{k}of{n}.mp4\"", rec.id),
+    };
     if let Ok(v) = HeaderValue::from_str(&name) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -393,7 +444,7 @@ async fn fetch(
         ApiError::unavailable("origin_unreachable", format!("the recording's node: {e}"))
     })?;
     match r.status() {
-        s if s.is_success() => Ok(r),
+        s if s.is_success() || s == StatusCode::MULTIPLE_CHOICES => Ok(r),
         StatusCode::NOT_FOUND => Err(not_found()),
         s => Err(ApiError::unavailable(
             "origin_refused",
@@ -424,8 +475,9 @@ async fn remote(ctx: &Arc<SlaveCtx>, req: &VodRequest) -> Result<Response, ApiEr
         url.push_str("?_HLS_skip=YES");
     }
     match req.file {
-        VodFile::Download => {
-            // Streamed through, never cached (a class is hundreds of megabytes).
+        VodFile::Download(_) => {
+            // Streamed through, never cached (a class is hundreds of megabytes); a list of
+            // parts (300) passes through as it is.
             let r = fetch(ctx, &url, req.range.as_deref()).await?;
             let status = r.status();
             let headers = r.headers().clone();

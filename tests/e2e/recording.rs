@@ -213,6 +213,71 @@ async fn a_publisher_back_within_the_grace_period_continues_the_same_recording()
     assert!(secs >= 7.0, "playable across the reconnect: {secs} s");
 }
 
+/// Issue 30: a teacher who reconnects with other encoder settings (640x360, then 1280x720)
+/// downloads the whole class, in two files: `download.mp4` lists them (300) instead of
+/// stopping at the change, from the holder and from an edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_whose_encoder_settings_change_downloads_whole_in_parts() {
+    let c = Cluster::start("recording_parts", 2, Timings::default()).await;
+    let (rtmp, key, t) = c.teacher("parts").await;
+    let origin = t["node_id"].as_str().unwrap().to_string();
+    let url = format!("{rtmp}/{key}");
+    let mut first = ffmpeg_publish_sized(&c.test, "publisher-360p", &url, Some(4), "640x360");
+    first.wait_exit(Duration::from_secs(30));
+    let mut second = ffmpeg_publish_sized(&c.test, "publisher-720p", &url, Some(4), "1280x720");
+    second.wait_exit(Duration::from_secs(30));
+    let rec = wait_recording(&c, "parts", "finished", |r| r["recording"] == false).await;
+    let total = rec["duration_s"].as_f64().unwrap();
+    assert!(total >= 7.0, "{rec}");
+    for exclude in [None, Some(origin.as_str())] {
+        let v = recording_token(&c, rec["id"].as_str().unwrap(), exclude).await;
+        let whole = v["hls_url"]
+            .as_str()
+            .unwrap()
+            .replace("index.m3u8", "download.mp4");
+        let r = c.http.get(&whole).send().await.unwrap();
+        assert_eq!(r.status(), 300, "from {}", v["node_id"]);
+        let list: Value = r.json().await.unwrap();
+        let parts = list["parts"].as_array().unwrap();
+        assert_eq!(parts.len(), 2, "{list}");
+        assert!(
+            list["message"].as_str().unwrap().contains("2 files"),
+            "{list}"
+        );
+        let mut decoded = 0.0;
+        for (i, (p, want)) in parts.iter().zip(["640x360", "1280x720"]).enumerate() {
+            let file = p["file"].as_str().unwrap();
+            assert_eq!(file, format!("download-{}.mp4", i + 1));
+            let bytes = c
+                .http
+                .get(whole.replace("download.mp4", file))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let path = log_dir(&c.test).join(format!("part{}-{}.mp4", i + 1, v["node_id"]));
+            std::fs::write(&path, &bytes).unwrap();
+            let probe = ffprobe(path.to_str().unwrap()).expect("each part is an MP4");
+            let size = format!(
+                "{}x{}",
+                probe["streams"][0]["width"], probe["streams"][0]["height"]
+            );
+            assert_eq!(size, want, "part {} keeps its settings", i + 1);
+            decoded += decodes_for(path.to_str().unwrap());
+        }
+        println!(
+            "from {}: the parts decode to {decoded:.2} s of a {total:.2} s class",
+            v["node_id"]
+        );
+        assert!(
+            (decoded - total).abs() < 1.0,
+            "the parts hold the whole class: {decoded} of {total} s"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_class_plays_from_an_edge_downloads_and_is_deleted() {
     let c = Cluster::start("recording_vod", 2, Timings::default()).await;

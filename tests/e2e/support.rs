@@ -409,9 +409,20 @@ impl Cluster {
 }
 
 pub fn ffmpeg_publish(test: &str, name: &str, url: &str, seconds: Option<u32>) -> Proc {
+    ffmpeg_publish_sized(test, name, url, seconds, "640x360")
+}
+
+/// [`ffmpeg_publish`] at another picture size (`WxH`): new encoder settings for the class.
+pub fn ffmpeg_publish_sized(
+    test: &str,
+    name: &str,
+    url: &str,
+    seconds: Option<u32>,
+    size: &str,
+) -> Proc {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=30")])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
     if let Some(s) = seconds {
         cmd.args(["-t", &s.to_string()]);
