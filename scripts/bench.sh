@@ -26,7 +26,9 @@
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
 #   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
-#                            viewers,memory,g2g,cache,recording,webrtc. With a subset, results are appended to
+#                            viewers,memory,g2g,cache,recording,webrtc,opus (opus: section 12, Opus
+#                            encode CPU of ropus vs libopus through ffmpeg; it starts no server, so
+#                            BENCH_ONLY=opus builds only classcast-bench). With a subset, results are appended to
 #                            target/bench-media/extra-results.jsonl and merged into
 #                            target/bench-media/last-results.jsonl, from which the document is
 #                            re-rendered (the hand-written figures live in bench/OBSERVATIONS.md)
@@ -71,6 +73,17 @@ if [ "${XIU:-0}" = 1 ] && ! xiu_bin >/dev/null; then
   nice -n 19 cargo install xiu --version 0.14.0 --locked
 fi
 
+# Sections that start no classcast process (opus), and re-rendering, need only the bench binary.
+only_standalone() {
+  [ "${BENCH_ONLY:-all}" != all ] || return 1
+  local s
+  IFS=, read -ra sections <<<"$BENCH_ONLY"
+  for s in "${sections[@]}"; do [ "$s" = opus ] || return 1; done
+}
 echo "[bench] building release binaries" >&2
-cargo build --release -p classcast -p classcast-bench
+if [ "${BENCH_REPORT_ONLY:-0}" = 1 ] || only_standalone; then
+  cargo build --release -p classcast-bench
+else
+  cargo build --release -p classcast -p classcast-bench
+fi
 exec target/release/classcast-bench run "$@"

@@ -10,6 +10,7 @@ mod flv;
 mod http;
 mod ingest;
 mod latency;
+mod opus;
 mod orchestrate;
 mod report;
 mod rtmp;
@@ -61,6 +62,19 @@ enum Cmd {
         pid: Option<u32>,
         #[arg(long, default_value = "classcast")]
         label: String,
+    },
+    /// Opus encode CPU per stream: ropus (in this process) against libopus (the ffmpeg on
+    /// PATH) on the same generated stereo PCM at 96 kbit/s, 20 ms frames.
+    OpusEncode {
+        /// Directory for the PCM file ffmpeg reads (removed afterwards).
+        #[arg(long, default_value = "/tmp")]
+        work: PathBuf,
+        /// Seconds of audio.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Runs per encoder and setting (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Student tokens per second from POST /api/token (registers fake slaves first).
     Tokens {
@@ -244,6 +258,20 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::Run(args) = cli.cmd {
         return orchestrate::main(*args);
     }
+    if let Cmd::OpusEncode {
+        work,
+        seconds,
+        runs,
+    } = &cli.cmd
+    {
+        // No runtime: the encoder is timed on this thread.
+        let a = opus::OpusArgs {
+            work: work.clone(),
+            seconds: (*seconds).max(1),
+            runs: *runs,
+        };
+        return opus::run(&a, cli.results.as_ref());
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = cli.threads {
@@ -426,7 +454,9 @@ fn main() -> anyhow::Result<()> {
                 notes,
                 out,
             } => report::write(&input, &machine, lscpu.as_deref(), notes.as_deref(), &out),
-            Cmd::Run(_) => unreachable!("handled before the runtime starts"),
+            Cmd::Run(_) | Cmd::OpusEncode { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

@@ -12,6 +12,8 @@ mod cache;
 mod extra;
 #[path = "report_g2g.rs"]
 mod g2g;
+#[path = "report_opus.rs"]
+mod opus;
 #[path = "report_record.rs"]
 mod record;
 #[path = "report_webrtc.rs"]
@@ -209,6 +211,7 @@ pub fn write(
     }
     extra::summary(w, &results)?;
     g2g::summary(w, &results)?;
+    opus::summary(w, &results)?;
     writeln!(w)?;
 
     if let Some(t) = find("tokens") {
@@ -546,6 +549,7 @@ pub fn write(
     cache::section(w, &results)?;
     record::section(w, &results)?;
     webrtc::section(w, &results)?;
+    opus::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

@@ -245,6 +245,7 @@ pub fn merge(last: &str, subset: &[&str], new: &str, stamp: &str) -> String {
                     drop(&mut keep, pat);
                 }
             }
+            "opus" => drop(&mut keep, "\"bench\":\"opus_encode\""),
             "viewers" => keep.retain(|l| {
                 !l.contains("\"bench\":\"viewers\"") || l.contains("\"label\":\"cache-tier:")
             }),
@@ -358,6 +359,29 @@ mod tests {
                 r#"{"measured":"now","bench":"ingest_cpu","server":"classcast","streams":4}"#,
                 r#"{"measured":"now","bench":"g2g","label":"a","player":"hls","run":2}"#,
             ]
+        );
+    }
+
+    #[test]
+    fn opus_replaces_its_lines_only() {
+        let last = concat!(
+            r#"{"bench":"webrtc_baseline","server_cpu_pct":0.8}"#,
+            "\n",
+            r#"{"measured":"then","bench":"opus_encode","encoder":"ropus","cpu_s":1}"#,
+            "\n",
+        );
+        let new = concat!(
+            r#"{"bench":"opus_encode","encoder":"ropus","cpu_s":2}"#,
+            "\n"
+        );
+        assert_eq!(
+            merge(last, &["opus"], new, "now"),
+            concat!(
+                r#"{"bench":"webrtc_baseline","server_cpu_pct":0.8}"#,
+                "\n",
+                r#"{"measured":"now","bench":"opus_encode","encoder":"ropus","cpu_s":2}"#,
+                "\n",
+            )
         );
     }
 }

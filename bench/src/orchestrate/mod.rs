@@ -9,6 +9,7 @@
 mod cache;
 pub mod finish;
 mod g2g;
+mod opus;
 mod procs;
 mod recording;
 mod sample;
@@ -25,7 +26,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 11] = [
+pub const SECTIONS: [&str; 12] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -37,7 +38,11 @@ pub const SECTIONS: [&str; 11] = [
     "cache",
     "recording",
     "webrtc",
+    "opus",
 ];
+
+/// Sections that start no classcast process: they need neither its binary nor the test stream.
+const STANDALONE: [&str; 1] = ["opus"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Toggle {
@@ -82,7 +87,7 @@ pub struct RunArgs {
     /// Only re-render the document from the last run's results.
     #[arg(long, env = "BENCH_REPORT_ONLY", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "0")]
     pub report_only: bool,
-    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording,webrtc
+    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording,webrtc,opus
     /// (merged into target/bench-media/last-results.jsonl), or all.
     #[arg(long, env = "BENCH_ONLY", default_value = "all")]
     pub only: String,
@@ -126,6 +131,11 @@ impl RunArgs {
 
     pub fn want(&self, section: &str) -> bool {
         self.all() || self.only.split(',').any(|s| s == section)
+    }
+
+    /// Whether a section to run starts classcast (all but [`STANDALONE`] ones do).
+    pub fn servers(&self) -> bool {
+        self.all() || self.only.split(',').any(|s| !STANDALONE.contains(&s))
     }
 }
 
@@ -330,7 +340,12 @@ async fn run(
         nginx,
         xiu,
     };
-    for b in [&ctx.cc, &ctx.bench] {
+    let needed: &[&PathBuf] = if args.servers() {
+        &[&ctx.cc, &ctx.bench]
+    } else {
+        &[&ctx.bench]
+    };
+    for b in needed {
         if !b.is_file() {
             bail!(
                 "{} is missing: cargo build --release -p classcast -p classcast-bench",
@@ -339,7 +354,9 @@ async fn run(
         }
     }
     std::fs::create_dir_all(media)?;
-    ctx.flv = sample::test_media(&ctx).await?;
+    if args.servers() {
+        ctx.flv = sample::test_media(&ctx).await?;
+    }
 
     let busy = sample::quiet_wait(args.quiet_wait).await?;
     let machine = finish::MachineInfo {
@@ -377,6 +394,9 @@ async fn run(
     }
     if args.want("webrtc") {
         webrtc::run(&ctx).await?;
+    }
+    if args.want("opus") {
+        opus::run(&ctx).await?;
     }
     // Everything measured: nothing may linger into the report's `git diff` or the next run.
     sup.stop_all();
