@@ -408,6 +408,47 @@ test('a live class rewinds to its start and back; a past class replays from an e
   });
 });
 
+test('a class recorded at two resolutions: the teacher page offers both parts and says why', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'twosizes', credential: TEACHER, record: true }) });
+  const sized = (name, size) => new Promise((res) => {
+    const p = run(name, 'ffmpeg', ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+      '-f', 'lavfi', '-i', `testsrc=size=${size}:rate=30`, '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000', '-t', '3',
+      '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '30', '-pix_fmt', 'yuv420p',
+      '-c:a', 'aac', '-b:a', '64k', '-f', 'flv', `${t.rtmp_url}/${t.stream_key}`]);
+    p.on('exit', res);
+  });
+  // The teacher's encoder reconnects within the grace period with another resolution.
+  await sized('twosizes-360p', '640x360');
+  await sized('twosizes-720p', '1280x720');
+  const done = await until('recording finished', 30000, async () =>
+    (await json(`${base}/api/recordings`)).recordings.find((r) => r.path === 'live/twosizes' && !r.recording));
+  const teacher = await newPage('parts-teacher');
+  await withShot(teacher, async () => {
+    await teacher.goto(`${base}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'twosizes2');
+    await teacher.click('button[type=submit]');
+    const row = `#recordings tr[data-id="${done.id}"]`;
+    await teacher.waitForSelector(row, { timeout: 10000 });
+    await teacher.click(`${row} button[data-download]`);
+    await teacher.waitForSelector('#download-parts', { timeout: 10000 });
+    const text = await teacher.textContent('#download-parts');
+    assert.match(text, /In 2 parts \(the encoder settings changed during the class\)/);
+    assert.match(text, /Part 1 of 2 .*Part 2 of 2/);
+    for (const i of [1, 2]) {
+      const href = await teacher.getAttribute(`#download-link-${i}`, 'href');
+      assert.match(href, new RegExp(`/download-${i}\\.mp4\\?`));
+      const r = await fetch(href, { headers: { range: 'bytes=0-7' } });
+      assert.equal(r.status, 206);
+      assert.equal(Buffer.from(await r.arrayBuffer()).subarray(4, 8).toString(), 'ftyp');
+    }
+    assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing');
+  });
+  await teacher.context().close();
+});
+
 test('a student whose slave is killed recovers on another within 5 s', async () => {
   // Separate processes, so one slave can be killed: a master and three slaves.
   const mport = await freePort();
