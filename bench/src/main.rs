@@ -10,6 +10,7 @@ mod flv;
 mod http;
 mod ingest;
 mod latency;
+mod netlab;
 mod opus;
 mod orchestrate;
 mod report;
@@ -46,14 +47,16 @@ enum Cmd {
     /// Every benchmark against freshly started release processes on loopback, then the report
     /// (what scripts/bench.sh runs; its environment knobs are these flags' variables).
     Run(Box<orchestrate::RunArgs>),
-    /// WebRTC viewers: N WHEP clients on one stream, their loss and the slave's CPU.
+    /// WebRTC viewers: N WHEP clients on one stream, their loss and the slave's CPU. Each
+    /// client asks the master for its own student token, as a student does (a slave keeps
+    /// one session per token).
     WhepViewers {
-        /// The slave's `/whep/live/NAME`.
+        /// The master's URL.
         #[arg(long)]
-        url: String,
-        /// A viewer token for that slave and stream (every client uses it).
+        master: String,
+        /// The stream's name.
         #[arg(long)]
-        token: String,
+        stream: String,
         #[arg(long, default_value_t = 100)]
         viewers: usize,
         #[arg(long, default_value_t = 15.0)]
@@ -75,6 +78,24 @@ enum Cmd {
         /// Runs per encoder and setting (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// A student's network: a namespace joined to this host by an emulated link (delay and
+    /// jitter, rate, bursty loss, UDP blocked), until SIGTERM or stdin closes. Needs root.
+    Netlab {
+        /// The namespace (≤ 12 characters); its devices are NAMEh and NAMEs.
+        #[arg(long)]
+        name: String,
+        /// Addresses 10.77.INDEX.1 (this host) and 10.77.INDEX.2 (the namespace).
+        #[arg(long)]
+        index: u8,
+        /// Toward the student: clean, good, busy, poor or udp-blocked.
+        #[arg(long, default_value = "busy")]
+        profile: String,
+        /// From the student (default: the same profile).
+        #[arg(long)]
+        up_profile: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Student tokens per second from POST /api/token (registers fake slaves first).
     Tokens {
@@ -272,6 +293,25 @@ fn main() -> anyhow::Result<()> {
         };
         return opus::run(&a, cli.results.as_ref());
     }
+    if let Cmd::Netlab {
+        name,
+        index,
+        profile,
+        up_profile,
+        seed,
+    } = &cli.cmd
+    {
+        let named = |p: &str| {
+            netlab::LinkProfile::named(p).ok_or_else(|| anyhow::anyhow!("no profile {p:?}"))
+        };
+        return netlab::run(netlab::LabArgs {
+            name: name.clone(),
+            index: *index,
+            down: named(profile)?,
+            up: named(up_profile.as_deref().unwrap_or(profile))?,
+            seed: *seed,
+        });
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = cli.threads {
@@ -346,16 +386,16 @@ fn main() -> anyhow::Result<()> {
                 emit(results, &r)
             }
             Cmd::WhepViewers {
-                url,
-                token,
+                master,
+                stream,
                 viewers,
                 seconds,
                 pid,
                 label,
             } => {
+                let targets = whep::targets(&master, &stream, viewers).await?;
                 let r = whep::run(whep::WhepArgs {
-                    url,
-                    token,
+                    targets,
                     viewers,
                     seconds,
                     pid,
@@ -454,7 +494,7 @@ fn main() -> anyhow::Result<()> {
                 notes,
                 out,
             } => report::write(&input, &machine, lscpu.as_deref(), notes.as_deref(), &out),
-            Cmd::Run(_) | Cmd::OpusEncode { .. } => {
+            Cmd::Run(_) | Cmd::OpusEncode { .. } | Cmd::Netlab { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -13,8 +13,8 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
 pub struct WhepArgs {
-    pub url: String,
-    pub token: String,
+    /// Per client: the slave's `/whep/live/NAME` and its own token.
+    pub targets: Vec<(String, String)>,
     pub viewers: usize,
     pub seconds: f64,
     /// The slave's PID, for its CPU.
@@ -117,6 +117,28 @@ async fn client(
     Ok(one)
 }
 
+/// `n` student tokens for `stream`, fetched before the clients start (50 requests at a time),
+/// each with the WHEP URL of the slave it names.
+pub async fn targets(
+    master: &str,
+    stream: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let batch = (n - out.len()).min(50);
+        let got = futures::future::join_all(
+            (0..batch).map(|_| crate::util::whep_target(master, stream, None)),
+        )
+        .await;
+        for t in got {
+            let (url, token, _) = t?;
+            out.push((url, token));
+        }
+    }
+    Ok(out)
+}
+
 pub async fn run(a: WhepArgs) -> anyhow::Result<WhepResult> {
     let start = Instant::now();
     // Joins spread over a second, as a class joins; the measured window starts once all have.
@@ -124,8 +146,8 @@ pub async fn run(a: WhepArgs) -> anyhow::Result<WhepResult> {
     let until = start + ramp + Duration::from_secs_f64(a.seconds) + Duration::from_secs(2);
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for i in 0..a.viewers {
-        let (url, token, done) = (a.url.clone(), a.token.clone(), done.clone());
+    for (i, (url, token)) in a.targets.iter().cloned().enumerate().take(a.viewers) {
+        let done = done.clone();
         let at = start + ramp.mul_f64(i as f64 / a.viewers.max(1) as f64);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;

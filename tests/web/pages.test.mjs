@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, createWriteStream, rmSync } from 'node:fs';
+import { mkdirSync, createWriteStream, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import os from 'node:os';
@@ -569,6 +569,125 @@ test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 
   } finally {
     for (const port of blocked) await iptables('-D', port).catch((e) => console.log(`cleanup: ${e.message}`));
   }
+});
+
+// Issue 29: a Wi-Fi classroom. Students in network namespaces of their own, each joined to
+// this host by a link `classcast-bench netlab` emulates (the kernel has no netem): delay and
+// jitter, a rate with a bounded queue, bursty loss. One origin and one edge on the host's lab
+// address; Chromium plays WebRTC on busy Wi-Fi (40 ± 20 ms RTT, 3 % loss in bursts, 4 Mbit/s)
+// and hls.js on poor Wi-Fi (80 ± 40 ms, 8 %, 2 Mbit/s) for 60 s. Needs root, as CI has.
+const BENCH = process.env.CLASSCAST_BENCH || path.join(ROOT, 'target/debug/classcast-bench');
+const WIFI_SECONDS = Number(process.env.WIFI_SECONDS || 60);
+// Bounds for 60 s, from measurements here (docs/benchmarks.md, "Wi-Fi classroom"): WebRTC on
+// busy Wi-Fi froze 3 times in 60 s (0–1 in 30 s runs); hls.js in low-latency mode on poor
+// Wi-Fi waited 32 times in 60 s (15–16 in 30 s runs): TCP over 8 % loss at 80 ms stalls a
+// 0.6 s hold-back about every two seconds, which is why the page plays WebRTC first. About
+// twice the measured, so that a regression (a player that stops, a stall per part) fails.
+const MAX_WEBRTC_FREEZES_BUSY = Math.ceil(6 * WIFI_SECONDS / 60);
+const MAX_HLS_STALLS_POOR = Math.ceil(60 * WIFI_SECONDS / 60);
+
+function netlab(name, index, profile) {
+  const p = spawn(BENCH, ['netlab', '--name', name, '--index', String(index), '--profile', profile], { stdio: ['pipe', 'pipe', 'pipe'] });
+  procs.push(p);
+  let out = '';
+  p.stdout.on('data', (d) => { out += d; });
+  p.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise((res) => p.on('exit', res));
+  return {
+    host: `10.77.${index}.1`,
+    ready: () => until(`netlab ${name} ready`, 15000, () => { if (p.exitCode !== null) throw new Error(out); return out.includes('ready '); }),
+    // Ends the lab (it removes its namespace) and returns what its link did.
+    stop: async () => { p.stdin.end(); await Promise.race([exited, sleep(5000)]); const line = out.split('\n').find((l) => l.includes('"bench":"netlab"')); return line ? JSON.parse(line) : { out }; },
+    browser: () => {
+      const wrapper = path.join(ART, `chromium-in-${name}.sh`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${name} ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`, { mode: 0o755 });
+      return chromium.launch({ executablePath: wrapper, headless: true,
+        args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required'] });
+    },
+  };
+}
+
+test('a Wi-Fi classroom: WebRTC on busy Wi-Fi and hls.js on poor Wi-Fi keep playing', async () => {
+  const busy = netlab('ccwbusy', 71, 'busy');
+  const poor = netlab('ccwpoor', 72, 'poor');
+  const browsers = [];
+  try {
+    await busy.ready();
+    await poor.ready();
+    // The servers listen on the busy lab's host address, which every namespace reaches.
+    const ip = busy.host;
+    const [mp, r1, h1, r2, h2] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    const master = `http://${ip}:${mp}`;
+    const env = { CLUSTER_SECRET: SECRET };
+    run('wifi-master', BIN, ['master', '--bind', `${ip}:${mp}`, '--jwt-key-file', path.join(ART, 'wifi-jwt.pem'),
+      '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env);
+    await until('wifi master up', 15000, async () => (await fetch(`${master}/health`)).ok);
+    for (const [id, r, h] of [['w1', r1, h1], ['w2', r2, h2]]) {
+      run(`wifi-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
+        '--http-bind', `${ip}:${h}`, '--public-host', ip, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
+        '--record-dir', path.join(ART, `wifi-rec-${id}`)], env);
+    }
+    await until('wifi cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 2);
+    const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'wifi', credential: TEACHER }) });
+    publish('wifi-publisher', `${t.rtmp_url.replace(ip, '127.0.0.1')}/${t.stream_key}`);
+    await until('wifi class live on both', 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === 'live/wifi' && s.serving.length === 2));
+
+    const open = async (lab, name, query) => {
+      const b = await lab.browser();
+      browsers.push(b);
+      const page = await (await b.newContext({ viewport: { width: 420, height: 860 } })).newPage();
+      page._name = name;
+      page.on('console', (m) => { if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`); });
+      await page.goto(`${master}/?name=${name}&stream=wifi&autoplay${query}`);
+      return page;
+    };
+    const rtc = await open(busy, 'wifi-webrtc', '');
+    const hls = await open(poor, 'wifi-hls', '&webrtc=0');
+    await withShot(rtc, () => until('WebRTC plays on busy Wi-Fi', 30000, () => rtc.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30)));
+    await withShot(hls, () => playsFor(hls, 1, 40000));
+    await hls.evaluate(() => {
+      const v = document.getElementById('video');
+      window.stalls = 0;
+      window.seeks = 0;
+      v.addEventListener('waiting', () => { window.stalls += 1; });
+      // Seeks are the page's own jumps back to the live edge.
+      v.addEventListener('seeking', () => { window.seeks += 1; });
+    });
+    const r0 = await rtc.evaluate(() => ({ ...window.classcast.webrtc }));
+    const h0 = await hls.evaluate(() => document.getElementById('video').currentTime);
+    const lat = [];
+    for (let s = 0; s < WIFI_SECONDS; s += 5) {
+      await sleep(5000);
+      const l = await hls.evaluate(() => window.classcast.latency);
+      if (typeof l === 'number') lat.push(l);
+    }
+    const r1s = await rtc.evaluate(() => ({ ...window.classcast.webrtc, mode: window.classcast.mode }));
+    const h1s = await hls.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, seeks: window.seeks, mode: window.classcast.mode }));
+    const [busyLink, poorLink] = [await busy.stop(), await poor.stop()];
+    lat.sort((a, b) => a - b);
+    const fig = {
+      webrtc_busy: { seconds: WIFI_SECONDS, frames: r1s.frames - r0.frames, freezes: r1s.freezes - r0.freezes, dropped: r1s.dropped - r0.dropped,
+        nacks: r1s.nacks - r0.nacks, packets_lost: r1s.lost - r0.lost, mode: r1s.mode },
+      hls_poor: { seconds: WIFI_SECONDS, played_s: +(h1s.t - h0).toFixed(2), stalls: h1s.stalls, jumps: h1s.seeks, latency_p50_s: lat[Math.floor(lat.length / 2)], mode: h1s.mode },
+      links: { busy: busyLink, poor: poorLink },
+    };
+    console.log(`wifi classroom: ${JSON.stringify(fig)}`);
+    assert.equal(r1s.mode, 'webrtc', 'still on WebRTC');
+    assert.ok(fig.webrtc_busy.frames >= 25 * WIFI_SECONDS, `frames kept coming: ${fig.webrtc_busy.frames}`);
+    assert.ok(fig.webrtc_busy.freezes <= MAX_WEBRTC_FREEZES_BUSY, `WebRTC freezes on busy Wi-Fi: ${fig.webrtc_busy.freezes}`);
+    assert.ok(busyLink.down.lost > 0, 'the busy link did lose packets');
+    assert.ok(fig.hls_poor.played_s >= WIFI_SECONDS - 6, `hls.js played ${fig.hls_poor.played_s} s of ${WIFI_SECONDS}`);
+    assert.ok(fig.hls_poor.stalls <= MAX_HLS_STALLS_POOR, `hls.js stalls on poor Wi-Fi: ${fig.hls_poor.stalls}`);
+    assert.ok(poorLink.down.lost > 0, 'the poor link did lose packets');
+  } finally {
+    for (const b of browsers) await b.close().catch(() => {});
+    await busy.stop();
+    await poor.stop();
+  }
+  // Every namespace the test made is gone.
+  const left = await new Promise((res) => { const p = spawn('ip', ['netns', 'list']); let o = ''; p.stdout.on('data', (d) => { o += d; }); p.on('exit', () => res(o)); });
+  assert.ok(!/ccwbusy|ccwpoor/.test(left), `namespaces left: ${left}`);
 });
 
 test('a student whose master is down at join time gets a token from another master and plays', async () => {

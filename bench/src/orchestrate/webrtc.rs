@@ -18,7 +18,16 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let p = ctx.port(41);
     ctx.start_master("master-webrtc", p).await?;
     let (h, r) = (ctx.port(42), ctx.port(43));
-    let s = ctx.start_slave("slave-webrtc", p, h, r, &[]).await?;
+    // The cap lifted, so the steps measure what the slave can feed past its default of 150.
+    let s = ctx
+        .start_slave(
+            "slave-webrtc",
+            p,
+            h,
+            r,
+            &args!["--max-webrtc-viewers", 5000],
+        )
+        .await?;
     ctx.wait_nodes(p, 1).await?;
     let small = small_media(ctx).await?;
     let publisher = super::serving::publish_loop(ctx, p, "rtc", &small).await?;
@@ -43,15 +52,14 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         .split(',')
         .filter_map(|x| x.trim().parse::<usize>().ok())
     {
-        let (url, token, _) = crate::util::whep_target(&ctx.master_url(p), "rtc", None).await?;
         ctx.bench_run(
             "whep-viewers",
             &args![
                 "whep-viewers",
-                "--url",
-                url,
-                "--token",
-                token,
+                "--master",
+                ctx.master_url(p),
+                "--stream",
+                "rtc",
                 "--viewers",
                 n,
                 "--seconds",
