@@ -268,3 +268,38 @@ async fn webrtc_sessions_are_bounded() {
     assert!(m.contains("reason=\"offer_too_large\"} 201"), "{m}");
     assert!(lines <= 6, "{lines} refusal lines for ~400 refusals");
 }
+
+/// Unconnected sessions from one address stop at half the capacity (429): a class behind one
+/// NAT joins at once, but one address cannot hold every slot with sessions that never connect.
+#[tokio::test(flavor = "multi_thread")]
+async fn unconnected_sessions_per_address_are_bounded() {
+    let c = Cluster::start_with(
+        "webrtc_pending",
+        1,
+        Timings::default(),
+        &[],
+        &["--max-webrtc-viewers", "60"],
+    )
+    .await;
+    let (rtmp, key, _) = c.teacher("b").await;
+    let _pubr = ffmpeg_publish(&c.test, "publisher", &format!("{rtmp}/{key}"), None);
+    c.wait_live("b", 1).await;
+    let url = whep_url(&c, "s1");
+    let r = join_all((0..40).map(|_| {
+        let tok = sign_student(&c, "s1", "live/b", 600, None);
+        let (_, _, sdp, _) = offer();
+        let url = url.clone();
+        let c = &c;
+        async move { post(c, &url, &tok, sdp).await }
+    }))
+    .await;
+    let created = r.iter().filter(|(s, _, _)| *s == 201).count();
+    let limited: Vec<_> = r.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(created, 30, "{r:?}");
+    assert_eq!(limited.len(), 10, "{r:?}");
+    assert!(
+        limited[0].1.contains("pending_per_address"),
+        "{}",
+        limited[0].1
+    );
+}

@@ -20,7 +20,7 @@ use super::transcode::{OPUS_RATE, OpusTranscoder};
 use crate::ctx::SlaveCtx;
 use crate::hls::HlsStream;
 
-use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, MAX_PENDING_PER_ADDR};
+use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
 /// Datagrams read per wake-up before the sessions are driven.
 const RECV_BATCH: usize = 64;
 
@@ -52,7 +52,7 @@ pub(super) enum Command {
 pub(super) enum Refusal {
     /// MAX_WEBRTC_VIEWERS sessions exist.
     Full,
-    /// MAX_PENDING_PER_ADDR sessions from this client address have not connected yet.
+    /// `max_pending_per_addr` sessions from this client address have not connected yet.
     PendingFromAddress,
 }
 
@@ -509,7 +509,7 @@ impl Engine {
                 .values()
                 .filter(|s| !s.connected && s.client == client)
                 .count()
-                >= MAX_PENDING_PER_ADDR
+                >= max_pending_per_addr(self.ctx.cfg.webrtc.max_viewers)
         {
             return Err(Refusal::PendingFromAddress);
         }

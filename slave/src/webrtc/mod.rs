@@ -82,7 +82,7 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
         match tokio::net::TcpListener::bind((bind_ip, candidate.port())).await {
             Ok(l) => {
                 let c = SocketAddr::new(ip, candidate.port());
-                let max = cfg.max_viewers as usize + admission::MAX_PENDING_PER_ADDR;
+                let max = cfg.max_viewers as usize + 20;
                 engine = engine.with_tcp(l, c, max);
                 tcp_candidate = Some(c);
             }
@@ -322,7 +322,7 @@ async fn offer(
                 "pending_per_address",
                 format!(
                     "{} WebRTC sessions from this address are still connecting; try again in a moment",
-                    admission::MAX_PENDING_PER_ADDR
+                    admission::max_pending_per_addr(ctx.cfg.webrtc.max_viewers)
                 ),
             ));
         }
