@@ -281,9 +281,10 @@ pub(crate) struct MediaTuning {
     pub(crate) webrtc_host: Option<String>,
     /// WebRTC viewers this slave takes at once; past it WHEP answers 503 and the master sends
     /// viewers to a slave with room, or offers LL-HLS. One engine task sends every session's
-    /// media, so this is one core's worth: 100 viewers took 54 % of a core and 250 a whole one
-    /// (docs/benchmarks.md section 11); 150 leaves room for the transcoder and signalling.
-    #[arg(long, env = "MAX_WEBRTC_VIEWERS", default_value_t = 150)]
+    /// media, so the limit is one core's worth: 250 viewers fed took 57 % of a core and 500
+    /// saturated it with 475 connected (docs/benchmarks.md section 11); 200 leaves a slower
+    /// school PC's core room for the transcoder and signalling.
+    #[arg(long, env = "MAX_WEBRTC_VIEWERS", default_value_t = 200)]
     pub(crate) max_webrtc_viewers: u32,
 }
 

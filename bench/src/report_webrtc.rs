@@ -23,7 +23,9 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
         "`BENCH_ONLY=webrtc ./scripts/bench.sh` (steps from `WEBRTC_STEPS`). One slave, one stream published \
          by the bench's RTMP publisher (360p30 x264 zerolatency at 1,400 kbit/s + AAC 96 kbit/s, GOP 1 s), \
          then `classcast-bench whep-viewers`: N WHEP clients (str0m, one UDP socket and one tokio task \
-         each, joining over 1 s) play it for 10 s after their joins; a client's loss is the fraction its own \
+         each, each with its own student token from the master, joining over 1 s; the slave started with \
+         `--max-webrtc-viewers 5000` so that the steps measure past the default) play it for 10 s after \
+         their joins; a client's loss is the fraction its own \
          receive statistics count lost in the last second (the largest of its two tracks). The slave's CPU \
          is measured over the same window; with no viewer it used {} % of a core (ingest, packaging, \
          recording). Slave, generator and publisher share the 2 cores.",

@@ -95,7 +95,7 @@ impl Default for WebRtcConfig {
             enabled: true,
             udp_ports: (0, 0),
             host: "127.0.0.1".into(),
-            max_viewers: 150,
+            max_viewers: 200,
             tcp: true,
         }
     }

@@ -329,7 +329,7 @@ test('admin page shows the same numbers as /cluster/nodes', async () => {
       return JSON.stringify(rows) === JSON.stringify(want) && totals === String(api.total_nodes) && rows.length === 2;
     });
     assert.equal(await admin.textContent('#t-healthy'), '2');
-    assert.match(await admin.textContent('#nodes tbody'), /\d+ \/ 150/, 'WebRTC sessions against the default capacity');
+    assert.match(await admin.textContent('#nodes tbody'), /\d+ \/ 200/, 'WebRTC sessions against the default capacity');
     assert.match(await admin.textContent('#streams tbody'), /live\/stream/);
     await admin.screenshot({ path: path.join(ART, 'admin.png'), fullPage: true });
   });
@@ -460,7 +460,8 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
   for (const id of ['f1', 'f2', 'f3']) {
     const [r, h] = [await freePort(), await freePort()];
     slaves[id] = run(`fo-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
-      '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0'], env);
+      '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
+      '--record-dir', path.join(ART, `fo-rec-${id}`)], env);
   }
   await until('failover cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 3);
   const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
@@ -704,7 +705,8 @@ test('a student whose master is down at join time gets a token from another mast
   master('mm-master-b', pb);
   const [r, h] = [await freePort(), await freePort()];
   run('mm-slave', BIN, ['slave', '--master-url', `${a},${b}`, '--node-id', 'm1', '--rtmp-bind', `127.0.0.1:${r}`,
-    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0'], env);
+    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
+    '--record-dir', path.join(ART, 'mm-rec')], env);
   for (const m of [a, b]) await until(`${m} sees the slave`, 30000, async () => (await json(`${m}/cluster/nodes`)).healthy_nodes === 1);
   const t = await json(`${a}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'mm', credential: TEACHER }) });
