@@ -8,95 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media::frames::TapItem;
-use str0m::change::SdpOffer;
-use str0m::format::Codec;
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
+use super::feed::{Feed, StreamFeed, forward};
+use super::session::{Command, Refusal, Trickle, pick_pt};
 use super::transcode::{OPUS_RATE, OpusTranscoder};
 use crate::ctx::SlaveCtx;
 use crate::hls::HlsStream;
 
-use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
 /// Datagrams read per wake-up before the sessions are driven.
 const RECV_BATCH: usize = 64;
-
-pub(super) enum Command {
-    /// A session built by [`new_session`] off this task; admitted or refused here, in one step
-    /// with the insert, so the cap is never passed.
-    Open {
-        id: String,
-        rtc: Box<Rtc>,
-        stream: Arc<HlsStream>,
-        viewer: String,
-        client: Option<IpAddr>,
-        /// Remote candidates the offer carried (they count toward the session's budget).
-        candidates: usize,
-        /// `Ok(true)`: it replaced the viewer's earlier session.
-        reply: oneshot::Sender<Result<bool, Refusal>>,
-    },
-    Close {
-        id: String,
-        reply: oneshot::Sender<bool>,
-    },
-    Candidates {
-        id: String,
-        candidates: Vec<Candidate>,
-        reply: oneshot::Sender<Trickle>,
-    },
-}
-
-pub(super) enum Refusal {
-    /// MAX_WEBRTC_VIEWERS sessions exist.
-    Full,
-    /// `max_pending_per_addr` sessions from this client address have not connected yet.
-    PendingFromAddress,
-}
-
-pub(super) enum Trickle {
-    Added,
-    NotFound,
-    TooMany,
-}
-
-/// A session's state from a viewer's offer, and the answer: the SDP work, done wherever the
-/// caller runs it (the blocking pool), not on the engine's task.
-pub(super) fn new_session(
-    offer: &[u8],
-    local: SocketAddr,
-    local_tcp: Option<SocketAddr>,
-) -> anyhow::Result<(Box<Rtc>, String)> {
-    let offer = std::str::from_utf8(offer)?;
-    let offer = SdpOffer::from_sdp_string(offer)?;
-    let mut rtc = Rtc::builder()
-        .set_ice_lite(true)
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_opus(true)
-        .set_stats_interval(Some(Duration::from_secs(1)))
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp")?);
-    if let Some(tcp) = local_tcp {
-        rtc.add_local_candidate(
-            Candidate::builder()
-                .tcp()
-                .host(tcp)
-                .tcptype(str0m::net::TcpType::Passive)
-                .build()?,
-        );
-    }
-    let answer = rtc.sdp_api().accept_offer(offer)?;
-    Ok((Box::new(rtc), answer.to_sdp_string()))
-}
-
-enum Feed {
-    Item(Arc<TapItem>),
-    /// The forwarder fell behind the stream: frames were lost, the next keyframe resumes.
-    Lagged,
-}
 
 struct Session {
     rtc: Box<Rtc>,
@@ -114,31 +40,6 @@ struct Session {
     video_started: bool,
     /// Egress counters seen last, per mid, for the metrics' deltas.
     stats: HashMap<Mid, (u64, u64, u64, u64)>,
-}
-
-/// One stream with viewers here.
-struct StreamFeed {
-    forwarder: tokio::task::JoinHandle<()>,
-    avc: Option<media::AvcConfig>,
-    opus: Option<OpusTranscoder>,
-    /// Video since the latest keyframe, Annex B, for sessions that connect now.
-    gop: Vec<(u64, Arc<[u8]>)>,
-    /// Stream time (ms) and the instant it is sent at: the wall clock RTCP sender reports map
-    /// both tracks to, which keeps them in sync in the browser.
-    epoch: Option<(u64, Instant)>,
-    sessions: usize,
-}
-
-impl StreamFeed {
-    fn wallclock(&mut self, ms: u64) -> Instant {
-        let (base, at) = *self.epoch.get_or_insert((ms, Instant::now()));
-        if ms >= base {
-            at + Duration::from_millis(ms - base)
-        } else {
-            at.checked_sub(Duration::from_millis(base - ms))
-                .unwrap_or(at)
-        }
-    }
 }
 
 pub(super) struct Engine {
@@ -709,57 +610,6 @@ impl Engine {
     fn drive_all(&mut self, ids: Vec<String>) {
         for id in ids {
             self.drive(&id);
-        }
-    }
-}
-
-/// The payload type to send `kind` with: H.264 in packetization mode 1 (what RFC 6184 FU-A
-/// needs), Opus for audio.
-fn pick_pt(rtc: &mut Rtc, mid: Mid, kind: MediaKind) -> Option<Pt> {
-    let w = rtc.writer(mid)?;
-    let mut best: Option<(u8, Pt)> = None;
-    for p in w.payload_params() {
-        let spec = p.spec();
-        let rank = match (kind, spec.codec) {
-            (MediaKind::Audio, Codec::Opus) => 1,
-            // Constrained baseline first: every decoder takes it, and a browser decodes a
-            // main or high profile stream under it too.
-            (MediaKind::Video, Codec::H264) if spec.format.packetization_mode == Some(1) => {
-                if spec.format.profile_level_id == Some(0x42e01f) {
-                    2
-                } else {
-                    1
-                }
-            }
-            _ => 0,
-        };
-        if rank > 0 && best.is_none_or(|(r, _)| rank > r) {
-            best = Some((rank, p.pt()));
-        }
-    }
-    best.map(|(_, pt)| pt)
-}
-
-/// Carries one stream's frames into the engine: the configurations and latest GOP first, then
-/// everything as it arrives.
-async fn forward(stream: Arc<HlsStream>, path: Arc<str>, tx: mpsc::Sender<(Arc<str>, Feed)>) {
-    let (start, mut rx) = stream.frames.subscribe();
-    for item in start {
-        if tx.send((path.clone(), Feed::Item(item))).await.is_err() {
-            return;
-        }
-    }
-    loop {
-        let f = match rx.recv().await {
-            Ok(i) => Feed::Item(i),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(%path, lost = n, "webrtc feed fell behind; resuming at the next keyframe");
-                Feed::Lagged
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        if tx.send((path.clone(), f)).await.is_err() {
-            return;
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod admission;
 mod engine;
+mod feed;
+mod session;
 pub mod tcp;
 pub mod transcode;
 
@@ -30,7 +32,7 @@ use crate::viewers::WebRtcLoad;
 
 /// The handle the HTTP side talks to the engine through.
 pub struct Whep {
-    cmds: mpsc::Sender<engine::Command>,
+    cmds: mpsc::Sender<session::Command>,
     pub candidate: SocketAddr,
     /// The ICE-TCP passive candidate, for viewers whose network drops UDP.
     pub tcp_candidate: Option<SocketAddr>,
@@ -280,7 +282,7 @@ async fn offer(
     let (local, local_tcp) = (whep.candidate, whep.tcp_candidate);
     let sdp = body.clone();
     let (rtc, answer) =
-        tokio::task::spawn_blocking(move || engine::new_session(&sdp, local, local_tcp))
+        tokio::task::spawn_blocking(move || session::new_session(&sdp, local, local_tcp))
             .await
             .map_err(|_| ApiError::internal("session setup panicked"))?
             .map_err(|e| {
@@ -295,7 +297,7 @@ async fn offer(
     let (tx, rx) = oneshot::channel();
     let id = session_id();
     whep.cmds
-        .send(engine::Command::Open {
+        .send(session::Command::Open {
             id: id.clone(),
             rtc,
             stream: entry.stream.clone(),
@@ -313,8 +315,8 @@ async fn offer(
         Ok(replaced) => {
             tracing::info!(%path, session = %id, replaced, "whep session created");
         }
-        Err(engine::Refusal::Full) => return Err(full(&ctx, w)),
-        Err(engine::Refusal::PendingFromAddress) => {
+        Err(session::Refusal::Full) => return Err(full(&ctx, w)),
+        Err(session::Refusal::PendingFromAddress) => {
             return Err(refuse(
                 &ctx,
                 w,
@@ -362,7 +364,7 @@ async fn end(
     let (tx, rx) = oneshot::channel();
     let _ = whep
         .cmds
-        .send(engine::Command::Close { id, reply: tx })
+        .send(session::Command::Close { id, reply: tx })
         .await;
     match rx.await {
         Ok(true) => Ok(StatusCode::OK),
@@ -407,15 +409,15 @@ async fn trickle(
     let (tx, rx) = oneshot::channel();
     let _ = whep
         .cmds
-        .send(engine::Command::Candidates {
+        .send(session::Command::Candidates {
             id,
             candidates,
             reply: tx,
         })
         .await;
     match rx.await {
-        Ok(engine::Trickle::Added) => Ok(StatusCode::NO_CONTENT),
-        Ok(engine::Trickle::TooMany) => Err(too_many()),
+        Ok(session::Trickle::Added) => Ok(StatusCode::NO_CONTENT),
+        Ok(session::Trickle::TooMany) => Err(too_many()),
         _ => Err(ApiError::not_found("not_found", "no such session")),
     }
 }

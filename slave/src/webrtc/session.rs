@@ -1,0 +1,109 @@
+//! What the HTTP side and the engine say to each other about sessions, and the signalling work
+//! that builds one (`new_session`, run on the blocking pool, never on the engine's task).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{MediaKind, Mid, Pt};
+use str0m::{Candidate, Rtc};
+use tokio::sync::oneshot;
+
+use crate::hls::HlsStream;
+
+pub(super) enum Command {
+    /// A session built by [`new_session`] off this task; admitted or refused here, in one step
+    /// with the insert, so the cap is never passed.
+    Open {
+        id: String,
+        rtc: Box<Rtc>,
+        stream: Arc<HlsStream>,
+        viewer: String,
+        client: Option<IpAddr>,
+        /// Remote candidates the offer carried (they count toward the session's budget).
+        candidates: usize,
+        /// `Ok(true)`: it replaced the viewer's earlier session.
+        reply: oneshot::Sender<Result<bool, Refusal>>,
+    },
+    Close {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Candidates {
+        id: String,
+        candidates: Vec<Candidate>,
+        reply: oneshot::Sender<Trickle>,
+    },
+}
+
+pub(super) enum Refusal {
+    /// MAX_WEBRTC_VIEWERS sessions exist.
+    Full,
+    /// `max_pending_per_addr` sessions from this client address have not connected yet.
+    PendingFromAddress,
+}
+
+pub(super) enum Trickle {
+    Added,
+    NotFound,
+    TooMany,
+}
+
+/// A session's state from a viewer's offer, and the answer: the SDP work, done wherever the
+/// caller runs it (the blocking pool), not on the engine's task.
+pub(super) fn new_session(
+    offer: &[u8],
+    local: SocketAddr,
+    local_tcp: Option<SocketAddr>,
+) -> anyhow::Result<(Box<Rtc>, String)> {
+    let offer = std::str::from_utf8(offer)?;
+    let offer = SdpOffer::from_sdp_string(offer)?;
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true)
+        .set_stats_interval(Some(Duration::from_secs(1)))
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    if let Some(tcp) = local_tcp {
+        rtc.add_local_candidate(
+            Candidate::builder()
+                .tcp()
+                .host(tcp)
+                .tcptype(str0m::net::TcpType::Passive)
+                .build()?,
+        );
+    }
+    let answer = rtc.sdp_api().accept_offer(offer)?;
+    Ok((Box::new(rtc), answer.to_sdp_string()))
+}
+
+/// The payload type to send `kind` with: H.264 in packetization mode 1 (what RFC 6184 FU-A
+/// needs), Opus for audio.
+pub(super) fn pick_pt(rtc: &mut Rtc, mid: Mid, kind: MediaKind) -> Option<Pt> {
+    let w = rtc.writer(mid)?;
+    let mut best: Option<(u8, Pt)> = None;
+    for p in w.payload_params() {
+        let spec = p.spec();
+        let rank = match (kind, spec.codec) {
+            (MediaKind::Audio, Codec::Opus) => 1,
+            // Constrained baseline first: every decoder takes it, and a browser decodes a
+            // main or high profile stream under it too.
+            (MediaKind::Video, Codec::H264) if spec.format.packetization_mode == Some(1) => {
+                if spec.format.profile_level_id == Some(0x42e01f) {
+                    2
+                } else {
+                    1
+                }
+            }
+            _ => 0,
+        };
+        if rank > 0 && best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, p.pt()));
+        }
+    }
+    best.map(|(_, pt)| pt)
+}
