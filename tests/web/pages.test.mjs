@@ -33,6 +33,8 @@ function run(name, cmd, args, env = {}) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Ends processes a test started (and no others), so they do not load the machine for the rest.
+const stop = (list) => { for (const p of list) { try { p.kill('SIGKILL'); } catch {} } };
 async function until(what, ms, f) {
   const end = Date.now() + ms;
   for (;;) {
@@ -91,6 +93,208 @@ before(async () => {
 after(async () => {
   await browser?.close();
   for (const p of procs) { try { p.kill('SIGKILL'); } catch {} }
+});
+
+// The network tests come first: they measure playback and would be skewed by the encoders and
+// clusters that later tests leave running; they stop their own processes when done.
+
+// A school network that drops UDP: an iptables rule drops every UDP datagram to the test
+// slave's WebRTC port (that port only, removed in `finally`), so the slave's ICE-TCP candidate
+// on the same port number is the only way in; with it switched off (WEBRTC_TCP=false) the page
+// must play LL-HLS within 2 s. Needs root, as CI has.
+function iptables(op, port) {
+  return new Promise((res, rej) => {
+    const p = spawn('iptables', [op, 'INPUT', '-p', 'udp', '--dport', String(port), '-m', 'comment',
+      '--comment', 'classcast-web-test', '-j', 'DROP'], { stdio: 'inherit' });
+    p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`iptables ${op} exited ${c}`))));
+    p.on('error', rej);
+  });
+}
+
+async function udpBlockedCluster(name, tcp, procs) {
+  const [mp, r, h, udp] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const master = `http://127.0.0.1:${mp}`;
+  const env = { CLUSTER_SECRET: SECRET };
+  procs.push(run(`${name}-master`, BIN, ['master', '--bind', `127.0.0.1:${mp}`, '--jwt-key-file', path.join(ART, `${name}-jwt.pem`),
+    '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env));
+  await until(`${name} master up`, 15000, async () => (await fetch(`${master}/health`)).ok);
+  procs.push(run(`${name}-slave`, BIN, ['slave', '--master-url', master, '--node-id', `${name}1`, '--rtmp-bind', `127.0.0.1:${r}`,
+    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', String(udp), '--webrtc-tcp', String(tcp),
+    '--record-dir', path.join(ART, `${name}-rec`)], env));
+  await until(`${name} slave healthy`, 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 1);
+  const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: name, credential: TEACHER }) });
+  procs.push(publish(`${name}-publisher`, `${t.rtmp_url}/${t.stream_key}`));
+  await until(`${name} live`, 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === `live/${name}`));
+  return { master, udp };
+}
+
+test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 2 s where the slave has no TCP', async () => {
+  const blocked = [];
+  const mine = [];
+  try {
+    // ICE-TCP: WebRTC over TCP, with picture and sound, and the page says so.
+    const withTcp = await udpBlockedCluster('udptcp', true, mine);
+    await iptables('-I', withTcp.udp);
+    blocked.push(withTcp.udp);
+    const page = await newPage('udp-blocked-tcp');
+    await withShot(page, async () => {
+      const t0 = Date.now();
+      await page.goto(`${withTcp.master}/?name=Tcp&stream=udptcp&autoplay`);
+      await until('plays over WebRTC', 20000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+      console.log(`UDP blocked, ICE-TCP: 10 frames decoded ${Date.now() - t0} ms after the page opened`);
+      await until('transport known', 5000, () => page.evaluate(() => window.classcast.webrtcTransport));
+      assert.equal(await page.evaluate(() => window.classcast.webrtcTransport), 'tcp');
+      assert.equal(await page.textContent('#mode'), 'WebRTC (TCP)');
+      const f0 = await page.evaluate(() => window.classcast.webrtc.frames);
+      await until('frames advance', 5000, () => page.evaluate((f) => window.classcast.webrtc.frames > f + 30, f0));
+      const heard = await listen(page);
+      assert.ok(Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `the sine is heard over TCP: ${JSON.stringify(heard)}`);
+      const events = await page.evaluate(() => window.classcast.events.filter((e) => e.type === 'webrtc-fallback'));
+      assert.deepEqual(events, [], 'no fallback to LL-HLS');
+    });
+    await page.context().close();
+    stop(mine.splice(0));
+    // No TCP candidate either: LL-HLS within 2 s of the answer, and the page says LL-HLS.
+    const noTcp = await udpBlockedCluster('udpnotcp', false, mine);
+    await iptables('-I', noTcp.udp);
+    blocked.push(noTcp.udp);
+    const page2 = await newPage('udp-blocked-no-tcp');
+    await withShot(page2, async () => {
+      await page2.goto(`${noTcp.master}/?name=Hls&stream=udpnotcp&autoplay`);
+      const fb = await until('falls back to LL-HLS', 10000, () => page2.evaluate(() => window.classcast.events.find((e) => e.type === 'webrtc-fallback')));
+      const tried = await page2.evaluate(() => window.classcast.events.find((e) => e.type === 'mode' && e.mode === 'webrtc'));
+      const took = fb.t - tried.t;
+      console.log(`UDP blocked, no TCP: LL-HLS ${took} ms after WebRTC was tried (${fb.why})`);
+      assert.ok(took <= 2500, `fell back ${took} ms after WebRTC was tried`);
+      await playsFor(page2, 1, 20000);
+      assert.equal(await page2.textContent('#mode'), 'LL-HLS');
+    });
+  } finally {
+    for (const port of blocked) await iptables('-D', port).catch((e) => console.log(`cleanup: ${e.message}`));
+    stop(mine);
+  }
+});
+
+// Issue 29: a Wi-Fi classroom. Students in network namespaces of their own, each joined to
+// this host by a link `classcast-bench netlab` emulates (the kernel has no netem): delay and
+// jitter, a rate with a bounded queue, bursty loss. One origin and one edge on the host's lab
+// address; Chromium plays WebRTC on busy Wi-Fi (40 ± 20 ms RTT, 3 % loss in bursts, 4 Mbit/s)
+// and hls.js on poor Wi-Fi (80 ± 40 ms, 8 %, 2 Mbit/s) for 60 s. Needs root, as CI has.
+const BENCH = process.env.CLASSCAST_BENCH || path.join(ROOT, 'target/debug/classcast-bench');
+const WIFI_SECONDS = Number(process.env.WIFI_SECONDS || 60);
+// Bounds for 60 s, from measurements here (docs/benchmarks.md, "Wi-Fi classroom"): WebRTC on
+// busy Wi-Fi froze 3 times in 60 s (0–1 in 30 s runs); hls.js in low-latency mode on poor
+// Wi-Fi waited 32 times in 60 s (15–16 in 30 s runs): TCP over 8 % loss at 80 ms stalls a
+// 0.6 s hold-back about every two seconds, which is why the page plays WebRTC first. About
+// twice the measured, so that a regression (a player that stops, a stall per part) fails.
+const MAX_WEBRTC_FREEZES_BUSY = Math.ceil(6 * WIFI_SECONDS / 60);
+const MAX_HLS_STALLS_POOR = Math.ceil(60 * WIFI_SECONDS / 60);
+
+function netlab(name, index, profile) {
+  const p = spawn(BENCH, ['netlab', '--name', name, '--index', String(index), '--profile', profile], { stdio: ['pipe', 'pipe', 'pipe'] });
+  procs.push(p);
+  let out = '';
+  p.stdout.on('data', (d) => { out += d; });
+  p.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise((res) => p.on('exit', res));
+  return {
+    host: `10.77.${index}.1`,
+    ready: () => until(`netlab ${name} ready`, 15000, () => { if (p.exitCode !== null) throw new Error(out); return out.includes('ready '); }),
+    // Ends the lab (it removes its namespace) and returns what its link did.
+    stop: async () => { p.stdin.end(); await Promise.race([exited, sleep(5000)]); const line = out.split('\n').find((l) => l.includes('"bench":"netlab"')); return line ? JSON.parse(line) : { out }; },
+    browser: () => {
+      const wrapper = path.join(ART, `chromium-in-${name}.sh`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${name} ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`, { mode: 0o755 });
+      return chromium.launch({ executablePath: wrapper, headless: true,
+        args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required'] });
+    },
+  };
+}
+
+test('a Wi-Fi classroom: WebRTC on busy Wi-Fi and hls.js on poor Wi-Fi keep playing', async () => {
+  const busy = netlab('ccwbusy', 71, 'busy');
+  const poor = netlab('ccwpoor', 72, 'poor');
+  const browsers = [];
+  const mine = [];
+  try {
+    await busy.ready();
+    await poor.ready();
+    // The servers listen on the busy lab's host address, which every namespace reaches.
+    const ip = busy.host;
+    const [mp, r1, h1, r2, h2] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    const master = `http://${ip}:${mp}`;
+    const env = { CLUSTER_SECRET: SECRET };
+    mine.push(run('wifi-master', BIN, ['master', '--bind', `${ip}:${mp}`, '--jwt-key-file', path.join(ART, 'wifi-jwt.pem'),
+      '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env));
+    await until('wifi master up', 15000, async () => (await fetch(`${master}/health`)).ok);
+    for (const [id, r, h] of [['w1', r1, h1], ['w2', r2, h2]]) {
+      mine.push(run(`wifi-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
+        '--http-bind', `${ip}:${h}`, '--public-host', ip, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
+        '--record-dir', path.join(ART, `wifi-rec-${id}`)], env));
+    }
+    await until('wifi cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 2);
+    const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'wifi', credential: TEACHER }) });
+    mine.push(publish('wifi-publisher', `${t.rtmp_url.replace(ip, '127.0.0.1')}/${t.stream_key}`));
+    await until('wifi class live on both', 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === 'live/wifi' && s.serving.length === 2));
+
+    const open = async (lab, name, query) => {
+      const b = await lab.browser();
+      browsers.push(b);
+      const page = await (await b.newContext({ viewport: { width: 420, height: 860 } })).newPage();
+      page._name = name;
+      page.on('console', (m) => { if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`); });
+      await page.goto(`${master}/?name=${name}&stream=wifi&autoplay${query}`);
+      return page;
+    };
+    const rtc = await open(busy, 'wifi-webrtc', '');
+    const hls = await open(poor, 'wifi-hls', '&webrtc=0');
+    await withShot(rtc, () => until('WebRTC plays on busy Wi-Fi', 30000, () => rtc.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30)));
+    await withShot(hls, () => playsFor(hls, 1, 40000));
+    await hls.evaluate(() => {
+      const v = document.getElementById('video');
+      window.stalls = 0;
+      window.seeks = 0;
+      v.addEventListener('waiting', () => { window.stalls += 1; });
+      // Seeks are the page's own jumps back to the live edge.
+      v.addEventListener('seeking', () => { window.seeks += 1; });
+    });
+    const r0 = await rtc.evaluate(() => ({ ...window.classcast.webrtc }));
+    const h0 = await hls.evaluate(() => document.getElementById('video').currentTime);
+    const lat = [];
+    for (let s = 0; s < WIFI_SECONDS; s += 5) {
+      await sleep(5000);
+      const l = await hls.evaluate(() => window.classcast.latency);
+      if (typeof l === 'number') lat.push(l);
+    }
+    const r1s = await rtc.evaluate(() => ({ ...window.classcast.webrtc, mode: window.classcast.mode }));
+    const h1s = await hls.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, seeks: window.seeks, mode: window.classcast.mode }));
+    const [busyLink, poorLink] = [await busy.stop(), await poor.stop()];
+    lat.sort((a, b) => a - b);
+    const fig = {
+      webrtc_busy: { seconds: WIFI_SECONDS, frames: r1s.frames - r0.frames, freezes: r1s.freezes - r0.freezes, dropped: r1s.dropped - r0.dropped,
+        nacks: r1s.nacks - r0.nacks, packets_lost: r1s.lost - r0.lost, mode: r1s.mode },
+      hls_poor: { seconds: WIFI_SECONDS, played_s: +(h1s.t - h0).toFixed(2), stalls: h1s.stalls, jumps: h1s.seeks, latency_p50_s: lat[Math.floor(lat.length / 2)], mode: h1s.mode },
+      links: { busy: busyLink, poor: poorLink },
+    };
+    console.log(`wifi classroom: ${JSON.stringify(fig)}`);
+    assert.equal(r1s.mode, 'webrtc', 'still on WebRTC');
+    assert.ok(fig.webrtc_busy.frames >= 25 * WIFI_SECONDS, `frames kept coming: ${fig.webrtc_busy.frames}`);
+    assert.ok(fig.webrtc_busy.freezes <= MAX_WEBRTC_FREEZES_BUSY, `WebRTC freezes on busy Wi-Fi: ${fig.webrtc_busy.freezes}`);
+    assert.ok(busyLink.down.lost > 0, 'the busy link did lose packets');
+    assert.ok(fig.hls_poor.played_s >= WIFI_SECONDS - 6, `hls.js played ${fig.hls_poor.played_s} s of ${WIFI_SECONDS}`);
+    assert.ok(fig.hls_poor.stalls <= MAX_HLS_STALLS_POOR, `hls.js stalls on poor Wi-Fi: ${fig.hls_poor.stalls}`);
+    assert.ok(poorLink.down.lost > 0, 'the poor link did lose packets');
+  } finally {
+    for (const b of browsers) await b.close().catch(() => {});
+    stop(mine);
+    await busy.stop();
+    await poor.stop();
+  }
+  // Every namespace the test made is gone.
+  const left = await new Promise((res) => { const p = spawn('ip', ['netns', 'list']); let o = ''; p.stdout.on('data', (d) => { o += d; }); p.on('exit', () => res(o)); });
+  assert.ok(!/ccwbusy|ccwpoor/.test(left), `namespaces left: ${left}`);
 });
 
 test('teacher page OBS settings publish, and the student page plays the class', async () => {
@@ -221,6 +425,7 @@ test('the student page plays over WebRTC from the origin and from an edge, with 
 });
 
 test('a stream with B-frames: WebRTC is refused, the student page plays it over LL-HLS and the teacher page says why', async () => {
+  const from = procs.length; // what this test starts, stopped at its end
   const base = `http://127.0.0.1:${upPort}`;
   const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'bframes', credential: TEACHER }) });
@@ -253,6 +458,7 @@ test('a stream with B-frames: WebRTC is refused, the student page plays it over 
   } finally {
     pub.kill('SIGINT');
   }
+  stop(procs.slice(from));
 });
 
 // Issue 29: another student's token and requests cannot freeze a viewer playing over WebRTC.
@@ -450,6 +656,7 @@ test('a class recorded at two resolutions: the teacher page offers both parts an
 });
 
 test('a student whose slave is killed recovers on another within 5 s', async () => {
+  const from = procs.length; // what this test starts, stopped at its end
   // Separate processes, so one slave can be killed: a master and three slaves.
   const mport = await freePort();
   const master = `http://127.0.0.1:${mport}`;
@@ -495,203 +702,11 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
     assert.ok(took <= 5000, `recovered in ${took} ms`);
     console.log(`failover: ${node} → ${recovered} in ${took} ms`);
   });
-});
-
-// A school network that drops UDP: an iptables rule drops every UDP datagram to the test
-// slave's WebRTC port (that port only, removed in `finally`), so the slave's ICE-TCP candidate
-// on the same port number is the only way in; with it switched off (WEBRTC_TCP=false) the page
-// must play LL-HLS within 2 s. Needs root, as CI has.
-function iptables(op, port) {
-  return new Promise((res, rej) => {
-    const p = spawn('iptables', [op, 'INPUT', '-p', 'udp', '--dport', String(port), '-m', 'comment',
-      '--comment', 'classcast-web-test', '-j', 'DROP'], { stdio: 'inherit' });
-    p.on('exit', (c) => (c === 0 ? res() : rej(new Error(`iptables ${op} exited ${c}`))));
-    p.on('error', rej);
-  });
-}
-
-async function udpBlockedCluster(name, tcp) {
-  const [mp, r, h, udp] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  const master = `http://127.0.0.1:${mp}`;
-  const env = { CLUSTER_SECRET: SECRET };
-  run(`${name}-master`, BIN, ['master', '--bind', `127.0.0.1:${mp}`, '--jwt-key-file', path.join(ART, `${name}-jwt.pem`),
-    '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env);
-  await until(`${name} master up`, 15000, async () => (await fetch(`${master}/health`)).ok);
-  run(`${name}-slave`, BIN, ['slave', '--master-url', master, '--node-id', `${name}1`, '--rtmp-bind', `127.0.0.1:${r}`,
-    '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', String(udp), '--webrtc-tcp', String(tcp),
-    '--record-dir', path.join(ART, `${name}-rec`)], env);
-  await until(`${name} slave healthy`, 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 1);
-  const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: name, credential: TEACHER }) });
-  publish(`${name}-publisher`, `${t.rtmp_url}/${t.stream_key}`);
-  await until(`${name} live`, 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === `live/${name}`));
-  return { master, udp };
-}
-
-test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 2 s where the slave has no TCP', async () => {
-  const blocked = [];
-  try {
-    // ICE-TCP: WebRTC over TCP, with picture and sound, and the page says so.
-    const withTcp = await udpBlockedCluster('udptcp', true);
-    await iptables('-I', withTcp.udp);
-    blocked.push(withTcp.udp);
-    const page = await newPage('udp-blocked-tcp');
-    await withShot(page, async () => {
-      const t0 = Date.now();
-      await page.goto(`${withTcp.master}/?name=Tcp&stream=udptcp&autoplay`);
-      await until('plays over WebRTC', 20000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
-      console.log(`UDP blocked, ICE-TCP: 10 frames decoded ${Date.now() - t0} ms after the page opened`);
-      await until('transport known', 5000, () => page.evaluate(() => window.classcast.webrtcTransport));
-      assert.equal(await page.evaluate(() => window.classcast.webrtcTransport), 'tcp');
-      assert.equal(await page.textContent('#mode'), 'WebRTC (TCP)');
-      const f0 = await page.evaluate(() => window.classcast.webrtc.frames);
-      await until('frames advance', 5000, () => page.evaluate((f) => window.classcast.webrtc.frames > f + 30, f0));
-      const heard = await listen(page);
-      assert.ok(Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `the sine is heard over TCP: ${JSON.stringify(heard)}`);
-      const events = await page.evaluate(() => window.classcast.events.filter((e) => e.type === 'webrtc-fallback'));
-      assert.deepEqual(events, [], 'no fallback to LL-HLS');
-    });
-    await page.context().close();
-    // No TCP candidate either: LL-HLS within 2 s of the answer, and the page says LL-HLS.
-    const noTcp = await udpBlockedCluster('udpnotcp', false);
-    await iptables('-I', noTcp.udp);
-    blocked.push(noTcp.udp);
-    const page2 = await newPage('udp-blocked-no-tcp');
-    await withShot(page2, async () => {
-      await page2.goto(`${noTcp.master}/?name=Hls&stream=udpnotcp&autoplay`);
-      const fb = await until('falls back to LL-HLS', 10000, () => page2.evaluate(() => window.classcast.events.find((e) => e.type === 'webrtc-fallback')));
-      const tried = await page2.evaluate(() => window.classcast.events.find((e) => e.type === 'mode' && e.mode === 'webrtc'));
-      const took = fb.t - tried.t;
-      console.log(`UDP blocked, no TCP: LL-HLS ${took} ms after WebRTC was tried (${fb.why})`);
-      assert.ok(took <= 2500, `fell back ${took} ms after WebRTC was tried`);
-      await playsFor(page2, 1, 20000);
-      assert.equal(await page2.textContent('#mode'), 'LL-HLS');
-    });
-  } finally {
-    for (const port of blocked) await iptables('-D', port).catch((e) => console.log(`cleanup: ${e.message}`));
-  }
-});
-
-// Issue 29: a Wi-Fi classroom. Students in network namespaces of their own, each joined to
-// this host by a link `classcast-bench netlab` emulates (the kernel has no netem): delay and
-// jitter, a rate with a bounded queue, bursty loss. One origin and one edge on the host's lab
-// address; Chromium plays WebRTC on busy Wi-Fi (40 ± 20 ms RTT, 3 % loss in bursts, 4 Mbit/s)
-// and hls.js on poor Wi-Fi (80 ± 40 ms, 8 %, 2 Mbit/s) for 60 s. Needs root, as CI has.
-const BENCH = process.env.CLASSCAST_BENCH || path.join(ROOT, 'target/debug/classcast-bench');
-const WIFI_SECONDS = Number(process.env.WIFI_SECONDS || 60);
-// Bounds for 60 s, from measurements here (docs/benchmarks.md, "Wi-Fi classroom"): WebRTC on
-// busy Wi-Fi froze 3 times in 60 s (0–1 in 30 s runs); hls.js in low-latency mode on poor
-// Wi-Fi waited 32 times in 60 s (15–16 in 30 s runs): TCP over 8 % loss at 80 ms stalls a
-// 0.6 s hold-back about every two seconds, which is why the page plays WebRTC first. About
-// twice the measured, so that a regression (a player that stops, a stall per part) fails.
-const MAX_WEBRTC_FREEZES_BUSY = Math.ceil(6 * WIFI_SECONDS / 60);
-const MAX_HLS_STALLS_POOR = Math.ceil(60 * WIFI_SECONDS / 60);
-
-function netlab(name, index, profile) {
-  const p = spawn(BENCH, ['netlab', '--name', name, '--index', String(index), '--profile', profile], { stdio: ['pipe', 'pipe', 'pipe'] });
-  procs.push(p);
-  let out = '';
-  p.stdout.on('data', (d) => { out += d; });
-  p.stderr.on('data', (d) => { out += d; });
-  const exited = new Promise((res) => p.on('exit', res));
-  return {
-    host: `10.77.${index}.1`,
-    ready: () => until(`netlab ${name} ready`, 15000, () => { if (p.exitCode !== null) throw new Error(out); return out.includes('ready '); }),
-    // Ends the lab (it removes its namespace) and returns what its link did.
-    stop: async () => { p.stdin.end(); await Promise.race([exited, sleep(5000)]); const line = out.split('\n').find((l) => l.includes('"bench":"netlab"')); return line ? JSON.parse(line) : { out }; },
-    browser: () => {
-      const wrapper = path.join(ART, `chromium-in-${name}.sh`);
-      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${name} ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`, { mode: 0o755 });
-      return chromium.launch({ executablePath: wrapper, headless: true,
-        args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required'] });
-    },
-  };
-}
-
-test('a Wi-Fi classroom: WebRTC on busy Wi-Fi and hls.js on poor Wi-Fi keep playing', async () => {
-  const busy = netlab('ccwbusy', 71, 'busy');
-  const poor = netlab('ccwpoor', 72, 'poor');
-  const browsers = [];
-  try {
-    await busy.ready();
-    await poor.ready();
-    // The servers listen on the busy lab's host address, which every namespace reaches.
-    const ip = busy.host;
-    const [mp, r1, h1, r2, h2] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
-    const master = `http://${ip}:${mp}`;
-    const env = { CLUSTER_SECRET: SECRET };
-    run('wifi-master', BIN, ['master', '--bind', `${ip}:${mp}`, '--jwt-key-file', path.join(ART, 'wifi-jwt.pem'),
-      '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env);
-    await until('wifi master up', 15000, async () => (await fetch(`${master}/health`)).ok);
-    for (const [id, r, h] of [['w1', r1, h1], ['w2', r2, h2]]) {
-      run(`wifi-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
-        '--http-bind', `${ip}:${h}`, '--public-host', ip, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
-        '--record-dir', path.join(ART, `wifi-rec-${id}`)], env);
-    }
-    await until('wifi cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 2);
-    const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'wifi', credential: TEACHER }) });
-    publish('wifi-publisher', `${t.rtmp_url.replace(ip, '127.0.0.1')}/${t.stream_key}`);
-    await until('wifi class live on both', 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === 'live/wifi' && s.serving.length === 2));
-
-    const open = async (lab, name, query) => {
-      const b = await lab.browser();
-      browsers.push(b);
-      const page = await (await b.newContext({ viewport: { width: 420, height: 860 } })).newPage();
-      page._name = name;
-      page.on('console', (m) => { if (m.type() === 'error') console.log(`[${name}] console: ${m.text()}`); });
-      await page.goto(`${master}/?name=${name}&stream=wifi&autoplay${query}`);
-      return page;
-    };
-    const rtc = await open(busy, 'wifi-webrtc', '');
-    const hls = await open(poor, 'wifi-hls', '&webrtc=0');
-    await withShot(rtc, () => until('WebRTC plays on busy Wi-Fi', 30000, () => rtc.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30)));
-    await withShot(hls, () => playsFor(hls, 1, 40000));
-    await hls.evaluate(() => {
-      const v = document.getElementById('video');
-      window.stalls = 0;
-      window.seeks = 0;
-      v.addEventListener('waiting', () => { window.stalls += 1; });
-      // Seeks are the page's own jumps back to the live edge.
-      v.addEventListener('seeking', () => { window.seeks += 1; });
-    });
-    const r0 = await rtc.evaluate(() => ({ ...window.classcast.webrtc }));
-    const h0 = await hls.evaluate(() => document.getElementById('video').currentTime);
-    const lat = [];
-    for (let s = 0; s < WIFI_SECONDS; s += 5) {
-      await sleep(5000);
-      const l = await hls.evaluate(() => window.classcast.latency);
-      if (typeof l === 'number') lat.push(l);
-    }
-    const r1s = await rtc.evaluate(() => ({ ...window.classcast.webrtc, mode: window.classcast.mode }));
-    const h1s = await hls.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, seeks: window.seeks, mode: window.classcast.mode }));
-    const [busyLink, poorLink] = [await busy.stop(), await poor.stop()];
-    lat.sort((a, b) => a - b);
-    const fig = {
-      webrtc_busy: { seconds: WIFI_SECONDS, frames: r1s.frames - r0.frames, freezes: r1s.freezes - r0.freezes, dropped: r1s.dropped - r0.dropped,
-        nacks: r1s.nacks - r0.nacks, packets_lost: r1s.lost - r0.lost, mode: r1s.mode },
-      hls_poor: { seconds: WIFI_SECONDS, played_s: +(h1s.t - h0).toFixed(2), stalls: h1s.stalls, jumps: h1s.seeks, latency_p50_s: lat[Math.floor(lat.length / 2)], mode: h1s.mode },
-      links: { busy: busyLink, poor: poorLink },
-    };
-    console.log(`wifi classroom: ${JSON.stringify(fig)}`);
-    assert.equal(r1s.mode, 'webrtc', 'still on WebRTC');
-    assert.ok(fig.webrtc_busy.frames >= 25 * WIFI_SECONDS, `frames kept coming: ${fig.webrtc_busy.frames}`);
-    assert.ok(fig.webrtc_busy.freezes <= MAX_WEBRTC_FREEZES_BUSY, `WebRTC freezes on busy Wi-Fi: ${fig.webrtc_busy.freezes}`);
-    assert.ok(busyLink.down.lost > 0, 'the busy link did lose packets');
-    assert.ok(fig.hls_poor.played_s >= WIFI_SECONDS - 6, `hls.js played ${fig.hls_poor.played_s} s of ${WIFI_SECONDS}`);
-    assert.ok(fig.hls_poor.stalls <= MAX_HLS_STALLS_POOR, `hls.js stalls on poor Wi-Fi: ${fig.hls_poor.stalls}`);
-    assert.ok(poorLink.down.lost > 0, 'the poor link did lose packets');
-  } finally {
-    for (const b of browsers) await b.close().catch(() => {});
-    await busy.stop();
-    await poor.stop();
-  }
-  // Every namespace the test made is gone.
-  const left = await new Promise((res) => { const p = spawn('ip', ['netns', 'list']); let o = ''; p.stdout.on('data', (d) => { o += d; }); p.on('exit', () => res(o)); });
-  assert.ok(!/ccwbusy|ccwpoor/.test(left), `namespaces left: ${left}`);
+  stop(procs.slice(from));
 });
 
 test('a student whose master is down at join time gets a token from another master and plays', async () => {
+  const from = procs.length; // what this test starts, stopped at its end
   // Two masters sharing one key file and secret, each told of the other; one slave reporting to both.
   const [pa, pb] = [await freePort(), await freePort()];
   const [a, b] = [`http://127.0.0.1:${pa}`, `http://127.0.0.1:${pb}`];
@@ -751,6 +766,7 @@ test('a student whose master is down at join time gets a token from another mast
     await teacher.waitForSelector('#key:not(:empty)', { timeout: 10000 });
     assert.deepEqual(teacher._csp, [], 'the CSP blocked nothing');
   });
+  stop(procs.slice(from));
 });
 
 test('up --lan prints a LAN student link that answers, and the teacher page QR code decodes to it', async () => {
@@ -765,7 +781,8 @@ test('up --lan prints a LAN student link that answers, and the teacher page QR c
   const mine = Object.values(os.networkInterfaces()).flat().map((i) => i.address);
   assert.ok(!/^127\.|^::1$|^localhost$/.test(url.hostname), `the link uses a loopback address: ${link}`);
   assert.ok(mine.includes(url.hostname), `${url.hostname} is not an address of this machine (${mine})`);
-  assert.ok(/\u2580|\u2584|\u2588/.test(out), 'a QR code is printed in the terminal');
+  // The link line and the QR code may arrive in separate reads of the pipe.
+  assert.ok(await until('a QR code is printed in the terminal', 10000, () => /\u2580|\u2584|\u2588/.test(out)));
   const r = await until('the student link answers', 20000, async () => { const r = await fetch(link); return r.ok && r; });
   assert.match(await r.text(), /id="join-form"/);
 

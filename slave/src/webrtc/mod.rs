@@ -38,6 +38,11 @@ pub struct Whep {
     pub tcp_candidate: Option<SocketAddr>,
     pub load: Arc<WebRtcLoad>,
     refusals: admission::RefusalLog,
+    /// The DTLS certificate every session presents (made once at start).
+    cert: Option<str0m::crypto::dtls::DtlsCert>,
+    /// Sessions being set up at once: signalling never takes more than one core from the
+    /// media, however many offers arrive together.
+    setups: tokio::sync::Semaphore,
 }
 
 /// Binds the UDP port and starts the engine. The candidate's address is resolved once here.
@@ -103,6 +108,10 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
         tcp_candidate,
         load,
         refusals: admission::RefusalLog::new(Duration::from_secs(10)),
+        cert: str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate(),
+        setups: tokio::sync::Semaphore::new(1),
     })))
 }
 
@@ -145,6 +154,9 @@ fn session_id() -> String {
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Longest an offer waits for its turn to be set up before 503 `busy`.
+const SETUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Largest SDP offer taken: a browser's is 5–10 KB.
 const MAX_OFFER: usize = 64 * 1024;
@@ -277,12 +289,24 @@ async fn offer(
             e.to_string(),
         )
     })?;
-    // Parsing the offer and building the session's state (its DTLS certificate among it) is
-    // the costly part of signalling: on the blocking pool, never on the engine's task.
-    let (local, local_tcp) = (whep.candidate, whep.tcp_candidate);
+    // Parsing the offer and building the session's state is the costly part of signalling: on
+    // the blocking pool, one at a time, never on the engine's task.
+    let (local, local_tcp, cert) = (whep.candidate, whep.tcp_candidate, whep.cert.clone());
     let sdp = body.clone();
+    let setup = tokio::time::timeout(SETUP_WAIT, whep.setups.acquire())
+        .await
+        .map_err(|_| {
+            refuse(
+                &ctx,
+                w,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many WebRTC offers at once; try again in a moment".into(),
+            )
+        })?
+        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
     let (rtc, answer) =
-        tokio::task::spawn_blocking(move || session::new_session(&sdp, local, local_tcp))
+        tokio::task::spawn_blocking(move || session::new_session(&sdp, local, local_tcp, cert))
             .await
             .map_err(|_| ApiError::internal("session setup panicked"))?
             .map_err(|e| {
@@ -294,6 +318,7 @@ async fn offer(
                     format!("offer not accepted: {e}"),
                 )
             })?;
+    drop(setup);
     let (tx, rx) = oneshot::channel();
     let id = session_id();
     whep.cmds

@@ -57,16 +57,22 @@ pub(super) fn new_session(
     offer: &[u8],
     local: SocketAddr,
     local_tcp: Option<SocketAddr>,
+    cert: Option<str0m::crypto::dtls::DtlsCert>,
 ) -> anyhow::Result<(Box<Rtc>, String)> {
     let offer = std::str::from_utf8(offer)?;
     let offer = SdpOffer::from_sdp_string(offer)?;
-    let mut rtc = Rtc::builder()
+    let mut config = Rtc::builder()
         .set_ice_lite(true)
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true)
-        .set_stats_interval(Some(Duration::from_secs(1)))
-        .build(Instant::now());
+        .set_stats_interval(Some(Duration::from_secs(1)));
+    // One certificate for the slave's sessions: generating a key pair per offer was most of
+    // what an offer cost.
+    if let Some(cert) = cert {
+        config = config.set_dtls_cert(cert);
+    }
+    let mut rtc = config.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     if let Some(tcp) = local_tcp {
         rtc.add_local_candidate(
