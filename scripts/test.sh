@@ -50,6 +50,10 @@ command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 |
 # CI=true); deploy/test.sh needs the same two packages.
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 { command -v prometheus-alertmanager && command -v amtool; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# The network page tests: a network namespace per student (iproute2) and UDP dropped to one
+# slave's port (iptables); the deploy test's docker.io would bring iptables only later.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # The teacher's real tools: OBS Studio under Xvfb, GStreamer's two RTMP sinks.
 command -v obs >/dev/null 2>&1 || need+=(obs-studio)
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb xauth)
