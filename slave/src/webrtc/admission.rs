@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 /// m-sections per offer. A WHEP viewer receives one audio and one video track; a browser may add
 /// a data channel. 132 m-lines in one small offer cost ~2 MB and milliseconds of CPU each.
 pub const MAX_OFFER_MLINES: usize = 4;
-/// Payload types (`a=rtpmap`) per m-section. Chromium 156 offers 37 for video and 13 for audio.
+/// Payload types (`a=rtpmap`) per m-section. Chromium 156 offers 34 for video and 8 for audio.
 pub const MAX_CODECS_PER_MLINE: usize = 64;
 /// Remote ICE candidates per session, in the offer and trickled together. ICE-lite needs none
 /// (the browser's checks reach us first); a browser gathers a handful per interface.
