@@ -193,11 +193,58 @@ impl Cluster {
             }
         }
         c.start_master();
+        c.master_bound().await;
         for i in 0..n {
             c.add_slave(&format!("s{}", i + 1), &[]);
         }
-        c.wait_healthy(n).await;
+        c.settle(n).await;
         c
+    }
+
+    /// Whether `p` exited because a port `free_port` picked was taken before it bound (another
+    /// test's connection or listener got it in between).
+    fn lost_its_port(p: &mut Proc) -> bool {
+        p.child.try_wait().ok().flatten().is_some()
+            && p.log_text().contains("Address already in use")
+    }
+
+    /// Waits for the master to answer; one that lost its port is started again on a new one.
+    async fn master_bound(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if healthy(&self.http, &self.master_url()).await {
+                return;
+            }
+            if self.master.as_mut().is_some_and(Self::lost_its_port) {
+                eprintln!("master: its port was taken before it bound; starting it on another");
+                self.master_port = free_port();
+                self.start_master();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for `n` healthy slaves; a slave that lost a port it was given is started again on
+    /// new ones, in its place.
+    async fn settle(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.nodes().await["healthy_nodes"].as_u64() == Some(n as u64) {
+                return;
+            }
+            for i in 0..self.slaves.len() {
+                if Self::lost_its_port(&mut self.slaves[i].proc) {
+                    let id = self.slaves[i].id.clone();
+                    eprintln!("{id}: a port was taken before it bound; starting it on new ones");
+                    drop(self.slaves.remove(i));
+                    let j = self.spawn_slave(&id, free_port(), free_port(), &[]);
+                    let again = self.slaves.remove(j);
+                    self.slaves.insert(i, again);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_healthy(n).await;
     }
 
     pub fn master_url(&self) -> String {
@@ -273,6 +320,12 @@ impl Cluster {
         if !self.slave_flags.iter().any(|f| f == "--record-dir") && !extra.contains(&"--record-dir")
         {
             cmd.args(["--record-dir", self.record_dir(id).to_str().unwrap()]);
+        }
+        // No ICE-TCP listener (a TCP port numbered like the free UDP one could be a port
+        // `free_port` just handed to another test's process); the page tests cover ICE-TCP.
+        if !self.slave_flags.iter().any(|f| f == "--webrtc-tcp") && !extra.contains(&"--webrtc-tcp")
+        {
+            cmd.args(["--webrtc-tcp", "false"]);
         }
         // A short drain on SIGTERM, unless the test sets its own.
         if !self.slave_flags.iter().any(|f| f == "--drain-ms") && !extra.contains(&"--drain-ms") {
