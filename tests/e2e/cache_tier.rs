@@ -116,8 +116,7 @@ fn bench_bin() -> PathBuf {
 }
 
 async fn slave_metrics(c: &Cluster) -> String {
-    let url = format!("{}/metrics", c.slave("s1").base());
-    c.http.get(url).send().await.unwrap().text().await.unwrap()
+    metrics_text(&c.http, &c.slave("s1").base()).await
 }
 
 fn counter(text: &str, series: &str) -> f64 {

@@ -153,15 +153,7 @@ async fn master_statuses_tokens_balance_and_refusals() {
     );
     let (code, v) = heartbeat(&c, "a", 5, stream.clone()).await;
     assert_eq!((code, v["status"].as_str()), (200, Some("healthy")));
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.master_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c.http, &c.master_url()).await;
     assert!(
         metrics.contains("classcast_master_status_transitions_total{to=\"offline\"} 1"),
         "{metrics}"

@@ -224,15 +224,7 @@ async fn every_slave_serves_the_class() {
     for v in viewers {
         assert_eq!(v.await.unwrap(), 10);
     }
-    let m = c
-        .http
-        .get(format!("{}/metrics", edge.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&c.http, &edge.base()).await;
     assert!(
         m.contains("classcast_slave_upstream_connections 1\n"),
         "exactly one upstream:\n{m}"

@@ -410,15 +410,7 @@ async fn retention_and_a_full_disk_stop_recordings_not_classes() {
     c.wait_live("full", 1).await;
     let v = c.student("full", "viewer").await;
     ffprobe(v["hls_url"].as_str().unwrap()).expect("the class plays while recording is stopped");
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.slave("s1").base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c.http, &c.slave("s1").base()).await;
     assert_eq!(
         metric_value(
             &metrics,

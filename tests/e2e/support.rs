@@ -496,6 +496,17 @@ pub fn ffmpeg_publish_sized(
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 
+/// A node's Prometheus text (`{base}/metrics`).
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }

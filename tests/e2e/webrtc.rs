@@ -92,7 +92,7 @@ pub fn receive(
     got
 }
 
-async fn post_offer(
+pub async fn post_offer(
     c: &Cluster,
     url: &str,
     token: Option<&str>,
@@ -256,15 +256,7 @@ async fn whep_plays_from_the_origin_and_an_edge_with_the_viewers_token_only() {
         "the viewer count drops after DELETE"
     );
     assert_eq!(c.http.delete(&session).send().await.unwrap().status(), 404);
-    let m = c
-        .http
-        .get(format!("{}/metrics", c.slave(&origin).base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&c.http, &c.slave(&origin).base()).await;
     assert!(
         metric_value(&m, "classcast_slave_webrtc_packets_total").unwrap_or(0.0) > 100.0,
         "{m}"

@@ -8,26 +8,12 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webrtc::{offer, receive};
+use crate::webrtc::{offer, post_offer, receive};
 
 const CAP: usize = 3;
 
 async fn post(c: &Cluster, url: &str, token: &str, sdp: String) -> (u16, String, Option<String>) {
-    let r = c
-        .http
-        .post(url)
-        .header("content-type", "application/sdp")
-        .bearer_auth(token)
-        .body(sdp)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let location = r
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, r.text().await.unwrap(), location)
+    post_offer(c, url, Some(token), &sdp).await
 }
 
 async fn patch(c: &Cluster, url: &str, frag: String) -> (u16, String) {
@@ -253,15 +239,7 @@ async fn webrtc_sessions_are_bounded() {
     let _ = c.http.delete(&viewer_session).send().await;
 
     // Refusals are counted each, and logged once per reason per 10 s.
-    let m = c
-        .http
-        .get(format!("{}/metrics", c.slave(&origin).base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&c.http, &c.slave(&origin).base()).await;
     let log = c.slave(&origin).proc.log_text();
     let lines = log.matches("whep request refused").count();
     println!("refusal log lines: {lines}");
