@@ -96,7 +96,7 @@ fn count_prefix(text: &str, prefix: &str) -> usize {
 /// refused offers does not set the log volume. The metrics count each one.
 pub struct RefusalLog {
     every: Duration,
-    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    last: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl RefusalLog {
@@ -109,7 +109,7 @@ impl RefusalLog {
 
     /// `Some(n)` when this refusal is to be logged, `n` being the ones left unlogged since the
     /// last line of its reason.
-    pub fn admit(&self, reason: &'static str) -> Option<u64> {
+    pub fn admit(&self, reason: &str) -> Option<u64> {
         let now = Instant::now();
         let mut last = self.last.lock();
         match last.get_mut(reason) {
@@ -124,7 +124,7 @@ impl RefusalLog {
                 Some(n)
             }
             None => {
-                last.insert(reason, (now, 0));
+                last.insert(reason.to_string(), (now, 0));
                 Some(0)
             }
         }

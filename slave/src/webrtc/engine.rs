@@ -16,10 +16,9 @@ use tokio::sync::mpsc;
 
 use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
 use super::feed::{Feed, StreamFeed, forward};
-use super::session::{Command, Refusal, Trickle, pick_pt};
+use super::session::{Command, NewSession, Refusal, Trickle, pick_pt};
 use super::transcode::{OPUS_RATE, OpusTranscoder};
 use crate::ctx::SlaveCtx;
-use crate::hls::HlsStream;
 
 /// Datagrams read per wake-up before the sessions are driven.
 const RECV_BATCH: usize = 64;
@@ -326,17 +325,8 @@ impl Engine {
 
     fn command(&mut self, c: Command) {
         match c {
-            Command::Open {
-                id,
-                rtc,
-                stream,
-                viewer,
-                client,
-                candidates,
-                reply,
-            } => {
-                let r = self.open(id, rtc, stream, viewer, client, candidates);
-                let _ = reply.send(r);
+            Command::Open { session, reply } => {
+                let _ = reply.send(self.open(session));
             }
             Command::Close { id, reply } => {
                 let found = match self.sessions.get_mut(&id) {
@@ -377,15 +367,15 @@ impl Engine {
 
     /// Admission and insert in one step on this task. One viewer (token id), one session: a
     /// new offer replaces the old one, so a token cannot fill the slave.
-    fn open(
-        &mut self,
-        id: String,
-        rtc: Box<Rtc>,
-        stream: Arc<HlsStream>,
-        viewer: String,
-        client: Option<IpAddr>,
-        candidates: usize,
-    ) -> Result<bool, Refusal> {
+    fn open(&mut self, new: NewSession) -> Result<bool, Refusal> {
+        let NewSession {
+            id,
+            rtc,
+            stream,
+            viewer,
+            client,
+            candidates,
+        } = new;
         let earlier: Vec<String> = self
             .sessions
             .iter()

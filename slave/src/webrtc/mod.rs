@@ -193,11 +193,16 @@ fn refuse(
     code: &'static str,
     msg: String,
 ) -> ApiError {
+    count_refusal(ctx, whep, code, &format!("{status}: {msg}"));
+    ApiError::new(status, code, msg)
+}
+
+/// Counts a refusal, and logs it unless its reason was logged in the last 10 s.
+fn count_refusal(ctx: &SlaveCtx, whep: Option<&Whep>, code: &str, detail: &str) {
     ctx.metrics.webrtc_refusals.with_label_values(&[code]).inc();
     if let Some(skipped) = whep.map_or(Some(0), |w| w.refusals.admit(code)) {
-        tracing::warn!(reason = code, %status, detail = %msg, not_logged_since_last = skipped, "whep request refused");
+        tracing::warn!(reason = code, %detail, not_logged_since_last = skipped, "whep request refused");
     }
-    ApiError::new(status, code, msg)
 }
 
 /// The engine's handle, given to the routes by `router`'s layer (none with WEBRTC=false).
@@ -238,15 +243,9 @@ async fn offer(
     })?;
     let claims = verifier
         .authorize(token, &ctx.cfg.node_id, &path, Action::Read)
-        .inspect_err(|_| {
-            ctx.metrics
-                .webrtc_refusals
-                .with_label_values(&["token"])
-                .inc();
-            if let Some(skipped) = whep.refusals.admit("token") {
-                tracing::info!(%path, not_logged_since_last = skipped, "whep offer refused: token");
-            }
-        })?;
+        // The token's own error (401/403) is the answer; the refusal is counted and logged as
+        // every other.
+        .inspect_err(|e| count_refusal(&ctx, Some(&whep), "token", &e.to_string()))?;
     if ctx.draining.load(Ordering::Relaxed) {
         return Err(refuse(
             &ctx,
@@ -323,12 +322,14 @@ async fn offer(
     let id = session_id();
     whep.cmds
         .send(session::Command::Open {
-            id: id.clone(),
-            rtc,
-            stream: entry.stream.clone(),
-            viewer: crate::tickets::viewer_id(&claims.jti),
-            client: conn.map(|Extension(ConnectInfo(a))| a.ip()),
-            candidates,
+            session: session::NewSession {
+                id: id.clone(),
+                rtc,
+                stream: entry.stream.clone(),
+                viewer: crate::tickets::viewer_id(&claims.jti),
+                client: conn.map(|Extension(ConnectInfo(a))| a.ip()),
+                candidates,
+            },
             reply: tx,
         })
         .await

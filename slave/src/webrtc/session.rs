@@ -13,18 +13,22 @@ use tokio::sync::oneshot;
 
 use crate::hls::HlsStream;
 
+/// A session built by [`new_session`] off the engine's task, to be admitted or refused there.
+pub(super) struct NewSession {
+    pub id: String,
+    pub rtc: Box<Rtc>,
+    pub stream: Arc<HlsStream>,
+    pub viewer: String,
+    pub client: Option<IpAddr>,
+    /// Remote candidates the offer carried (they count toward the session's budget).
+    pub candidates: usize,
+}
+
 pub(super) enum Command {
-    /// A session built by [`new_session`] off this task; admitted or refused here, in one step
-    /// with the insert, so the cap is never passed.
+    /// Admitted or refused in one step with the insert, so the cap is never passed.
+    /// `Ok(true)`: it replaced the viewer's earlier session.
     Open {
-        id: String,
-        rtc: Box<Rtc>,
-        stream: Arc<HlsStream>,
-        viewer: String,
-        client: Option<IpAddr>,
-        /// Remote candidates the offer carried (they count toward the session's budget).
-        candidates: usize,
-        /// `Ok(true)`: it replaced the viewer's earlier session.
+        session: NewSession,
         reply: oneshot::Sender<Result<bool, Refusal>>,
     },
     Close {
