@@ -230,7 +230,7 @@
           if (s.framesDecoded !== rtcFrames) { rtcFrames = s.framesDecoded; rtcProgress = Date.now(); if (pc === mine) progressed(); }
           const buf = s.jitterBufferEmittedCount ? s.jitterBufferDelay / s.jitterBufferEmittedCount : 0;
           $('latency').textContent = 'buffer ' + Math.round(buf * 1000) + ' ms';
-          window.classcast.webrtc = { frames: s.framesDecoded, buffer: buf, freezes: s.freezeCount || 0,
+          window.classcast.webrtc = { frames: s.framesDecoded, buffer: buf, freezes: s.freezeCount || 0, freeze_s: s.totalFreezesDuration || 0,
             dropped: s.framesDropped || 0, nacks: s.nackCount || 0, lost: s.packetsLost || 0 };
         });
         if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) failover('stalled');
