@@ -57,6 +57,32 @@ pub(crate) struct Common {
     /// e.g. a school's LMS that embeds the player: `https://lms.example.org`).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub(crate) cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+}
+
+/// TLS (issue 31): with a certificate, the node serves HTTPS (HTTP/2 and HTTP/1.1) on
+/// HTTPS_BIND, a slave RTMPS on RTMPS_BIND, and the plain HTTP port only redirects (it still
+/// answers /health).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TlsArgs {
+    /// PEM certificate chain (leaf first). Rewritten files are served to new connections within
+    /// TLS_RELOAD_MS, with no restart.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// PEM private key of TLS_CERT_FILE (keep it 0600).
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for calls to other nodes, beside the system's: a
+    /// school's own CA.
+    #[arg(long, env = "TLS_CA_FILE")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// How often the certificate files are checked for a change.
+    #[arg(long, env = "TLS_RELOAD_MS", default_value_t = 2000)]
+    pub(crate) tls_reload_ms: u64,
+    /// Where HTTPS listens when a certificate is configured.
+    #[arg(long, env = "HTTPS_BIND")]
+    pub(crate) https_bind: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -151,6 +177,13 @@ pub(crate) struct SlaveArgs {
     pub(crate) node_name: Option<String>,
     #[arg(long, env = "RTMP_BIND", default_value = "0.0.0.0:1935")]
     pub(crate) rtmp_bind: SocketAddr,
+    /// Plain RTMP beside RTMPS; `false` leaves RTMPS the only way to publish.
+    #[arg(long, env = "RTMP_PLAIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) rtmp_plain: bool,
+    /// Where RTMPS listens when a certificate is configured (1936 is MediaMTX's and OBS
+    /// users' usual RTMPS port).
+    #[arg(long, env = "RTMPS_BIND", default_value = "0.0.0.0:1936")]
+    pub(crate) rtmps_bind: SocketAddr,
     #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8888")]
     pub(crate) http_bind: SocketAddr,
     /// Bind the RTMP listener to the first free port of this range (`1935-1944`) instead of

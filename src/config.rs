@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use common::secret::ClusterSecret;
 
-use crate::cli::{Common, MasterTuning, MediaTuning, SlaveArgs};
+use crate::cli::{Common, MasterTuning, MediaTuning, SlaveArgs, TlsArgs};
 
 pub(crate) const INSECURE_DEV_SECRET: &str = "classcast-insecure-dev-secret-do-not-use";
 
@@ -56,6 +56,50 @@ pub(crate) fn resolve_secret(
     anyhow::bail!(
         "no cluster secret: set CLUSTER_SECRET (or CLUSTER_SECRET_FILE), or pass --insecure-dev for a throwaway local run"
     )
+}
+
+/// The node's certificate store, loaded now and watched for changes, when TLS_CERT_FILE is set.
+pub(crate) fn node_certs(
+    t: &TlsArgs,
+) -> anyhow::Result<Option<std::sync::Arc<common::tls::CertStore>>> {
+    let (Some(cert), Some(key)) = (&t.tls_cert_file, &t.tls_key_file) else {
+        return Ok(None);
+    };
+    let store = common::tls::CertStore::new();
+    common::tls::CertFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    }
+    .load_and_watch(store.clone(), Duration::from_millis(t.tls_reload_ms))?;
+    Ok(Some(store))
+}
+
+/// The CA certificates of TLS_CA_FILE, trusted beside the system's for calls to other nodes.
+pub(crate) fn client_ca(t: &TlsArgs) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    match &t.tls_ca_file {
+        Some(f) => common::tls::ca_certificates(f),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// With TLS on, a node never sends the cluster secret to another over plain HTTP, except on
+/// this machine's loopback.
+pub(crate) fn refuse_clear_text(what: &str, urls: &[String]) -> anyhow::Result<()> {
+    for u in urls {
+        let u = u.trim();
+        if let Some(rest) = u.strip_prefix("http://") {
+            let host = url_host(u).unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            anyhow::ensure!(
+                loopback,
+                "{what} {u:?} is plain HTTP while TLS is on: the cluster secret would cross the network in clear text; use https://{rest}"
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn thresholds(t: &MasterTuning) -> master::registry::Thresholds {
@@ -135,12 +179,20 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "slave".into())
 }
 
+/// The ports a slave bound; what it advertises follows them (https over http, rtmps over rtmp).
+pub(crate) struct SlavePorts {
+    pub(crate) http: u16,
+    pub(crate) https: Option<u16>,
+    pub(crate) rtmp: Option<u16>,
+    pub(crate) rtmps: Option<u16>,
+}
+
 pub(crate) fn slave_config(
     a: &SlaveArgs,
     secret: ClusterSecret,
-    http_port: u16,
-    rtmp_port: u16,
+    ports: &SlavePorts,
 ) -> anyhow::Result<slave::SlaveConfig> {
+    let http_port = ports.http;
     let host = match (&a.public_host, a.http_bind.ip()) {
         (Some(h), _) => h.clone(),
         (None, ip) if ip.is_loopback() => ip.to_string(),
@@ -153,10 +205,10 @@ pub(crate) fn slave_config(
             h
         }
     };
-    let own_url = a
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{host}:{http_port}"));
+    let own_url = a.public_url.clone().unwrap_or_else(|| match ports.https {
+        Some(p) => format!("https://{host}:{p}"),
+        None => format!("http://{host}:{http_port}"),
+    });
     // Behind a cache, viewers are sent to the cache; other slaves still pull from us.
     let public_url = match &a.cache_url {
         Some(c) => {
@@ -197,12 +249,20 @@ pub(crate) fn slave_config(
             .internal_url
             .clone()
             .or_else(|| {
-                a.internal_host
-                    .as_ref()
-                    .map(|h| format!("http://{h}:{http_port}"))
+                a.internal_host.as_ref().map(|h| match ports.https {
+                    Some(p) => format!("https://{h}:{p}"),
+                    None => format!("http://{h}:{http_port}"),
+                })
             })
             .unwrap_or(own_url),
-        rtmp_url: format!("rtmp://{host}:{rtmp_port}/live"),
+        // Teachers are handed RTMPS when this slave offers it.
+        rtmp_url: match (ports.rtmps, ports.rtmp) {
+            (Some(p), _) => format!("rtmps://{host}:{p}/live"),
+            (None, Some(p)) => format!("rtmp://{host}:{p}/live"),
+            (None, None) => anyhow::bail!(
+                "neither RTMP nor RTMPS listens: RTMP_PLAIN=false needs TLS_CERT_FILE"
+            ),
+        },
         public_url,
         max_connections: a.max_connections.max(1),
         heartbeat_interval: Some(Duration::from_millis(
@@ -233,6 +293,7 @@ pub(crate) fn slave_config(
             max_viewers: a.media.max_webrtc_viewers,
             tcp: a.media.webrtc_tcp,
         },
+        client_ca: client_ca(&a.common.tls)?,
         record: slave::recordings::RecordConfig {
             // One folder per node, so that slaves sharing a disk (compose replicas on one
             // volume) never list, serve or expire one another's recordings.

@@ -19,7 +19,8 @@ mod up;
 
 use cli::{Cli, Cmd, HealthArgs, MasterArgs, SlaveArgs};
 use config::{
-    check_teacher_password, http_limits, master_config, origins, resolve_secret, slave_config,
+    SlavePorts, check_teacher_password, client_ca, http_limits, master_config, node_certs, origins,
+    refuse_clear_text, resolve_secret, slave_config,
 };
 
 pub(crate) async fn shutdown_signal() {
@@ -94,25 +95,68 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
         per_second: a.token_rate_per_addr,
         burst: a.token_burst_per_addr,
     };
+    cfg.client_ca = client_ca(&a.common.tls)?;
     let listener = bind(a.bind, "master").await?;
-    master::serve(cfg, listener, shutdown_signal()).await
+    let https = match node_certs(&a.common.tls)? {
+        Some(store) => {
+            let at = a
+                .common
+                .tls
+                .https_bind
+                .unwrap_or(SocketAddr::new(a.bind.ip(), 8443));
+            let acceptor = common::tls::acceptor(store, &common::tls::HTTP_ALPN)?;
+            Some((bind(at, "https").await?, acceptor))
+        }
+        None => None,
+    };
+    master::serve(cfg, listener, https, shutdown_signal()).await
 }
 
 async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
     let secret = resolve_secret(&a.common, a.cluster_secret_file.as_ref(), false)?;
-    let rtmp = bind_in_range(a.rtmp_bind, a.rtmp_port_range.as_deref(), "rtmp").await?;
+    let certs = node_certs(&a.common.tls)?;
+    if certs.is_some() {
+        refuse_clear_text("MASTER_URL", &a.master_url)?;
+    }
+    let rtmp = match a.rtmp_plain {
+        true => Some(bind_in_range(a.rtmp_bind, a.rtmp_port_range.as_deref(), "rtmp").await?),
+        false => None,
+    };
     let http = bind_in_range(a.http_bind, a.http_port_range.as_deref(), "http").await?;
     if let Some(f) = &a.port_file {
         std::fs::write(f, http.local_addr()?.port().to_string())
             .with_context(|| format!("writing {}", f.display()))?;
     }
-    let cfg = slave_config(
-        &a,
-        secret,
-        http.local_addr()?.port(),
-        rtmp.local_addr()?.port(),
-    )?;
-    slave::serve(cfg, rtmp, http, shutdown_signal()).await
+    let (mut https, mut rtmps) = (None, None);
+    if let Some(store) = certs {
+        let at = a
+            .common
+            .tls
+            .https_bind
+            .unwrap_or(SocketAddr::new(a.http_bind.ip(), 8889));
+        let acceptor = common::tls::acceptor(store.clone(), &common::tls::HTTP_ALPN)?;
+        https = Some((bind(at, "https").await?, acceptor));
+        rtmps = Some((
+            bind(a.rtmps_bind, "rtmps").await?,
+            common::tls::acceptor(store, &[])?,
+        ));
+    }
+    let port =
+        |l: Option<&tokio::net::TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let ports = SlavePorts {
+        http: http.local_addr()?.port(),
+        https: port(https.as_ref().map(|x| &x.0)),
+        rtmp: port(rtmp.as_ref()),
+        rtmps: port(rtmps.as_ref().map(|x| &x.0)),
+    };
+    let cfg = slave_config(&a, secret, &ports)?;
+    let listeners = slave::Listeners {
+        rtmp,
+        rtmps,
+        http,
+        https,
+    };
+    slave::serve(cfg, listeners, shutdown_signal()).await
 }
 
 async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {

@@ -73,6 +73,7 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
     tasks.push(tokio::spawn(master::serve(
         mcfg,
         master_listener,
+        None,
         wait(stop_rx.clone()),
     )));
     let mut slaves = Vec::new();
@@ -98,12 +99,21 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
                 http_idle_timeout_ms: 30_000,
                 http_max_connections: 0,
                 cors_origins: Vec::new(),
+                tls: crate::cli::TlsArgs {
+                    tls_cert_file: None,
+                    tls_key_file: None,
+                    tls_ca_file: None,
+                    tls_reload_ms: 2000,
+                    https_bind: None,
+                },
             },
             master_url: vec![master_url.clone()],
             cluster_secret_file: None,
             node_id: Some(format!("slave-{}", i + 1)),
             node_name: Some(format!("Slave {}", i + 1)),
             rtmp_bind: rtmp.local_addr()?,
+            rtmp_plain: true,
+            rtmps_bind: rtmp.local_addr()?,
             http_bind: http.local_addr()?,
             rtmp_port_range: None,
             http_port_range: None,
@@ -122,7 +132,13 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
             upstream_url: None,
             media: a.media.clone(),
         };
-        let mut cfg = slave_config(&args, secret.clone(), hp, rp)?;
+        let ports = crate::config::SlavePorts {
+            http: hp,
+            https: None,
+            rtmp: Some(rp),
+            rtmps: None,
+        };
+        let mut cfg = slave_config(&args, secret.clone(), &ports)?;
         if cfg.webrtc.udp_ports.0 != 0 {
             let p = cfg.webrtc.udp_ports.0.saturating_add(i as u16);
             cfg.webrtc.udp_ports = (p, p);
@@ -138,8 +154,7 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         ));
         tasks.push(tokio::spawn(slave::serve(
             cfg,
-            rtmp,
-            http,
+            slave::Listeners::plain(rtmp, http),
             wait(stop_rx.clone()),
         )));
     }

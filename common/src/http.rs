@@ -122,6 +122,9 @@ pub struct HttpCounters {
     pub refused: AtomicU64,
     /// Connections closed by the idle timeout.
     pub idle_closed: AtomicU64,
+    /// TLS handshakes that failed, and that did not complete within the deadline.
+    pub tls_failed: AtomicU64,
+    pub tls_timed_out: AtomicU64,
 }
 
 impl HttpCounters {
@@ -136,11 +139,15 @@ impl HttpCounters {
              # TYPE {prefix}_http_connections_closed_total counter\n\
              {prefix}_http_connections_closed_total{{reason=\"evicted_at_cap\"}} {}\n\
              {prefix}_http_connections_closed_total{{reason=\"refused_at_cap\"}} {}\n\
-             {prefix}_http_connections_closed_total{{reason=\"idle\"}} {}\n",
+             {prefix}_http_connections_closed_total{{reason=\"idle\"}} {}\n\
+             {prefix}_http_connections_closed_total{{reason=\"tls_handshake_failed\"}} {}\n\
+             {prefix}_http_connections_closed_total{{reason=\"tls_handshake_deadline\"}} {}\n",
             g(&self.open),
             g(&self.evicted),
             g(&self.refused),
             g(&self.idle_closed),
+            g(&self.tls_failed),
+            g(&self.tls_timed_out),
         )
     }
 }
@@ -337,13 +344,26 @@ impl Drop for InFlight {
     }
 }
 
+/// What a listener speaks: plain HTTP, or TLS (HTTP/2 or HTTP/1.1 by ALPN).
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls(crate::tls::TlsAcceptor),
+}
+
+/// `Strict-Transport-Security` on every HTTPS response: a year, the usual value once a site is
+/// known to stay on HTTPS (subdomains are not ours to speak for).
+const HSTS: &str = "max-age=31536000";
+
 /// Serves `app` on `listener` until `shutdown` resolves. Handlers can extract
-/// `ConnectInfo<SocketAddr>` (the peer's address).
+/// `ConnectInfo<SocketAddr>` (the peer's address). Over TLS the handshake must complete within
+/// `header_read_timeout` of the accept, the same deadline a request head has.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
     table: Arc<ConnTable>,
+    transport: Transport,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -357,10 +377,13 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
-        .max_header_list_size(limits.max_buf_size.max(8192) as u32);
+        .max_header_list_size(limits.max_buf_size.max(8192) as u32)
+        // An HTTP/2 connection has no per-request head deadline: a client that opened streams
+        // and went silent is found by pings (and by the idle deadline below).
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let idle = limits.idle_timeout.max(Duration::from_millis(100));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -379,41 +402,33 @@ pub async fn serve(
                 };
                 let _ = sock.set_nodelay(true);
                 let io = TrackedIo { inner: sock, slot: slot.clone(), epoch: table.epoch };
-                let svc = {
-                    let (app, slot) = (app.clone(), slot.clone());
-                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                        let guard = InFlight::start(&slot);
-                        let call = app.clone().oneshot(req.map(axum::body::Body::new));
-                        async move {
-                            let r = call.await;
-                            drop(guard);
-                            r
-                        }
-                    })
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                let conn = graceful.watch(conn.into_owned());
-                let table = table.clone();
-                tokio::spawn(async move {
-                    let mut conn = std::pin::pin!(conn);
-                    loop {
-                        let last = slot.last_io_ms.load(Ordering::Relaxed);
-                        let deadline = table.epoch + Duration::from_millis(last) + idle;
-                        tokio::select! {
-                            _ = &mut conn => break,
-                            _ = slot.evict.notified() => break,
-                            _ = tokio::time::sleep_until(deadline) => {
-                                if slot.last_io_ms.load(Ordering::Relaxed) == last {
-                                    table.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%peer, "closing an HTTP connection idle for {idle:?}");
-                                    break;
+                let conn = Conn { app: app.clone(), builder: builder.clone(), table: table.clone(), slot, peer, limits: limits.clone() };
+                match &transport {
+                    Transport::Plain => {
+                        let fut = conn.serve(io, false, graceful.watcher());
+                        tokio::spawn(fut);
+                    }
+                    Transport::Tls(acceptor) => {
+                        let handshake = acceptor.accept(io);
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let deadline = conn.limits.header_read_timeout;
+                            match tokio::time::timeout(deadline, handshake).await {
+                                Ok(Ok(tls)) => conn.serve(tls, true, watcher).await,
+                                Ok(Err(e)) => {
+                                    conn.table.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+                                    conn.table.remove(conn.slot.id);
+                                }
+                                Err(_) => {
+                                    conn.table.counters.tls_timed_out.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(peer = %conn.peer, "TLS handshake not completed within {deadline:?}");
+                                    conn.table.remove(conn.slot.id);
                                 }
                             }
-                        }
+                        });
                     }
-                    table.remove(slot.id);
-                });
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -421,6 +436,170 @@ pub async fn serve(
     drop(listener);
     let _ = tokio::time::timeout(limits.drain, graceful.shutdown()).await;
     Ok(())
+}
+
+/// A node's HTTP listeners: the plain one, and with TLS on the HTTPS one, whose port the plain
+/// one redirects to. Both share `table`, so the connection cap counts them together.
+pub async fn serve_node(
+    plain: TcpListener,
+    https: Option<(TcpListener, crate::tls::TlsAcceptor)>,
+    app: Router,
+    limits: HttpLimits,
+    table: Arc<ConnTable>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let Some((tls_listener, acceptor)) = https else {
+        return serve(plain, app, limits, table, Transport::Plain, shutdown).await;
+    };
+    let port = tls_listener.local_addr()?.port();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let redirecting = serve(
+        plain,
+        redirect_to_https(app.clone(), port),
+        limits.clone(),
+        table.clone(),
+        Transport::Plain,
+        stopped(rx.clone()),
+    );
+    let secure = serve(
+        tls_listener,
+        app,
+        limits,
+        table,
+        Transport::Tls(acceptor),
+        stopped(rx),
+    );
+    let stop = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let ((), a, b) = tokio::join!(stop, redirecting, secure);
+    a.and(b)
+}
+
+/// One admitted connection, before its protocol runs.
+struct Conn {
+    app: Router,
+    builder: Builder<TokioExecutor>,
+    table: Arc<ConnTable>,
+    slot: Arc<Slot>,
+    peer: SocketAddr,
+    limits: HttpLimits,
+}
+
+impl Conn {
+    /// Runs the connection until it ends, is evicted at the cap, or is idle too long.
+    fn serve<I>(
+        self,
+        io: I,
+        tls: bool,
+        graceful: hyper_util::server::graceful::Watcher,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            app,
+            builder,
+            table,
+            slot,
+            peer,
+            limits,
+        } = self;
+        let svc = {
+            let slot = slot.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                let guard = InFlight::start(&slot);
+                let call = app.clone().oneshot(req.map(axum::body::Body::new));
+                async move {
+                    let mut r = call.await;
+                    drop(guard);
+                    if tls && let Ok(resp) = &mut r {
+                        resp.headers_mut()
+                            .entry(hyper::header::STRICT_TRANSPORT_SECURITY)
+                            .or_insert(hyper::header::HeaderValue::from_static(HSTS));
+                    }
+                    r
+                }
+            })
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let idle = limits.idle_timeout.max(Duration::from_millis(100));
+        async move {
+            let mut conn = std::pin::pin!(conn);
+            loop {
+                let last = slot.last_io_ms.load(Ordering::Relaxed);
+                let deadline = table.epoch + Duration::from_millis(last) + idle;
+                tokio::select! {
+                    _ = &mut conn => break,
+                    _ = slot.evict.notified() => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if slot.last_io_ms.load(Ordering::Relaxed) == last {
+                            table.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "closing an HTTP connection idle for {idle:?}");
+                            break;
+                        }
+                    }
+                }
+            }
+            table.remove(slot.id);
+        }
+    }
+}
+
+/// With TLS on, the plain HTTP port answers `/health` (probes, load balancers) and ACME HTTP-01
+/// challenges; every other request is sent to the same path on `https_port` (308 keeps the
+/// method and body).
+pub fn redirect_to_https(app: Router, https_port: u16) -> Router {
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let path = req.uri().path();
+            if path == "/health" || path.starts_with("/.well-known/acme-challenge/") {
+                return next.run(req).await;
+            }
+            use axum::response::IntoResponse;
+            let host = req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(host_of);
+            let Some(host) = host else {
+                return (
+                    hyper::StatusCode::BAD_REQUEST,
+                    "this port serves HTTPS clients only through a redirect, which needs a Host header",
+                )
+                    .into_response();
+            };
+            let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            (
+                hyper::StatusCode::PERMANENT_REDIRECT,
+                [(hyper::header::LOCATION, format!("https://{host}{port}{pq}"))],
+            )
+                .into_response()
+        },
+    ))
+}
+
+/// The host of a `Host` header, without its port; `None` when it is not a plain name or address.
+fn host_of(h: &str) -> Option<&str> {
+    let host = match h.strip_prefix('[') {
+        Some(v6) => &h[..v6.find(']')? + 2],
+        None => h.split(':').next()?,
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    ok.then_some(host)
 }
 
 /// The origin (`scheme://host[:port]`, as browsers send it in `Origin`) of an http(s) URL; the
@@ -459,6 +638,15 @@ mod tests {
         assert_eq!(origin_of("ftp://x"), None);
         assert_eq!(origin_of("http://user@x"), None);
         assert_eq!(origin_of("http://"), None);
+    }
+
+    #[test]
+    fn redirect_hosts() {
+        assert_eq!(host_of("school.example:8080"), Some("school.example"));
+        assert_eq!(host_of("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_of("10.0.0.5"), Some("10.0.0.5"));
+        assert_eq!(host_of("evil.example/\r\nx"), None);
+        assert_eq!(host_of(""), None);
     }
 
     #[tokio::test]

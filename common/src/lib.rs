@@ -6,6 +6,7 @@ pub mod error;
 pub mod http;
 pub mod secret;
 pub mod sysstats;
+pub mod tls;
 pub mod token;
 
 pub use error::ApiError;

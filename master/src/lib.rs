@@ -103,16 +103,23 @@ pub fn spawn_sweeper(st: AppState) -> tokio::task::JoinHandle<()> {
 }
 
 /// Runs the master on `listener` until `shutdown` resolves.
+/// With `https` (a listener and its TLS acceptor), `listener` only redirects to it.
 pub async fn serve(
     cfg: MasterConfig,
     listener: tokio::net::TcpListener,
+    https: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let st = AppState::new(cfg)?;
     let sweeper = spawn_sweeper(st.clone());
-    tracing::info!(addr = %listener.local_addr()?, max_connections = st.conns.max(), "master listening");
-    let res = common::http::serve(
+    let https_addr = match &https {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    tracing::info!(addr = %listener.local_addr()?, https = ?https_addr, max_connections = st.conns.max(), "master listening");
+    let res = common::http::serve_node(
         listener,
+        https,
         router(&st),
         st.cfg.http.clone(),
         st.conns.clone(),

@@ -43,6 +43,8 @@ pub struct MasterConfig {
     pub token_rate: ratelimit::Rate,
     /// Failed teacher logins an address gets before it is throttled.
     pub login_free_failures: u32,
+    /// CA certificates trusted beside the system's for calls to slaves (`TLS_CA_FILE`).
+    pub client_ca: Vec<reqwest::Certificate>,
 }
 
 impl MasterConfig {
@@ -66,6 +68,7 @@ impl MasterConfig {
             frame_ancestors: "'self'".into(),
             token_rate: Default::default(),
             login_free_failures: 5,
+            client_ca: Vec::new(),
         }
     }
 }
@@ -113,7 +116,7 @@ impl AppState {
             cfg.publish_token_ttl,
         )
         .with_previous(previous);
-        let http = reqwest::Client::builder()
+        let http = common::tls::client_builder(&cfg.client_ca)
             .timeout(Duration::from_secs(3))
             .connect_timeout(Duration::from_secs(2))
             .build()?;

@@ -74,6 +74,9 @@ pub struct SlaveConfig {
     /// viewers, while its players move to other slaves.
     pub drain: Duration,
     pub webrtc: WebRtcConfig,
+    /// CA certificates trusted beside the system's for calls to masters and other slaves
+    /// (`TLS_CA_FILE`).
+    pub client_ca: Vec<reqwest::Certificate>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +142,7 @@ pub const MISSING_STREAM_TTL: Duration = Duration::from_secs(1);
 
 impl SlaveCtx {
     pub fn new(cfg: SlaveConfig) -> anyhow::Result<Arc<Self>> {
-        let http = reqwest::Client::builder()
+        let http = common::tls::client_builder(&cfg.client_ca)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)

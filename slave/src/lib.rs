@@ -116,25 +116,54 @@ async fn mirror_order(
     Ok(axum::Json(serde_json::json!({"ok": true})))
 }
 
+/// A slave's listeners. With TLS on, `http` only redirects to `https`, and RTMPS may be the
+/// only way to publish (`rtmp` off).
+pub struct Listeners {
+    pub rtmp: Option<tokio::net::TcpListener>,
+    pub rtmps: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
+    pub http: tokio::net::TcpListener,
+    pub https: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
+}
+
+impl Listeners {
+    /// Plain RTMP and HTTP only.
+    pub fn plain(rtmp: tokio::net::TcpListener, http: tokio::net::TcpListener) -> Self {
+        Self {
+            rtmp: Some(rtmp),
+            rtmps: None,
+            http,
+            https: None,
+        }
+    }
+}
+
 /// Runs a slave on the given listeners until `shutdown` resolves, then unregisters.
 pub async fn serve(
     cfg: SlaveConfig,
-    rtmp: tokio::net::TcpListener,
-    http: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        rtmp,
+        rtmps,
+        http,
+        https,
+    } = listeners;
     let ctx = SlaveCtx::new(cfg)?;
     ctx.set_finder(mirror::EdgeMirror);
     let whep = webrtc::start(&ctx).await?;
-    tracing::info!(node_id = %ctx.cfg.node_id, rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, public_url = %ctx.cfg.public_url, "slave listening");
-    let ingest = ingest::IngestThread::start(ctx.clone(), rtmp)?;
+    let addr = |l: Option<&tokio::net::TcpListener>| l.and_then(|l| l.local_addr().ok());
+    tracing::info!(node_id = %ctx.cfg.node_id, rtmp = ?addr(rtmp.as_ref()), rtmps = ?addr(rtmps.as_ref().map(|x| &x.0)),
+        http = %http.local_addr()?, https = ?addr(https.as_ref().map(|x| &x.0)), public_url = %ctx.cfg.public_url, "slave listening");
+    let ingest = ingest::IngestThread::start(ctx.clone(), rtmp, rtmps)?;
     let retention = tokio::spawn(recorder::retention_loop(ctx.clone()));
     // One heartbeat loop per master: each master holds the whole registry on its own.
     let masters = discovery::MasterSet::new(ctx.clone())?;
     let discovery = tokio::spawn(masters.clone().run());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(common::http::serve(
+    let server = tokio::spawn(common::http::serve_node(
         http,
+        https,
         router_with(&ctx, whep),
         ctx.cfg.http.clone(),
         ctx.conns.clone(),

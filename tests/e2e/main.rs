@@ -11,5 +11,6 @@ mod masters;
 mod media_plane;
 mod recording;
 mod support;
+mod tls;
 mod webrtc;
 mod webrtc_bounds;

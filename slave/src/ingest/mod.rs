@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::tls::TlsAcceptor;
 use common::token::Action;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
 use crate::ctx::SlaveCtx;
@@ -32,10 +33,19 @@ pub struct IngestThread {
 }
 
 impl IngestThread {
-    /// Moves `listener` to a new ingest thread; must be called from within the main runtime.
-    pub fn start(ctx: Arc<SlaveCtx>, listener: TcpListener) -> std::io::Result<Self> {
+    /// Moves the listeners (plain RTMP, RTMPS with its acceptor) to a new ingest thread; must be
+    /// called from within the main runtime.
+    pub fn start(
+        ctx: Arc<SlaveCtx>,
+        plain: Option<TcpListener>,
+        tls: Option<(TcpListener, TlsAcceptor)>,
+    ) -> std::io::Result<Self> {
         let main = Handle::current();
-        let listener = listener.into_std()?;
+        let plain = plain.map(|l| l.into_std()).transpose()?;
+        let tls = match tls {
+            Some((l, a)) => Some((l.into_std()?, a)),
+            None => None,
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -44,15 +54,20 @@ impl IngestThread {
             .name("rtmp-ingest".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "rtmp listener could not join the ingest thread");
-                            return;
+                    // One cap for both listeners: a publisher is a publisher, in clear or not.
+                    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.rtmp.max_connections));
+                    let mut listeners = Vec::new();
+                    for (l, acceptor) in plain.map(|l| (l, None)).into_iter().chain(tls.map(|(l, a)| (l, Some(a)))) {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => listeners.push(run_listener(ctx.clone(), l, acceptor, slots.clone(), main.clone())),
+                            Err(e) => {
+                                tracing::error!(error = %e, "rtmp listener could not join the ingest thread");
+                                return;
+                            }
                         }
-                    };
+                    }
                     tokio::select! {
-                        () = run_listener(ctx, listener, main) => {}
+                        _ = futures::future::join_all(listeners) => {}
                         _ = stopped => {}
                     }
                 });
@@ -89,8 +104,13 @@ impl Drop for IngestThread {
 /// Accepts RTMP connections, at most `max_connections` at once: past it a newcomer is closed at
 /// once (a connection that has not published yet is closed at its publish deadline, so the room
 /// it takes is bounded in time too).
-async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener, main: Handle) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.rtmp.max_connections));
+async fn run_listener(
+    ctx: Arc<SlaveCtx>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    slots: Arc<tokio::sync::Semaphore>,
+    main: Handle,
+) {
     let mut last_warn: Option<Instant> = None;
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -115,11 +135,36 @@ async fn run_listener(ctx: Arc<SlaveCtx>, listener: TcpListener, main: Handle) {
         };
         let ctx = ctx.clone();
         let main = main.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             ctx.metrics.rtmp_connections.inc();
             let mut conn = Connection::new(ctx.clone(), peer, main);
-            let res = conn.run(sock).await;
+            sock.set_nodelay(true).ok();
+            let res = match tls {
+                None => conn.run(sock).await,
+                // The TLS handshake is part of the RTMP handshake's deadline.
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        ctx.cfg.rtmp.handshake_timeout,
+                        acceptor.accept(sock),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => conn.run(tls).await,
+                        Ok(Err(e)) => Err(anyhow::anyhow!("RTMPS: TLS handshake failed: {e}")),
+                        Err(_) => {
+                            ctx.metrics
+                                .rtmp_refusals
+                                .with_label_values(&["tls_handshake_deadline"])
+                                .inc();
+                            Err(anyhow::anyhow!(
+                                "RTMPS: TLS handshake not completed in time"
+                            ))
+                        }
+                    }
+                }
+            };
             conn.finish();
             ctx.metrics.rtmp_connections.dec();
             match res {
@@ -164,8 +209,7 @@ impl Connection {
         }
     }
 
-    async fn run(&mut self, mut sock: TcpStream) -> anyhow::Result<()> {
-        sock.set_nodelay(true).ok();
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut sock: S) -> anyhow::Result<()> {
         let limits = self.ctx.cfg.rtmp.clone();
         let mut session = RtmpSession::new(limits.limits.clone());
         let mut buf = vec![0u8; 64 * 1024];
