@@ -38,6 +38,8 @@ command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# The ACME tests run pebble, the ACME test server Let's Encrypt publishes (tests/e2e/acme.rs).
+command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || need+=(pebble)
 # The cache tier test runs the shipped nginx configuration in front of a slave.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 # mpv plays a recorded class from an edge (tests/e2e/recording.rs).

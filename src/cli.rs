@@ -22,11 +22,11 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Cmd {
     /// Run the master: registry, load balancer, token issuer, pages.
-    Master(MasterArgs),
+    Master(Box<MasterArgs>),
     /// Run a slave: RTMP ingest and LL-HLS serving.
     Slave(Box<SlaveArgs>),
     /// Run a whole local cluster (a master and N slaves) on loopback, with generated secrets.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Exit 0 if the local node answers /health (for container HEALTHCHECKs).
     Healthcheck(HealthArgs),
 }
@@ -80,9 +80,40 @@ pub(crate) struct TlsArgs {
     /// How often the certificate files are checked for a change.
     #[arg(long, env = "TLS_RELOAD_MS", default_value_t = 2000)]
     pub(crate) tls_reload_ms: u64,
-    /// Where HTTPS listens when a certificate is configured.
+    /// Where HTTPS listens when a certificate is configured (default: the plain listener's
+    /// address on port 8443 for a master, 8889 for a slave).
     #[arg(long, env = "HTTPS_BIND")]
     pub(crate) https_bind: Option<SocketAddr>,
+    /// Obtain and renew the certificate by ACME (HTTP-01 on the plain HTTP port, which must be
+    /// reachable as port 80 of these names): comma-separated names or IP addresses.
+    #[arg(
+        long,
+        env = "ACME_DOMAINS",
+        value_delimiter = ',',
+        conflicts_with = "tls_cert_file"
+    )]
+    pub(crate) acme_domains: Vec<String>,
+    /// Contact address given to the ACME server (expiry warnings).
+    #[arg(long, env = "ACME_EMAIL")]
+    pub(crate) acme_email: Option<String>,
+    #[arg(
+        long,
+        env = "ACME_DIRECTORY_URL",
+        default_value = "https://acme-v02.api.letsencrypt.org/directory"
+    )]
+    pub(crate) acme_directory_url: String,
+    /// CA of the ACME server's own HTTPS, when it is not publicly trusted (a school's step-ca).
+    #[arg(long, env = "ACME_CA_FILE")]
+    pub(crate) acme_ca_file: Option<PathBuf>,
+    /// Where the ACME account key and certificates are kept (0600).
+    #[arg(long, env = "ACME_DIR", default_value = "data/acme")]
+    pub(crate) acme_dir: PathBuf,
+    /// Renew when fewer days than this are left (or a third of the lifetime, if more).
+    #[arg(long, env = "ACME_RENEW_BEFORE_DAYS", default_value_t = 30.0)]
+    pub(crate) acme_renew_before_days: f64,
+    /// Wait after a failed order before trying again (doubling up to an hour).
+    #[arg(long, env = "ACME_RETRY_MS", default_value_t = 60_000)]
+    pub(crate) acme_retry_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]

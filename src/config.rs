@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,20 +59,46 @@ pub(crate) fn resolve_secret(
     )
 }
 
-/// The node's certificate store, loaded now and watched for changes, when TLS_CERT_FILE is set.
-pub(crate) fn node_certs(
-    t: &TlsArgs,
-) -> anyhow::Result<Option<std::sync::Arc<common::tls::CertStore>>> {
-    let (Some(cert), Some(key)) = (&t.tls_cert_file, &t.tls_key_file) else {
-        return Ok(None);
-    };
+/// The node's certificate: from files (loaded now, then watched for changes) or from ACME
+/// (the stored one now when still good; ordered and renewed in the background), with the
+/// HTTP-01 answers the plain port must serve. `None` when TLS is off.
+/// A node's certificate store, and the ACME HTTP-01 answers its plain port serves (ACME only).
+pub(crate) type NodeCerts = (
+    Arc<common::tls::CertStore>,
+    Option<Arc<common::acme::Http01>>,
+);
+
+pub(crate) fn node_certs(t: &TlsArgs) -> anyhow::Result<Option<NodeCerts>> {
     let store = common::tls::CertStore::new();
-    common::tls::CertFiles {
-        cert: cert.clone(),
-        key: key.clone(),
+    if let (Some(cert), Some(key)) = (&t.tls_cert_file, &t.tls_key_file) {
+        common::tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }
+        .load_and_watch(store.clone(), Duration::from_millis(t.tls_reload_ms))?;
+        return Ok(Some((store, None)));
     }
-    .load_and_watch(store.clone(), Duration::from_millis(t.tls_reload_ms))?;
-    Ok(Some(store))
+    let domains: Vec<String> = t
+        .acme_domains
+        .iter()
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if domains.is_empty() {
+        return Ok(None);
+    }
+    let http01 = common::acme::Http01::new();
+    let cfg = common::acme::AcmeConfig {
+        domains,
+        email: t.acme_email.clone(),
+        directory_url: t.acme_directory_url.clone(),
+        directory_ca: t.acme_ca_file.clone(),
+        dir: t.acme_dir.clone(),
+        renew_before: Duration::from_secs_f64(t.acme_renew_before_days.max(0.0) * 86_400.0),
+        retry: Duration::from_millis(t.acme_retry_ms.max(100)),
+    };
+    tokio::spawn(common::acme::run(cfg, store.clone(), http01.clone()));
+    Ok(Some((store, Some(http01))))
 }
 
 /// The CA certificates of TLS_CA_FILE, trusted beside the system's for calls to other nodes.

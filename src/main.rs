@@ -98,14 +98,17 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
     cfg.client_ca = client_ca(&a.common.tls)?;
     let listener = bind(a.bind, "master").await?;
     let https = match node_certs(&a.common.tls)? {
-        Some(store) => {
+        Some((store, acme)) => {
             let at = a
                 .common
                 .tls
                 .https_bind
                 .unwrap_or(SocketAddr::new(a.bind.ip(), 8443));
-            let acceptor = common::tls::acceptor(store, &common::tls::HTTP_ALPN)?;
-            Some((bind(at, "https").await?, acceptor))
+            Some(common::http::Https {
+                listener: bind(at, "https").await?,
+                acceptor: common::tls::acceptor(store, &common::tls::HTTP_ALPN)?,
+                acme,
+            })
         }
         None => None,
     };
@@ -128,14 +131,17 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", f.display()))?;
     }
     let (mut https, mut rtmps) = (None, None);
-    if let Some(store) = certs {
+    if let Some((store, acme)) = certs {
         let at = a
             .common
             .tls
             .https_bind
             .unwrap_or(SocketAddr::new(a.http_bind.ip(), 8889));
-        let acceptor = common::tls::acceptor(store.clone(), &common::tls::HTTP_ALPN)?;
-        https = Some((bind(at, "https").await?, acceptor));
+        https = Some(common::http::Https {
+            listener: bind(at, "https").await?,
+            acceptor: common::tls::acceptor(store.clone(), &common::tls::HTTP_ALPN)?,
+            acme,
+        });
         rtmps = Some((
             bind(a.rtmps_bind, "rtmps").await?,
             common::tls::acceptor(store, &[])?,
@@ -145,7 +151,7 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
         |l: Option<&tokio::net::TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.port());
     let ports = SlavePorts {
         http: http.local_addr()?.port(),
-        https: port(https.as_ref().map(|x| &x.0)),
+        https: port(https.as_ref().map(|x| &x.listener)),
         rtmp: port(rtmp.as_ref()),
         rtmps: port(rtmps.as_ref().map(|x| &x.0)),
     };
@@ -228,7 +234,7 @@ fn main() -> anyhow::Result<()> {
         Some(c) => c,
         None => match cli.mode.as_deref() {
             // `MODE=master classcast` parses the role's flags from the environment.
-            Some("master") => Cmd::Master(MasterArgs::parse_from_env()),
+            Some("master") => Cmd::Master(Box::new(MasterArgs::parse_from_env())),
             Some("slave") => Cmd::Slave(Box::new(SlaveArgs::parse_from_env())),
             Some(m) => anyhow::bail!("MODE must be master or slave, not {m:?}"),
             None => {
@@ -240,9 +246,9 @@ fn main() -> anyhow::Result<()> {
     };
     rt.block_on(async move {
         match cmd {
-            Cmd::Master(a) => run_master(a).await,
+            Cmd::Master(a) => run_master(*a).await,
             Cmd::Slave(a) => run_slave(*a).await,
-            Cmd::Up(a) => up::run_up(a).await,
+            Cmd::Up(a) => up::run_up(*a).await,
             Cmd::Healthcheck(a) => healthcheck(a, cli.mode.as_deref()).await,
         }
     })

@@ -2,6 +2,7 @@
 //! the README's "run" command.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -105,6 +106,13 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
                     tls_ca_file: None,
                     tls_reload_ms: 2000,
                     https_bind: None,
+                    acme_domains: Vec::new(),
+                    acme_email: None,
+                    acme_directory_url: String::new(),
+                    acme_ca_file: None,
+                    acme_dir: PathBuf::new(),
+                    acme_renew_before_days: 30.0,
+                    acme_retry_ms: 60_000,
                 },
             },
             master_url: vec![master_url.clone()],

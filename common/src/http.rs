@@ -438,38 +438,50 @@ pub async fn serve(
     Ok(())
 }
 
+/// A node's HTTPS listener, with the ACME HTTP-01 answers its plain port serves when its
+/// certificate comes from ACME.
+pub struct Https {
+    pub listener: TcpListener,
+    pub acceptor: crate::tls::TlsAcceptor,
+    pub acme: Option<Arc<crate::acme::Http01>>,
+}
+
 /// A node's HTTP listeners: the plain one, and with TLS on the HTTPS one, whose port the plain
 /// one redirects to. Both share `table`, so the connection cap counts them together.
 pub async fn serve_node(
     plain: TcpListener,
-    https: Option<(TcpListener, crate::tls::TlsAcceptor)>,
+    https: Option<Https>,
     app: Router,
     limits: HttpLimits,
     table: Arc<ConnTable>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let Some((tls_listener, acceptor)) = https else {
+    let Some(https) = https else {
         return serve(plain, app, limits, table, Transport::Plain, shutdown).await;
     };
-    let port = tls_listener.local_addr()?.port();
+    let port = https.listener.local_addr()?.port();
+    let plain_app = match &https.acme {
+        Some(h) => app.clone().merge(h.router()),
+        None => app.clone(),
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let redirecting = serve(
         plain,
-        redirect_to_https(app.clone(), port),
+        redirect_to_https(plain_app, port),
         limits.clone(),
         table.clone(),
         Transport::Plain,
         stopped(rx.clone()),
     );
     let secure = serve(
-        tls_listener,
+        https.listener,
         app,
         limits,
         table,
-        Transport::Tls(acceptor),
+        Transport::Tls(https.acceptor),
         stopped(rx),
     );
     let stop = async move {

@@ -1,6 +1,7 @@
 //! Types and machinery shared by the master and the slaves: the cluster wire format, the token
 //! format and its signer/verifier, the JSON error type, and the cluster-secret check.
 
+pub mod acme;
 pub mod api;
 pub mod error;
 pub mod http;

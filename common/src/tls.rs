@@ -190,9 +190,14 @@ pub fn client_builder(ca: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
     }
 }
 
-/// notAfter of an X.509 certificate, read from its DER without a full parser: the fields before
-/// `validity` are walked by their lengths.
+/// notAfter of an X.509 certificate.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    validity(cert).map(|(_, until)| until)
+}
+
+/// (notBefore, notAfter) of an X.509 certificate, read from its DER without a full parser: the
+/// fields before `validity` are walked by their lengths.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
     // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version?, serial INTEGER,
     //   signature AlgorithmIdentifier, issuer Name, validity SEQUENCE { notBefore, notAfter } … } }
     let (_, cert_body, _) = der_item(cert.as_ref())?;
@@ -205,9 +210,10 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
         tbs = der_item(tbs)?.2; // serial, signature, issuer
     }
     let (_, validity, _) = der_item(tbs)?;
-    let (_, _, after) = der_item(validity)?;
-    let (tag, time, _) = der_item(after)?;
-    parse_der_time(tag, time)
+    let (tag, from, after) = der_item(validity)?;
+    let from = parse_der_time(tag, from)?;
+    let (tag, until, _) = der_item(after)?;
+    Some((from, parse_der_time(tag, until)?))
 }
 
 /// (tag, contents, rest) of the DER item at the start of `b`.

@@ -107,13 +107,13 @@ pub fn spawn_sweeper(st: AppState) -> tokio::task::JoinHandle<()> {
 pub async fn serve(
     cfg: MasterConfig,
     listener: tokio::net::TcpListener,
-    https: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
+    https: Option<common::http::Https>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let st = AppState::new(cfg)?;
     let sweeper = spawn_sweeper(st.clone());
     let https_addr = match &https {
-        Some((l, _)) => Some(l.local_addr()?),
+        Some(h) => Some(h.listener.local_addr()?),
         None => None,
     };
     tracing::info!(addr = %listener.local_addr()?, https = ?https_addr, max_connections = st.conns.max(), "master listening");

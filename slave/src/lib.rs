@@ -122,7 +122,7 @@ pub struct Listeners {
     pub rtmp: Option<tokio::net::TcpListener>,
     pub rtmps: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
     pub http: tokio::net::TcpListener,
-    pub https: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
+    pub https: Option<common::http::Https>,
 }
 
 impl Listeners {
@@ -154,7 +154,7 @@ pub async fn serve(
     let whep = webrtc::start(&ctx).await?;
     let addr = |l: Option<&tokio::net::TcpListener>| l.and_then(|l| l.local_addr().ok());
     tracing::info!(node_id = %ctx.cfg.node_id, rtmp = ?addr(rtmp.as_ref()), rtmps = ?addr(rtmps.as_ref().map(|x| &x.0)),
-        http = %http.local_addr()?, https = ?addr(https.as_ref().map(|x| &x.0)), public_url = %ctx.cfg.public_url, "slave listening");
+        http = %http.local_addr()?, https = ?addr(https.as_ref().map(|x| &x.listener)), public_url = %ctx.cfg.public_url, "slave listening");
     let ingest = ingest::IngestThread::start(ctx.clone(), rtmp, rtmps)?;
     let retention = tokio::spawn(recorder::retention_loop(ctx.clone()));
     // One heartbeat loop per master: each master holds the whole registry on its own.

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `classcast` binary as separate processes on loopback, real
 //! ffmpeg/ffprobe as publisher and players.
 
+mod acme;
 mod bounds;
 mod cache_tier;
 mod clients;

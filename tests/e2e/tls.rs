@@ -13,14 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::*;
 
 /// A test CA and the certificates it signs, as files in `dir`.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    ca_file: PathBuf,
+    pub(crate) ca_file: PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         p.distinguished_name
@@ -43,7 +43,7 @@ impl Pki {
 
     /// A new key and certificate for `names`, written to `<stem>.pem` and `<stem>.key` (the
     /// key 0600, as an operator keeps it). Returns the paths and the certificate's DER.
-    fn leaf(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+    pub(crate) fn leaf(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let p =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -198,7 +198,7 @@ async fn json_ok(r: reqwest::Response) -> Value {
     v
 }
 
-fn peer_cert(r: &reqwest::Response) -> Vec<u8> {
+pub(crate) fn peer_cert(r: &reqwest::Response) -> Vec<u8> {
     r.extensions()
         .get::<reqwest::tls::TlsInfo>()
         .and_then(|t| t.peer_certificate())

@@ -53,6 +53,7 @@ fn fixture(max_parked: usize) -> Fixture {
         webrtc: Default::default(),
         behind_cache: false,
         record: Default::default(),
+        client_ca: Vec::new(),
     };
     let ctx = SlaveCtx::new(cfg).unwrap();
     let (key, _) = SigningKey::generate().unwrap();
