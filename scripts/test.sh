@@ -40,6 +40,11 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # The ACME tests run pebble, the ACME test server Let's Encrypt publishes (tests/e2e/acme.rs).
 command -v pebble >/dev/null 2>&1 || [ -x /usr/bin/pebble ] || need+=(pebble)
+# The HTTPS page test: its CA made by openssl, trusted by Chromium through an NSS database
+# (certutil), the nodes checked with curl.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # The cache tier test runs the shipped nginx configuration in front of a slave.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 # mpv plays a recorded class from an edge (tests/e2e/recording.rs).
@@ -97,7 +102,7 @@ cargo build -p classcast
 ./deploy/kubernetes/check.sh
 ./deploy/systemd/check.sh
 stage "pages in Chromium"
-(cd tests/web && node --test --test-concurrency=1 pages.test.mjs)
+(cd tests/web && node --test --test-concurrency=1 pages.test.mjs tls.test.mjs)
 
 stage "fuzz smoke"
 # A short fuzz smoke of the four cargo-fuzz targets (the long runs are in docs/fuzzing.md).

@@ -53,8 +53,33 @@ pub fn router_with(ctx: &Arc<SlaveCtx>, whep: Option<Arc<webrtc::Whep>>) -> Rout
         .allow_methods([axum::http::Method::GET, axum::http::Method::HEAD])
         .allow_headers([axum::http::header::RANGE])
         .max_age(Duration::from_secs(600));
+    // The same page origins may read the timing of what they fetched (Resource Timing's
+    // protocol and phases, which a cross-origin response hides without this): how a page, or
+    // a test, sees that parts come over HTTP/2.
+    let c = ctx.clone();
+    let timing = axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let origin = req
+                .headers()
+                .get(axum::http::header::ORIGIN)
+                .filter(|o| o.to_str().is_ok_and(|o| c.allows_origin(o)))
+                .cloned();
+            async move {
+                let mut resp = next.run(req).await;
+                if let Some(o) = origin {
+                    resp.headers_mut().insert("timing-allow-origin", o);
+                }
+                resp
+            }
+        },
+    );
     Router::new()
-        .merge(serve::router().merge(vod::router()).layer(cors))
+        .merge(
+            serve::router()
+                .merge(vod::router())
+                .layer(cors)
+                .layer(timing),
+        )
         .merge(vod::internal_router())
         .merge(webrtc::router(ctx, whep))
         .route(frame_link::ROUTE, get(frame_link::serve))
