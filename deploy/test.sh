@@ -113,6 +113,7 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 { command -v prometheus-alertmanager && command -v amtool; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 { command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || need+=(ffmpeg)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -565,6 +566,46 @@ check "no container of the project is left (running or not)" \
 check "no volume of the project is left" \
   test -z "$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")"
 check "nothing answers on :8000 any more" sh -c '! curl -s --max-time 2 http://127.0.0.1:8000/health >/dev/null'
+
+# ------------------------------------------------------------------------------------------------
+log "TLS: the same cluster with deploy/compose/tls.yml, certificates from a school CA in a folder"
+TLSD="$TMP/tls"
+mkdir -p "$TLSD"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$TLSD/ca.key" -out "$TLSD/ca.pem" \
+  -days 2 -subj "/CN=classcast deploy test CA" -addext basicConstraints=critical,CA:TRUE 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$TLSD/privkey.pem" -out "$TLSD/node.csr" \
+  -subj "/CN=127.0.0.1" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' >"$TLSD/ext"
+openssl x509 -req -in "$TLSD/node.csr" -CA "$TLSD/ca.pem" -CAkey "$TLSD/ca.key" -CAcreateserial -days 2 \
+  -extfile "$TLSD/ext" -out "$TLSD/fullchain.pem" 2>/dev/null
+# As the compose file says: the key readable by the containers' group only.
+chgrp 10001 "$TLSD/privkey.pem" && chmod 0640 "$TLSD/privkey.pem" && chmod 0755 "$TLSD"
+cat "$TMP/compose.env" >"$TMP/compose-tls.env"
+printf 'TLS_NAME=127.0.0.1\nTLS_DIR=%s\nTLS_CA_FILE=/etc/classcast/tls/ca.pem\n' "$TLSD" >>"$TMP/compose-tls.env"
+DCT=("$COMPOSE" -p "$PROJECT" --env-file "$TMP/compose-tls.env" -f docker-compose.yml -f deploy/compose/tls.yml)
+check "compose config -q with deploy/compose/tls.yml" "${DCT[@]}" config -q
+timed "compose (TLS) up -d --scale slave=2" "${DCT[@]}" up -d --scale slave=2 master slave
+MS=https://127.0.0.1:8443
+tls_nodes_ok() {
+  curl -sf --max-time 3 --cacert "$TLSD/ca.pem" "$MS/cluster/nodes" >"$TMP/tls-nodes.json" || return 1
+  jq -e '[.nodes[] | select(.status == "healthy")] | length == 2' "$TMP/tls-nodes.json" >/dev/null
+}
+for _ in $(seq 1 120); do tls_nodes_ok && break; sleep 0.5; done
+if tls_nodes_ok; then
+  ok "two slaves registered with the master over HTTPS, verifying it against the school CA"
+  jq -r '.nodes[] | "  \(.node_id)  \(.public_url)  \(.rtmp_url)"' "$TMP/tls-nodes.json"
+  check "the slaves advertise https:// and rtmps:// URLs" \
+    jqt '[.nodes[] | (.public_url | startswith("https://127.0.0.1:89")) and (.rtmp_url | startswith("rtmps://127.0.0.1:49"))] | all' "$TMP/tls-nodes.json"
+  SLAVE_URL=$(jq -r '.nodes[0].public_url' "$TMP/tls-nodes.json")
+  check "a slave answers over HTTP/2 with its certificate" \
+    test "$(curl -s --max-time 3 --cacert "$TLSD/ca.pem" --http2 -o /dev/null -w '%{http_version}' "$SLAVE_URL/health")" = 2
+  check "the master's plain port redirects to HTTPS" \
+    test "$(curl -s --max-time 3 -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1:8000/cluster/nodes)" = "308 https://127.0.0.1:8443/cluster/nodes"
+else
+  "${DCT[@]}" logs --tail 20
+  fail "two slaves registered with the master over HTTPS"
+fi
+timed "compose (TLS) down -v" "${DCT[@]}" down -v -t 15 >/dev/null 2>&1
 
 log "stopping dockerd (pid $DOCKERD_PID)"
 kill "$DOCKERD_PID"

@@ -224,6 +224,11 @@ pub(crate) struct SlaveArgs {
     /// Same for the HTTP listener (`8888-8897`).
     #[arg(long, env = "HTTP_PORT_RANGE")]
     pub(crate) http_port_range: Option<String>,
+    /// Same for HTTPS and RTMPS when TLS is on (replicas on one host network).
+    #[arg(long, env = "HTTPS_PORT_RANGE")]
+    pub(crate) https_port_range: Option<String>,
+    #[arg(long, env = "RTMPS_PORT_RANGE")]
+    pub(crate) rtmps_port_range: Option<String>,
     /// Write the HTTP port actually bound to this file, for `classcast healthcheck` (which reads
     /// the same PORT_FILE) when the port comes from a range.
     #[arg(long, env = "PORT_FILE")]

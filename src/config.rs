@@ -103,7 +103,8 @@ pub(crate) fn node_certs(t: &TlsArgs) -> anyhow::Result<Option<NodeCerts>> {
 
 /// The CA certificates of TLS_CA_FILE, trusted beside the system's for calls to other nodes.
 pub(crate) fn client_ca(t: &TlsArgs) -> anyhow::Result<Vec<reqwest::Certificate>> {
-    match &t.tls_ca_file {
+    // An empty TLS_CA_FILE (a compose default) is no file.
+    match t.tls_ca_file.as_ref().filter(|f| !f.as_os_str().is_empty()) {
         Some(f) => common::tls::ca_certificates(f),
         None => Ok(Vec::new()),
     }

@@ -138,12 +138,12 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
             .https_bind
             .unwrap_or(SocketAddr::new(a.http_bind.ip(), 8889));
         https = Some(common::http::Https {
-            listener: bind(at, "https").await?,
+            listener: bind_in_range(at, a.https_port_range.as_deref(), "https").await?,
             acceptor: common::tls::acceptor(store.clone(), &common::tls::HTTP_ALPN)?,
             acme,
         });
         rtmps = Some((
-            bind(a.rtmps_bind, "rtmps").await?,
+            bind_in_range(a.rtmps_bind, a.rtmps_port_range.as_deref(), "rtmps").await?,
             common::tls::acceptor(store, &[])?,
         ));
     }

@@ -125,6 +125,8 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
             http_bind: http.local_addr()?,
             rtmp_port_range: None,
             http_port_range: None,
+            https_port_range: None,
+            rtmps_port_range: None,
             port_file: None,
             public_url: None,
             cache_url: None,
