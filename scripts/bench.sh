@@ -26,7 +26,8 @@
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
 #   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
-#                            viewers,memory,g2g,cache,recording,webrtc,opus (opus: section 12, Opus
+#                            viewers,memory,g2g,cache,recording,webrtc,opus,https (https: section
+#                            13, a part over HTTPS/1.1 and HTTP/2 vs nginx with TLS; opus: section 12, Opus
 #                            encode CPU of ropus vs libopus through ffmpeg; it starts no server, so
 #                            BENCH_ONLY=opus builds only classcast-bench). With a subset, results are appended to
 #                            target/bench-media/extra-results.jsonl and merged into
@@ -50,8 +51,9 @@ need=()
 if [ "${BENCH_REPORT_ONLY:-0}" != 1 ]; then
   command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
   if want serving && ! command -v wrk >/dev/null 2>&1; then need+=(wrk); fi
+  if want https && ! command -v h2load >/dev/null 2>&1; then need+=(nghttp2-client); fi
   # nginx-rtmp is the ingest reference (NGINX=1); serving, viewers and g2g need nginx too.
-  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache || want recording; then
+  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache || want recording || want https; then
     command -v nginx >/dev/null 2>&1 && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] \
       || need+=(nginx libnginx-mod-rtmp)
   fi

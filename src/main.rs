@@ -189,9 +189,9 @@ async fn healthcheck(a: HealthArgs, mode: Option<&str>) -> anyhow::Result<()> {
             format!("http://127.0.0.1:{port}/health")
         }
     });
-    let r = reqwest::Client::new()
+    // The probe is plain HTTP (the plain port answers /health with TLS on too): no roots needed.
+    let r = common::tls::client(&[], |b| b.timeout(Duration::from_secs(3)))?
         .get(&url)
-        .timeout(Duration::from_secs(3))
         .send()
         .await?;
     anyhow::ensure!(r.status().is_success(), "{url} answered {}", r.status());

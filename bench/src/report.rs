@@ -12,6 +12,8 @@ mod cache;
 mod extra;
 #[path = "report_g2g.rs"]
 mod g2g;
+#[path = "report_https.rs"]
+mod https;
 #[path = "report_opus.rs"]
 mod opus;
 #[path = "report_record.rs"]
@@ -212,6 +214,7 @@ pub fn write(
     extra::summary(w, &results)?;
     g2g::summary(w, &results)?;
     opus::summary(w, &results)?;
+    https::summary(w, &results)?;
     writeln!(w)?;
 
     if let Some(t) = find("tokens") {
@@ -550,6 +553,7 @@ pub fn write(
     record::section(w, &results)?;
     webrtc::section(w, &results)?;
     opus::section(w, &results)?;
+    https::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

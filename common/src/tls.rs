@@ -180,13 +180,25 @@ pub fn ca_certificates(file: &Path) -> anyhow::Result<Vec<reqwest::Certificate>>
     Ok(certs)
 }
 
-/// A client for calls to other nodes: the system's roots plus `ca` (a school's own CA).
-pub fn client_builder(ca: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
-    let b = reqwest::Client::builder();
-    if ca.is_empty() {
-        b
+/// A client for calls to other nodes: the system's roots plus `ca` (a school's own CA), set up
+/// by `configure`. A machine without any root certificates (a minimal container) still gets a
+/// client, trusting `ca` only, with a warning: plain HTTP calls must keep working there.
+pub fn client(
+    ca: &[reqwest::Certificate],
+    configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> anyhow::Result<reqwest::Client> {
+    let with_system = if ca.is_empty() {
+        reqwest::Client::builder()
     } else {
-        b.tls_certs_merge(ca.iter().cloned())
+        reqwest::Client::builder().tls_certs_merge(ca.iter().cloned())
+    };
+    match configure(with_system).build() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the system's CA certificates could not be loaded; HTTPS calls to other nodes trust TLS_CA_FILE only");
+            let only = reqwest::Client::builder().tls_certs_only(ca.iter().cloned());
+            Ok(configure(only).build()?)
+        }
     }
 }
 

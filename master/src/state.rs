@@ -116,10 +116,10 @@ impl AppState {
             cfg.publish_token_ttl,
         )
         .with_previous(previous);
-        let http = common::tls::client_builder(&cfg.client_ca)
-            .timeout(Duration::from_secs(3))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
+        let http = common::tls::client(&cfg.client_ca, |b| {
+            b.timeout(Duration::from_secs(3))
+                .connect_timeout(Duration::from_secs(2))
+        })?;
         Ok(Self(Arc::new(Inner {
             token_limiter: ratelimit::AddrRateLimiter::new(cfg.token_rate),
             login_throttle: ratelimit::LoginThrottle::new(

@@ -142,11 +142,11 @@ pub const MISSING_STREAM_TTL: Duration = Duration::from_secs(1);
 
 impl SlaveCtx {
     pub fn new(cfg: SlaveConfig) -> anyhow::Result<Arc<Self>> {
-        let http = common::tls::client_builder(&cfg.client_ca)
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?;
+        let http = common::tls::client(&cfg.client_ca, |b| {
+            b.connect_timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true)
+        })?;
         Ok(Arc::new(Self {
             tickets: tickets::TicketKey::derive(&cfg.secret, &cfg.node_id),
             viewers: ViewerTracker::new(cfg.viewer_window),

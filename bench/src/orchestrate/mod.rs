@@ -16,6 +16,7 @@ mod sample;
 mod sections;
 mod servers;
 mod serving;
+mod tls;
 mod webrtc;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 12] = [
+pub const SECTIONS: [&str; 13] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -39,6 +40,7 @@ pub const SECTIONS: [&str; 12] = [
     "recording",
     "webrtc",
     "opus",
+    "https",
 ];
 
 /// Sections that start no classcast process: they need neither its binary nor the test stream.
@@ -87,7 +89,7 @@ pub struct RunArgs {
     /// Only re-render the document from the last run's results.
     #[arg(long, env = "BENCH_REPORT_ONLY", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "0")]
     pub report_only: bool,
-    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording,webrtc,opus
+    /// Comma-separated subset of tokens,heartbeats,latency,ingest,serving,viewers,memory,g2g,cache,recording,webrtc,opus,https
     /// (merged into target/bench-media/last-results.jsonl), or all.
     #[arg(long, env = "BENCH_ONLY", default_value = "all")]
     pub only: String,
@@ -394,6 +396,9 @@ async fn run(
     }
     if args.want("webrtc") {
         webrtc::run(&ctx).await?;
+    }
+    if args.want("https") {
+        tls::run(&ctx).await?;
     }
     if args.want("opus") {
         opus::run(&ctx).await?;

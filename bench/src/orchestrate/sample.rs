@@ -20,7 +20,7 @@ pub fn port_open(port: u16) -> bool {
 }
 
 pub fn check_ports(base: u16) -> anyhow::Result<()> {
-    for p in base..=base.saturating_add(46) {
+    for p in base..=base.saturating_add(51) {
         if port_open(p) {
             bail!("port {p} is in use: set BENCH_PORT_BASE to a free range");
         }

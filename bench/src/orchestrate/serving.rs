@@ -39,8 +39,8 @@ pub(super) fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// wrk's duration with unit → milliseconds.
-fn wrk_ms(v: &str) -> f64 {
+/// wrk's (and h2load's) duration with unit → milliseconds.
+pub(super) fn wrk_ms(v: &str) -> f64 {
     let num = |s: &str| s.parse::<f64>().unwrap_or(0.0);
     if let Some(x) = v.strip_suffix("us") {
         num(x) / 1000.0
