@@ -397,6 +397,21 @@ pub(crate) struct UpArgs {
     /// Slaves record under DATA_DIR/recordings/<slave>.
     #[command(flatten)]
     pub(crate) record: RecordTuning,
+    /// TLS for the whole cluster with a certificate for PUBLIC_HOST: the master on HTTPS_PORT,
+    /// slave i on HTTPS_PORT_BASE + i and RTMPS_PORT_BASE + i (the plain ports then redirect).
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// The CA of that certificate, when it is not publicly trusted (the nodes verify one another).
+    #[arg(long, env = "TLS_CA_FILE")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    #[arg(long, env = "HTTPS_PORT", default_value_t = 8443)]
+    pub(crate) https_port: u16,
+    #[arg(long, env = "HTTPS_PORT_BASE", default_value_t = 9443)]
+    pub(crate) https_port_base: u16,
+    #[arg(long, env = "RTMPS_PORT_BASE", default_value_t = 4936)]
+    pub(crate) rtmps_port_base: u16,
 }
 
 #[derive(Args, Debug, Clone)]

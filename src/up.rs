@@ -65,7 +65,58 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         &a.tuning,
     );
     let mut mcfg = mcfg;
-    mcfg.public_url = common::http::origin_of(&format!("http://{}:{master_port}", a.public_host));
+    // TLS: one certificate for PUBLIC_HOST on every node, re-read when its files change; the
+    // slaves reach the master, and one another, by that name.
+    let certs = match (&a.tls_cert_file, &a.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let store = common::tls::CertStore::new();
+            common::tls::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+            .load_and_watch(store.clone(), Duration::from_secs(2))?;
+            Some(store)
+        }
+        _ => None,
+    };
+    let tls_args = crate::cli::TlsArgs {
+        tls_cert_file: None,
+        tls_key_file: None,
+        tls_ca_file: a.tls_ca_file.clone(),
+        tls_reload_ms: 2000,
+        https_bind: None,
+        acme_domains: Vec::new(),
+        acme_email: None,
+        acme_directory_url: String::new(),
+        acme_ca_file: None,
+        acme_dir: PathBuf::new(),
+        acme_renew_before_days: 30.0,
+        acme_retry_ms: 60_000,
+    };
+    mcfg.client_ca = crate::config::client_ca(&tls_args)?;
+    let host = a.public_host.clone();
+    let https = |store: &std::sync::Arc<common::tls::CertStore>, port: u16, what: &'static str| {
+        let (store, bind_host) = (store.clone(), a.bind_host.clone());
+        async move {
+            anyhow::Ok(common::http::Https {
+                listener: bind(format!("{bind_host}:{port}").parse()?, what).await?,
+                acceptor: common::tls::acceptor(store, &common::tls::HTTP_ALPN)?,
+                acme: None,
+            })
+        }
+    };
+    let master_https = match &certs {
+        Some(store) => Some(https(store, a.https_port, "https").await?),
+        None => None,
+    };
+    let (master_url, master_page) = match &master_https {
+        Some(h) => {
+            let p = h.listener.local_addr()?.port();
+            (format!("https://{host}:{p}"), format!("https://{host}:{p}"))
+        }
+        None => (master_url, format!("http://{host}:{master_port}")),
+    };
+    mcfg.public_url = common::http::origin_of(&master_page);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -74,7 +125,7 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
     tasks.push(tokio::spawn(master::serve(
         mcfg,
         master_listener,
-        None,
+        master_https,
         wait(stop_rx.clone()),
     )));
     let mut slaves = Vec::new();
@@ -91,6 +142,22 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         )
         .await?;
         let (hp, rp) = (http.local_addr()?.port(), rtmp.local_addr()?.port());
+        let (mut slave_https, mut rtmps) = (None, None);
+        if let Some(store) = &certs {
+            slave_https = Some(https(store, port(a.https_port_base), "https").await?);
+            rtmps = Some((
+                bind(
+                    format!("{}:{}", a.bind_host, port(a.rtmps_port_base)).parse()?,
+                    "rtmps",
+                )
+                .await?,
+                common::tls::acceptor(store.clone(), &[])?,
+            ));
+        }
+        let hsp = slave_https
+            .as_ref()
+            .and_then(|h| h.listener.local_addr().ok())
+            .map(|x| x.port());
         let args = SlaveArgs {
             common: Common {
                 cluster_secret: None,
@@ -100,20 +167,7 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
                 http_idle_timeout_ms: 30_000,
                 http_max_connections: 0,
                 cors_origins: Vec::new(),
-                tls: crate::cli::TlsArgs {
-                    tls_cert_file: None,
-                    tls_key_file: None,
-                    tls_ca_file: None,
-                    tls_reload_ms: 2000,
-                    https_bind: None,
-                    acme_domains: Vec::new(),
-                    acme_email: None,
-                    acme_directory_url: String::new(),
-                    acme_ca_file: None,
-                    acme_dir: PathBuf::new(),
-                    acme_renew_before_days: 30.0,
-                    acme_retry_ms: 60_000,
-                },
+                tls: tls_args.clone(),
             },
             master_url: vec![master_url.clone()],
             cluster_secret_file: None,
@@ -136,7 +190,10 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
                 .join(format!("slave-{}", i + 1)),
             record: a.record.clone(),
             public_host: Some(a.public_host.clone()),
-            internal_url: Some(format!("http://127.0.0.1:{hp}")),
+            internal_url: Some(match hsp {
+                Some(p) => format!("https://{}:{p}", a.public_host),
+                None => format!("http://127.0.0.1:{hp}"),
+            }),
             internal_host: None,
             max_connections: a.max_connections,
             upstream_url: None,
@@ -144,9 +201,12 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         };
         let ports = crate::config::SlavePorts {
             http: hp,
-            https: None,
+            https: hsp,
             rtmp: Some(rp),
-            rtmps: None,
+            rtmps: rtmps
+                .as_ref()
+                .and_then(|(l, _)| l.local_addr().ok())
+                .map(|x| x.port()),
         };
         let mut cfg = slave_config(&args, secret.clone(), &ports)?;
         if cfg.webrtc.udp_ports.0 != 0 {
@@ -154,7 +214,9 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
             cfg.webrtc.udp_ports = (p, p);
         }
         if a.lan {
-            // OBS runs on this PC: its server stays on loopback, whatever address students use.
+            // OBS runs on this PC: its server stays on loopback, whatever address students use
+            // (in clear with TLS on too: loopback never leaves the PC, and the certificate is
+            // for PUBLIC_HOST).
             cfg.rtmp_url = format!("rtmp://127.0.0.1:{rp}/live");
         }
         slaves.push((
@@ -164,29 +226,30 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         ));
         tasks.push(tokio::spawn(slave::serve(
             cfg,
-            slave::Listeners::plain(rtmp, http),
+            slave::Listeners {
+                rtmp: Some(rtmp),
+                rtmps,
+                http,
+                https: slave_https,
+            },
             wait(stop_rx.clone()),
         )));
     }
-    let host = &a.public_host;
+    let m = &master_page;
     println!("\nclasscast is up: a master and {} slave(s).\n", a.slaves);
-    println!("  master     http://{host}:{master_port}/   (cluster view: /admin, /cluster/nodes)");
+    println!("  master     {m}/   (cluster view: /admin, /cluster/nodes)");
     for (id, rtmp, http) in &slaves {
         println!("  {id:<10} {rtmp}   {http}");
     }
-    println!(
-        "\nTeacher: open http://{host}:{master_port}/teacher and log in with password {teacher}"
-    );
-    println!(
-        "         (or: curl -s -XPOST http://{host}:{master_port}/api/token -H 'content-type: application/json' \\"
-    );
+    println!("\nTeacher: open {m}/teacher and log in with password {teacher}");
+    println!("         (or: curl -s -XPOST {m}/api/token -H 'content-type: application/json' \\");
     println!(
         "                -d '{{\"role\":\"teacher\",\"user_id\":\"teacher\",\"credential\":\"{teacher}\"}}')"
     );
     println!(
         "         then put the Server and Stream Key it shows into OBS (Settings → Stream → Custom)."
     );
-    let student = format!("http://{host}:{master_port}/?stream=stream");
+    let student = format!("{m}/?stream=stream");
     println!("Students: open {student} , type a name, and watch (class \"stream\").");
     if a.lan {
         println!("          Phones on this network can scan it (also on the teacher page):\n");

@@ -758,3 +758,64 @@ async fn tls_slowloris_is_closed_at_the_deadline() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_a_certificate_serves_https_rtmps_and_prints_https_steps() {
+    let test = "tls_up";
+    let dir = log_dir(test);
+    let pki = Pki::new(&dir);
+    let (cert, key, _) = pki.leaf("node", &["127.0.0.1"]);
+    let (mp, ms) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", "--slaves", "2", "--master-port", &mp.to_string()])
+        .args(["--https-port", &ms.to_string()])
+        .args(["--rtmp-port-base", "0", "--http-port-base", "0"])
+        .args(["--https-port-base", "0", "--rtmps-port-base", "0"])
+        .args(["--webrtc-udp-port", "0", "--heartbeat-interval-ms", "300"])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .args(tls_flags(&cert, &key, &pki.ca_file));
+    let up = Proc::spawn("up", dir.join("up.log"), &mut cmd);
+    let c = pki.client();
+    let master = format!("https://127.0.0.1:{ms}");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            get_json(&c, &format!("{master}/cluster/nodes"))
+                .await
+                .is_some_and(|v| v["healthy_nodes"] == 2)
+        })
+        .await,
+        "up's slaves did not register over HTTPS:\n{}",
+        up.log_text()
+    );
+    let nodes = get_json(&c, &format!("{master}/cluster/nodes"))
+        .await
+        .unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert!(
+            n["public_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://127.0.0.1:"),
+            "{n}"
+        );
+        assert!(
+            n["rtmp_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("rtmps://127.0.0.1:"),
+            "{n}"
+        );
+    }
+    let log = up.log_text();
+    for step in [
+        format!("master     {master}/"),
+        format!("open {master}/teacher"),
+        format!("Students: open {master}/?stream=stream"),
+    ] {
+        assert!(log.contains(&step), "up prints {step:?}:\n{log}");
+    }
+    assert!(
+        !log.contains("http://127.0.0.1"),
+        "a step in clear text:\n{log}"
+    );
+}
