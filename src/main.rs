@@ -104,7 +104,7 @@ async fn run_master(a: MasterArgs) -> anyhow::Result<()> {
                 .tls
                 .https_bind
                 .unwrap_or(SocketAddr::new(a.bind.ip(), 8443));
-            Some(common::http::Https {
+            Some(common::listeners::Https {
                 listener: bind(at, "https").await?,
                 acceptor: common::tls::acceptor(store, &common::tls::HTTP_ALPN)?,
                 acme,
@@ -137,7 +137,7 @@ async fn run_slave(a: SlaveArgs) -> anyhow::Result<()> {
             .tls
             .https_bind
             .unwrap_or(SocketAddr::new(a.http_bind.ip(), 8889));
-        https = Some(common::http::Https {
+        https = Some(common::listeners::Https {
             listener: bind_in_range(at, a.https_port_range.as_deref(), "https").await?,
             acceptor: common::tls::acceptor(store.clone(), &common::tls::HTTP_ALPN)?,
             acme,

@@ -98,7 +98,7 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
     let https = |store: &std::sync::Arc<common::tls::CertStore>, port: u16, what: &'static str| {
         let (store, bind_host) = (store.clone(), a.bind_host.clone());
         async move {
-            anyhow::Ok(common::http::Https {
+            anyhow::Ok(common::listeners::Https {
                 listener: bind(format!("{bind_host}:{port}").parse()?, what).await?,
                 acceptor: common::tls::acceptor(store, &common::tls::HTTP_ALPN)?,
                 acme: None,

@@ -5,6 +5,7 @@ pub mod acme;
 pub mod api;
 pub mod error;
 pub mod http;
+pub mod listeners;
 pub mod secret;
 pub mod sysstats;
 pub mod tls;

@@ -107,7 +107,7 @@ pub fn spawn_sweeper(st: AppState) -> tokio::task::JoinHandle<()> {
 pub async fn serve(
     cfg: MasterConfig,
     listener: tokio::net::TcpListener,
-    https: Option<common::http::Https>,
+    https: Option<common::listeners::Https>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let st = AppState::new(cfg)?;
@@ -117,7 +117,7 @@ pub async fn serve(
         None => None,
     };
     tracing::info!(addr = %listener.local_addr()?, https = ?https_addr, max_connections = st.conns.max(), "master listening");
-    let res = common::http::serve_node(
+    let res = common::listeners::serve_node(
         listener,
         https,
         router(&st),

@@ -147,7 +147,7 @@ pub struct Listeners {
     pub rtmp: Option<tokio::net::TcpListener>,
     pub rtmps: Option<(tokio::net::TcpListener, common::tls::TlsAcceptor)>,
     pub http: tokio::net::TcpListener,
-    pub https: Option<common::http::Https>,
+    pub https: Option<common::listeners::Https>,
 }
 
 impl Listeners {
@@ -186,7 +186,7 @@ pub async fn serve(
     let masters = discovery::MasterSet::new(ctx.clone())?;
     let discovery = tokio::spawn(masters.clone().run());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(common::http::serve_node(
+    let server = tokio::spawn(common::listeners::serve_node(
         http,
         https,
         router_with(&ctx, whep),
