@@ -39,7 +39,13 @@ pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
             proto_name(proto),
             f(c, "rps"),
             f(n, "rps"),
-            if ratio >= 1.0 { "yes" } else { "**no**" }
+            if f(c, "failed") + f(n, "failed") > 0.0 {
+                "**no** (requests failed)"
+            } else if ratio >= 1.0 {
+                "yes"
+            } else {
+                "**no**"
+            }
         )?;
     }
     Ok(())
