@@ -67,21 +67,9 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
     let mut mcfg = mcfg;
     // TLS: one certificate for PUBLIC_HOST on every node, re-read when its files change; the
     // slaves reach the master, and one another, by that name.
-    let certs = match (&a.tls_cert_file, &a.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            let store = common::tls::CertStore::new();
-            common::tls::CertFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }
-            .load_and_watch(store.clone(), Duration::from_secs(2))?;
-            Some(store)
-        }
-        _ => None,
-    };
     let tls_args = crate::cli::TlsArgs {
-        tls_cert_file: None,
-        tls_key_file: None,
+        tls_cert_file: a.tls_cert_file.clone(),
+        tls_key_file: a.tls_key_file.clone(),
         tls_ca_file: a.tls_ca_file.clone(),
         tls_reload_ms: 2000,
         https_bind: None,
@@ -93,6 +81,8 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         acme_renew_before_days: 30.0,
         acme_retry_ms: 60_000,
     };
+    // No ACME here, so no HTTP-01 answers to serve: the store alone.
+    let certs = crate::config::node_certs(&tls_args)?.map(|(store, _)| store);
     mcfg.client_ca = crate::config::client_ca(&tls_args)?;
     let host = a.public_host.clone();
     let https = |store: &std::sync::Arc<common::tls::CertStore>, port: u16, what: &'static str| {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
-use crate::tls::{Pki, peer_cert};
+use crate::tls::{Pki, answers_within, peer_cert, trusting};
 
 fn pebble() -> Option<&'static str> {
     if Path::new("/usr/bin/pebble").exists() {
@@ -22,16 +22,6 @@ fn pebble() -> Option<&'static str> {
     );
     eprintln!("SKIPPED: pebble is not installed");
     None
-}
-
-fn trusting(root: &Path) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(root).unwrap()).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .tls_info(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
 }
 
 fn acme_flags(dir: &Path, ip: &str, directory: &str, pki: &Pki, root: &Path) -> Vec<String> {
@@ -88,13 +78,7 @@ async fn a_master_and_two_slaves_get_certificates_from_pebble_by_http01_and_one_
     let pebble = Proc::spawn("pebble", dir.join("pebble.log"), &mut cmd);
     let c = trusting(&pki.ca_file);
     assert!(
-        wait_until(Duration::from_secs(15), || async {
-            c.get(format!("https://127.0.0.1:{api}/dir"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await,
+        answers_within(&c, &format!("https://127.0.0.1:{api}/dir"), 15).await,
         "pebble did not start: {}",
         pebble.log_text()
     );

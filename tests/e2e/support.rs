@@ -473,6 +473,18 @@ pub fn ffmpeg_publish_sized(
     seconds: Option<u32>,
     size: &str,
 ) -> Proc {
+    ffmpeg_publish_with(test, name, url, seconds, size, &[])
+}
+
+/// [`ffmpeg_publish_sized`] with `extra` output options (e.g. RTMPS certificate checks).
+pub fn ffmpeg_publish_with(
+    test: &str,
+    name: &str,
+    url: &str,
+    seconds: Option<u32>,
+    size: &str,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
         .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=30")])
@@ -492,7 +504,9 @@ pub fn ffmpeg_publish_sized(
         "-pix_fmt",
         "yuv420p",
     ])
-    .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url]);
+    .args(["-c:a", "aac", "-b:a", "64k"])
+    .args(extra)
+    .args(["-f", "flv", url]);
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 

@@ -65,14 +65,27 @@ impl Pki {
 
     /// A client that trusts this CA only.
     fn client(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca_file).unwrap()).unwrap();
-        reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .tls_info(true)
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap()
+        trusting(&self.ca_file)
     }
+}
+
+/// A client that trusts the CA certificate in `ca` only, and reports the peer's certificate.
+pub(crate) fn trusting(ca: &Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .tls_info(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Whether `url` answers (any status) within `secs`.
+pub(crate) async fn answers_within(c: &reqwest::Client, url: &str, secs: u64) -> bool {
+    wait_until(Duration::from_secs(secs), || async {
+        c.get(url).send().await.is_ok()
+    })
+    .await
 }
 
 fn tls_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
@@ -219,13 +232,7 @@ async fn rtmps_publish_https_edges_http2_and_nothing_in_clear_text() {
     let master = format!("https://127.0.0.1:{}", wire.port);
     let c = pki.client();
     assert!(
-        wait_until(Duration::from_secs(15), || async {
-            c.get(format!("https://127.0.0.1:{ms}/health"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await,
+        answers_within(&c, &format!("https://127.0.0.1:{ms}/health"), 15).await,
         "the master never answered over HTTPS"
     );
     let _s1 = spawn_slave(test, "s1", &master, &tls);
@@ -328,34 +335,18 @@ async fn rtmps_publish_https_edges_http2_and_nothing_in_clear_text() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args(["-c:a", "aac", "-b:a", "64k", "-t", "60"])
-        .args([
+    let _publisher = ffmpeg_publish_with(
+        test,
+        "ffmpeg-rtmps",
+        &format!("{via}/{stream_key}"),
+        Some(60),
+        "640x360",
+        &[
             "-tls_verify",
             "1",
             "-ca_file",
             pki.ca_file.to_str().unwrap(),
-        ])
-        .args(["-f", "flv", &format!("{via}/{stream_key}")]);
-    let _publisher = Proc::spawn(
-        "ffmpeg-rtmps",
-        log_dir(test).join("ffmpeg-rtmps.log"),
-        &mut cmd,
+        ],
     );
     assert!(
         wait_until(Duration::from_secs(30), || async {
@@ -618,10 +609,7 @@ async fn a_replaced_certificate_is_served_to_the_next_connection_with_no_restart
     let url = format!("https://127.0.0.1:{ms}/health");
     let kept = pki.client();
     assert!(
-        wait_until(Duration::from_secs(15), || async {
-            kept.get(&url).send().await.is_ok()
-        })
-        .await,
+        answers_within(&kept, &url, 15).await,
         "the master never answered over HTTPS"
     );
     let r = kept.get(&url).send().await.unwrap();
@@ -679,15 +667,7 @@ async fn tls_slowloris_is_closed_at_the_deadline() {
     let (mp, ms) = (free_port(), free_port());
     let _master = spawn_master(test, mp, ms, &tls, &["--http-header-timeout-ms", "1000"]);
     let c = pki.client();
-    assert!(
-        wait_until(Duration::from_secs(15), || async {
-            c.get(format!("https://127.0.0.1:{ms}/health"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await
-    );
+    assert!(answers_within(&c, &format!("https://127.0.0.1:{ms}/health"), 15).await);
     // 1. A connection that never starts its handshake, and one that sends half a ClientHello.
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", ms)).unwrap();
     let mut half = std::net::TcpStream::connect(("127.0.0.1", ms)).unwrap();

@@ -39,6 +39,17 @@ pub(super) fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The URI of the newest part a playlist lists (not the preload hint): as a player at the live
+/// edge fetches it.
+pub(super) fn newest_listed_part(playlist: &str) -> Option<String> {
+    playlist
+        .lines()
+        .rfind(|l| l.starts_with("#EXT-X-PART:"))
+        .and_then(|l| l.split("URI=\"").nth(1))
+        .and_then(|u| u.split('"').next())
+        .map(str::to_string)
+}
+
 /// wrk's (and h2load's) duration with unit → milliseconds.
 pub(super) fn wrk_ms(v: &str) -> f64 {
     let num = |s: &str| s.parse::<f64>().unwrap_or(0.0);
@@ -215,14 +226,8 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
     let peer = get(&plain, Some(&ctx.secret)).await?;
     // The newest complete part (listed, not the preload hint): it stays available for the
     // 2 × PLAYLIST_WINDOW + 1 segments a slave holds (9 s by default), longer than wrk's 8 s.
-    let text = String::from_utf8_lossy(&viewer);
-    let part = text
-        .lines()
-        .rfind(|l| l.starts_with("#EXT-X-PART:"))
-        .and_then(|l| l.split("URI=\"").nth(1))
-        .and_then(|u| u.split('"').next())
-        .context("no EXT-X-PART in the viewer playlist")?
-        .to_string();
+    let part = newest_listed_part(&String::from_utf8_lossy(&viewer))
+        .context("no EXT-X-PART in the viewer playlist")?;
     let part_bytes = get(&format!("{base}/{part}"), None).await?;
     for (name, bytes) in [
         ("viewer.m3u8", &viewer),

@@ -137,14 +137,8 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     // part leaves the slave's window (9 s by default) before two 8 s runs are over.
     let newest_part = || async {
         let viewer = get(&client, &vurl).await?;
-        let text = String::from_utf8_lossy(&viewer);
-        let part = text
-            .lines()
-            .rfind(|l| l.starts_with("#EXT-X-PART:"))
-            .and_then(|l| l.split("URI=\"").nth(1))
-            .and_then(|u| u.split('"').next())
-            .context("no EXT-X-PART in the viewer playlist")?
-            .to_string();
+        let part = super::serving::newest_listed_part(&String::from_utf8_lossy(&viewer))
+            .context("no EXT-X-PART in the viewer playlist")?;
         let base = vurl.split('?').next().unwrap_or(&vurl);
         let base = base.strip_suffix("/index.m3u8").context("viewer URL")?;
         let url = format!("{base}/{part}");
