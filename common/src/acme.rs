@@ -257,3 +257,45 @@ async fn order(
     write_private_atomic(&files.cert, &chain_pem)?;
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A store holding a certificate valid from `ago` before now until `left` after now.
+    fn store_with(ago: Duration, left: Duration) -> CertStore {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["node.test".into()]).unwrap();
+        let now = SystemTime::now();
+        p.not_before = (now - ago).into();
+        p.not_after = (now + left).into();
+        let cert = p.self_signed(&key).unwrap();
+        let store = CertStore::default();
+        store.install(
+            crate::tls::certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+                .unwrap(),
+        );
+        store
+    }
+
+    fn days(d: Option<Duration>) -> Option<u64> {
+        d.map(|d| (d.as_secs() + 43_200) / 86_400)
+    }
+
+    #[test]
+    fn renews_when_a_third_of_the_lifetime_or_renew_before_is_left() {
+        // 90 days of life, 10 gone: a third (30 days) before the end, more than a 10-day
+        // renew_before, is 50 days away.
+        let s = store_with(10 * DAY, 80 * DAY);
+        assert_eq!(days(time_to_renew(&s, 10 * DAY)), Some(50));
+        // A longer renew_before wins over the third.
+        assert_eq!(days(time_to_renew(&s, 60 * DAY)), Some(20));
+        // Inside the window: due now.
+        let s = store_with(70 * DAY, 20 * DAY);
+        assert_eq!(time_to_renew(&s, 30 * DAY), None);
+        // No certificate yet: due now.
+        assert_eq!(time_to_renew(&CertStore::default(), 30 * DAY), None);
+    }
+}
