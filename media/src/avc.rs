@@ -138,31 +138,37 @@ impl AvcConfig {
     /// error for the whole session, so garbage is refused here instead of
     /// being forwarded to every viewer.
     pub fn validate_sample(&self, data: &[u8]) -> Result<(), MediaError> {
-        let n = usize::from(self.nal_length_size);
-        if data.is_empty() {
-            return Err(MediaError::InvalidAvcSample("empty access unit"));
-        }
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let prefix = data
-                .get(pos..pos + n)
-                .ok_or(MediaError::InvalidAvcSample("truncated NAL length prefix"))?;
-            let len = prefix
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            if len == 0 {
-                return Err(MediaError::InvalidAvcSample("zero-length NAL unit"));
-            }
-            pos = pos
-                .checked_add(n)
-                .and_then(|p| p.checked_add(len))
-                .ok_or(MediaError::InvalidAvcSample("NAL length overflow"))?;
-            if pos > data.len() {
-                return Err(MediaError::InvalidAvcSample("NAL unit overruns sample"));
-            }
-        }
-        Ok(())
+        validate_length_prefixed(data, self.nal_length_size)
     }
+}
+
+/// Checks that an access unit is a clean run of NAL units, each behind a big-endian length of
+/// `length_size` bytes (AVCC for H.264, the same form for HEVC).
+pub fn validate_length_prefixed(data: &[u8], length_size: u8) -> Result<(), MediaError> {
+    let n = usize::from(length_size);
+    if data.is_empty() {
+        return Err(MediaError::InvalidAvcSample("empty access unit"));
+    }
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let prefix = data
+            .get(pos..pos + n)
+            .ok_or(MediaError::InvalidAvcSample("truncated NAL length prefix"))?;
+        let len = prefix
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        if len == 0 {
+            return Err(MediaError::InvalidAvcSample("zero-length NAL unit"));
+        }
+        pos = pos
+            .checked_add(n)
+            .and_then(|p| p.checked_add(len))
+            .ok_or(MediaError::InvalidAvcSample("NAL length overflow"))?;
+        if pos > data.len() {
+            return Err(MediaError::InvalidAvcSample("NAL unit overruns sample"));
+        }
+    }
+    Ok(())
 }
 
 fn parse_sps(sps: &[u8]) -> Result<SeqParameterSet, MediaError> {

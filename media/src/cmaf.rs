@@ -15,13 +15,14 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use mp4_atom::esds::{DecoderConfig, DecoderSpecific, EsDescriptor, SLConfig};
 use mp4_atom::{
-    Audio, Avc1, Avcc, AvccExt, Codec, Dinf, Dref, Esds, FourCC, Ftyp, Hdlr, Mdhd, Mfhd, Moof,
-    Mp4a, Mvhd, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trex, Trun, TrunEntry, Url, Visual,
-    Vmhd, u24,
+    Audio, Av01, Avc1, Avcc, AvccExt, Codec, Dinf, Dref, Esds, FourCC, Ftyp, Hdlr, Hvc1, Mdhd,
+    Mfhd, Moof, Mp4a, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trex, Trun,
+    TrunEntry, Url, Visual, Vmhd, u24,
 };
 
 use super::aac::AacConfig;
 use super::avc::AvcConfig;
+use crate::codec::{AudioConfig, VideoConfig};
 use crate::error::MediaError;
 
 /// Fixed track ids so playlists/init segments stay comparable across
@@ -59,8 +60,8 @@ pub struct TrackRun {
 
 /// Build `ftyp` + `moov` for the given tracks (video is track 1, audio track 2).
 pub fn init_segment(
-    video: Option<&AvcConfig>,
-    audio: Option<&AacConfig>,
+    video: Option<&VideoConfig>,
+    audio: Option<&AudioConfig>,
 ) -> Result<Bytes, MediaError> {
     if video.is_none() && audio.is_none() {
         return Err(MediaError::Mux("init segment without tracks".into()));
@@ -114,10 +115,11 @@ fn trex(track_id: u32) -> Trex {
     }
 }
 
-fn video_trak(v: &AvcConfig) -> Result<Vec<u8>, MediaError> {
-    // AvcConfig::parse already bounds the size to u16.
-    let width = u16::try_from(v.width).map_err(|_| MediaError::Mux("width > 65535".into()))?;
-    let height = u16::try_from(v.height).map_err(|_| MediaError::Mux("height > 65535".into()))?;
+fn video_trak(v: &VideoConfig) -> Result<Vec<u8>, MediaError> {
+    let (width, height) = v.size();
+    // Every config parser already bounds the size to u16.
+    let width = u16::try_from(width).map_err(|_| MediaError::Mux("width > 65535".into()))?;
+    let height = u16::try_from(height).map_err(|_| MediaError::Mux("height > 65535".into()))?;
     let tkhd = Tkhd {
         track_id: VIDEO_TRACK_ID,
         enabled: true,
@@ -126,6 +128,48 @@ fn video_trak(v: &AvcConfig) -> Result<Vec<u8>, MediaError> {
         height: height.into(),
         ..Default::default()
     };
+    let visual = Visual {
+        data_reference_index: 1,
+        width,
+        height,
+        compressor: "".into(),
+        ..Default::default()
+    };
+    let entry: Codec = match v {
+        VideoConfig::Avc(avc) => avc1(avc, visual).into(),
+        VideoConfig::Hevc(hevc) => Hvc1 {
+            visual,
+            hvcc: hevc.hvcc.clone(),
+            ..Default::default()
+        }
+        .into(),
+        VideoConfig::Av1(av1) => Av01 {
+            visual,
+            av1c: av1.av1c.clone(),
+            ..Default::default()
+        }
+        .into(),
+    };
+    let mut minf_children = Vec::new();
+    encode(&Vmhd::default(), &mut minf_children)?;
+    encode(&dinf(), &mut minf_children)?;
+    encode(&stbl(entry), &mut minf_children)?;
+    trak(
+        &tkhd,
+        &Mdhd {
+            timescale: VIDEO_TIMESCALE,
+            language: "und".into(),
+            ..Default::default()
+        },
+        &Hdlr {
+            handler: FourCC::new(b"vide"),
+            name: "VideoHandler".into(),
+        },
+        &minf_children,
+    )
+}
+
+fn avc1(v: &AvcConfig, visual: Visual) -> Avc1 {
     // Re-serialised from the parsed record rather than copied raw: mp4-atom's
     // Avc1 only takes a structured Avcc, and going through our own parser
     // means a malformed optional extension is dropped instead of shipped.
@@ -144,37 +188,14 @@ fn video_trak(v: &AvcConfig) -> Result<Vec<u8>, MediaError> {
             sequence_parameter_sets_ext: e.sps_ext.iter().map(|s| s.to_vec()).collect(),
         }),
     };
-    let avc1 = Avc1 {
-        visual: Visual {
-            data_reference_index: 1,
-            width,
-            height,
-            compressor: "".into(),
-            ..Default::default()
-        },
+    Avc1 {
+        visual,
         avcc,
         ..Default::default()
-    };
-    let mut minf_children = Vec::new();
-    encode(&Vmhd::default(), &mut minf_children)?;
-    encode(&dinf(), &mut minf_children)?;
-    encode(&stbl(avc1.into()), &mut minf_children)?;
-    trak(
-        &tkhd,
-        &Mdhd {
-            timescale: VIDEO_TIMESCALE,
-            language: "und".into(),
-            ..Default::default()
-        },
-        &Hdlr {
-            handler: FourCC::new(b"vide"),
-            name: "VideoHandler".into(),
-        },
-        &minf_children,
-    )
+    }
 }
 
-fn audio_trak(a: &AacConfig) -> Result<Vec<u8>, MediaError> {
+fn audio_trak(a: &AudioConfig) -> Result<Vec<u8>, MediaError> {
     let tkhd = Tkhd {
         track_id: AUDIO_TRACK_ID,
         enabled: true,
@@ -183,7 +204,41 @@ fn audio_trak(a: &AacConfig) -> Result<Vec<u8>, MediaError> {
         volume: 1.into(),
         ..Default::default()
     };
-    let mp4a = Mp4a {
+    let entry: Codec = match a {
+        AudioConfig::Aac(aac) => mp4a(aac).into(),
+        AudioConfig::Opus(opus) => Opus {
+            audio: Audio {
+                data_reference_index: 1,
+                channel_count: opus.channel_count(),
+                sample_size: 16,
+                sample_rate: 48_000u16.into(),
+            },
+            dops: opus.dops.clone(),
+            btrt: None,
+        }
+        .into(),
+    };
+    let mut minf_children = Vec::new();
+    encode(&Smhd::default(), &mut minf_children)?;
+    encode(&dinf(), &mut minf_children)?;
+    encode(&stbl(entry), &mut minf_children)?;
+    trak(
+        &tkhd,
+        &Mdhd {
+            timescale: a.timescale(),
+            language: "und".into(),
+            ..Default::default()
+        },
+        &Hdlr {
+            handler: FourCC::new(b"soun"),
+            name: "SoundHandler".into(),
+        },
+        &minf_children,
+    )
+}
+
+fn mp4a(a: &AacConfig) -> Mp4a {
+    Mp4a {
         audio: Audio {
             data_reference_index: 1,
             channel_count: a.channel_count(),
@@ -215,24 +270,7 @@ fn audio_trak(a: &AacConfig) -> Result<Vec<u8>, MediaError> {
         },
         btrt: None,
         taic: None,
-    };
-    let mut minf_children = Vec::new();
-    encode(&Smhd::default(), &mut minf_children)?;
-    encode(&dinf(), &mut minf_children)?;
-    encode(&stbl(mp4a.into()), &mut minf_children)?;
-    trak(
-        &tkhd,
-        &Mdhd {
-            timescale: a.sample_rate,
-            language: "und".into(),
-            ..Default::default()
-        },
-        &Hdlr {
-            handler: FourCC::new(b"soun"),
-            name: "SoundHandler".into(),
-        },
-        &minf_children,
-    )
+    }
 }
 
 fn dinf() -> Dinf {
@@ -386,7 +424,10 @@ mod tests {
 
     #[test]
     fn init_segment_roundtrips_through_mp4_atom() {
-        let init = init_segment(Some(&avc()), Some(&aac())).unwrap();
+        let init = init_segment(
+            Some(&VideoConfig::Avc(avc())),
+            Some(&AudioConfig::Aac(aac())),
+        ).unwrap();
         let mut buf = &init[..];
         let ftyp = Ftyp::decode(&mut buf).unwrap();
         assert_eq!(ftyp.major_brand, FourCC::new(b"iso6"));
@@ -420,7 +461,7 @@ mod tests {
         // Re-serialising a well-formed record must be byte-identical, or the
         // avcC we ship would differ from what the encoder intended.
         let cfg = avc();
-        let init = init_segment(Some(&cfg), None).unwrap();
+        let init = init_segment(Some(&VideoConfig::Avc(cfg.clone())), None).unwrap();
         let pos = init
             .windows(4)
             .position(|w| w == b"avcC")

@@ -26,10 +26,14 @@ pub enum MediaError {
     UnsupportedAudioFormat(u8),
     #[error("unsupported enhanced-RTMP audio FourCC {:?}", String::from_utf8_lossy(.0))]
     UnsupportedAudioFourCc([u8; 4]),
-    #[error("unsupported AAC packet type {0}")]
+    #[error("enhanced-RTMP multitrack {0} is not packaged; send one track")]
+    UnsupportedMultitrack(&'static str),
+    #[error("unsupported audio packet type {0}")]
     UnsupportedAudioPacketType(u8),
     #[error("invalid AVCDecoderConfigurationRecord: {0}")]
     InvalidAvcConfig(&'static str),
+    #[error("invalid video decoder configuration: {0}")]
+    InvalidVideoConfig(&'static str),
     #[error("invalid H.264 SPS: {0}")]
     InvalidSps(String),
     #[error("invalid AVC sample: {0}")]
@@ -44,6 +48,46 @@ pub enum MediaError {
     InvalidFrameStream(&'static str),
     #[error("fMP4 encoding failed: {0}")]
     Mux(String),
+}
+
+impl MediaError {
+    /// For an error that no later message can mend (a codec or a track layout the packager
+    /// does not handle), what the publisher should change; `None` for per-message problems.
+    pub fn unsupported(&self) -> Option<String> {
+        let what = match self {
+            MediaError::UnsupportedVideoCodec(id) => format!("video codec id {id}"),
+            MediaError::UnsupportedVideoFourCc(cc) => {
+                format!("video codec {:?}", String::from_utf8_lossy(cc))
+            }
+            MediaError::UnsupportedAudioFormat(f) => format!("audio format {f}"),
+            MediaError::UnsupportedAudioFourCc(cc) => {
+                format!("audio codec {:?}", String::from_utf8_lossy(cc))
+            }
+            MediaError::UnsupportedMultitrack(kind) => {
+                return Some(format!(
+                    "multitrack {kind} is not accepted yet: send a single {kind} track"
+                ));
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "{what} is not accepted: send H.264, HEVC or AV1 video with AAC or Opus audio"
+        ))
+    }
+
+    /// A short label for metrics: which kind of unsupported input this was.
+    pub fn unsupported_label(&self) -> &'static str {
+        match self {
+            MediaError::UnsupportedVideoCodec(_) | MediaError::UnsupportedVideoFourCc(_) => {
+                "video_codec"
+            }
+            MediaError::UnsupportedAudioFormat(_) | MediaError::UnsupportedAudioFourCc(_) => {
+                "audio_codec"
+            }
+            MediaError::UnsupportedMultitrack(_) => "multitrack",
+            _ => "other",
+        }
+    }
 }
 
 impl From<mp4_atom::Error> for MediaError {

@@ -6,10 +6,12 @@
 //! here may panic. Payloads are returned as [`Bytes`] slices of the input so
 //! sample data is never copied on its way to the mdat.
 //!
-//! Both the legacy header (`FrameType:4 | CodecID:4`) and the enhanced-RTMP
-//! header (`IsExHeader:1 | FrameType:3 | PacketType:4 | FourCC:32`) are
-//! recognised. Only AVC is packaged today; HEVC/AV1 arrive as
-//! [`MediaError::UnsupportedVideoFourCc`] until [`VideoCodec`] grows variants.
+//! Both the legacy header (`FrameType:4 | CodecID:4`) and the Enhanced RTMP v2
+//! header (`IsExHeader:1 | FrameType:3 | PacketType:4 | [ModEx…] | FourCC:32`)
+//! are recognised: video `avc1`, `hvc1`, `av01`; audio `mp4a`, `Opus`. Any
+//! other codec, and multitrack packets, come back as errors for which
+//! [`MediaError::unsupported`] names the reason, so the ingest can refuse the
+//! publish instead of dropping every message without a word.
 
 use bytes::Bytes;
 
@@ -40,12 +42,25 @@ impl VideoFrameType {
     }
 }
 
-/// Video codecs the packager understands. Kept as an enum (rather than a
-/// bool) so that HEVC (`hvc1` over enhanced RTMP) can be added without
-/// reshaping callers.
+/// Video codecs the packager understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
+    /// H.264, legacy codec id 7 or FourCC `avc1`.
     Avc,
+    /// H.265, FourCC `hvc1`.
+    Hevc,
+    /// AV1, FourCC `av01`.
+    Av1,
+}
+
+impl VideoCodec {
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::Avc => "H.264",
+            VideoCodec::Hevc => "HEVC",
+            VideoCodec::Av1 => "AV1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +105,34 @@ mod ex_video {
     pub const SEQUENCE_END: u8 = 2;
     pub const CODED_FRAMES_X: u8 = 3;
     pub const METADATA: u8 = 4;
+    pub const MULTITRACK: u8 = 6;
+}
+
+/// Audio and video share the ModEx and Multitrack packet type values.
+const EX_MOD_EX: u8 = 7;
+
+/// Skips the ModEx prefixes after an enhanced header byte, returning the real
+/// packet type and the offset of what follows (the FourCC or the multitrack
+/// header). The only ModEx type defined so far is a sub-millisecond timestamp
+/// offset, which a millisecond timeline has no use for.
+fn skip_mod_ex(body: &[u8], mut packet_type: u8) -> Result<(u8, usize), MediaError> {
+    let mut at = 1;
+    // Each ModEx costs at least two bytes, so the loop ends with the body.
+    while packet_type == EX_MOD_EX {
+        need(body, at + 1, "ModEx size")?;
+        let mut size = usize::from(body[at]) + 1;
+        at += 1;
+        if size == 256 {
+            need(body, at + 2, "ModEx size")?;
+            size = usize::from(u16::from_be_bytes([body[at], body[at + 1]])) + 1;
+            at += 2;
+        }
+        need(body, at + size + 1, "ModEx data")?;
+        at += size;
+        packet_type = body[at] & 0x0F;
+        at += 1;
+    }
+    Ok((packet_type, at))
 }
 
 /// Parse an FLV VIDEODATA body.
@@ -137,11 +180,17 @@ pub fn parse_video_tag(body: &Bytes) -> Result<VideoTag, MediaError> {
 
 fn parse_enhanced_video(first: u8, body: &Bytes) -> Result<VideoTag, MediaError> {
     let frame_type = VideoFrameType::from_bits((first >> 4) & 0x07)?;
-    let packet_type = first & 0x0F;
-    need(body, 5, "enhanced video tag")?;
-    let fourcc: [u8; 4] = [body[1], body[2], body[3], body[4]];
+    let (packet_type, at) = skip_mod_ex(body, first & 0x0F)?;
+    if packet_type == ex_video::MULTITRACK {
+        return Err(MediaError::UnsupportedMultitrack("video"));
+    }
+    need(body, at + 4, "enhanced video tag")?;
+    let fourcc: [u8; 4] = [body[at], body[at + 1], body[at + 2], body[at + 3]];
+    let at = at + 4;
     let codec = match &fourcc {
         b"avc1" => VideoCodec::Avc,
+        b"hvc1" => VideoCodec::Hevc,
+        b"av01" => VideoCodec::Av1,
         _ => return Err(MediaError::UnsupportedVideoFourCc(fourcc)),
     };
     if frame_type == VideoFrameType::Command && packet_type != ex_video::METADATA {
@@ -152,23 +201,22 @@ fn parse_enhanced_video(first: u8, body: &Bytes) -> Result<VideoTag, MediaError>
         });
     }
     let packet = match packet_type {
-        ex_video::SEQUENCE_START => VideoPacket::SequenceHeader(body.slice(5..)),
-        ex_video::CODED_FRAMES => {
-            // For avc1/hvc1 CodedFrames carries an SI24 composition time.
-            need(body, 8, "enhanced AVC coded frames")?;
+        ex_video::SEQUENCE_START => VideoPacket::SequenceHeader(body.slice(at..)),
+        // Only avc1 and hvc1 carry a composition time; AV1 never reorders in the container.
+        ex_video::CODED_FRAMES if codec != VideoCodec::Av1 => {
+            need(body, at + 3, "enhanced coded frames")?;
             VideoPacket::Frame {
-                composition_time_ms: si24(&body[5..8]),
-                data: body.slice(8..),
+                composition_time_ms: si24(&body[at..at + 3]),
+                data: body.slice(at + 3..),
             }
         }
-        ex_video::CODED_FRAMES_X => VideoPacket::Frame {
+        ex_video::CODED_FRAMES | ex_video::CODED_FRAMES_X => VideoPacket::Frame {
             composition_time_ms: 0,
-            data: body.slice(5..),
+            data: body.slice(at..),
         },
         ex_video::SEQUENCE_END => VideoPacket::EndOfSequence,
         ex_video::METADATA => VideoPacket::Ignored,
-        // MPEG2TSSequenceStart, Multitrack, ModEx: not something OBS/ffmpeg
-        // send for a single AVC track; refuse rather than misparse.
+        // MPEG2TSSequenceStart: an AV1 config in MPEG-TS form, which no encoder sends over RTMP.
         other => return Err(MediaError::UnsupportedVideoPacketType(other)),
     };
     Ok(VideoTag {
@@ -180,15 +228,31 @@ fn parse_enhanced_video(first: u8, body: &Bytes) -> Result<VideoTag, MediaError>
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioCodec {
+    /// AAC, legacy SoundFormat 10 or FourCC `mp4a`.
     Aac,
+    /// Opus, FourCC `Opus`.
+    Opus,
+}
+
+impl AudioCodec {
+    pub fn name(self) -> &'static str {
+        match self {
+            AudioCodec::Aac => "AAC",
+            AudioCodec::Opus => "Opus",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AudioPacket {
-    /// AudioSpecificConfig.
+    /// The decoder configuration: an AudioSpecificConfig for AAC, the Opus
+    /// identification header (`OpusHead`) for Opus.
     SequenceHeader(Bytes),
-    /// One raw AAC access unit (1024 samples), no ADTS header.
+    /// One raw access unit: an AAC frame without ADTS (1024 samples), or one
+    /// Opus packet.
     Raw(Bytes),
+    /// Legal and carries no samples (sequence end, a multichannel layout).
+    Ignored,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +265,15 @@ const SOUND_FORMAT_AAC: u8 = 10;
 /// Enhanced-RTMP marker in the SoundFormat nibble: a FourCC follows.
 const SOUND_FORMAT_EX_HEADER: u8 = 9;
 
+/// Enhanced-RTMP audio packet types.
+mod ex_audio {
+    pub const SEQUENCE_START: u8 = 0;
+    pub const CODED_FRAMES: u8 = 1;
+    pub const SEQUENCE_END: u8 = 2;
+    pub const MULTICHANNEL_CONFIG: u8 = 4;
+    pub const MULTITRACK: u8 = 5;
+}
+
 /// Parse an FLV AUDIODATA body.
 pub fn parse_audio_tag(body: &Bytes) -> Result<AudioTag, MediaError> {
     let first = *body.first().ok_or(MediaError::Truncated {
@@ -211,12 +284,7 @@ pub fn parse_audio_tag(body: &Bytes) -> Result<AudioTag, MediaError> {
     let format = first >> 4;
     match format {
         SOUND_FORMAT_AAC => {}
-        SOUND_FORMAT_EX_HEADER => {
-            need(body, 5, "enhanced audio tag")?;
-            return Err(MediaError::UnsupportedAudioFourCc([
-                body[1], body[2], body[3], body[4],
-            ]));
-        }
+        SOUND_FORMAT_EX_HEADER => return parse_enhanced_audio(first, body),
         other => return Err(MediaError::UnsupportedAudioFormat(other)),
     }
     // The rate/size/channel bits of the first byte are fixed for AAC and
@@ -231,6 +299,28 @@ pub fn parse_audio_tag(body: &Bytes) -> Result<AudioTag, MediaError> {
         codec: AudioCodec::Aac,
         packet,
     })
+}
+
+fn parse_enhanced_audio(first: u8, body: &Bytes) -> Result<AudioTag, MediaError> {
+    let (packet_type, at) = skip_mod_ex(body, first & 0x0F)?;
+    if packet_type == ex_audio::MULTITRACK {
+        return Err(MediaError::UnsupportedMultitrack("audio"));
+    }
+    need(body, at + 4, "enhanced audio tag")?;
+    let fourcc: [u8; 4] = [body[at], body[at + 1], body[at + 2], body[at + 3]];
+    let at = at + 4;
+    let codec = match &fourcc {
+        b"mp4a" => AudioCodec::Aac,
+        b"Opus" => AudioCodec::Opus,
+        _ => return Err(MediaError::UnsupportedAudioFourCc(fourcc)),
+    };
+    let packet = match packet_type {
+        ex_audio::SEQUENCE_START => AudioPacket::SequenceHeader(body.slice(at..)),
+        ex_audio::CODED_FRAMES => AudioPacket::Raw(body.slice(at..)),
+        ex_audio::SEQUENCE_END | ex_audio::MULTICHANNEL_CONFIG => AudioPacket::Ignored,
+        other => return Err(MediaError::UnsupportedAudioPacketType(other)),
+    };
+    Ok(AudioTag { codec, packet })
 }
 
 fn need(body: &[u8], n: usize, what: &'static str) -> Result<(), MediaError> {
@@ -304,10 +394,15 @@ mod tests {
             parse_video_tag(&b(&[0x14, 0, 0, 0, 0])),
             Err(MediaError::UnsupportedVideoCodec(4))
         );
-        // Enhanced RTMP HEVC sequence start
+        // Enhanced RTMP VP9 sequence start
         assert_eq!(
-            parse_video_tag(&b(&[0x90, b'h', b'v', b'c', b'1', 1])),
-            Err(MediaError::UnsupportedVideoFourCc(*b"hvc1"))
+            parse_video_tag(&b(&[0x90, b'v', b'p', b'0', b'9', 1])),
+            Err(MediaError::UnsupportedVideoFourCc(*b"vp09"))
+        );
+        // Multitrack, behind a ModEx prefix
+        assert_eq!(
+            parse_video_tag(&b(&[0x97, 2, 0, 0, 0, 0x06, 0, b'a', b'v', b'c', b'1'])),
+            Err(MediaError::UnsupportedMultitrack("video"))
         );
         assert!(matches!(
             parse_video_tag(&b(&[0x17, 1])),
@@ -357,10 +452,84 @@ mod tests {
             Err(MediaError::UnsupportedAudioFormat(2))
         );
         assert_eq!(
-            parse_audio_tag(&b(&[0x90, b'O', b'p', b'u', b's'])),
-            Err(MediaError::UnsupportedAudioFourCc(*b"Opus"))
+            parse_audio_tag(&b(&[0x90, b'.', b'm', b'p', b'3'])),
+            Err(MediaError::UnsupportedAudioFourCc(*b".mp3"))
         );
         assert!(parse_audio_tag(&b(&[0xAF])).is_err());
         assert!(parse_audio_tag(&Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn enhanced_hevc_and_av1_as_ffmpeg_9_sends_them() {
+        // hvc1 CodedFrames carries a composition time, like avc1.
+        let tag = parse_video_tag(&b(&[0x91, b'h', b'v', b'c', b'1', 0, 0, 33, 7])).unwrap();
+        assert_eq!(tag.codec, VideoCodec::Hevc);
+        assert!(tag.is_keyframe());
+        assert_eq!(
+            tag.packet,
+            VideoPacket::Frame {
+                composition_time_ms: 33,
+                data: b(&[7])
+            }
+        );
+        // av01 CodedFrames does not.
+        let tag = parse_video_tag(&b(&[0xA1, b'a', b'v', b'0', b'1', 0x12, 0])).unwrap();
+        assert_eq!(tag.codec, VideoCodec::Av1);
+        assert!(!tag.is_keyframe());
+        assert_eq!(
+            tag.packet,
+            VideoPacket::Frame {
+                composition_time_ms: 0,
+                data: b(&[0x12, 0])
+            }
+        );
+        // Metadata (colorInfo) in a command frame.
+        let tag = parse_video_tag(&b(&[0xD4, b'h', b'v', b'c', b'1', 2, 0])).unwrap();
+        assert_eq!(tag.packet, VideoPacket::Ignored);
+    }
+
+    #[test]
+    fn mod_ex_prefixes_are_skipped() {
+        // ModEx of 3 bytes (a nanosecond offset), then CodedFramesX.
+        let tag = parse_video_tag(&b(&[
+            0x97, 2, 0, 1, 2, 0x03, b'a', b'v', b'c', b'1', 9,
+        ]))
+        .unwrap();
+        assert_eq!(
+            tag.packet,
+            VideoPacket::Frame {
+                composition_time_ms: 0,
+                data: b(&[9])
+            }
+        );
+        // A 256-byte ModEx uses the 16-bit size.
+        let mut v = vec![0x97, 255, 0, 255];
+        v.extend(std::iter::repeat_n(0u8, 256));
+        v.extend([0x02, b'a', b'v', b'c', b'1']);
+        assert_eq!(
+            parse_video_tag(&b(&v)).unwrap().packet,
+            VideoPacket::EndOfSequence
+        );
+        // Truncated ModEx is an error, not a panic.
+        assert!(parse_video_tag(&b(&[0x97, 5, 0])).is_err());
+        assert!(parse_audio_tag(&b(&[0x97, 255])).is_err());
+    }
+
+    #[test]
+    fn enhanced_audio() {
+        let tag = parse_audio_tag(&b(&[0x90, b'O', b'p', b'u', b's', 1, 2])).unwrap();
+        assert_eq!(tag.codec, AudioCodec::Opus);
+        assert_eq!(tag.packet, AudioPacket::SequenceHeader(b(&[1, 2])));
+        let tag = parse_audio_tag(&b(&[0x91, b'O', b'p', b'u', b's', 0xF8])).unwrap();
+        assert_eq!(tag.packet, AudioPacket::Raw(b(&[0xF8])));
+        let tag = parse_audio_tag(&b(&[0x94, b'O', b'p', b'u', b's', 1, 1])).unwrap();
+        assert_eq!(tag.packet, AudioPacket::Ignored);
+        let tag = parse_audio_tag(&b(&[0x91, b'm', b'p', b'4', b'a', 0x21])).unwrap();
+        assert_eq!(tag.codec, AudioCodec::Aac);
+        assert_eq!(tag.packet, AudioPacket::Raw(b(&[0x21])));
+        assert_eq!(
+            parse_audio_tag(&b(&[0x95, 0, b'O', b'p', b'u', b's'])),
+            Err(MediaError::UnsupportedMultitrack("audio"))
+        );
     }
 }

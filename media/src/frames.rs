@@ -58,6 +58,10 @@ impl FrameTap {
 
     pub fn push_video(&mut self, ts: u32, body: &Bytes) -> Result<Option<TapItem>, MediaError> {
         let tag = flv::parse_video_tag(body)?;
+        // WebRTC viewers are sent H.264 only; other codecs reach them over LL-HLS.
+        if tag.codec != flv::VideoCodec::Avc {
+            return Ok(None);
+        }
         let keyframe = tag.is_keyframe();
         Ok(match tag.packet {
             VideoPacket::SequenceHeader(rec) => Some(TapItem::VideoConfig(rec)),
@@ -81,13 +85,17 @@ impl FrameTap {
 
     pub fn push_audio(&mut self, ts: u32, body: &Bytes) -> Result<Option<TapItem>, MediaError> {
         let tag = flv::parse_audio_tag(body)?;
+        // The WebRTC feed transcodes AAC; other codecs are skipped.
+        if tag.codec != flv::AudioCodec::Aac {
+            return Ok(None);
+        }
         Ok(match tag.packet {
             AudioPacket::SequenceHeader(asc) => Some(TapItem::AudioConfig(asc)),
             AudioPacket::Raw(data) if !data.is_empty() => Some(TapItem::Audio(AudioFrame {
                 pts_ms: self.timeline.map(ts),
                 data,
             })),
-            AudioPacket::Raw(_) => None,
+            AudioPacket::Raw(_) | AudioPacket::Ignored => None,
         })
     }
 }

@@ -7,7 +7,6 @@ use bytes::Bytes;
 
 use super::timeline::ms_to_ticks;
 use super::{AUDIO_RESYNC_MS, MAX_AUDIO_QUEUE_MS};
-use crate::aac::SAMPLES_PER_FRAME;
 use crate::cmaf::{AUDIO_TRACK_ID, Sample, TrackRun};
 use crate::error::MediaError;
 
@@ -17,6 +16,8 @@ const MAX_AUDIO_QUEUE_BYTES: usize = 8 << 20;
 #[derive(Debug)]
 pub(super) struct AudioFrame {
     pub dts_ms: u64,
+    /// Duration in track timescale units (1024 for AAC, from the TOC for Opus).
+    pub samples: u32,
     pub data: Bytes,
 }
 
@@ -48,7 +49,8 @@ impl AudioQueue {
 
     /// Media time buffered, at `rate` Hz.
     pub fn buffered_ms(&self, rate: u32) -> u64 {
-        self.frames.len() as u64 * u64::from(SAMPLES_PER_FRAME) * 1000 / u64::from(rate)
+        let samples: u64 = self.frames.iter().map(|f| u64::from(f.samples)).sum();
+        samples * 1000 / u64::from(rate)
     }
 
     /// Queues a frame; past the bounds (video stalled, or a hostile publisher) the whole queue
@@ -109,8 +111,8 @@ impl AudioQueue {
             }
             _ => from_ts,
         };
-        self.next_tfdt =
-            Some(tfdt.saturating_add(frames.len() as u64 * u64::from(SAMPLES_PER_FRAME)));
+        let ticks: u64 = frames.iter().map(|f| u64::from(f.samples)).sum();
+        self.next_tfdt = Some(tfdt.saturating_add(ticks));
         Some(TrackRun {
             track_id: AUDIO_TRACK_ID,
             base_media_decode_time: tfdt,
@@ -118,7 +120,7 @@ impl AudioQueue {
                 .into_iter()
                 .map(|f| Sample {
                     data: f.data,
-                    duration: SAMPLES_PER_FRAME,
+                    duration: f.samples,
                     composition_offset: 0,
                     is_sync: true,
                 })

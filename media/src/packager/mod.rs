@@ -46,9 +46,8 @@ use bytes::Bytes;
 use self::audio::{AudioFrame, AudioQueue};
 use self::timeline::Clock;
 use self::video::{VideoCutter, VideoFrame};
-use crate::aac::{AacConfig, SAMPLES_PER_FRAME};
-use crate::avc::AvcConfig;
 use crate::cmaf::{self, TrackRun};
+use crate::codec::{AudioConfig, VideoConfig};
 use crate::error::MediaError;
 use crate::flv::{self, AudioPacket, VideoPacket};
 
@@ -137,8 +136,8 @@ pub struct Packager {
     part_target_ms: u64,
     segment_target_ms: u64,
     clock: Clock,
-    avc: Option<AvcConfig>,
-    aac: Option<AacConfig>,
+    video_cfg: Option<VideoConfig>,
+    audio_cfg: Option<AudioConfig>,
     mode: Mode,
     /// `None` until the current epoch's Init has been emitted.
     init_sent: Option<InitTracks>,
@@ -165,8 +164,8 @@ impl Packager {
             part_target_ms: (cfg.part_target.as_millis() as u64).max(1),
             segment_target_ms: (cfg.segment_target.as_millis() as u64).max(1),
             clock: Clock::default(),
-            avc: None,
-            aac: None,
+            video_cfg: None,
+            audio_cfg: None,
             mode: Mode::AwaitKeyframe,
             init_sent: None,
             reinit_at_keyframe: false,
@@ -195,11 +194,16 @@ impl Packager {
         let tag = flv::parse_video_tag(&body)?;
         let key = tag.is_keyframe();
         match tag.packet {
-            VideoPacket::SequenceHeader(record) => self.on_avc_config(record),
+            VideoPacket::SequenceHeader(record) => self.on_video_config(tag.codec, record),
             VideoPacket::Frame {
                 composition_time_ms,
                 data,
-            } => self.on_video_frame(ts_ms, key, composition_time_ms, data),
+            } => {
+                if self.video_cfg.as_ref().map(VideoConfig::codec) != Some(tag.codec) {
+                    return Err(MediaError::MissingSequenceHeader(tag.codec.name()));
+                }
+                self.on_video_frame(ts_ms, key, composition_time_ms, data)
+            }
             // End-of-sequence precedes unpublish, where the caller flushes.
             VideoPacket::EndOfSequence | VideoPacket::Ignored => Ok(Vec::new()),
         }
@@ -214,8 +218,14 @@ impl Packager {
     ) -> Result<Vec<PackagerOutput>, MediaError> {
         let tag = flv::parse_audio_tag(&body)?;
         match tag.packet {
-            AudioPacket::SequenceHeader(asc) => self.on_aac_config(asc),
-            AudioPacket::Raw(data) => self.on_audio_frame(ts_ms, data),
+            AudioPacket::SequenceHeader(header) => self.on_audio_config(tag.codec, header),
+            AudioPacket::Raw(data) => {
+                if self.audio_cfg.as_ref().map(AudioConfig::codec) != Some(tag.codec) {
+                    return Err(MediaError::MissingSequenceHeader(tag.codec.name()));
+                }
+                self.on_audio_frame(ts_ms, data)
+            }
+            AudioPacket::Ignored => Ok(Vec::new()),
         }
     }
 
@@ -227,10 +237,14 @@ impl Packager {
         out
     }
 
-    fn on_avc_config(&mut self, record: Bytes) -> Result<Vec<PackagerOutput>, MediaError> {
-        let cfg = AvcConfig::parse(record)?;
+    fn on_video_config(
+        &mut self,
+        codec: crate::flv::VideoCodec,
+        record: Bytes,
+    ) -> Result<Vec<PackagerOutput>, MediaError> {
+        let cfg = VideoConfig::parse(codec, record)?;
         if self
-            .avc
+            .video_cfg
             .as_ref()
             .is_some_and(|c| c.same_decoder_config(&cfg))
         {
@@ -238,25 +252,34 @@ impl Packager {
             return Ok(Vec::new());
         }
         // Prove it can be muxed now, so the lazy Init later cannot fail.
-        cmaf::init_segment(Some(&cfg), self.aac.as_ref())?;
+        cmaf::init_segment(Some(&cfg), self.audio_cfg.as_ref())?;
         let mut out = Vec::new();
         if self.mode != Mode::AwaitKeyframe {
-            tracing::info!(codec = %cfg.codec_string(), width = cfg.width, height = cfg.height,
-                "AVC sequence header changed mid-stream; starting new epoch");
-            // Buffered frames belong to the old SPS/PPS and the old init.
+            let (width, height) = cfg.size();
+            tracing::info!(codec = %cfg.codec_string(), width, height,
+                "video sequence header changed mid-stream; starting new epoch");
+            // Buffered frames belong to the old parameter sets and the old init.
             out = self.emit_part(None);
             self.restart_epoch();
         }
-        self.avc = Some(cfg);
+        self.video_cfg = Some(cfg);
         Ok(out)
     }
 
-    fn on_aac_config(&mut self, asc: Bytes) -> Result<Vec<PackagerOutput>, MediaError> {
-        let cfg = AacConfig::parse(asc)?;
-        if self.aac.as_ref().is_some_and(|c| c.asc == cfg.asc) {
+    fn on_audio_config(
+        &mut self,
+        codec: crate::flv::AudioCodec,
+        header: Bytes,
+    ) -> Result<Vec<PackagerOutput>, MediaError> {
+        let cfg = AudioConfig::parse(codec, header)?;
+        if self
+            .audio_cfg
+            .as_ref()
+            .is_some_and(|c| c.header() == cfg.header())
+        {
             return Ok(Vec::new());
         }
-        cmaf::init_segment(self.avc.as_ref(), Some(&cfg))?;
+        cmaf::init_segment(self.video_cfg.as_ref(), Some(&cfg))?;
         let mut out = Vec::new();
         match (self.mode, self.init_sent) {
             (Mode::AwaitKeyframe, _) => {}
@@ -270,12 +293,12 @@ impl Packager {
                 self.reinit_at_keyframe = true;
             }
             (_, Some(_)) => {
-                tracing::info!("AAC sequence header changed mid-stream; starting new epoch");
+                tracing::info!("audio sequence header changed mid-stream; starting new epoch");
                 out = self.emit_part(None);
                 self.restart_epoch();
             }
         }
-        self.aac = Some(cfg);
+        self.audio_cfg = Some(cfg);
         Ok(out)
     }
 
@@ -287,11 +310,11 @@ impl Packager {
         data: Bytes,
     ) -> Result<Vec<PackagerOutput>, MediaError> {
         let dts_ms = self.clock.video(ts_ms);
-        let avc = self
-            .avc
+        let video_cfg = self
+            .video_cfg
             .as_ref()
-            .ok_or(MediaError::MissingSequenceHeader("AVC"))?;
-        avc.validate_sample(&data)?;
+            .ok_or(MediaError::MissingSequenceHeader("video"))?;
+        video_cfg.validate_sample(&data)?;
         let frame = VideoFrame {
             dts_ms,
             cts_ms,
@@ -357,18 +380,23 @@ impl Packager {
         data: Bytes,
     ) -> Result<Vec<PackagerOutput>, MediaError> {
         let dts_ms = self.clock.audio(ts_ms);
-        let rate = self
-            .aac
+        let audio_cfg = self
+            .audio_cfg
             .as_ref()
-            .ok_or(MediaError::MissingSequenceHeader("AAC"))?
-            .sample_rate;
+            .ok_or(MediaError::MissingSequenceHeader("audio"))?;
+        let rate = audio_cfg.timescale();
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let frame = AudioFrame { dts_ms, data };
+        let samples = audio_cfg.frame_samples(&data)?;
+        let frame = AudioFrame {
+            dts_ms,
+            samples,
+            data,
+        };
         match self.mode {
             Mode::AwaitKeyframe => {
-                if self.video_seen || self.avc.is_some() {
+                if self.video_seen || self.video_cfg.is_some() {
                     return Ok(Vec::new());
                 }
                 let start = *self.audio_probe_start_ms.get_or_insert(dts_ms);
@@ -393,7 +421,7 @@ impl Packager {
                 Ok(Vec::new())
             }
             Mode::AudioOnly => {
-                let frame_ms = u64::from(SAMPLES_PER_FRAME) * 1000 / u64::from(rate);
+                let frame_ms = u64::from(samples) * 1000 / u64::from(rate);
                 let tol = frame_ms / 2;
                 if self.audio.is_empty() {
                     let seg_elapsed = dts_ms.saturating_sub(self.segment_start_ms);
@@ -488,8 +516,8 @@ impl Packager {
         };
         let mut runs = vec![v.run];
         let audio = self.audio.take_before(end_ms);
-        if let Some(aac) = &self.aac
-            && let Some(run) = self.audio.run(audio, aac.sample_rate)
+        if let Some(cfg) = &self.audio_cfg
+            && let Some(run) = self.audio.run(audio, cfg.timescale())
         {
             runs.push(run);
         }
@@ -504,8 +532,8 @@ impl Packager {
     fn build_audio_only_part(&mut self) -> Option<BuiltPart> {
         let frames = self.audio.take_before(None);
         let first_dts = frames.first()?.dts_ms;
-        let rate = self.aac.as_ref()?.sample_rate;
-        let ticks = frames.len() as u64 * u64::from(SAMPLES_PER_FRAME);
+        let rate = self.audio_cfg.as_ref()?.timescale();
+        let ticks: u64 = frames.iter().map(|f| u64::from(f.samples)).sum();
         let duration =
             Duration::from_nanos((u128::from(ticks) * 1_000_000_000 / u128::from(rate)) as u64);
         let run = self.audio.run(frames, rate)?;
@@ -514,24 +542,25 @@ impl Packager {
 
     fn make_init(&mut self) -> Result<PackagerOutput, MediaError> {
         let video = match self.mode {
-            Mode::Video => self.avc.as_ref(),
+            Mode::Video => self.video_cfg.as_ref(),
             _ => None,
         };
-        let audio = self.aac.as_ref();
+        let audio = self.audio_cfg.as_ref();
         let data = cmaf::init_segment(video, audio)?;
         let codecs: Vec<String> = video
-            .map(AvcConfig::codec_string)
+            .map(VideoConfig::codec_string)
             .into_iter()
-            .chain(audio.map(AacConfig::codec_string))
+            .chain(audio.map(AudioConfig::codec_string))
             .collect();
+        let (width, height) = video.map_or((0, 0), VideoConfig::size);
         self.init_sent = Some(InitTracks {
             audio: audio.is_some(),
         });
         Ok(PackagerOutput::Init {
             data,
             codecs: codecs.join(","),
-            width: video.map_or(0, |v| v.width),
-            height: video.map_or(0, |v| v.height),
+            width,
+            height,
         })
     }
 }
