@@ -52,7 +52,8 @@ command -v mpv >/dev/null 2>&1 || need+=(mpv)
 # The shipped systemd units are checked with systemd-analyze, the Kubernetes manifests with
 # kubernetes-validate (from PyPI).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip python3-venv)
+{ command -v python3 && python3 -m pip --version && python3 -c 'import ensurepip'; } >/dev/null 2>&1 \
+  || need+=(python3-pip python3-venv)
 # deploy/kubernetes/check.sh runs promtool and amtool on monitoring.yaml's configs (required when
 # CI=true); deploy/test.sh needs the same two packages.
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
@@ -71,6 +72,16 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+
+# ffmpeg 9 from PyPI (imageio-ffmpeg, a static build): Enhanced RTMP v2 (HEVC, AV1 and Opus in
+# FLV) that Debian's ffmpeg 5.1 cannot write (tests/e2e/codecs.rs, the codecs page test).
+FFMPEG9_VENV=${FFMPEG9_VENV:-$HOME/.cache/classcast/ffmpeg9-venv}
+[ -x "$FFMPEG9_VENV/bin/python" ] || python3 -m venv "$FFMPEG9_VENV"
+"$FFMPEG9_VENV/bin/python" -c 'import imageio_ffmpeg' 2>/dev/null \
+  || "$FFMPEG9_VENV/bin/pip" install -q --disable-pip-version-check imageio-ffmpeg==0.8.1
+FFMPEG9=$("$FFMPEG9_VENV/bin/python" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')
+export FFMPEG9
+"$FFMPEG9" -hide_banner -version | sed -n 1p
 
 stage "fmt and clippy"
 cargo fmt --all -- --check

@@ -193,6 +193,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
                     origin: i == 0,
                     upstream: (i != 0).then(|| nodes[0].node_id.clone()),
                     bframes: false,
+                    hls_only_codec: false,
                 }],
                 0,
             )
@@ -434,6 +435,7 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
         origin: i.is_multiple_of(20),
         upstream: (!i.is_multiple_of(20)).then(|| "sim-0000".to_string()),
         bframes: false,
+        hls_only_codec: false,
     }];
     if i.is_multiple_of(3) {
         streams.push(StreamReport {
@@ -441,6 +443,7 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
             origin: false,
             upstream: Some("sim-0001".into()),
             bframes: false,
+            hls_only_codec: false,
         });
     }
     heartbeat_body(node_id, streams, (i * 37 % 400) as u32)

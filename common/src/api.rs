@@ -90,6 +90,17 @@ pub struct StreamReport {
     /// The publisher's encoder uses B-frames: no browser plays it over WebRTC.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bframes: bool,
+    /// The video is a codec WebRTC viewers are not sent (HEVC, AV1): LL-HLS only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hls_only_codec: bool,
+}
+
+/// Whether a playlist CODECS list has video that is sent to WebRTC viewers too (H.264), or
+/// is audio only. HEVC and AV1 go to LL-HLS players only.
+pub fn webrtc_codecs(codecs: &str) -> bool {
+    !codecs
+        .split(',')
+        .any(|c| c.starts_with("hvc1") || c.starts_with("hev1") || c.starts_with("av01"))
 }
 
 /// A slave's WebRTC (WHEP) playback now.
@@ -286,7 +297,7 @@ pub struct TokenResponse {
     /// this stream now (the page plays it, and LL-HLS when it fails).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub whep_url: Option<String>,
-    /// Live streams: whether WebRTC is offered, and if not why (`ready`, `bframes`, `full`,
+    /// Live streams: whether WebRTC is offered, and if not why (`ready`, `bframes`, `codec`, `full`,
     /// `off`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub webrtc: Option<String>,

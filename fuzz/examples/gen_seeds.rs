@@ -7,8 +7,8 @@
 //!   metadata, the fixture's first media tags, unpublish) produced by rml_rtmp's client
 //!   against our `RtmpSession`, in the target's input layout, with and without the fixed
 //!   handshake, plus a play request and a refused connect.
-//! - `flv_media`: the fixture's sequence headers and a few media tag bodies, and the bare
-//!   AVC / AAC configs.
+//! - `flv_media`: the fixture's sequence headers and a few media tag bodies, the bare
+//!   AVC / AAC configs, and Enhanced RTMP v2 tags (HEVC, AV1, Opus, ModEx, multitrack).
 //! - `hls_query`: rendered playlists (text mode), query strings and file names.
 
 use std::path::{Path, PathBuf};
@@ -240,6 +240,24 @@ fn flv_seeds(root: &Path) {
         "enhanced_avc1_seq",
         &[&[0x90u8, b'a', b'v', b'c', b'1'][..], &avc.2[5..]].concat(),
     );
+    // Enhanced RTMP v2 as ffmpeg 9 writes it (HEVC + AAC, AV1 + Opus): the sequence starts,
+    // the metadata, the first frames, and ModEx / multitrack headers by hand.
+    for (name, file) in [
+        ("hevc", &include_bytes!("../../media/src/testdata/hevc_aac_320x240_2s.flv")[..]),
+        ("av1", &include_bytes!("../../media/src/testdata/av1_opus_320x240_2s.flv")[..]),
+    ] {
+        let tags = FlvFile::tags(Bytes::from_static(file)).expect("an FLV file");
+        for (n, t) in tags
+            .iter()
+            .filter(|t| !matches!(t.kind, TagKind::Script))
+            .take(6)
+            .enumerate()
+        {
+            write(&dir, &format!("ertmp_{name}_{n}"), &t.body[..t.body.len().min(1024)]);
+        }
+    }
+    write(&dir, "ertmp_modex_avc1", &[0x97, 2, 0, 1, 2, 0x03, b'a', b'v', b'c', b'1', 0, 0, 0, 1, 9]);
+    write(&dir, "ertmp_multitrack", &[0x96, 0x00, b'a', b'v', b'c', b'1', 0, 0, 0, 0]);
     write(&dir, "asc_explicit_rate", &[0x17, 0x80, 0x5D, 0xC0, 0x10]);
     write(&dir, "asc_escape_aot", &[0xF9, 0x46, 0x40]);
 }

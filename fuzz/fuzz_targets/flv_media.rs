@@ -1,9 +1,9 @@
-//! FLV VIDEODATA / AUDIODATA bodies and the AVC / AAC decoder configs they carry.
+//! FLV VIDEODATA / AUDIODATA bodies (legacy and Enhanced RTMP v2) and the decoder configs they
+//! carry: AVC, HEVC, AV1, AAC, Opus.
 //!
-//! The whole input is tried as a video tag body, an audio tag body, an
-//! AVCDecoderConfigurationRecord and an AudioSpecificConfig; a sequence header found by the
-//! tag parsers is parsed as its config too, and a video frame is validated against the
-//! config. Invariants: no panic anywhere; a config that parses has an ASCII RFC 6381 codec
+//! The whole input is tried as a video tag body, an audio tag body, and as every config
+//! record; a sequence header found by the tag parsers is parsed as its codec's config too, and
+//! a video frame is validated against the config, an Opus packet timed by its TOC. Invariants: no panic anywhere; a config that parses has an ASCII RFC 6381 codec
 //! string of the expected shape and sane fields, and can be written into an init segment.
 #![no_main]
 
@@ -11,7 +11,10 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use media::cmaf;
 use media::flv::{AudioPacket, VideoPacket, parse_audio_tag, parse_video_tag};
-use media::{AacConfig, AvcConfig};
+use media::av1::Av1Config;
+use media::hevc::HevcConfig;
+use media::opus::{OpusConfig, packet_samples};
+use media::{AacConfig, AudioConfig, AvcConfig, VideoConfig};
 
 fn check_avc(cfg: &AvcConfig) {
     let c = cfg.codec_string();
@@ -29,7 +32,25 @@ fn check_avc(cfg: &AvcConfig) {
     assert!(!cfg.sps.is_empty() && !cfg.pps.is_empty());
     assert!(cfg.same_decoder_config(cfg));
     // A config that parses is accepted by the packager only if it muxes; either way no panic.
+    let _ = cmaf::init_segment(Some(&VideoConfig::Avc(cfg.clone())), None);
+}
+
+/// Any video config that parses: a codec string of its family, a picture, an init segment.
+fn check_video(cfg: &VideoConfig) {
+    let c = cfg.codec_string();
+    assert!(c.is_ascii() && c.len() < 64, "{c:?}");
+    assert!(["avc1.", "hvc1.", "av01."].iter().any(|p| c.starts_with(p)), "{c:?}");
+    let (w, h) = cfg.size();
+    assert!((1..=65535).contains(&w) && (1..=65535).contains(&h), "{w}x{h}");
+    assert!(cfg.same_decoder_config(cfg));
     let _ = cmaf::init_segment(Some(cfg), None);
+}
+
+fn check_audio(cfg: &AudioConfig) {
+    let c = cfg.codec_string();
+    assert!(c == "opus" || c.starts_with("mp4a.40."), "{c:?}");
+    assert!(cfg.timescale() > 0);
+    let _ = cmaf::init_segment(None, Some(cfg));
 }
 
 fn check_aac(cfg: &AacConfig) {
@@ -40,7 +61,7 @@ fn check_aac(cfg: &AacConfig) {
     assert!((1000..=384_000).contains(&cfg.sample_rate));
     assert!(cfg.sample_rate_index <= 0x0F && cfg.channel_config <= 0x0F);
     assert!(cfg.channel_count() > 0);
-    let _ = cmaf::init_segment(None, Some(cfg));
+    let _ = cmaf::init_segment(None, Some(&AudioConfig::Aac(cfg.clone())));
 }
 
 /// x264 852x480 High@3.1 AVCDecoderConfigurationRecord (the `SEQ_HDR_852X480` unit-test
@@ -73,8 +94,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(tag) = parse_video_tag(&body) {
         match tag.packet {
             VideoPacket::SequenceHeader(rec) => {
-                if let Ok(cfg) = AvcConfig::parse(rec) {
-                    check_avc(&cfg);
+                if let Ok(cfg) = VideoConfig::parse(tag.codec, rec) {
+                    check_video(&cfg);
+                    if let VideoConfig::Avc(avc) = &cfg {
+                        check_avc(avc);
+                    }
                 }
             }
             VideoPacket::Frame { data, .. } => {
@@ -87,18 +111,36 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(tag) = parse_audio_tag(&body) {
         match tag.packet {
-            AudioPacket::SequenceHeader(asc) => {
-                if let Ok(cfg) = AacConfig::parse(asc) {
-                    check_aac(&cfg);
+            AudioPacket::SequenceHeader(header) => {
+                if let Ok(cfg) = AudioConfig::parse(tag.codec, header) {
+                    check_audio(&cfg);
+                    if let AudioConfig::Aac(aac) = &cfg {
+                        check_aac(aac);
+                    }
                 }
             }
-            AudioPacket::Raw(d) => assert_eq!(d.len() + 2, data.len()),
+            AudioPacket::Raw(d) => {
+                assert!(d.len() < data.len());
+                if let Ok(n) = packet_samples(&d) {
+                    assert!((120..=5760).contains(&n));
+                }
+            }
+            AudioPacket::Ignored => {}
         }
     }
     if let Ok(cfg) = AvcConfig::parse(body.clone()) {
         check_avc(&cfg);
         // The record as a sample: exercises the NAL length walk with a real length size.
         let _ = cfg.validate_sample(data);
+    }
+    if let Ok(cfg) = HevcConfig::parse(body.clone()) {
+        check_video(&VideoConfig::Hevc(cfg));
+    }
+    if let Ok(cfg) = Av1Config::parse(body.clone()) {
+        check_video(&VideoConfig::Av1(cfg));
+    }
+    if let Ok(cfg) = OpusConfig::parse(body.clone()) {
+        check_audio(&AudioConfig::Opus(cfg));
     }
     if let Ok(cfg) = AacConfig::parse(body) {
         check_aac(&cfg);

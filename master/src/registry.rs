@@ -246,6 +246,7 @@ impl Registry {
                 origin: true,
                 upstream: None,
                 bframes: false,
+                hls_only_codec: false,
             });
         }
         true
@@ -371,6 +372,16 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Some node reports that `path`'s video is a codec WebRTC viewers are not sent.
+    pub fn hls_only_codec(&self, path: &str) -> bool {
+        self.nodes.lock().values().any(|n| {
+            n.stats
+                .streams
+                .iter()
+                .any(|s| s.path == path && s.hls_only_codec)
+        })
     }
 
     /// Some node reports that `path`'s encoder uses B-frames.

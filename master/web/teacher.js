@@ -56,12 +56,26 @@
     const attempt = () => {
       if (hls) hls.destroy();
       hls = new Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5, manifestLoadingMaxRetry: 0 });
-      hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) { $('preview-state').textContent = 'Waiting for your stream…'; setTimeout(attempt, 2000); } });
+      hls.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) { showRefusal(); setTimeout(attempt, 2000); } });
       hls.on(Hls.Events.MANIFEST_PARSED, () => { $('preview-state').textContent = 'Live'; video.play().catch(() => {}); });
       hls.loadSource(tok.hls_url);
       hls.attachMedia(video);
     };
     attempt();
+  }
+
+  // Until the stream plays: waiting, or why the origin refused what the encoder sends (a codec
+  // it cannot serve), with the setting to change.
+  async function showRefusal() {
+    const j = await fetch(tok.hls_url).then((r) => r.json()).catch(() => null);
+    const el = $('preview-state');
+    if (j && j.error === 'publish_refused') {
+      el.textContent = `Your stream was refused: ${j.message}. In OBS: Settings → Output → Video Encoder (x264, HEVC or AV1) and Audio Encoder (AAC or Opus), then start streaming again.`;
+      el.dataset.state = 'refused';
+    } else {
+      el.textContent = 'Waiting for your stream…';
+      delete el.dataset.state;
+    }
   }
 
   // The link (and QR code) students open for this class.
@@ -156,6 +170,9 @@
     else if (serving.some((n) => n.streams.some((s) => s.path === path && s.bframes))) {
       st = 'bframes';
       text = 'WebRTC: off for this stream, because your encoder sends B-frames (browsers cannot play them over WebRTC). Students get LL-HLS (about 1 s behind). In OBS set Output → Encoder → "B-frames" to 0 (or x264 options: bframes=0) and restart streaming.';
+    } else if (serving.some((n) => n.streams.some((s) => s.path === path && s.hls_only_codec))) {
+      st = 'codec';
+      text = 'WebRTC: off for this stream, because your encoder sends HEVC or AV1, which students get over LL-HLS only (about 1 s behind). For WebRTC, choose an H.264 encoder (OBS: Output → Video Encoder → x264).';
     } else {
       const ready = nodes.filter((n) => n.status !== 'offline' && n.webrtc && n.webrtc.sessions < n.webrtc.capacity);
       st = ready.length ? 'ready' : 'off';

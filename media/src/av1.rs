@@ -23,8 +23,9 @@ impl Av1Config {
     pub fn parse(record: Bytes) -> Result<Self, MediaError> {
         let av1c = Av1c::decode_body(&mut &record[..])
             .map_err(|_| MediaError::InvalidVideoConfig("AV1CodecConfigurationRecord"))?;
-        let seq = sequence_header(&av1c.config_obus)
-            .ok_or(MediaError::InvalidVideoConfig("av1C without a sequence header OBU"))?;
+        let seq = sequence_header(&av1c.config_obus).ok_or(MediaError::InvalidVideoConfig(
+            "av1C without a sequence header OBU",
+        ))?;
         let (width, height) = max_frame_size(seq)
             .map_err(|e| MediaError::InvalidSps(format!("AV1 sequence header: {e:?}")))?;
         if width > 16_384 || height > 16_384 {

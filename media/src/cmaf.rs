@@ -427,7 +427,8 @@ mod tests {
         let init = init_segment(
             Some(&VideoConfig::Avc(avc())),
             Some(&AudioConfig::Aac(aac())),
-        ).unwrap();
+        )
+        .unwrap();
         let mut buf = &init[..];
         let ftyp = Ftyp::decode(&mut buf).unwrap();
         assert_eq!(ftyp.major_brand, FourCC::new(b"iso6"));

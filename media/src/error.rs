@@ -55,11 +55,11 @@ impl MediaError {
     /// does not handle), what the publisher should change; `None` for per-message problems.
     pub fn unsupported(&self) -> Option<String> {
         let what = match self {
-            MediaError::UnsupportedVideoCodec(id) => format!("video codec id {id}"),
+            MediaError::UnsupportedVideoCodec(id) => format!("{} video", legacy_video_name(*id)),
             MediaError::UnsupportedVideoFourCc(cc) => {
                 format!("video codec {:?}", String::from_utf8_lossy(cc))
             }
-            MediaError::UnsupportedAudioFormat(f) => format!("audio format {f}"),
+            MediaError::UnsupportedAudioFormat(f) => format!("{} audio", legacy_audio_name(*f)),
             MediaError::UnsupportedAudioFourCc(cc) => {
                 format!("audio codec {:?}", String::from_utf8_lossy(cc))
             }
@@ -87,6 +87,30 @@ impl MediaError {
             MediaError::UnsupportedMultitrack(_) => "multitrack",
             _ => "other",
         }
+    }
+}
+
+/// FLV's legacy CodecID names (video_file_format_spec_v10_1 §E.4.3.1).
+fn legacy_video_name(id: u8) -> String {
+    match id {
+        2 => "Sorenson H.263".into(),
+        3 | 6 => "Screen video".into(),
+        4 | 5 => "VP6".into(),
+        12 => "HEVC with a non-standard FLV codec id (use Enhanced RTMP)".into(),
+        other => format!("FLV codec id {other}"),
+    }
+}
+
+/// FLV's legacy SoundFormat names (§E.4.2.1).
+fn legacy_audio_name(format: u8) -> String {
+    match format {
+        0 | 3 => "PCM".into(),
+        1 => "ADPCM".into(),
+        2 | 14 => "MP3".into(),
+        4..=6 => "Nellymoser".into(),
+        7 | 8 => "G.711".into(),
+        11 => "Speex".into(),
+        other => format!("FLV sound format {other}"),
     }
 }
 

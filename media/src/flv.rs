@@ -491,10 +491,8 @@ mod tests {
     #[test]
     fn mod_ex_prefixes_are_skipped() {
         // ModEx of 3 bytes (a nanosecond offset), then CodedFramesX.
-        let tag = parse_video_tag(&b(&[
-            0x97, 2, 0, 1, 2, 0x03, b'a', b'v', b'c', b'1', 9,
-        ]))
-        .unwrap();
+        let tag =
+            parse_video_tag(&b(&[0x97, 2, 0, 1, 2, 0x03, b'a', b'v', b'c', b'1', 9])).unwrap();
         assert_eq!(
             tag.packet,
             VideoPacket::Frame {

@@ -110,8 +110,8 @@ fn sps_display_size(sps: &[u8]) -> Result<(u32, u32), MediaError> {
             "HEVC chroma_format_idc {chroma_format_idc}"
         )));
     }
-    let separate_colour_planes = chroma_format_idc == 3
-        && r.read_bit("separate_colour_plane_flag").map_err(bad)?;
+    let separate_colour_planes =
+        chroma_format_idc == 3 && r.read_bit("separate_colour_plane_flag").map_err(bad)?;
     let mut width = r.read_ue("pic_width_in_luma_samples").map_err(bad)?;
     let mut height = r.read_ue("pic_height_in_luma_samples").map_err(bad)?;
     if r.read_bit("conformance_window_flag").map_err(bad)? {
@@ -152,7 +152,10 @@ fn skip_profile_tier_level<R: BitRead>(
         level_present[i] = r.read_bit("sub_layer_level_present_flag")?;
     }
     if max_sub_layers_minus1 > 0 {
-        r.skip(2 * (8 - u32::from(max_sub_layers_minus1)), "reserved_zero_2bits")?;
+        r.skip(
+            2 * (8 - u32::from(max_sub_layers_minus1)),
+            "reserved_zero_2bits",
+        )?;
     }
     for i in 0..usize::from(max_sub_layers_minus1) {
         if profile_present[i] {
@@ -191,7 +194,11 @@ pub(crate) mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        for bad in [&[][..], &[1], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]] {
+        for bad in [
+            &[][..],
+            &[1],
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ] {
             assert!(HevcConfig::parse(Bytes::copy_from_slice(bad)).is_err());
         }
         // A valid record truncated anywhere never panics.

@@ -90,10 +90,9 @@ pub fn packet_samples(packet: &[u8]) -> Result<u32, MediaError> {
         0 => 1,
         1 | 2 => 2,
         _ => u32::from(
-            packet
-                .get(1)
-                .ok_or(MediaError::InvalidAudioConfig("Opus code 3 without a count"))?
-                & 0x3F,
+            packet.get(1).ok_or(MediaError::InvalidAudioConfig(
+                "Opus code 3 without a count",
+            ))? & 0x3F,
         ),
     };
     let samples = frame * frames;

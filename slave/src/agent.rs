@@ -100,6 +100,7 @@ impl Agent {
                     Source::Origin => None,
                 },
                 bframes: e.stream.frames.has_bframes(),
+                hls_only_codec: !common::api::webrtc_codecs(&e.stream.read().codecs),
             })
             .collect();
         ctx.metrics.streams.set(streams.len() as i64);

@@ -121,6 +121,9 @@ pub struct SlaveCtx {
     /// Streams the master said are not live, and when it said so: asked again only after
     /// [`MISSING_STREAM_TTL`], however many viewers ask for them meanwhile.
     pub missing: dashmap::DashMap<String, std::time::Instant>,
+    /// Why the last publish on a path was refused after it was accepted (a codec or layout the
+    /// packager cannot serve), so the teacher's preview says so instead of waiting forever.
+    pub publish_refusals: dashmap::DashMap<String, (String, std::time::Instant)>,
     /// The masters, for announcements and origin lookups.
     pub masters: Masters,
     /// The recordings on this node's disk.
@@ -136,6 +139,10 @@ pub struct SlaveCtx {
     /// Where a stream this node lacks comes from (the edge mirror), set once at start.
     finder: std::sync::OnceLock<Box<dyn StreamFinder>>,
 }
+
+/// How long a refused publish's reason is kept, and how many paths at most.
+pub const PUBLISH_REFUSAL_TTL: Duration = Duration::from_secs(600);
+const MAX_PUBLISH_REFUSALS: usize = 256;
 
 /// How long a slave remembers that a stream is not live anywhere.
 pub const MISSING_STREAM_TTL: Duration = Duration::from_secs(1);
@@ -159,6 +166,7 @@ impl SlaveCtx {
             webrtc_load: Default::default(),
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
+            publish_refusals: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),
             cfg,
             store: StreamStore::default(),
@@ -168,6 +176,30 @@ impl SlaveCtx {
             verifier: RwLock::new(None),
             master_keys: Default::default(),
         }))
+    }
+
+    /// Remembers why a publish on `path` was refused. The map is bounded: an attacker with a
+    /// valid key for many paths fills it only up to [`MAX_PUBLISH_REFUSALS`], oldest out first.
+    pub fn remember_publish_refusal(&self, path: &str, why: String) {
+        self.publish_refusals
+            .retain(|_, (_, at)| at.elapsed() < PUBLISH_REFUSAL_TTL);
+        if self.publish_refusals.len() >= MAX_PUBLISH_REFUSALS
+            && let Some(oldest) = self
+                .publish_refusals
+                .iter()
+                .min_by_key(|e| e.value().1)
+                .map(|e| e.key().clone())
+        {
+            self.publish_refusals.remove(&oldest);
+        }
+        self.publish_refusals
+            .insert(path.to_string(), (why, std::time::Instant::now()));
+    }
+
+    /// Why the last publish on `path` was refused, if that was within [`PUBLISH_REFUSAL_TTL`].
+    pub fn publish_refusal(&self, path: &str) -> Option<String> {
+        let e = self.publish_refusals.get(path)?;
+        (e.1.elapsed() < PUBLISH_REFUSAL_TTL).then(|| e.0.clone())
     }
 
     /// The master's public key arrives with registration; until then nothing can be verified.

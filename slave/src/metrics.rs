@@ -27,6 +27,8 @@ pub struct SlaveMetrics {
     pub origin_lookups: IntCounter,
     /// RTMP connections closed by a bound before publishing, by bound.
     pub rtmp_refusals: IntCounterVec,
+    /// Accepted publishes ended because the packager cannot serve what they send.
+    pub codec_refusals: IntCounterVec,
     pub parked: IntGauge,
     /// Viewer token checks made by a cache in front of this node.
     pub cache_auth_checks: IntCounter,
@@ -128,6 +130,15 @@ impl SlaveMetrics {
                 &["reason"],
             )
             .unwrap(),
+            codec_refusals: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_publish_codec_refusals_total",
+                    "Publishes ended at their first media message because the codec or track \
+                     layout cannot be packaged, by what (video_codec, audio_codec, multitrack)",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
             parked: ig(
                 "classcast_slave_parked_requests",
                 "Blocking playlist and part requests waiting now",
@@ -210,6 +221,7 @@ impl SlaveMetrics {
             Box::new(m.upstream_connections.clone()),
             Box::new(m.origin_lookups.clone()),
             Box::new(m.rtmp_refusals.clone()),
+            Box::new(m.codec_refusals.clone()),
             Box::new(m.parked.clone()),
             Box::new(m.cache_auth_checks.clone()),
             Box::new(m.recorded_bytes.clone()),

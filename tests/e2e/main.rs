@@ -5,6 +5,7 @@ mod acme;
 mod bounds;
 mod cache_tier;
 mod clients;
+mod codecs;
 mod control_plane;
 mod fanout;
 mod faults;

@@ -510,6 +510,47 @@ pub fn ffmpeg_publish_with(
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 
+/// ffmpeg 9 (Enhanced RTMP v2: HEVC, AV1 and Opus in FLV), which Debian's ffmpeg 5.1 is not:
+/// `$FFMPEG9`, set by scripts/test.sh from PyPI's imageio-ffmpeg. `None` (and a note) where a
+/// developer has not installed it; under `CI=true` a missing ffmpeg 9 fails the test.
+pub fn ffmpeg9() -> Option<String> {
+    let exe = std::env::var("FFMPEG9").unwrap_or_else(|_| "ffmpeg9".into());
+    let ok = Command::new(&exe)
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ffmpeg version"));
+    if ok {
+        return Some(exe);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ffmpeg 9 not found at {exe:?}: scripts/test.sh installs it and sets FFMPEG9"
+    );
+    eprintln!("ffmpeg 9 not found ({exe:?}); skipping (CI fails here)");
+    None
+}
+
+/// Publishes a 320x240 test pattern with a sine tone through ffmpeg 9, with the given video and
+/// audio encoder options (Enhanced RTMP for what legacy FLV cannot carry).
+pub fn ffmpeg9_publish(
+    exe: &str,
+    test: &str,
+    name: &str,
+    url: &str,
+    video: &[&str],
+    audio: &[&str],
+) -> Proc {
+    let mut cmd = Command::new(exe);
+    cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-g", "30", "-pix_fmt", "yuv420p"])
+        .args(video)
+        .args(audio)
+        .args(["-f", "flv", url]);
+    Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
+}
+
 /// A node's Prometheus text (`{base}/metrics`).
 pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
     http.get(format!("{base}/metrics"))

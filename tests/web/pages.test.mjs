@@ -464,6 +464,82 @@ test('a stream with B-frames: WebRTC is refused, the student page plays it over 
   stop(procs.slice(from));
 });
 
+// Issue 33: a class in AV1 + Opus from ffmpeg 9 (Enhanced RTMP) plays in hls.js with sound;
+// WebRTC is not offered for it, and the teacher page says why. A class in a codec the origin
+// cannot package (MP3 audio) is refused, and the teacher's preview names it.
+test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not WebRTC; an MP3 publish is refused by name', async () => {
+  const ffmpeg9 = process.env.FFMPEG9;
+  if (!ffmpeg9) {
+    assert.ok(!process.env.CI, 'FFMPEG9 is unset (scripts/test.sh sets it)');
+    return;
+  }
+  const from = procs.length;
+  const base = `http://127.0.0.1:${upPort}`;
+  const token = (body) => json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const t = await token({ role: 'teacher', user_id: 't', stream: 'av1', credential: TEACHER });
+  run('av1-publisher', ffmpeg9, ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+    '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
+    '-c:v', 'libsvtav1', '-preset', '12', '-svtav1-params', 'lp=1', '-g', '30', '-pix_fmt', 'yuv420p',
+    '-c:a', 'libopus', '-b:a', '48k', '-f', 'flv', `${t.rtmp_url}/${t.stream_key}`]);
+  try {
+    await until('the master knows the class is AV1', 20000, async () =>
+      (await token({ role: 'student', user_id: 'probe', stream: 'av1' }).catch(() => ({}))).webrtc === 'codec');
+    const page = await newPage('av1');
+    await withShot(page, async () => {
+      await page.goto(`${base}/?name=Ava&stream=av1&autoplay`);
+      await playsFor(page, 2, 30000);
+      assert.equal(await page.evaluate(() => window.classcast.mode), 'hls');
+      assert.equal(await page.evaluate(() => document.getElementById('video').videoWidth), 320);
+      const heard = await page.evaluate(async () => {
+        const v = document.getElementById('video');
+        v.muted = false;
+        const tracks = v.captureStream().getAudioTracks();
+        if (!tracks.length) return { tracks: 0 };
+        const ac = new AudioContext();
+        const an = ac.createAnalyser();
+        an.fftSize = 4096;
+        ac.createMediaStreamSource(new MediaStream(tracks)).connect(an);
+        await new Promise((r) => setTimeout(r, 1500));
+        const f = new Float32Array(an.frequencyBinCount);
+        an.getFloatFrequencyData(f);
+        let bin = 0;
+        f.forEach((x, i) => { if (x > f[bin]) bin = i; });
+        ac.close();
+        return { tracks: tracks.length, hz: (bin * ac.sampleRate) / an.fftSize };
+      });
+      assert.ok(heard.tracks === 1 && Math.abs(heard.hz - 440) < 30, `the Opus sine is heard: ${JSON.stringify(heard)}`);
+    });
+    const teacher = await newPage('teacher-av1');
+    await withShot(teacher, async () => {
+      await teacher.goto(`${base}/teacher`);
+      await teacher.fill('#password', TEACHER);
+      await teacher.fill('#stream', 'av1');
+      await teacher.click('button[type=submit]');
+      await until('teacher told WebRTC is off for AV1', 10000, () => teacher.evaluate(() => document.getElementById('webrtc-state').dataset.state === 'codec'));
+      assert.match(await teacher.textContent('#webrtc-state'), /HEVC or AV1/);
+    });
+    // MP3 audio (legacy FLV, Debian's ffmpeg): refused, and the preview says so by name.
+    const mp3 = await newPage('teacher-mp3');
+    await withShot(mp3, async () => {
+      await mp3.goto(`${base}/teacher`);
+      await mp3.fill('#password', TEACHER);
+      await mp3.fill('#stream', 'mp3');
+      await mp3.click('button[type=submit]');
+      await mp3.waitForSelector('#settings:not([hidden])');
+      const server = (await mp3.textContent('#server')).trim();
+      const key = (await mp3.textContent('#key')).trim();
+      run('mp3-publisher', 'ffmpeg', ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+        '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=44100',
+        '-c:v', 'libx264', '-preset', 'ultrafast', '-g', '30', '-pix_fmt', 'yuv420p',
+        '-c:a', 'libmp3lame', '-f', 'flv', `${server}/${key}`]);
+      await until('the preview names the refused codec', 20000, () => mp3.evaluate(() => document.getElementById('preview-state').dataset.state === 'refused'));
+      assert.match(await mp3.textContent('#preview-state'), /refused: MP3 audio is not accepted/);
+    });
+  } finally {
+    stop(procs.slice(from));
+  }
+});
+
 // Issue 29: another student's token and requests cannot freeze a viewer playing over WebRTC.
 // Each flood is bounded by the slave before its engine (the task that sends every viewer's
 // media) does any work; tests/e2e/webrtc_bounds.rs asserts each bound on its own.

@@ -163,6 +163,7 @@ pub async fn issue_token(
     let webrtc = match chosen.webrtc {
         None => "off",
         Some(_) if st.registry.has_bframes(&path) => "bframes",
+        Some(_) if st.registry.hls_only_codec(&path) => "codec",
         Some(false) => "full",
         Some(true) => "ready",
     };

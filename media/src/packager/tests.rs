@@ -2,10 +2,10 @@
 //! tags for the edge cases, and a mutation loop over both.
 
 use super::*;
-use crate::{AacConfig, AvcConfig};
 use crate::avc::tests::{SEQ_HDR_852X480, hex};
 use crate::cmaf::AUDIO_TRACK_ID;
 use crate::flv_file::{FlvFile, Tag, TagKind};
+use crate::{AacConfig, AvcConfig};
 use mp4_atom::{Decode, Moof, TrunEntry, TrunSamples};
 use std::collections::HashMap;
 use std::process::Command;
@@ -402,7 +402,14 @@ fn end_to_end_real_flv_plays_in_ffmpeg() {
 /// ffmpeg decodes frame for frame.
 #[test]
 fn enhanced_rtmp_codecs_play_in_ffmpeg() {
-    let cases: [(&[u8], &str, &str, (&str, &str)); 2] = [
+    /// The FLV, a name, the playlist CODECS, and ffprobe's names for the two tracks.
+    type Case = (
+        &'static [u8],
+        &'static str,
+        &'static str,
+        (&'static str, &'static str),
+    );
+    let cases: [Case; 2] = [
         (
             include_bytes!("../testdata/hevc_aac_320x240_2s.flv"),
             "hevc",

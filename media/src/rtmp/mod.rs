@@ -90,6 +90,11 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, RtmpError> {
     })
 }
 
+/// The chunk size the server announces after the handshake.
+const SERVER_CHUNK_SIZE: u32 = 4096;
+/// The message stream id rml_rtmp's `createStream` hands out first, the one a publisher uses.
+const PUBLISH_STREAM_ID: u32 = 1;
+
 pub struct RtmpSession {
     handshake: Option<Handshake>,
     session: Option<ServerSession>,
@@ -157,7 +162,7 @@ impl RtmpSession {
                     self.out.extend_from_slice(&response_bytes);
                     self.handshake = None;
                     let mut config = ServerSessionConfig::new();
-                    config.chunk_size = 4096;
+                    config.chunk_size = SERVER_CHUNK_SIZE;
                     let (session, initial) = guarded(|| ServerSession::new(config))?
                         .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
                     self.session = Some(session);
@@ -215,6 +220,45 @@ impl RtmpSession {
         let results = guarded(|| session.reject_request(request_id, code, description))?
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
         self.absorb(results)?;
+        Ok(())
+    }
+
+    /// Ends an accepted publish with `onStatus(level: "error")` carrying `description`: what
+    /// ffmpeg prints as "Server error: …" and OBS shows before it disconnects. rml_rtmp only
+    /// answers requests, so this message is serialised here, with a full chunk header at the
+    /// chunk size the session announced, on the stream rml_rtmp gives the first publish (1).
+    pub fn fail_publish(&mut self, code: &str, description: &str) -> Result<(), RtmpError> {
+        use rml_rtmp::chunk_io::ChunkSerializer;
+        use rml_rtmp::messages::RtmpMessage;
+        use rml_rtmp::rml_amf0::Amf0Value;
+        use rml_rtmp::time::RtmpTimestamp;
+        let status = [
+            ("level", "error"),
+            ("code", code),
+            ("description", description),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Amf0Value::Utf8String(v.to_string())))
+        .collect();
+        let message = RtmpMessage::Amf0Command {
+            command_name: "onStatus".into(),
+            transaction_id: 0.0,
+            command_object: Amf0Value::Null,
+            additional_arguments: vec![Amf0Value::Object(status)],
+        };
+        let fail = |e: String| RtmpError::Protocol(format!("onStatus: {e}"));
+        let payload = message
+            .into_message_payload(RtmpTimestamp::new(0), PUBLISH_STREAM_ID)
+            .map_err(|e| fail(format!("{e:?}")))?;
+        let mut serializer = ChunkSerializer::new();
+        // The peer already has this size from the session; the SetChunkSize packet is not resent.
+        serializer
+            .set_max_chunk_size(SERVER_CHUNK_SIZE, RtmpTimestamp::new(0))
+            .map_err(|e| fail(format!("{e:?}")))?;
+        let packet = serializer
+            .serialize(&payload, true, false)
+            .map_err(|e| fail(format!("{e:?}")))?;
+        self.out.extend_from_slice(&packet.bytes);
         Ok(())
     }
 
@@ -302,6 +346,39 @@ pub fn split_stream_key(stream_key: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_publish_is_an_error_status_a_client_reads_whole() {
+        use rml_rtmp::chunk_io::ChunkDeserializer;
+        use rml_rtmp::messages::RtmpMessage;
+        use rml_rtmp::rml_amf0::Amf0Value;
+        let mut s = RtmpSession::new(RtmpLimits::default());
+        // Longer than the default 128-byte chunk: it must come in one 4096-byte chunk.
+        let why = "video codec \"vp09\" is not accepted: ".repeat(8);
+        s.fail_publish("NetStream.Publish.Rejected", &why).unwrap();
+        let bytes = s.take_output();
+        let mut d = ChunkDeserializer::new();
+        d.set_max_chunk_size(SERVER_CHUNK_SIZE as usize).unwrap();
+        let payload = d
+            .get_next_message(&bytes)
+            .unwrap()
+            .expect("one whole message");
+        assert_eq!(payload.message_stream_id, PUBLISH_STREAM_ID);
+        let RtmpMessage::Amf0Command {
+            command_name,
+            additional_arguments,
+            ..
+        } = payload.to_rtmp_message().unwrap()
+        else {
+            panic!("not a command");
+        };
+        assert_eq!(command_name, "onStatus");
+        let Some(Amf0Value::Object(status)) = additional_arguments.first() else {
+            panic!("no status object");
+        };
+        assert_eq!(status["level"], Amf0Value::Utf8String("error".into()));
+        assert_eq!(status["description"], Amf0Value::Utf8String(why));
+    }
 
     #[test]
     fn stream_keys() {

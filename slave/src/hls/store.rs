@@ -191,6 +191,11 @@ impl HlsStream {
         self.state.read().ended
     }
 
+    /// Whether any part was ever packaged.
+    pub fn has_parts(&self) -> bool {
+        self.state.read().last_part().is_some()
+    }
+
     /// Waits until `ready(state)` holds, the stream ends, or `timeout` passes. Returns whether
     /// the condition holds.
     pub async fn wait_for(&self, timeout: Duration, ready: impl Fn(&State) -> bool) -> bool {

@@ -282,8 +282,14 @@ impl Connection {
                     Flow::Continue(more) => pending.extend(more),
                     Flow::Close(reason) => {
                         let _ = sock.flush().await;
-                        // Give the peer a moment to read the refusal before the close.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // An encoder reads what the server says only between its own messages:
+                        // what it still sends is read and dropped until it hangs up, for at most
+                        // REFUSAL_LINGER, so that it sees the refusal instead of a reset.
+                        let linger = tokio::time::Instant::now() + REFUSAL_LINGER;
+                        while let Ok(Ok(n)) =
+                            tokio::time::timeout_at(linger, sock.read(&mut buf)).await
+                            && n > 0
+                        {}
                         let _ = sock.shutdown().await;
                         anyhow::bail!("{reason}");
                     }
@@ -342,14 +348,8 @@ impl Connection {
                 self.stop_publishing("unpublished");
                 Ok(Flow::Continue(Vec::new()))
             }
-            RtmpEvent::Video { timestamp, data } => {
-                self.media(timestamp, data, true);
-                Ok(Flow::Continue(Vec::new()))
-            }
-            RtmpEvent::Audio { timestamp, data } => {
-                self.media(timestamp, data, false);
-                Ok(Flow::Continue(Vec::new()))
-            }
+            RtmpEvent::Video { timestamp, data } => self.media(session, timestamp, data, true),
+            RtmpEvent::Audio { timestamp, data } => self.media(session, timestamp, data, false),
             RtmpEvent::Metadata => Ok(Flow::Continue(Vec::new())),
         }
     }
@@ -433,9 +433,15 @@ impl Connection {
         });
     }
 
-    fn media(&mut self, timestamp: u32, data: Bytes, video: bool) {
+    fn media(
+        &mut self,
+        session: &mut RtmpSession,
+        timestamp: u32,
+        data: Bytes,
+        video: bool,
+    ) -> anyhow::Result<Flow> {
         let Some(p) = self.publishing.as_mut() else {
-            return;
+            return Ok(Flow::Continue(Vec::new()));
         };
         self.ctx.metrics.ingest_bytes.inc_by(data.len() as u64);
         if p.arrivals.len() >= 512 {
@@ -459,10 +465,40 @@ impl Connection {
         match out {
             Ok(outputs) => self.apply(outputs),
             Err(e) => {
+                if let Some(why) = e.unsupported() {
+                    return self.refuse_media(session, &e, why);
+                }
                 self.ctx.metrics.media_errors.inc();
                 tracing::debug!(peer = %self.peer, error = %e, "dropped a media message");
             }
         }
+        Ok(Flow::Continue(Vec::new()))
+    }
+
+    /// The publisher sends what no part can be made of: say so to the encoder (an error
+    /// onStatus), the log, the metrics and the teacher's preview, and close. Accepting it would
+    /// leave the class "waiting for the stream" forever.
+    fn refuse_media(
+        &mut self,
+        session: &mut RtmpSession,
+        e: &media::MediaError,
+        why: String,
+    ) -> anyhow::Result<Flow> {
+        let path = self
+            .publishing
+            .as_ref()
+            .map(|p| p.stream.path.clone())
+            .unwrap_or_default();
+        tracing::warn!(peer = %self.peer, %path, error = %e, "publish refused: {why}");
+        self.ctx
+            .metrics
+            .codec_refusals
+            .with_label_values(&[e.unsupported_label()])
+            .inc();
+        self.ctx.remember_publish_refusal(&path, why.clone());
+        session.fail_publish("NetStream.Publish.Rejected", &why)?;
+        self.stop_publishing("codec refused");
+        Ok(Flow::Close(format!("publish refused: {why}")))
     }
 
     fn apply(&mut self, outputs: Vec<PackagerOutput>) {
@@ -513,6 +549,7 @@ impl Connection {
                     }
                     if !p.announced {
                         p.announced = true;
+                        self.ctx.publish_refusals.remove(&p.stream.path);
                         self.ctx.masters.announce(&p.stream.path, true);
                     }
                 }
@@ -556,6 +593,9 @@ impl Connection {
         self.stop_publishing("connection closed");
     }
 }
+
+/// How long a refused connection is kept open for its peer to read the refusal.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 enum Flow {
     Continue(Vec<RtmpEvent>),

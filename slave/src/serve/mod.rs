@@ -75,7 +75,14 @@ async fn hls_file(State(ctx): State<Arc<SlaveCtx>>, req: Result<HlsRequest, ApiE
 
 async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiError> {
     // A viewer may arrive before the mirror order: the stream is then found on demand.
-    let entry = ctx.find_stream(&req.path).await.ok_or_else(|| {
+    let entry = ctx.find_stream(&req.path).await;
+    // A class whose publish was refused for its codec: the preview shows why.
+    if entry.as_ref().is_none_or(|e| !e.stream.has_parts())
+        && let Some(why) = ctx.publish_refusal(&req.path)
+    {
+        return Err(ApiError::not_found("publish_refused", why));
+    }
+    let entry = entry.ok_or_else(|| {
         ApiError::not_found("stream_not_found", format!("{} is not live here", req.path))
     })?;
     let stream = &entry.stream;

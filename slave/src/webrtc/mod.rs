@@ -267,6 +267,9 @@ async fn offer(
     if entry.source != crate::hls::store::Source::Origin {
         crate::frame_link::ensure(&ctx, &entry);
     }
+    if !common::api::webrtc_codecs(&entry.stream.read().codecs) {
+        return Err(refuse(&ctx, w, StatusCode::UNPROCESSABLE_ENTITY, "codec", "this class's video is HEVC or AV1, which is sent to players over LL-HLS only; play over LL-HLS (for WebRTC the teacher can choose H.264)".into()));
+    }
     if entry.stream.frames.has_bframes() {
         return Err(refuse(&ctx, w, StatusCode::UNPROCESSABLE_ENTITY, "bframes", "this stream's encoder uses B-frames, which browsers cannot play over WebRTC; play over LL-HLS (the teacher can set B-frames to 0)".into()));
     }

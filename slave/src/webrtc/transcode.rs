@@ -183,6 +183,7 @@ mod tests {
                 media::flv::AudioPacket::Raw(aac) => {
                     packets.extend(t.as_mut().unwrap().push(u64::from(tag.ts), &aac).unwrap())
                 }
+                media::flv::AudioPacket::Ignored => {}
             }
         }
         (packets, t.unwrap().channels)
