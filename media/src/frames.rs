@@ -15,7 +15,7 @@ use crate::packager::timeline::Timeline;
 pub enum TapItem {
     /// An AVCDecoderConfigurationRecord: what the frames after it decode with.
     VideoConfig(Bytes),
-    /// An AAC AudioSpecificConfig.
+    /// An AAC AudioSpecificConfig, or an Opus identification header (`OpusHead`).
     AudioConfig(Bytes),
     Video(VideoFrame),
     Audio(AudioFrame),
@@ -32,7 +32,7 @@ pub struct VideoFrame {
     pub data: Bytes,
 }
 
-/// One raw AAC access unit (1024 samples).
+/// One raw AAC access unit (1024 samples) or one Opus packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioFrame {
     pub pts_ms: u64,
@@ -85,10 +85,7 @@ impl FrameTap {
 
     pub fn push_audio(&mut self, ts: u32, body: &Bytes) -> Result<Option<TapItem>, MediaError> {
         let tag = flv::parse_audio_tag(body)?;
-        // The WebRTC feed transcodes AAC; other codecs are skipped.
-        if tag.codec != flv::AudioCodec::Aac {
-            return Ok(None);
-        }
+        // AAC is transcoded by the WebRTC feed, Opus passes through; both reach it.
         Ok(match tag.packet {
             AudioPacket::SequenceHeader(asc) => Some(TapItem::AudioConfig(asc)),
             AudioPacket::Raw(data) if !data.is_empty() => Some(TapItem::Audio(AudioFrame {

@@ -467,7 +467,7 @@ test('a stream with B-frames: WebRTC is refused, the student page plays it over 
 // Issue 33: a class in AV1 + Opus from ffmpeg 9 (Enhanced RTMP) plays in hls.js with sound;
 // WebRTC is not offered for it, and the teacher page says why. A class in a codec the origin
 // cannot package (MP3 audio) is refused, and the teacher's preview names it.
-test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not WebRTC; an MP3 publish is refused by name', async () => {
+test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not WebRTC; H.264 + Opus plays over WebRTC and hls.js with sound; an MP3 publish is refused by name', async () => {
   const ffmpeg9 = process.env.FFMPEG9;
   if (!ffmpeg9) {
     assert.ok(!process.env.CI, 'FFMPEG9 is unset (scripts/test.sh sets it)');
@@ -517,6 +517,46 @@ test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not 
       await teacher.click('button[type=submit]');
       await until('teacher told WebRTC is off for AV1', 10000, () => teacher.evaluate(() => document.getElementById('webrtc-state').dataset.state === 'codec'));
       assert.match(await teacher.textContent('#webrtc-state'), /HEVC or AV1/);
+    });
+    // H.264 + Opus: WebRTC sends the publisher's Opus as it is (no transcoder), and hls.js
+    // plays the same class from CMAF with Opus; the sine is heard both ways.
+    const t2 = await token({ role: 'teacher', user_id: 't', stream: 'h264opus', credential: TEACHER });
+    run('h264opus-publisher', ffmpeg9, ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+      '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
+      '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '30', '-pix_fmt', 'yuv420p',
+      '-c:a', 'libopus', '-b:a', '48k', '-f', 'flv', `${t2.rtmp_url}/${t2.stream_key}`]);
+    const rtc = await newPage('h264opus');
+    await withShot(rtc, async () => {
+      await rtc.goto(`${base}/?name=Oli&stream=h264opus&autoplay`);
+      await until('plays over WebRTC', 30000, () => rtc.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+      const heard = await listen(rtc);
+      assert.ok(heard.tracks === 1 && Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `Opus passed through to WebRTC: ${JSON.stringify(heard)}`);
+      const hls = await rtc.evaluate(async () => {
+        const v = document.createElement('video');
+        v.muted = true;
+        document.body.append(v);
+        const h = new window.Hls({ lowLatencyMode: true });
+        h.loadSource(window.classcast.current.hls_url);
+        h.attachMedia(v);
+        await v.play().catch(() => {});
+        const end = Date.now() + 20000;
+        while (v.currentTime < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+        const tracks = v.captureStream().getAudioTracks();
+        const ac = new AudioContext();
+        const an = ac.createAnalyser();
+        an.fftSize = 4096;
+        if (tracks.length) ac.createMediaStreamSource(new MediaStream(tracks)).connect(an);
+        await new Promise((r) => setTimeout(r, 1500));
+        const f = new Float32Array(an.frequencyBinCount);
+        an.getFloatFrequencyData(f);
+        let bin = 0;
+        f.forEach((x, i) => { if (x > f[bin]) bin = i; });
+        ac.close();
+        const t = v.currentTime;
+        h.destroy();
+        return { t, tracks: tracks.length, hz: (bin * ac.sampleRate) / an.fftSize };
+      });
+      assert.ok(hls.t >= 2 && hls.tracks === 1 && Math.abs(hls.hz - 440) < 30, `hls.js plays H.264 + Opus with sound: ${JSON.stringify(hls)}`);
     });
     // MP3 audio (legacy FLV, Debian's ffmpeg): refused, and the preview says so by name.
     const mp3 = await newPage('teacher-mp3');

@@ -415,6 +415,7 @@ impl Engine {
                     forwarder,
                     avc: None,
                     opus: None,
+                    opus_passthrough: false,
                     gop: Vec::new(),
                     epoch: None,
                     sessions: 0,
@@ -504,13 +505,35 @@ impl Engine {
                 feed.avc = media::AvcConfig::parse(rec.clone()).ok();
                 feed.gop.clear();
             }
-            TapItem::AudioConfig(asc) => match OpusTranscoder::new(asc) {
-                Ok(t) => feed.opus = Some(t),
-                Err(e) => {
-                    tracing::warn!(%path, error = %e, "no Opus for this stream's audio; WebRTC viewers get video only");
-                    feed.opus = None;
+            // An Opus publisher's packets need no transcoder; AAC is transcoded once per stream.
+            TapItem::AudioConfig(head) if head.starts_with(b"OpusHead") => {
+                feed.opus = None;
+                feed.opus_passthrough = true;
+            }
+            TapItem::AudioConfig(asc) => {
+                feed.opus_passthrough = false;
+                match OpusTranscoder::new(asc) {
+                    Ok(t) => feed.opus = Some(t),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "no Opus for this stream's audio; WebRTC viewers get video only");
+                        feed.opus = None;
+                    }
                 }
-            },
+            }
+            TapItem::Audio(a) if feed.opus_passthrough => {
+                let wall = feed.wallclock(a.pts_ms);
+                let rtp = MediaTime::new(a.pts_ms * 48, Frequency::FORTY_EIGHT_KHZ);
+                let data: Arc<[u8]> = Arc::from(&a.data[..]);
+                let ids = self.write_all(path, |s| {
+                    let Some((mid, pt)) = s.audio else {
+                        return false;
+                    };
+                    s.rtc
+                        .writer(mid)
+                        .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
+                });
+                self.drive_all(ids);
+            }
             TapItem::Video(v) => {
                 if v.cts_ms != 0 {
                     // B-frames: no browser decodes them in order. Close; players fall back.

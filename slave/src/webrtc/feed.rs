@@ -22,6 +22,8 @@ pub(super) struct StreamFeed {
     pub(super) forwarder: tokio::task::JoinHandle<()>,
     pub(super) avc: Option<media::AvcConfig>,
     pub(super) opus: Option<OpusTranscoder>,
+    /// The publisher sends Opus itself (Enhanced RTMP): its packets go out as they are.
+    pub(super) opus_passthrough: bool,
     /// Video since the latest keyframe, Annex B, for sessions that connect now.
     pub(super) gop: Vec<(u64, Arc<[u8]>)>,
     /// Stream time (ms) and the instant it is sent at: the wall clock RTCP sender reports map
