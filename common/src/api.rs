@@ -290,6 +290,11 @@ pub struct TokenResponse {
     /// Teacher only: the OBS "Server" field.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rtmp_url: Option<String>,
+    /// Teacher only: where a browser or a WHIP encoder (OBS 30+, ffmpeg 8+) publishes the class,
+    /// with the publish token (the key's `key=` part) as the Bearer credential. Absent where
+    /// the origin has WebRTC off.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub whip_url: Option<String>,
     /// Teacher only: the OBS "Stream Key" field, `<name>?key=<publish token>`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stream_key: Option<String>,

@@ -14,6 +14,7 @@
 //! - [`packager`] — tags → CMAF parts and segments (video part cutting, the audio queue and the
 //!   timeline each in their own module); [`cmaf`] writes the boxes.
 //! - [`hls`] — the per-stream LL-HLS state, the playlist renderer and parser, the URL space.
+//! - [`whip`] — WHIP ingest's adapter: depacketized WebRTC frames in, the FLV tags RTMP brings out.
 //! - [`flv_file`] — the FLV file reader for tests, fuzz seeds and the bench.
 
 pub mod aac;
@@ -30,6 +31,7 @@ pub mod hls;
 pub mod opus;
 pub mod packager;
 pub mod rtmp;
+pub mod whip;
 
 pub use aac::AacConfig;
 pub use avc::AvcConfig;

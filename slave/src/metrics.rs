@@ -29,6 +29,10 @@ pub struct SlaveMetrics {
     pub rtmp_refusals: IntCounterVec,
     /// Accepted publishes ended because the packager cannot serve what they send.
     pub codec_refusals: IntCounterVec,
+    /// WHIP publishes accepted, refused (by reason), and frames dropped on a full queue.
+    pub whip_publishes: IntCounter,
+    pub whip_refusals: IntCounterVec,
+    pub whip_dropped_frames: IntCounter,
     pub parked: IntGauge,
     /// Viewer token checks made by a cache in front of this node.
     pub cache_auth_checks: IntCounter,
@@ -139,6 +143,22 @@ impl SlaveMetrics {
                 &["kind"],
             )
             .unwrap(),
+            whip_publishes: ic(
+                "classcast_slave_whip_publishes_total",
+                "WHIP publishes accepted (a session created for a class)",
+            ),
+            whip_refusals: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_whip_refusals_total",
+                    "WHIP publishes refused, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            whip_dropped_frames: ic(
+                "classcast_slave_whip_dropped_frames_total",
+                "Frames a WHIP publisher sent that its class's queue had no room for",
+            ),
             parked: ig(
                 "classcast_slave_parked_requests",
                 "Blocking playlist and part requests waiting now",
@@ -222,6 +242,9 @@ impl SlaveMetrics {
             Box::new(m.origin_lookups.clone()),
             Box::new(m.rtmp_refusals.clone()),
             Box::new(m.codec_refusals.clone()),
+            Box::new(m.whip_publishes.clone()),
+            Box::new(m.whip_refusals.clone()),
+            Box::new(m.whip_dropped_frames.clone()),
             Box::new(m.parked.clone()),
             Box::new(m.cache_auth_checks.clone()),
             Box::new(m.recorded_bytes.clone()),

@@ -110,6 +110,26 @@ async fn hevc_av1_and_opus_over_enhanced_rtmp_play_from_an_edge() {
             ok && errors.trim().is_empty(),
             "{name}: decode errors: {errors}"
         );
+        // HEVC and AV1 go to LL-HLS players only: the master offers no WHEP, the slave refuses it.
+        if want[0] != "h264" {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let tok = loop {
+                let tok = c.student(name, "eve").await;
+                if tok["webrtc"] == "codec" || std::time::Instant::now() > deadline {
+                    break tok;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(tok["webrtc"], "codec", "{name}: {tok}");
+            assert!(tok.get("whep_url").is_none(), "{name}: {tok}");
+            let node = tok["node_id"].as_str().unwrap();
+            let whep = format!("{}/whep/live/{name}", c.slave(node).base());
+            let (_, _, sdp, _) = crate::webrtc::offer();
+            let (status, body, _) =
+                crate::webrtc::post_offer(&c, &whep, tok["token"].as_str(), &sdp).await;
+            assert_eq!(status, 422, "{name}: {body}");
+            assert!(body.contains("\"codec\""), "{name}: {body}");
+        }
         if name == "hevc" {
             let mpv = Command::new("mpv")
                 .args(["--no-config", "--vo=null", "--ao=null", "--length=2"])

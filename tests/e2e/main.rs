@@ -16,3 +16,4 @@ mod support;
 mod tls;
 mod webrtc;
 mod webrtc_bounds;
+mod whip;

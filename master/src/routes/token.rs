@@ -158,6 +158,7 @@ pub async fn issue_token(
         rtmp_url: None,
         stream_key: None,
         whep_url: None,
+        whip_url: None,
         webrtc: None,
     };
     let webrtc = match chosen.webrtc {
@@ -177,6 +178,9 @@ pub async fn issue_token(
             .issue_publish(&req.user_id, &chosen.node_id, &path, req.record)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         resp.rtmp_url = Some(chosen.rtmp_url.clone());
+        if chosen.webrtc.is_some() {
+            resp.whip_url = Some(format!("{base}/whip/live/{name}"));
+        }
         resp.stream_key = Some(format!("{name}?key={publish}"));
     }
     st.metrics
@@ -223,6 +227,7 @@ fn recording_token(
         rtmp_url: None,
         stream_key: None,
         whep_url: None,
+        whip_url: None,
         webrtc: None,
     }))
 }

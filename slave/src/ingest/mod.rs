@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::tls::TlsAcceptor;
-use common::token::Action;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
+pub mod publish;
+
+use self::publish::{Publishing, Refused};
 use crate::ctx::SlaveCtx;
-use crate::hls::store::{HlsStream, Source};
 use media::rtmp::{self, RtmpEvent, RtmpSession, chunks, split_stream_key};
-use media::{Packager, PackagerConfig, PackagerOutput};
 
 /// The RTMP connections' thread: a single-threaded runtime that owns the listener and every
 /// publisher's socket, as an nginx worker does.
@@ -175,21 +175,6 @@ async fn run_listener(
     }
 }
 
-/// What this connection publishes, once accepted.
-struct Publishing {
-    stream: Arc<HlsStream>,
-    packager: Packager,
-    /// The next part opens a segment with a DISCONTINUITY (a publisher came back).
-    discontinuity: bool,
-    started: bool,
-    announced: bool,
-    /// When recent media messages arrived, by RTMP timestamp: what the publish → part latency
-    /// metric measures from. Bounded to a few seconds of messages.
-    arrivals: std::collections::VecDeque<(u64, Instant)>,
-    /// The same messages frame by frame, for WebRTC viewers (`HlsStream::frames`).
-    tap: media::frames::FrameTap,
-}
-
 struct Connection {
     ctx: Arc<SlaveCtx>,
     peer: SocketAddr,
@@ -320,7 +305,12 @@ impl Connection {
             } => match self.authorize_publish(&stream_key) {
                 Ok((path, record)) => {
                     let more = session.accept(request_id)?;
-                    self.start_publishing(path, record);
+                    self.publishing = Some(Publishing::start(
+                        &self.ctx,
+                        &path,
+                        record,
+                        self.peer.to_string(),
+                    ));
                     Ok(Flow::Continue(more))
                 }
                 Err((code, why)) => {
@@ -354,83 +344,13 @@ impl Connection {
         }
     }
 
-    /// Checks the publish token in `name?key=TOKEN`, and that nobody else is live on the path.
-    /// Returns the path and whether the stream key asks for the class to be recorded.
-    fn authorize_publish(
-        &self,
-        stream_key: &str,
-    ) -> Result<(String, Option<bool>), (&'static str, String)> {
-        const BAD: &str = "NetStream.Publish.BadName";
+    /// Checks the publish token in `name?key=TOKEN` (see [`publish::authorize`]).
+    fn authorize_publish(&self, stream_key: &str) -> Result<(String, Option<bool>), Refused> {
         if self.publishing.is_some() {
-            return Err((BAD, "this connection already publishes".into()));
+            return Err((publish::BAD_NAME, "this connection already publishes".into()));
         }
         let (name, key) = split_stream_key(stream_key);
-        let path =
-            common::stream_path(name).ok_or((BAD, format!("invalid stream name {name:?}")))?;
-        let verifier = self.ctx.verifier().ok_or((
-            "NetStream.Publish.Unauthorized",
-            "node not registered with the master yet".to_string(),
-        ))?;
-        let claims = verifier
-            .authorize(key, &self.ctx.cfg.node_id, &path, Action::Publish)
-            .map_err(|e| {
-                (
-                    "NetStream.Publish.Unauthorized",
-                    format!("stream key refused: {e}"),
-                )
-            })?;
-        if let Some(e) = self.ctx.store.get(&path) {
-            let st = e.stream.read();
-            if st.publisher_connected && !st.ended {
-                return Err((BAD, format!("{path} is already being published")));
-            }
-            if e.source != Source::Origin && !st.ended {
-                return Err((
-                    BAD,
-                    format!("{path} is live on another node; publish there"),
-                ));
-            }
-        }
-        tracing::info!(peer = %self.peer, %path, user = %claims.sub, "publish accepted");
-        Ok((path, claims.rec))
-    }
-
-    fn start_publishing(&mut self, path: String, record: Option<bool>) {
-        let ctx = &self.ctx;
-        let (stream, resumed) = match ctx.store.get(&path) {
-            Some(e) if !e.stream.is_ended() => (e.stream.clone(), true),
-            _ => (
-                ctx.store
-                    .create(&path, ctx.cfg.hls.clone(), Source::Origin)
-                    .stream
-                    .clone(),
-                false,
-            ),
-        };
-        // A new class is recorded from its first segment; a publisher coming back within the
-        // grace period continues the same stream, and so the same recording.
-        if !resumed && record.unwrap_or(ctx.cfg.record.by_default) {
-            crate::recorder::spawn(ctx.clone(), stream.clone());
-        }
-        stream.publisher_joined();
-        if resumed {
-            tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");
-        }
-        let packager = Packager::new(PackagerConfig {
-            part_target: ctx.cfg.hls.part_target,
-            segment_target: ctx.cfg.hls.segment_target,
-        });
-        // A resumed stream is already announced; a new one is announced with its first part,
-        // so that routing never sends a viewer to a stream with nothing to play yet.
-        self.publishing = Some(Publishing {
-            stream,
-            packager,
-            discontinuity: resumed,
-            started: false,
-            announced: resumed,
-            arrivals: Default::default(),
-            tap: Default::default(),
-        });
+        publish::authorize(&self.ctx, name, key, &self.peer.to_string())
     }
 
     fn media(
@@ -443,149 +363,22 @@ impl Connection {
         let Some(p) = self.publishing.as_mut() else {
             return Ok(Flow::Continue(Vec::new()));
         };
-        self.ctx.metrics.ingest_bytes.inc_by(data.len() as u64);
-        if p.arrivals.len() >= 512 {
-            p.arrivals.pop_front();
-        }
-        p.arrivals.push_back((u64::from(timestamp), Instant::now()));
-        // The packager reports what it cannot use; the tap only skips it.
-        let tapped = if video {
-            p.tap.push_video(timestamp, &data)
-        } else {
-            p.tap.push_audio(timestamp, &data)
+        let Err(e) = p.media(timestamp, data, video) else {
+            return Ok(Flow::Continue(Vec::new()));
         };
-        if let Ok(Some(item)) = tapped {
-            p.stream.frames.push(item);
-        }
-        let out = if video {
-            p.packager.push_video(timestamp, data)
-        } else {
-            p.packager.push_audio(timestamp, data)
-        };
-        match out {
-            Ok(outputs) => self.apply(outputs),
-            Err(e) => {
-                if let Some(why) = e.unsupported() {
-                    return self.refuse_media(session, &e, why);
-                }
-                self.ctx.metrics.media_errors.inc();
-                tracing::debug!(peer = %self.peer, error = %e, "dropped a media message");
-            }
-        }
-        Ok(Flow::Continue(Vec::new()))
-    }
-
-    /// The publisher sends what no part can be made of: say so to the encoder (an error
-    /// onStatus), the log, the metrics and the teacher's preview, and close. Accepting it would
-    /// leave the class "waiting for the stream" forever.
-    fn refuse_media(
-        &mut self,
-        session: &mut RtmpSession,
-        e: &media::MediaError,
-        why: String,
-    ) -> anyhow::Result<Flow> {
-        let path = self
-            .publishing
-            .as_ref()
-            .map(|p| p.stream.path.clone())
-            .unwrap_or_default();
-        tracing::warn!(peer = %self.peer, %path, error = %e, "publish refused: {why}");
-        self.ctx
-            .metrics
-            .codec_refusals
-            .with_label_values(&[e.unsupported_label()])
-            .inc();
-        self.ctx.remember_publish_refusal(&path, why.clone());
+        // Only what no later message can mend comes back: say so to the encoder (an error
+        // onStatus) and close. Accepting it would leave the class "waiting for the stream".
+        let why = e.unsupported().unwrap_or_else(|| e.to_string());
+        p.refused(&e, &why);
         session.fail_publish("NetStream.Publish.Rejected", &why)?;
         self.stop_publishing("codec refused");
         Ok(Flow::Close(format!("publish refused: {why}")))
     }
 
-    fn apply(&mut self, outputs: Vec<PackagerOutput>) {
-        let Some(p) = self.publishing.as_mut() else {
-            return;
-        };
-        for o in outputs {
-            match o {
-                PackagerOutput::Init {
-                    data,
-                    codecs,
-                    width,
-                    height,
-                } => {
-                    let res = (width > 0 && height > 0).then_some((width, height));
-                    p.stream.set_init(data, codecs, res);
-                    // A new init mid-stream (SPS change, late audio track) needs a
-                    // DISCONTINUITY before the next part, as a reconnect does.
-                    if p.started {
-                        p.discontinuity = true;
-                    }
-                }
-                PackagerOutput::Part {
-                    data,
-                    duration,
-                    independent,
-                    starts_segment,
-                    first_dts_ms,
-                } => {
-                    let disc = p.discontinuity && starts_segment;
-                    if disc {
-                        p.discontinuity = false;
-                    }
-                    let starts = starts_segment || !p.started;
-                    p.started = true;
-                    p.stream
-                        .push_part(data, duration, independent, starts, disc);
-                    self.ctx.metrics.parts.inc();
-                    // From the arrival of the part's first sample to the part being
-                    // servable: the part duration plus what the server adds.
-                    let first = p
-                        .arrivals
-                        .iter()
-                        .min_by_key(|(ts, _)| ts.abs_diff(first_dts_ms));
-                    if let Some((_, at)) = first {
-                        let latency = at.elapsed().as_secs_f64();
-                        self.ctx.metrics.part_publish_seconds.observe(latency);
-                    }
-                    if !p.announced {
-                        p.announced = true;
-                        self.ctx.publish_refusals.remove(&p.stream.path);
-                        self.ctx.masters.announce(&p.stream.path, true);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The publisher is gone (unpublish or disconnect): flush, then end the stream unless the
-    /// publisher comes back within the grace period.
     fn stop_publishing(&mut self, why: &str) {
-        let Some(mut p) = self.publishing.take() else {
-            return;
-        };
-        let rest = p.packager.flush();
-        self.publishing = Some(p);
-        self.apply(rest);
-        let p = self.publishing.take().expect("just put back");
-        p.stream.publisher_left();
-        tracing::info!(peer = %self.peer, path = %p.stream.path, why, "publisher left; grace period started");
-        let ctx = self.ctx.clone();
-        let stream = p.stream.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(stream.cfg.grace).await;
-            let gone = {
-                let st = stream.read();
-                !st.publisher_connected
-                    && st
-                        .publisher_left_at
-                        .is_some_and(|t| t.elapsed() >= stream.cfg.grace)
-            };
-            if gone && !stream.is_ended() {
-                tracing::info!(path = %stream.path, "publisher did not come back; stream ended");
-                stream.end();
-                ctx.masters.announce(&stream.path, false);
-            }
-        });
+        if let Some(p) = self.publishing.take() {
+            p.stop(why);
+        }
     }
 
     fn finish(&mut self) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media::frames::TapItem;
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
 use super::feed::{Feed, StreamFeed, forward};
-use super::session::{Command, NewSession, Refusal, Trickle, pick_pt};
+use super::session::{Command, NewSession, Refusal, Trickle, WhipFrame, pick_pt};
 use super::transcode::{OPUS_RATE, OpusTranscoder};
 use crate::ctx::SlaveCtx;
 
@@ -39,6 +39,37 @@ struct Session {
     video_started: bool,
     /// Egress counters seen last, per mid, for the metrics' deltas.
     stats: HashMap<Mid, (u64, u64, u64, u64)>,
+    /// A WHIP publisher: its received frames go here (bounded; a full queue drops the frame and
+    /// asks the publisher for a keyframe). `None` for a viewer.
+    publisher: Option<mpsc::Sender<WhipFrame>>,
+}
+
+impl Session {
+    fn new(
+        rtc: Box<Rtc>,
+        path: Arc<str>,
+        viewer: String,
+        client: Option<IpAddr>,
+        candidates: usize,
+        now: Instant,
+        publisher: Option<mpsc::Sender<WhipFrame>>,
+    ) -> Self {
+        Session {
+            rtc,
+            path,
+            viewer,
+            client,
+            remote_candidates: candidates,
+            created: now,
+            next: now,
+            connected: false,
+            video: None,
+            audio: None,
+            video_started: false,
+            stats: HashMap::new(),
+            publisher,
+        }
+    }
 }
 
 pub(super) struct Engine {
@@ -266,6 +297,27 @@ impl Engine {
                             _ => {}
                         }
                     }
+                    Event::MediaData(d) => {
+                        let Some(tx) = &s.publisher else { continue };
+                        let frame = WhipFrame {
+                            video: d.params.spec().codec.is_video(),
+                            rtp: d.time.numer(),
+                            at: d.network_time,
+                            data: d.data,
+                        };
+                        let video = frame.video;
+                        if tx.try_send(frame).is_err() {
+                            // The packager fell behind (or the class ended): the next picture
+                            // must not depend on the lost one.
+                            self.ctx.metrics.whip_dropped_frames.inc();
+                            if video
+                                && let Some((mid, _)) = s.video
+                                && let Some(mut w) = s.rtc.writer(mid)
+                            {
+                                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                            }
+                        }
+                    }
                     Event::KeyframeRequest(_) => {
                         // RTMP cannot ask the teacher's encoder for a keyframe: the stream's
                         // next one answers it (counted from the egress stats).
@@ -288,6 +340,16 @@ impl Engine {
                     s.rtc.disconnect();
                 }
             }
+        }
+        if connected_now && s.publisher.is_some() {
+            // A decoder starts at a keyframe: ask for one now rather than wait for the GOP.
+            if let Some((mid, _)) = s.video
+                && let Some(mut w) = s.rtc.writer(mid)
+            {
+                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+            }
+            tracing::info!(session = %id, path = %s.path, "whip session connected; media flowing");
+            return;
         }
         if connected_now {
             let (path, viewer) = (s.path.clone(), s.viewer.clone());
@@ -375,7 +437,20 @@ impl Engine {
             viewer,
             client,
             candidates,
+            publisher,
         } = new;
+        let now = Instant::now();
+        let path: Arc<str> = stream.path.as_str().into();
+        if publisher.is_some() {
+            // A publisher takes no viewer slot and no stream feed; one per class is checked
+            // before it gets here (`publish::authorize`).
+            self.sessions.insert(
+                id.clone(),
+                Session::new(rtc, path, viewer, client, candidates, now, publisher),
+            );
+            self.drive(&id);
+            return Ok(false);
+        }
         let earlier: Vec<String> = self
             .sessions
             .iter()
@@ -404,8 +479,6 @@ impl Engine {
         {
             return Err(Refusal::PendingFromAddress);
         }
-        let now = Instant::now();
-        let path: Arc<str> = stream.path.as_str().into();
         if !self.streams.contains_key(&path) {
             let forwarder =
                 tokio::spawn(forward(stream.clone(), path.clone(), self.feed_tx.clone()));
@@ -426,20 +499,7 @@ impl Engine {
         self.streams.get_mut(&path).expect("inserted").sessions += 1;
         self.sessions.insert(
             id.clone(),
-            Session {
-                rtc,
-                path,
-                viewer,
-                client,
-                remote_candidates: candidates,
-                created: now,
-                next: now,
-                connected: false,
-                video: None,
-                audio: None,
-                video_started: false,
-                stats: HashMap::new(),
-            },
+            Session::new(rtc, path, viewer, client, candidates, now, None),
         );
         self.load.set_sessions(self.sessions.len());
         self.drive(&id);
@@ -459,6 +519,11 @@ impl Engine {
         }
         for id in dead {
             let s = self.sessions.remove(&id).expect("listed");
+            if s.publisher.is_some() {
+                // Dropping it closes the publisher's queue: the class's grace period starts.
+                tracing::info!(session = %id, path = %s.path, "whip session ended");
+                continue;
+            }
             if s.connected {
                 self.ctx.viewers.release(&s.viewer);
                 self.ctx.metrics.webrtc_sessions.dec();

@@ -9,6 +9,7 @@ mod feed;
 mod session;
 pub mod tcp;
 pub mod transcode;
+mod whip;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -180,6 +181,8 @@ pub fn router(ctx: &Arc<SlaveCtx>, whep: Option<Arc<Whep>>) -> Router<Arc<SlaveC
     Router::new()
         .route("/whep/live/{name}", post(offer))
         .route("/whep/session/{id}", patch(trickle).delete(end))
+        .route("/whip/live/{name}", post(whip::publish))
+        .route("/whip/session/{id}", patch(trickle).delete(end))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER))
         .layer(Extension(whep))
         .layer(cors)
@@ -332,6 +335,7 @@ async fn offer(
                 viewer: crate::tickets::viewer_id(&claims.jti),
                 client: conn.map(|Extension(ConnectInfo(a))| a.ip()),
                 candidates,
+                publisher: None,
             },
             reply: tx,
         })

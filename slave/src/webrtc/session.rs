@@ -9,7 +9,7 @@ use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::{Candidate, Rtc};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::hls::HlsStream;
 
@@ -22,6 +22,17 @@ pub(super) struct NewSession {
     pub client: Option<IpAddr>,
     /// Remote candidates the offer carried (they count toward the session's budget).
     pub candidates: usize,
+    /// A WHIP publisher's session: where the frames it receives go. `None` for a viewer.
+    pub publisher: Option<mpsc::Sender<WhipFrame>>,
+}
+
+/// One frame a WHIP publisher sent, depacketized by str0m, for the class's publishing task.
+pub struct WhipFrame {
+    pub video: bool,
+    /// RTP time (90 kHz video, 48 kHz Opus), extended past the 32-bit wrap.
+    pub rtp: u64,
+    pub at: Instant,
+    pub data: Arc<[u8]>,
 }
 
 pub(super) enum Command {

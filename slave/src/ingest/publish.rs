@@ -1,0 +1,247 @@
+//! One class being published here, whatever brings its media (an RTMP connection, a WHIP
+//! session): who may publish it, its packager and frame tap, the stream it fills, and the grace
+//! period when the publisher leaves. Both ingest paths hand it FLV tag bodies.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::token::Action;
+use media::{MediaError, Packager, PackagerConfig, PackagerOutput};
+
+use crate::ctx::SlaveCtx;
+use crate::hls::store::{HlsStream, Source};
+
+/// Why a publish is refused: an RTMP status code (WHIP maps it to an HTTP status) and the
+/// reason for the publisher.
+pub type Refused = (&'static str, String);
+
+/// Status codes of a refused publish.
+pub const BAD_NAME: &str = "NetStream.Publish.BadName";
+pub const UNAUTHORIZED: &str = "NetStream.Publish.Unauthorized";
+
+/// Checks a publish token for `name` on this node, and that nobody else is live on the path.
+/// Returns the path and whether the token asks for the class to be recorded.
+pub fn authorize(
+    ctx: &SlaveCtx,
+    name: &str,
+    token: Option<&str>,
+    peer: &str,
+) -> Result<(String, Option<bool>), Refused> {
+    let path =
+        common::stream_path(name).ok_or((BAD_NAME, format!("invalid stream name {name:?}")))?;
+    let verifier = ctx.verifier().ok_or((
+        UNAUTHORIZED,
+        "node not registered with the master yet".to_string(),
+    ))?;
+    let claims = verifier
+        .authorize(token, &ctx.cfg.node_id, &path, Action::Publish)
+        .map_err(|e| (UNAUTHORIZED, format!("stream key refused: {e}")))?;
+    path_free(ctx, &path)?;
+    tracing::info!(%peer, %path, user = %claims.sub, "publish accepted");
+    Ok((path, claims.rec))
+}
+
+/// Nobody else publishes `path` here, and it is not another node's class.
+pub fn path_free(ctx: &SlaveCtx, path: &str) -> Result<(), Refused> {
+    if let Some(e) = ctx.store.get(path) {
+        let st = e.stream.read();
+        if st.publisher_connected && !st.ended {
+            return Err((BAD_NAME, format!("{path} is already being published")));
+        }
+        if e.source != Source::Origin && !st.ended {
+            return Err((
+                BAD_NAME,
+                format!("{path} is live on another node; publish there"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a publisher fills, once accepted.
+pub struct Publishing {
+    ctx: Arc<SlaveCtx>,
+    /// Who publishes, for log lines (an address, or a WHIP session).
+    peer: String,
+    pub stream: Arc<HlsStream>,
+    packager: Packager,
+    /// The next part opens a segment with a DISCONTINUITY (a publisher came back).
+    discontinuity: bool,
+    started: bool,
+    announced: bool,
+    /// When recent media messages arrived, by timestamp: what the publish → part latency
+    /// metric measures from. Bounded to a few seconds of messages.
+    arrivals: std::collections::VecDeque<(u64, Instant)>,
+    /// The same messages frame by frame, for WebRTC viewers (`HlsStream::frames`).
+    tap: media::frames::FrameTap,
+}
+
+impl Publishing {
+    /// Starts (or, within the grace period, resumes) the class at `path`. Must run on the main
+    /// runtime: the recorder it may start outlives the publisher.
+    pub fn start(ctx: &Arc<SlaveCtx>, path: &str, record: Option<bool>, peer: String) -> Self {
+        let (stream, resumed) = match ctx.store.get(path) {
+            Some(e) if !e.stream.is_ended() => (e.stream.clone(), true),
+            _ => (
+                ctx.store
+                    .create(path, ctx.cfg.hls.clone(), Source::Origin)
+                    .stream
+                    .clone(),
+                false,
+            ),
+        };
+        // A new class is recorded from its first segment; a publisher coming back within the
+        // grace period continues the same stream, and so the same recording.
+        if !resumed && record.unwrap_or(ctx.cfg.record.by_default) {
+            crate::recorder::spawn(ctx.clone(), stream.clone());
+        }
+        stream.publisher_joined();
+        if resumed {
+            tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");
+        }
+        let packager = Packager::new(PackagerConfig {
+            part_target: ctx.cfg.hls.part_target,
+            segment_target: ctx.cfg.hls.segment_target,
+        });
+        // A resumed stream is already announced; a new one is announced with its first part,
+        // so that routing never sends a viewer to a stream with nothing to play yet.
+        Publishing {
+            ctx: ctx.clone(),
+            peer,
+            stream,
+            packager,
+            discontinuity: resumed,
+            started: false,
+            announced: resumed,
+            arrivals: Default::default(),
+            tap: Default::default(),
+        }
+    }
+
+    /// One FLV tag body. A per-message problem is counted and the message dropped; an error is
+    /// returned only for input no later message can mend (`MediaError::unsupported`).
+    pub fn media(&mut self, timestamp: u32, data: Bytes, video: bool) -> Result<(), MediaError> {
+        self.ctx.metrics.ingest_bytes.inc_by(data.len() as u64);
+        if self.arrivals.len() >= 512 {
+            self.arrivals.pop_front();
+        }
+        self.arrivals
+            .push_back((u64::from(timestamp), Instant::now()));
+        // The packager reports what it cannot use; the tap only skips it.
+        let tapped = if video {
+            self.tap.push_video(timestamp, &data)
+        } else {
+            self.tap.push_audio(timestamp, &data)
+        };
+        if let Ok(Some(item)) = tapped {
+            self.stream.frames.push(item);
+        }
+        let out = if video {
+            self.packager.push_video(timestamp, data)
+        } else {
+            self.packager.push_audio(timestamp, data)
+        };
+        match out {
+            Ok(outputs) => self.apply(outputs),
+            Err(e) if e.unsupported().is_some() => return Err(e),
+            Err(e) => {
+                self.ctx.metrics.media_errors.inc();
+                tracing::debug!(peer = %self.peer, error = %e, "dropped a media message");
+            }
+        }
+        Ok(())
+    }
+
+    /// The publish sends what no part can be made of (`e.unsupported()` is `why`): the log,
+    /// the metric and the teacher's preview say so. The caller tells the publisher and ends it.
+    pub fn refused(&self, e: &MediaError, why: &str) {
+        let path = &self.stream.path;
+        tracing::warn!(peer = %self.peer, %path, error = %e, "publish refused: {why}");
+        self.ctx
+            .metrics
+            .codec_refusals
+            .with_label_values(&[e.unsupported_label()])
+            .inc();
+        self.ctx.remember_publish_refusal(path, why.to_string());
+    }
+
+    fn apply(&mut self, outputs: Vec<PackagerOutput>) {
+        for o in outputs {
+            match o {
+                PackagerOutput::Init {
+                    data,
+                    codecs,
+                    width,
+                    height,
+                } => {
+                    let res = (width > 0 && height > 0).then_some((width, height));
+                    self.stream.set_init(data, codecs, res);
+                    // A new init mid-stream (SPS change, late audio track) needs a
+                    // DISCONTINUITY before the next part, as a reconnect does.
+                    if self.started {
+                        self.discontinuity = true;
+                    }
+                }
+                PackagerOutput::Part {
+                    data,
+                    duration,
+                    independent,
+                    starts_segment,
+                    first_dts_ms,
+                } => {
+                    let disc = self.discontinuity && starts_segment;
+                    if disc {
+                        self.discontinuity = false;
+                    }
+                    let starts = starts_segment || !self.started;
+                    self.started = true;
+                    self.stream
+                        .push_part(data, duration, independent, starts, disc);
+                    self.ctx.metrics.parts.inc();
+                    // From the arrival of the part's first sample to the part being
+                    // servable: the part duration plus what the server adds.
+                    let first = self
+                        .arrivals
+                        .iter()
+                        .min_by_key(|(ts, _)| ts.abs_diff(first_dts_ms));
+                    if let Some((_, at)) = first {
+                        let latency = at.elapsed().as_secs_f64();
+                        self.ctx.metrics.part_publish_seconds.observe(latency);
+                    }
+                    if !self.announced {
+                        self.announced = true;
+                        self.ctx.publish_refusals.remove(&self.stream.path);
+                        self.ctx.masters.announce(&self.stream.path, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The publisher is gone (unpublish or disconnect): flush, then end the stream unless the
+    /// publisher comes back within the grace period. Must run on the main runtime.
+    pub fn stop(mut self, why: &str) {
+        let rest = self.packager.flush();
+        self.apply(rest);
+        self.stream.publisher_left();
+        tracing::info!(peer = %self.peer, path = %self.stream.path, why, "publisher left; grace period started");
+        let ctx = self.ctx.clone();
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(stream.cfg.grace).await;
+            let gone = {
+                let st = stream.read();
+                !st.publisher_connected
+                    && st
+                        .publisher_left_at
+                        .is_some_and(|t| t.elapsed() >= stream.cfg.grace)
+            };
+            if gone && !stream.is_ended() {
+                tracing::info!(path = %stream.path, "publisher did not come back; stream ended");
+                stream.end();
+                ctx.masters.announce(&stream.path, false);
+            }
+        });
+    }
+}
