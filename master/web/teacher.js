@@ -35,6 +35,9 @@
     $('expires').textContent = new Date(j.expires_at * 1000).toLocaleString();
     $('login').hidden = true;
     for (const id of ['settings', 'preview-card', 'viewers-card', 'recordings-card']) $(id).hidden = false;
+    // Going live from the page needs WHIP at the origin (WebRTC on) and a browser that can send.
+    if (j.whip_url && window.RTCPeerConnection && navigator.mediaDevices) $('golive-card').hidden = false;
+    window.dispatchEvent(new CustomEvent('classcast-teacher', { detail: j }));
     showStudentLink(stream);
     refreshRecordings();
     setInterval(refreshRecordings, 5000);

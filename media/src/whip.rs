@@ -245,7 +245,11 @@ mod tests {
         let rec = hex(SEQ_HDR_852X480);
         let cfg = crate::AvcConfig::parse(Bytes::from(rec[5..].to_vec())).unwrap();
         let mut au = Vec::new();
-        for nal in [&cfg.sps[0][..], &cfg.pps[0][..], &[0x65, 0x88, 0x84, 0x00][..]] {
+        for nal in [
+            &cfg.sps[0][..],
+            &cfg.pps[0][..],
+            &[0x65, 0x88, 0x84, 0x00][..],
+        ] {
             au.extend_from_slice(&[0, 0, 0, 1]);
             au.extend_from_slice(nal);
         }
@@ -254,7 +258,9 @@ mod tests {
 
     #[test]
     fn annexb_splits_on_three_and_four_byte_codes() {
-        let data = [0, 0, 0, 1, 9, 0xF0, 0, 0, 1, 0x65, 1, 2, 0, 0, 0, 1, 0x41, 3];
+        let data = [
+            0, 0, 0, 1, 9, 0xF0, 0, 0, 1, 0x65, 1, 2, 0, 0, 0, 1, 0x41, 3,
+        ];
         let nals: Vec<&[u8]> = annexb_nals(&data).collect();
         assert_eq!(nals, vec![&[9, 0xF0][..], &[0x65, 1, 2], &[0x41, 3]]);
         assert_eq!(annexb_nals(&[]).count(), 0);

@@ -30,7 +30,14 @@ fn ffmpeg_whip(exe: &str, name: &str, url: &str, token: &str) -> Proc {
     cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
         .args(["-bf", "0", "-g", "30", "-pix_fmt", "yuv420p"])
         .args(["-c:a", "libopus", "-b:a", "48k", "-ar", "48000", "-ac", "2"])
         .args(["-authorization", token, "-f", "whip", url]);
@@ -45,9 +52,19 @@ fn publish_token(teacher: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
     let Some(ffmpeg9) = ffmpeg9() else { return };
-    let c = Cluster::start("whip", 2, Timings::default()).await;
+    // A publisher that vanishes without a DELETE is found by the idle deadline.
+    let c = Cluster::start_with(
+        "whip",
+        2,
+        Timings::default(),
+        &[],
+        &["--rtmp-idle-timeout-ms", "3000"],
+    )
+    .await;
     let (_, _, t) = c.teacher("whip").await;
-    let whip = t["whip_url"].as_str().expect("the teacher token has whip_url");
+    let whip = t["whip_url"]
+        .as_str()
+        .expect("the teacher token has whip_url");
     let origin = t["node_id"].as_str().unwrap().to_string();
     assert!(whip.starts_with(&c.slave(&origin).base()), "{whip}");
     let token = publish_token(&t);
@@ -62,15 +79,16 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
         ("no token", None, 401),
         ("a forged token", Some(forged.as_str()), 401),
         ("a viewer token", Some(viewer.as_str()), 403),
-        ("another class's token", Some(&publish_token(&other)[..]), 403),
+        (
+            "another class's token",
+            Some(&publish_token(&other)[..]),
+            403,
+        ),
     ] {
         let (status, body) = post_whip(&c, whip, tok, &sdp).await;
         assert_eq!(status, want, "{what}: {body}");
     }
-    let elsewhere = whip.replace(
-        &c.slave(&origin).base(),
-        &c.slave(&other_node).base(),
-    );
+    let elsewhere = whip.replace(&c.slave(&origin).base(), &c.slave(&other_node).base());
     let (status, body) = post_whip(&c, &elsewhere, Some(&token), &sdp).await;
     assert_eq!(status, 403, "the origin's token on another node: {body}");
 
@@ -93,7 +111,10 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
         .iter()
         .find(|s| s["codec_name"] == "h264")
         .unwrap();
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(320), Some(240)));
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(320), Some(240))
+    );
     let (ok, errors) = ffmpeg_decode(&url, 3);
     assert!(ok && errors.trim().is_empty(), "decode errors: {errors}");
     let metrics = metrics_text(&c.http, &c.slave(&origin).base()).await;
@@ -106,9 +127,42 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
     let (status, body) = post_whip(&c, whip, Some(&token), &sdp).await;
     assert_eq!(status, 409, "a second publisher: {body}");
 
-    // The publisher goes: the class ends after the grace period.
+    // The publisher goes (ffmpeg's DELETE) and comes back within the grace period: the same
+    // class goes on, with a discontinuity.
+    let playlist_url = format!(
+        "{}/live/whip/index.m3u8?jwt={viewer}",
+        c.slave(&origin).base()
+    );
+    let before = c
+        .http
+        .get(&playlist_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (msn_before, _) = last_part(&before).expect("parts");
     publisher.terminate(Duration::from_secs(5));
-    let ended = wait_until(Duration::from_secs(15), || async {
+    let mut again = ffmpeg_whip(&ffmpeg9, "publisher-again", whip, &token);
+    let resumed = wait_until(Duration::from_secs(15), || async {
+        let p = c
+            .http
+            .get(&playlist_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        p.contains("#EXT-X-DISCONTINUITY") && last_part(&p).is_some_and(|(m, _)| m > msn_before + 1)
+    })
+    .await;
+    assert!(resumed, "the class went on after the publisher came back");
+
+    // Cut off (kill -9, no DELETE): the class ends after the idle deadline and the grace.
+    again.kill9();
+    let ended = wait_until(Duration::from_secs(20), || async {
         let v = get_json(&c.http, &format!("{}/cluster/streams", c.master_url()))
             .await
             .unwrap_or(Value::Null);
@@ -117,5 +171,5 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
             .is_some_and(|a| a.iter().any(|s| s["path"] == "live/whip"))
     })
     .await;
-    assert!(ended, "the class ended after the publisher left");
+    assert!(ended, "the class ended after its publisher was cut off");
 }

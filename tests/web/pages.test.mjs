@@ -82,7 +82,9 @@ async function playsFor(page, secs, ms = 30000) {
 let up, upPort;
 before(async () => {
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required'] });
+    // A fake camera and microphone (a test pattern and a beep) for the teacher page's go-live.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--autoplay-policy=no-user-gesture-required',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'] });
   upPort = await freePort();
   rmSync(path.join(ART, 'up-data'), { recursive: true, force: true });
   up = run('up', BIN, ['up', '--slaves', '2', '--webrtc-udp-port', '0', '--master-port', String(upPort), '--rtmp-port-base', '0', '--http-port-base', '0',
@@ -578,6 +580,65 @@ test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not 
   } finally {
     stop(procs.slice(from));
   }
+});
+
+// Issue 32: a teacher with only a browser goes live over WHIP from the teacher page (Chromium's
+// fake camera and microphone); a student on an edge sees and hears the class; when the WHIP
+// session is cut, the page reconnects by itself and says so; the class is recorded.
+test('a teacher goes live from the page; a student on an edge sees and hears it; a cut session reconnects', async () => {
+  const base = `http://127.0.0.1:${upPort}`;
+  const teacher = await newPage('golive-teacher');
+  const open = [];
+  let origin;
+  await withShot(teacher, async () => {
+    await teacher.goto(`${base}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'golive');
+    await teacher.click('button[type=submit]');
+    await teacher.waitForSelector('#golive-card:not([hidden])');
+    await teacher.selectOption('#source', 'camera');
+    await teacher.selectOption('#quality', '480');
+    await teacher.click('#golive');
+    await until('the page says it is live', 20000, () => teacher.evaluate(() => window.classcast.golive.state === 'live'));
+    assert.match(await teacher.textContent('#golive-state'), /Live/);
+    // The preview (LL-HLS from the origin) plays what the camera sends.
+    await until('the preview plays', 30000, () => teacher.evaluate(() => document.getElementById('preview').currentTime > 1));
+    origin = await teacher.evaluate(async () => {
+      const r = await fetch('/cluster/streams').then((x) => x.json());
+      return r.streams.find((s) => s.path === 'live/golive').origin;
+    });
+  });
+  // Students until one lands on the edge: it plays over WebRTC (a browser sends H.264 without
+  // B-frames) and hears the microphone.
+  let onEdge = null;
+  for (let i = 0; i < 8 && !onEdge; i++) {
+    const page = await newPage(`golive-student-${i}`);
+    open.push(page);
+    await page.goto(`${base}/?name=Stu${i}&stream=golive&autoplay`);
+    await until('the student plays', 30000, () => page.evaluate(() => (window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10) || (document.getElementById('video')?.currentTime || 0) > 1));
+    if ((await page.evaluate(() => window.classcast.current.node_id)) !== origin) onEdge = page;
+  }
+  assert.ok(onEdge, 'a student landed on the edge');
+  await withShot(onEdge, async () => {
+    assert.equal(await onEdge.evaluate(() => window.classcast.mode), 'webrtc');
+    const heard = await listen(onEdge);
+    assert.ok(heard.tracks === 1 && heard.rms > 0.001, `the microphone is heard on the edge: ${JSON.stringify(heard)}`);
+  });
+  // The WHIP session is cut from the server side (as a network blip leaves it): the page notices,
+  // says so, and is live again by itself.
+  await withShot(teacher, async () => {
+    const session = await teacher.evaluate(() => window.classcast.golive.session);
+    assert.ok(session, 'the page knows its WHIP session');
+    assert.equal((await fetch(session, { method: 'DELETE' })).status, 200);
+    await until('the page says it reconnects', 20000, () => teacher.evaluate(() => window.classcast.golive.reconnects >= 1));
+    await until('live again', 20000, () => teacher.evaluate(() => window.classcast.golive.state === 'live' && window.classcast.golive.connects >= 2));
+    // The class is being recorded, once.
+    const recs = await json(`${base}/api/recordings`);
+    assert.equal(recs.recordings.filter((r) => r.path === 'live/golive').length, 1, JSON.stringify(recs));
+    await teacher.click('#stoplive');
+    await until('ended', 5000, () => teacher.evaluate(() => window.classcast.golive.state === 'ended'));
+  });
+  for (const p of open) await p.close();
 });
 
 // Issue 29: another student's token and requests cannot freeze a viewer playing over WebRTC.

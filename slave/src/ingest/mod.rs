@@ -347,7 +347,10 @@ impl Connection {
     /// Checks the publish token in `name?key=TOKEN` (see [`publish::authorize`]).
     fn authorize_publish(&self, stream_key: &str) -> Result<(String, Option<bool>), Refused> {
         if self.publishing.is_some() {
-            return Err((publish::BAD_NAME, "this connection already publishes".into()));
+            return Err((
+                publish::BAD_NAME,
+                "this connection already publishes".into(),
+            ));
         }
         let (name, key) = split_stream_key(stream_key);
         publish::authorize(&self.ctx, name, key, &self.peer.to_string())

@@ -392,7 +392,7 @@ async fn end(
     State(_): State<Arc<SlaveCtx>>,
     Extension(whep): EngineHandle,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(StatusCode, &'static str), ApiError> {
     let whep = whep.ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
     let (tx, rx) = oneshot::channel();
     let _ = whep
@@ -400,7 +400,8 @@ async fn end(
         .send(session::Command::Close { id, reply: tx })
         .await;
     match rx.await {
-        Ok(true) => Ok(StatusCode::OK),
+        // A body: ffmpeg's WHIP muxer reports an empty answer to its DELETE as an error.
+        Ok(true) => Ok((StatusCode::OK, "session ended\n")),
         _ => Err(ApiError::not_found("not_found", "no such session")),
     }
 }

@@ -63,7 +63,10 @@ pub(super) async fn publish(
     let claims = verifier
         .authorize(token, &ctx.cfg.node_id, &path, Action::Publish)
         .inspect_err(|e| {
-            ctx.metrics.whip_refusals.with_label_values(&["token"]).inc();
+            ctx.metrics
+                .whip_refusals
+                .with_label_values(&["token"])
+                .inc();
             tracing::warn!(%path, error = %e, "whip publish refused");
         })?;
     publish::path_free(&ctx, &path)
@@ -119,7 +122,13 @@ pub(super) async fn publish(
     }
     ctx.metrics.whip_publishes.inc();
     tracing::info!(%path, session = %id, user = %claims.sub, "whip publish accepted");
-    tokio::spawn(package(ctx.clone(), engine.clone(), id.clone(), publishing, frames_rx));
+    tokio::spawn(package(
+        ctx.clone(),
+        engine.clone(),
+        id.clone(),
+        publishing,
+        frames_rx,
+    ));
     let mut r = (StatusCode::CREATED, answer).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -179,6 +188,9 @@ async fn package(
     };
     // Whatever ended it, the engine's session goes too (a no-op if it is already gone).
     let (tx, _rx) = oneshot::channel();
-    let _ = engine.cmds.send(session::Command::Close { id, reply: tx }).await;
+    let _ = engine
+        .cmds
+        .send(session::Command::Close { id, reply: tx })
+        .await;
     publishing.stop(&why);
 }
