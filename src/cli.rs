@@ -326,6 +326,10 @@ pub(crate) struct MediaTuning {
     /// (players move to another slave) for this long before it exits.
     #[arg(long, env = "DRAIN_MS", default_value_t = 3000)]
     pub(crate) drain_ms: u64,
+    /// Readers of class messages (Q&A) at once, each an open Server-Sent Events response; past
+    /// it, 503 with Retry-After.
+    #[arg(long, env = "CHAT_MAX_READERS", default_value_t = 2000)]
+    pub(crate) chat_max_readers: usize,
     /// Blocking playlist and part requests parked at once; past it, 503 with Retry-After.
     #[arg(long, env = "MAX_PARKED_REQUESTS", default_value_t = 8192)]
     pub(crate) max_parked_requests: usize,

@@ -303,6 +303,7 @@ pub(crate) fn slave_config(
         http: http_limits(&a.common),
         cors_origins: origins(&a.common.cors_origins)?,
         max_parked: a.media.max_parked_requests.max(1),
+        chat_max_readers: a.media.chat_max_readers,
         drain: Duration::from_millis(a.media.drain_ms),
         behind_cache: a.cache_url.is_some(),
         webrtc: slave::webrtc::WebRtcConfig {

@@ -152,6 +152,10 @@ async fn asset(Path(file): Path<String>) -> Response {
             include_bytes!("../web/teacher.js"),
             "text/javascript; charset=utf-8",
         ),
+        "classchat.js" => (
+            include_bytes!("../web/classchat.js"),
+            "text/javascript; charset=utf-8",
+        ),
         "golive.js" => (
             include_bytes!("../web/golive.js"),
             "text/javascript; charset=utf-8",

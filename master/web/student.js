@@ -177,6 +177,8 @@
     log({ type: 'play', node_id: tok.node_id });
     if (hls) { hls.destroy(); hls = null; }
     stopWebRtc();
+    // The class's questions follow the student to whichever slave plays the class.
+    if (!recording) window.dispatchEvent(new CustomEvent('classcast-play', { detail: { tok, user, teacher: false } }));
     if (tok.whep_url && !recording && window.RTCPeerConnection && !window.classcast.noWebRtc) playWebRtc(tok);
     else if (!playHls(tok)) return;
     state('Connecting to ' + tok.node_name + '…');

@@ -38,6 +38,8 @@
     // Going live from the page needs WHIP at the origin (WebRTC on) and a browser that can send.
     if (j.whip_url && window.RTCPeerConnection && navigator.mediaDevices) $('golive-card').hidden = false;
     window.dispatchEvent(new CustomEvent('classcast-teacher', { detail: j }));
+    $('qa-card').hidden = false;
+    window.dispatchEvent(new CustomEvent('classcast-play', { detail: { tok: j, user: 'teacher', teacher: true } }));
     showStudentLink(stream);
     refreshRecordings();
     setInterval(refreshRecordings, 5000);

@@ -65,6 +65,8 @@ pub struct SlaveConfig {
     pub cors_origins: Vec<String>,
     /// Blocking requests parked at once.
     pub max_parked: usize,
+    /// Class-message readers (open Server-Sent Events responses) at once.
+    pub chat_max_readers: usize,
     /// Recording at the origin: where, by default or not, retention.
     pub record: crate::recordings::RecordConfig,
     /// A shared HTTP cache sits in front of this slave (`CACHE_URL`, deploy/nginx): viewers'
@@ -124,6 +126,8 @@ pub struct SlaveCtx {
     /// Why the last publish on a path was refused after it was accepted (a codec or layout the
     /// packager cannot serve), so the teacher's preview says so instead of waiting forever.
     pub publish_refusals: dashmap::DashMap<String, (String, std::time::Instant)>,
+    /// Class-message readers now (bounded by `chat_max_readers`).
+    pub chat_readers: std::sync::atomic::AtomicUsize,
     /// The masters, for announcements and origin lookups.
     pub masters: Masters,
     /// The recordings on this node's disk.
@@ -167,6 +171,7 @@ impl SlaveCtx {
             finder: std::sync::OnceLock::new(),
             missing: Default::default(),
             publish_refusals: Default::default(),
+            chat_readers: Default::default(),
             page_origins: RwLock::new(Self::own_origins(&cfg)),
             cfg,
             store: StreamStore::default(),

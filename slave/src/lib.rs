@@ -5,6 +5,7 @@
 //! itself, without IO, is the `media` crate. No module imports one above it.
 
 pub mod agent;
+pub mod chat;
 pub mod ctx;
 pub mod discovery;
 pub mod frame_link;
@@ -82,6 +83,7 @@ pub fn router_with(ctx: &Arc<SlaveCtx>, whep: Option<Arc<webrtc::Whep>>) -> Rout
         )
         .merge(vod::internal_router())
         .merge(webrtc::router(ctx, whep))
+        .merge(chat::router(ctx))
         .route(frame_link::ROUTE, get(frame_link::serve))
         .route(paths::HEALTH, get(health))
         .route(paths::METRICS, get(metrics))

@@ -33,6 +33,13 @@ pub struct SlaveMetrics {
     pub whip_publishes: IntCounter,
     pub whip_refusals: IntCounterVec,
     pub whip_dropped_frames: IntCounter,
+    /// Class messages: posts taken here, events sent to readers, readers now, refusals by
+    /// reason, and how long after the origin took an event a reader here was sent it.
+    pub chat_messages_in: IntCounter,
+    pub chat_events_out: IntCounter,
+    pub chat_readers: IntGauge,
+    pub chat_refusals: IntCounterVec,
+    pub chat_delivery_seconds: Histogram,
     pub parked: IntGauge,
     /// Viewer token checks made by a cache in front of this node.
     pub cache_auth_checks: IntCounter,
@@ -159,6 +166,34 @@ impl SlaveMetrics {
                 "classcast_slave_whip_dropped_frames_total",
                 "Frames a WHIP publisher sent that its class's queue had no room for",
             ),
+            chat_messages_in: ic(
+                "classcast_slave_chat_messages_in_total",
+                "Class messages posted by viewers of this slave and accepted",
+            ),
+            chat_events_out: ic(
+                "classcast_slave_chat_events_out_total",
+                "Class message events sent to readers here",
+            ),
+            chat_readers: ig(
+                "classcast_slave_chat_readers",
+                "Open class-message readers (Server-Sent Events responses)",
+            ),
+            chat_refusals: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_chat_refusals_total",
+                    "Class messages and readers refused, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            chat_delivery_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "classcast_slave_chat_delivery_seconds",
+                    "From the origin taking a class message to a reader here being sent it",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )
+            .unwrap(),
             parked: ig(
                 "classcast_slave_parked_requests",
                 "Blocking playlist and part requests waiting now",
@@ -245,6 +280,11 @@ impl SlaveMetrics {
             Box::new(m.whip_publishes.clone()),
             Box::new(m.whip_refusals.clone()),
             Box::new(m.whip_dropped_frames.clone()),
+            Box::new(m.chat_messages_in.clone()),
+            Box::new(m.chat_events_out.clone()),
+            Box::new(m.chat_readers.clone()),
+            Box::new(m.chat_refusals.clone()),
+            Box::new(m.chat_delivery_seconds.clone()),
             Box::new(m.parked.clone()),
             Box::new(m.cache_auth_checks.clone()),
             Box::new(m.recorded_bytes.clone()),

@@ -4,6 +4,7 @@
 mod acme;
 mod bounds;
 mod cache_tier;
+mod chat;
 mod clients;
 mod codecs;
 mod control_plane;

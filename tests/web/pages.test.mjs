@@ -641,6 +641,81 @@ test('a teacher goes live from the page; a student on an edge sees and hears it;
   for (const p of open) await p.close();
 });
 
+// Issue 32: class Q&A on the pages. A student on an edge asks (with markup in the text), the
+// teacher sees it as text and answers everyone; in Q&A mode another student sees the answer but
+// not the question; hide and mute reach the student's page within a second; the rate limit
+// shows as a message.
+test('class Q&A: a question from an edge reaches the teacher as text; answer, hide, mute and the rate limit show on the pages', async () => {
+  const from = procs.length;
+  const base = `http://127.0.0.1:${upPort}`;
+  const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'qa', credential: TEACHER }) });
+  publish('qa-publisher', `${t.rtmp_url}/${t.stream_key}`);
+  try {
+    const teacher = await newPage('qa-teacher');
+    await teacher.goto(`${base}/teacher`);
+    await teacher.fill('#password', TEACHER);
+    await teacher.fill('#stream', 'qa');
+    await teacher.click('button[type=submit]');
+    await teacher.waitForSelector('#qa-card:not([hidden])');
+    const students = [];
+    let asker = null;
+    for (let i = 0; i < 8 && (!asker || students.length < 2); i++) {
+      const page = await newPage(`qa-student-${i}`);
+      await page.goto(`${base}/?name=Kid${i}&stream=qa&autoplay`);
+      await page.waitForSelector('#chat-card:not([hidden])', { timeout: 30000 });
+      students.push(page);
+      if (!asker && (await page.evaluate(() => window.classcast.current.node_id)) !== t.node_id) asker = page;
+    }
+    assert.ok(asker, 'a student on an edge');
+    const other = students.find((p) => p !== asker);
+    const question = '<script>window.pwned=1</script><b>why</b> is the sky blue?';
+    const asked = Date.now();
+    await withShot(asker, async () => {
+      await asker.fill('#chat-text', question);
+      await asker.click('#chat-form button[type=submit]');
+      await until('the asker sees the question', 5000, () => asker.evaluate((q) => window.classcast.chat.messages().some((m) => m.text === q), question));
+    });
+    await withShot(teacher, async () => {
+      await until('the teacher sees the question', 5000, () => teacher.evaluate((q) => window.classcast.chat.messages().some((m) => m.text === q), question));
+      assert.ok(Date.now() - asked < 2000, 'within a second or so of the post');
+      assert.equal(await teacher.evaluate(() => document.querySelectorAll('#chat-list script, #chat-list b').length), 0, 'markup stays text');
+      assert.equal(await teacher.evaluate(() => window.pwned), undefined);
+      await teacher.fill('#chat-text', 'Rayleigh scattering');
+      await teacher.click('#chat-form button[type=submit]');
+    });
+    await withShot(other, async () => {
+      await until('another student sees the answer', 5000, () => other.evaluate(() => window.classcast.chat.messages().some((m) => m.text === 'Rayleigh scattering' && m.from === 'Teacher')));
+      assert.ok(!(await other.evaluate((q) => window.classcast.chat.messages().some((m) => m.text === q), question)), 'Q&A: not the question');
+    });
+    // Hide, then mute, from the teacher's buttons.
+    const id = await teacher.evaluate((q) => window.classcast.chat.messages().find((m) => m.text === q).id, question);
+    await teacher.click(`#chat-list li[data-id="${id}"] button[data-action=hide]`);
+    const hidAt = Date.now();
+    await until('hidden on the asker\'s page', 1000, () => asker.evaluate((i) => !window.classcast.chat.messages().some((m) => m.id === i), id));
+    assert.ok(Date.now() - hidAt <= 1100);
+    await asker.fill('#chat-text', 'one more');
+    await asker.click('#chat-form button[type=submit]');
+    await until('the teacher sees it', 5000, () => teacher.evaluate(() => window.classcast.chat.messages().some((m) => m.text === 'one more')));
+    const id2 = await teacher.evaluate(() => window.classcast.chat.messages().find((m) => m.text === 'one more').id);
+    await teacher.click(`#chat-list li[data-id="${id2}"] button[data-action=mute]`);
+    await until('the asker is told it is muted', 1000, () => asker.evaluate(() => window.classcast.chat.muted));
+    assert.match(await asker.textContent('#chat-state'), /muted/);
+    // The rate limit: the fourth message at once is refused with a wait.
+    await withShot(other, async () => {
+      for (let i = 0; i < 4; i++) {
+        await other.fill('#chat-text', `quick ${i}`);
+        await other.click('#chat-form button[type=submit]');
+        await sleep(50);
+      }
+      await until('told to slow down', 3000, async () => /Slow down/.test(await other.textContent('#chat-state')));
+    });
+    for (const p of [teacher, ...students]) await p.close();
+  } finally {
+    stop(procs.slice(from));
+  }
+});
+
 // Issue 29: another student's token and requests cannot freeze a viewer playing over WebRTC.
 // Each flood is bounded by the slave before its engine (the task that sends every viewer's
 // media) does any work; tests/e2e/webrtc_bounds.rs asserts each bound on its own.

@@ -29,6 +29,9 @@ pub struct HlsStream {
     rendered: parking_lot::Mutex<Option<(u64, Arc<Rendered>)>>,
     /// The same media frame by frame, for WebRTC viewers and edges' frame links.
     pub frames: super::frames::FrameFeed,
+    /// The class's messages (Q&A), kept with the stream: a publisher who comes back within the
+    /// grace period finds them.
+    pub chat: Arc<crate::chat::ClassChat>,
 }
 
 impl HlsStream {
@@ -43,6 +46,7 @@ impl HlsStream {
             msn_base: common::now_unix(),
             rendered: parking_lot::Mutex::new(None),
             frames: Default::default(),
+            chat: Default::default(),
         }
     }
 

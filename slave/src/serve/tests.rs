@@ -49,6 +49,7 @@ fn fixture(max_parked: usize) -> Fixture {
         },
         cors_origins: Vec::new(),
         max_parked,
+        chat_max_readers: 100,
         drain: Duration::from_millis(10),
         webrtc: Default::default(),
         behind_cache: false,
