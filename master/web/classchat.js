@@ -5,7 +5,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   if (!$('chat-list')) return;
-  let es = null, url = null, me = '', teacher = false, lastId = 0, chatMode = false, retry = null;
+  let es = null, url = null, me = '', teacher = false, lastId = 0, chatMode = false, retry = null, replayTimer = null;
   const items = new Map(); // message id → { li, from, text }
   const state = { get lastId() { return lastId; }, get chatMode() { return chatMode; }, muted: false,
     messages: () => [...items.entries()].map(([id, m]) => ({ id, from: m.from, text: m.text })) };
@@ -13,12 +13,38 @@
   const say = (t) => { $('chat-state').textContent = t; };
 
   window.addEventListener('classcast-play', (e) => {
+    clearInterval(replayTimer);
+    $('chat-form').hidden = false;
     const { tok, user } = e.detail;
     me = user;
     teacher = !!e.detail.teacher;
     url = tok.hls_url.replace('/index.m3u8?', '/chat?');
     if (!teacher) $('chat-card').hidden = false;
     connect();
+  });
+
+  // A replay: the class's messages (`chat.json` beside the recording), each shown once the
+  // video reaches the time it was sent (hls.js's playing date), and gone again on a seek back.
+  window.addEventListener('classcast-replay', async (e) => {
+    if (es) { es.close(); es = null; }
+    clearInterval(replayTimer);
+    items.clear();
+    $('chat-list').textContent = '';
+    $('chat-form').hidden = true;
+    $('chat-mode').textContent = 'The class\'s messages, as they came during the class.';
+    const j = await fetch(e.detail.tok.hls_url.replace('/index.m3u8?', '/chat.json?')).then((r) => r.json()).catch(() => null);
+    const all = (j && j.messages) || [];
+    $('chat-card').hidden = all.length === 0;
+    replayTimer = setInterval(() => {
+      const date = window.classcast.hls && window.classcast.hls.playingDate;
+      if (!date) return;
+      const now = date.getTime();
+      for (const m of all) {
+        const shown = items.has(m.id);
+        if (m.at_ms <= now && !shown) add({ ...m, id: m.id });
+        else if (m.at_ms > now && shown) { items.get(m.id).li.remove(); items.delete(m.id); }
+      }
+    }, 250);
   });
 
   function connect() {

@@ -179,6 +179,7 @@
     stopWebRtc();
     // The class's questions follow the student to whichever slave plays the class.
     if (!recording) window.dispatchEvent(new CustomEvent('classcast-play', { detail: { tok, user, teacher: false } }));
+    else window.dispatchEvent(new CustomEvent('classcast-replay', { detail: { tok } }));
     if (tok.whep_url && !recording && window.RTCPeerConnection && !window.classcast.noWebRtc) playWebRtc(tok);
     else if (!playHls(tok)) return;
     state('Connecting to ' + tok.node_name + '…');

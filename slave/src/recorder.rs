@@ -99,8 +99,19 @@ pub fn spawn(ctx: Arc<SlaveCtx>, stream: Arc<HlsStream>) {
         tracing::info!(%id, path = %stream.path, dir = %writer.dir().display(), "recording the class");
         let mut rx = stream.subscribe_completed();
         let mut next = None;
+        let mut chat_next = 0;
         loop {
             let (batch, ended) = collect(&stream, &mut next);
+            // The class's messages go with it, as they come: a replay shows them in step.
+            let chat = stream.chat.since(chat_next);
+            if let Some(last) = chat.last() {
+                chat_next = last.id;
+                let dir = writer.dir().to_path_buf();
+                let res = tokio::task::spawn_blocking(move || append_chat(&dir, &chat)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::warn!(%id, error = %e, "recording the class's messages failed");
+                }
+            }
             if !batch.is_empty() {
                 if free_bytes(writer.dir()) < min_free {
                     publish(&ctx, &id, &writer, false);
@@ -152,6 +163,26 @@ pub fn spawn(ctx: Arc<SlaveCtx>, stream: Arc<HlsStream>) {
             }
         }
     });
+}
+
+/// The name of a recording's messages file: one JSON event per line, in the class's order.
+pub const CHAT_FILE: &str = "chat.jsonl";
+
+fn append_chat(
+    dir: &std::path::Path,
+    events: &[Arc<crate::chat::log::Event>],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(CHAT_FILE))?;
+    let mut buf = Vec::new();
+    for e in events {
+        serde_json::to_writer(&mut buf, &**e)?;
+        buf.push(b'\n');
+    }
+    f.write_all(&buf)
 }
 
 /// What the writer holds now becomes what this node serves and reports.

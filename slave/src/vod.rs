@@ -44,12 +44,17 @@ enum VodFile {
     Segment(u64),
     /// 0: `download.mp4`, the whole class (or the list of its parts); K: `download-K.mp4`.
     Download(u32),
+    /// `chat.json`: the messages a replay shows, with the times they were sent.
+    Chat,
 }
 
 impl VodFile {
     fn parse(s: &str) -> Option<Self> {
         if s == "download.mp4" {
             return Some(Self::Download(0));
+        }
+        if s == "chat.json" {
+            return Some(Self::Chat);
         }
         if let Some(k) = s
             .strip_prefix("download-")
@@ -74,6 +79,7 @@ impl VodFile {
             Self::Segment(m) => disk::segment_name(m),
             Self::Download(0) => "download.mp4".into(),
             Self::Download(k) => format!("download-{k}.mp4"),
+            Self::Chat => "chat.json".into(),
         }
     }
 }
@@ -184,6 +190,24 @@ async fn local(ctx: &SlaveCtx, e: &Entry, req: &VodRequest) -> Result<Response, 
             Ok(ranged(ctx, data, req.range.as_deref(), "video/mp4"))
         }
         VodFile::Download(k) => download(ctx, rec, k, req.range.as_deref()),
+        VodFile::Chat => {
+            let file = rec.dir.join(crate::recorder::CHAT_FILE);
+            let text = tokio::task::spawn_blocking(move || {
+                std::fs::read_to_string(file).unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
+            let events: Vec<crate::chat::log::Event> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let shown = crate::chat::log::replay(&events);
+            Ok((
+                [(header::CACHE_CONTROL, "no-cache")],
+                axum::Json(serde_json::json!({ "messages": shown })),
+            )
+                .into_response())
+        }
         _ => Err(not_found()),
     }
 }
@@ -475,6 +499,22 @@ async fn remote(ctx: &Arc<SlaveCtx>, req: &VodRequest) -> Result<Response, ApiEr
         url.push_str("?_HLS_skip=YES");
     }
     match req.file {
+        VodFile::Chat => {
+            // Small, and growing with a class still running: passed through, never cached.
+            let r = fetch(ctx, &url, None).await?;
+            let body = r
+                .bytes()
+                .await
+                .map_err(|e| ApiError::unavailable("origin_unreachable", e.to_string()))?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                body,
+            )
+                .into_response())
+        }
         VodFile::Download(_) => {
             // Streamed through, never cached (a class is hundreds of megabytes); a list of
             // parts (300) passes through as it is.

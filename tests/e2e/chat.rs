@@ -115,7 +115,7 @@ type HeaderInfo = Option<String>;
 async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() {
     let mut c = Cluster::start("chat", 3, Timings::default()).await;
     let (rtmp, key, t) = c.teacher("qa").await;
-    let _publisher = c.publish("publisher", &rtmp, &key, None);
+    let mut publisher = c.publish("publisher", &rtmp, &key, None);
     c.wait_live("qa", 1).await;
     let origin = t["node_id"].as_str().unwrap().to_string();
     let edges: Vec<String> = c
@@ -277,6 +277,26 @@ async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() 
     .await;
     assert!(muted, "a muted student's post is refused");
 
+    // A student's token at another node, a forged one, and a student moderating: refused.
+    let (_, _, jwt9) = &students[9];
+    let other_edge = base(&edges[1 - 9 % 2]);
+    assert_eq!(post(&c.http, &other_edge, jwt9, "elsewhere").await.0, 403);
+    assert_eq!(
+        post(&c.http, &students[9].0, "x.y.z", "forged").await.0,
+        401
+    );
+    let r = c
+        .http
+        .post(format!(
+            "{}/live/qa/chat/moderate?jwt={jwt9}",
+            students[9].0
+        ))
+        .json(&json!({ "mute": "student10" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a student does not moderate");
+
     // The rate: a fourth post at once gets 429 with Retry-After.
     let (b8, _, jwt8) = &students[8];
     let mut last = (0, None);
@@ -323,4 +343,38 @@ async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() 
         .collect();
     let expected: Vec<u64> = (last_id + 1..=*ids.last().unwrap()).collect();
     assert_eq!(ids, expected, "no event lost or repeated across the move");
+
+    // The messages go with the recording: a replay (here from the edge left) gets what the
+    // class saw, with the times they were sent, less the hidden one.
+    publisher.terminate(Duration::from_secs(5));
+    let rec =
+        crate::recording::wait_recording(&c, "qa", "finished", |r| r["recording"] == false).await;
+    let v = crate::recording::recording_token(&c, rec["id"].as_str().unwrap(), Some(&origin)).await;
+    let url = v["hls_url"]
+        .as_str()
+        .unwrap()
+        .replace("index.m3u8", "chat.json");
+    let replay: Value = c.http.get(&url).send().await.unwrap().json().await.unwrap();
+    let shown: Vec<u64> = replay["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    for (id, _) in &teacher_order {
+        assert_eq!(
+            shown.contains(id),
+            *id != hidden,
+            "message {id} in the replay"
+        );
+    }
+    let started = rec["started_ms"].as_u64().unwrap();
+    assert!(
+        replay["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["at_ms"].as_u64().unwrap() >= started),
+        "times on the class's clock"
+    );
 }

@@ -20,7 +20,7 @@ async fn recordings(c: &Cluster) -> Vec<Value> {
 }
 
 /// The recording of `stream` once `pred` holds for it.
-async fn wait_recording(
+pub(crate) async fn wait_recording(
     c: &Cluster,
     stream: &str,
     what: &str,
@@ -115,7 +115,7 @@ fn only_subdir(dir: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
-async fn recording_token(c: &Cluster, id: &str, exclude: Option<&str>) -> Value {
+pub(crate) async fn recording_token(c: &Cluster, id: &str, exclude: Option<&str>) -> Value {
     let mut body = json!({"role": "student", "user_id": "replay", "recording": id});
     if let Some(x) = exclude {
         body["exclude"] = json!(x);

@@ -711,6 +711,28 @@ test('class Q&A: a question from an edge reaches the teacher as text; answer, hi
       await until('told to slow down', 3000, async () => /Slow down/.test(await other.textContent('#chat-state')));
     });
     for (const p of [teacher, ...students]) await p.close();
+    // The replay shows the answer when the video reaches the time it was sent, and never the
+    // hidden question nor a Q&A question.
+    stop(procs.slice(from));
+    const rec = await until('the recording finished', 30000, async () =>
+      (await json(`${base}/api/recordings`)).recordings.find((r) => r.path === 'live/qa' && !r.recording));
+    const replay = await newPage('qa-replay');
+    await withShot(replay, async () => {
+      await replay.goto(`${base}/?name=Rex&recording=${encodeURIComponent(rec.id)}`);
+      await until('the replay plays', 30000, () => replay.evaluate(() => document.getElementById('video').currentTime > 0.3));
+      const early = await replay.evaluate(() => ({ date: window.classcast.hls.playingDate.getTime(), shown: window.classcast.chat.messages().map((m) => m.text) }));
+      const answerAt = await replay.evaluate(async () => {
+        const j = await fetch(window.classcast.current.hls_url.replace('/index.m3u8?', '/chat.json?')).then((r) => r.json());
+        return j.messages.find((m) => m.text === 'Rayleigh scattering').at_ms;
+      });
+      assert.ok(answerAt > early.date, 'the answer came after the start');
+      assert.ok(!early.shown.includes('Rayleigh scattering'), 'not before its time');
+      await replay.evaluate(() => { const v = document.getElementById('video'); v.currentTime = v.duration - 0.5; });
+      await until('the answer shown at its time', 10000, () => replay.evaluate(() => window.classcast.chat.messages().some((m) => m.text === 'Rayleigh scattering')));
+      const texts = await replay.evaluate(() => window.classcast.chat.messages().map((m) => m.text));
+      assert.ok(!texts.includes(question) && !texts.includes('one more'), `no hidden or Q&A question: ${texts}`);
+    });
+    await replay.close();
   } finally {
     stop(procs.slice(from));
   }

@@ -169,6 +169,47 @@ pub fn visible(e: &Event, teacher: bool, name: &str, chat_mode: bool) -> bool {
     }
 }
 
+/// One message as a replay shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayMessage {
+    pub id: u64,
+    pub at_ms: u64,
+    pub from: String,
+    pub teacher: bool,
+    pub text: String,
+}
+
+/// What a replay of the class shows any viewer: the teacher's messages, and students' messages
+/// sent while the class was in chat mode (a Q&A question went to the teacher only), less every
+/// message the teacher hid, at any time.
+pub fn replay(events: &[Event]) -> Vec<ReplayMessage> {
+    let mut chat_mode = false;
+    let mut hidden = HashSet::new();
+    let mut out = Vec::new();
+    for e in events {
+        match &e.kind {
+            EventKind::Mode { chat } => chat_mode = *chat,
+            EventKind::Hide { message } => {
+                hidden.insert(*message);
+            }
+            EventKind::Message {
+                from,
+                teacher,
+                text,
+            } if *teacher || chat_mode => out.push(ReplayMessage {
+                id: e.id,
+                at_ms: e.at_ms,
+                from: from.clone(),
+                teacher: *teacher,
+                text: text.clone(),
+            }),
+            _ => {}
+        }
+    }
+    out.retain(|m| !hidden.contains(&m.id));
+    out
+}
+
 pub fn check_text(text: &str) -> Result<(), Refusal> {
     if text.trim().is_empty() {
         return Err(Refusal::Empty);
@@ -252,6 +293,20 @@ mod tests {
             let _ = log.admit(&format!("v{i}"), "x", "q", t0);
         }
         assert!(log.rates.len() <= MAX_RATE_ENTRIES);
+    }
+
+    #[test]
+    fn a_replay_shows_answers_and_chat_but_no_q_and_a_question_and_nothing_hidden() {
+        let mut log = ChatLog::default();
+        log.append(msg("ann", false), 1); // 1: Q&A, to the teacher only
+        log.append(msg("teacher", true), 2); // 2
+        log.append(EventKind::Mode { chat: true }, 3);
+        log.append(msg("bob", false), 4); // 4
+        log.append(msg("cid", false), 5); // 5, hidden later
+        log.append(EventKind::Hide { message: 5 }, 6);
+        let events: Vec<Event> = log.since(0).iter().map(|e| (**e).clone()).collect();
+        let ids: Vec<u64> = replay(&events).iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![2, 4]);
     }
 
     #[test]

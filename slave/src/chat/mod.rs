@@ -75,6 +75,11 @@ impl ClassChat {
         }
     }
 
+    /// Events after `after` (what the recorder writes next).
+    pub fn since(&self, after: u64) -> Vec<Arc<Event>> {
+        self.log.lock().since(after)
+    }
+
     pub fn readers(&self) -> usize {
         self.tx.receiver_count()
     }
