@@ -75,9 +75,25 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
     let other_node = c.slaves.iter().find(|s| s.id != origin).unwrap().id.clone();
     let (_, _, other) = c.teacher("whip-other").await;
     let forged = format!("{}x", &token[..token.len() - 1]);
+    let expired = {
+        use common::token::{Action, Role, SigningKey, new_claims};
+        let key = SigningKey::load_or_generate(&c.key_file).unwrap();
+        let mut claims = new_claims(
+            "classcast",
+            "teacher",
+            Role::Teacher,
+            &origin,
+            "live/whip",
+            Action::Publish,
+            Duration::from_secs(60),
+        );
+        claims.exp = common::now_unix() - 120;
+        key.sign(&claims).unwrap()
+    };
     for (what, tok, want) in [
         ("no token", None, 401),
         ("a forged token", Some(forged.as_str()), 401),
+        ("an expired token", Some(expired.as_str()), 401),
         ("a viewer token", Some(viewer.as_str()), 403),
         (
             "another class's token",
@@ -117,6 +133,16 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
     );
     let (ok, errors) = ffmpeg_decode(&url, 3);
     assert!(ok && errors.trim().is_empty(), "decode errors: {errors}");
+    let mpv = Command::new("mpv")
+        .args(["--no-config", "--vo=null", "--ao=null", "--length=2"])
+        .arg(&url)
+        .output()
+        .expect("mpv is installed (scripts/test.sh installs it)");
+    assert!(
+        mpv.status.success(),
+        "mpv: {}",
+        String::from_utf8_lossy(&mpv.stdout)
+    );
     let metrics = metrics_text(&c.http, &c.slave(&origin).base()).await;
     assert_eq!(
         metric_value(&metrics, "classcast_slave_whip_publishes_total"),
@@ -159,6 +185,14 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
     })
     .await;
     assert!(resumed, "the class went on after the publisher came back");
+    let recordings = get_json(&c.http, &format!("{}/api/recordings", c.master_url()))
+        .await
+        .unwrap_or(Value::Null);
+    let of_class = recordings["recordings"]
+        .as_array()
+        .map(|a| a.iter().filter(|r| r["path"] == "live/whip").count())
+        .unwrap_or(0);
+    assert_eq!(of_class, 1, "the same recording goes on: {recordings}");
 
     // Cut off (kill -9, no DELETE): the class ends after the idle deadline and the grace.
     again.kill9();

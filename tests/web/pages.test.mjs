@@ -639,6 +639,55 @@ test('a teacher goes live from the page; a student on an edge sees and hears it;
     await until('ended', 5000, () => teacher.evaluate(() => window.classcast.golive.state === 'ended'));
   });
   for (const p of open) await p.close();
+  // The recording of the class goes live-to-VOD when it ends, and replays.
+  const rec = await until('the recording finished', 30000, async () =>
+    (await json(`${base}/api/recordings`)).recordings.find((r) => r.path === 'live/golive' && !r.recording));
+  const replay = await newPage('golive-replay');
+  await withShot(replay, async () => {
+    await replay.goto(`${base}/?name=Rae&recording=${encodeURIComponent(rec.id)}`);
+    await playsFor(replay, 2, 30000);
+  });
+  await replay.close();
+});
+
+// Issue 32: ffmpeg 9 publishes over WHIP (-f whip, the publish token as Bearer); Chromium
+// students play it over WebRTC from the origin and from an edge, and hear its 440 Hz sine.
+test('ffmpeg publishes over WHIP; students play it over WebRTC from the origin and an edge, with sound', async () => {
+  const ffmpeg9 = process.env.FFMPEG9;
+  if (!ffmpeg9) {
+    assert.ok(!process.env.CI, 'FFMPEG9 is unset (scripts/test.sh sets it)');
+    return;
+  }
+  const from = procs.length;
+  const base = `http://127.0.0.1:${upPort}`;
+  const t = await json(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'whip', credential: TEACHER }) });
+  run('whip-publisher', ffmpeg9, ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+    '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
+    '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-bf', '0', '-g', '30', '-pix_fmt', 'yuv420p',
+    '-c:a', 'libopus', '-b:a', '48k', '-ac', '2', '-authorization', t.stream_key.split('key=')[1], '-f', 'whip', t.whip_url]);
+  const open = [];
+  try {
+    const seen = new Set();
+    for (let i = 0; i < 8 && seen.size < 2; i++) {
+      const page = await newPage(`whip-student-${i}`);
+      open.push(page);
+      await withShot(page, async () => {
+        await page.goto(`${base}/?name=Wes${i}&stream=whip&autoplay`);
+        await until('plays over WebRTC', 30000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+        const node = await page.evaluate(() => window.classcast.current.node_id);
+        if (seen.has(node)) return;
+        assert.equal(await page.evaluate(() => document.getElementById('video').videoWidth), 640);
+        const heard = await listen(page);
+        assert.ok(heard.tracks === 1 && Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `the sine is heard: ${JSON.stringify(heard)}`);
+        seen.add(node);
+      });
+    }
+    assert.equal(seen.size, 2, `played from the origin and the edge: ${[...seen]}`);
+  } finally {
+    for (const p of open) await p.close();
+    stop(procs.slice(from));
+  }
 });
 
 // Issue 32: class Q&A on the pages. A student on an edge asks (with markup in the text), the

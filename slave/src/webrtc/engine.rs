@@ -558,7 +558,11 @@ impl Engine {
         let item = match f {
             Feed::Lagged => {
                 feed.gop.clear();
-                for s in self.sessions.values_mut().filter(|s| s.path == *path) {
+                for s in self
+                    .sessions
+                    .values_mut()
+                    .filter(|s| s.path == *path && s.publisher.is_none())
+                {
                     s.video_started = false;
                 }
                 return;
@@ -602,7 +606,11 @@ impl Engine {
             TapItem::Video(v) => {
                 if v.cts_ms != 0 {
                     // B-frames: no browser decodes them in order. Close; players fall back.
-                    for s in self.sessions.values_mut().filter(|s| s.path == *path) {
+                    for s in self
+                        .sessions
+                        .values_mut()
+                        .filter(|s| s.path == *path && s.publisher.is_none())
+                    {
                         s.rtc.disconnect();
                     }
                     return;
@@ -680,7 +688,10 @@ impl Engine {
     ) -> Vec<String> {
         self.sessions
             .iter_mut()
-            .filter(|(_, s)| s.connected && s.path == *path && s.rtc.is_alive())
+            // A WHIP publisher of the same class receives; it is never written to.
+            .filter(|(_, s)| {
+                s.connected && s.path == *path && s.publisher.is_none() && s.rtc.is_alive()
+            })
             .filter_map(|(id, s)| write(s).then(|| id.clone()))
             .collect()
     }
