@@ -194,6 +194,7 @@ pub async fn tokens(a: TokensArgs) -> anyhow::Result<TokensResult> {
                     upstream: (i != 0).then(|| nodes[0].node_id.clone()),
                     bframes: false,
                     hls_only_codec: false,
+                    publisher: String::new(),
                 }],
                 0,
             )
@@ -436,6 +437,7 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
         upstream: (!i.is_multiple_of(20)).then(|| "sim-0000".to_string()),
         bframes: false,
         hls_only_codec: false,
+        publisher: String::new(),
     }];
     if i.is_multiple_of(3) {
         streams.push(StreamReport {
@@ -444,6 +446,7 @@ fn sim_heartbeat(node_id: &str, i: usize) -> Vec<u8> {
             upstream: Some("sim-0001".into()),
             bframes: false,
             hls_only_codec: false,
+            publisher: String::new(),
         });
     }
     heartbeat_body(node_id, streams, (i * 37 % 400) as u32)

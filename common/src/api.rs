@@ -90,6 +90,9 @@ pub struct StreamReport {
     /// The publisher's encoder uses B-frames: no browser plays it over WebRTC.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bframes: bool,
+    /// The origin's publisher: `rtmp`, `rtmps` or `whip` (empty at an edge).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub publisher: String,
     /// The video is a codec WebRTC viewers are not sent (HEVC, AV1): LL-HLS only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hls_only_codec: bool,
@@ -252,6 +255,9 @@ pub struct StreamView {
     pub path: String,
     pub origin: String,
     pub serving: Vec<String>,
+    /// How the teacher publishes (`rtmp`, `rtmps`, `whip`), as the origin reports it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub publisher: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

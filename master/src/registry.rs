@@ -247,6 +247,7 @@ impl Registry {
                 upstream: None,
                 bframes: false,
                 hls_only_codec: false,
+                publisher: String::new(),
             });
         }
         true
@@ -512,9 +513,11 @@ impl Registry {
                     path: s.path.clone(),
                     origin: String::new(),
                     serving: Vec::new(),
+                    publisher: String::new(),
                 });
                 if s.origin {
                     e.origin = n.info.node_id.clone();
+                    e.publisher = s.publisher.clone();
                 }
                 e.serving.push(n.info.node_id.clone());
             }

@@ -24,8 +24,8 @@
           <td class="hide-narrow">${x.heartbeat_age_secs.toFixed(1)} s ago</td>
         </tr>`).join('');
       document.querySelector('#streams tbody').innerHTML = s.streams.map((x) => `
-        <tr><td>${esc(x.path)}</td><td>${esc(x.origin)}</td><td>${x.serving.map(esc).join(', ')}</td></tr>`).join('')
-        || '<tr><td colspan="3" class="muted">No live stream.</td></tr>';
+        <tr data-path="${esc(x.path)}"><td>${esc(x.path)}</td><td>${esc(x.origin)}</td><td class="publisher">${esc((x.publisher || '–').toUpperCase())}</td><td>${x.serving.map(esc).join(', ')}</td></tr>`).join('')
+        || '<tr><td colspan="4" class="muted">No live stream.</td></tr>';
       $('updated').textContent = 'Updated ' + new Date().toLocaleTimeString() + '.';
     } catch (e) {
       $('updated').textContent = 'Cannot reach the master: ' + e.message;

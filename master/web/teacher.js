@@ -169,6 +169,10 @@
   function showWebRtc(nodes) {
     const path = 'live/' + ($('stream').value.trim() || 'stream');
     const serving = nodes.filter((n) => n.status !== 'offline' && n.streams.some((s) => s.path === path));
+    const origin = serving.map((n) => n.streams.find((s) => s.path === path && s.publisher)).find(Boolean);
+    const kinds = { rtmp: 'RTMP (OBS or another encoder)', rtmps: 'RTMPS (OBS or another encoder, encrypted)', whip: 'WHIP (this browser, OBS 30+ or ffmpeg)' };
+    $('publisher-state').textContent = origin ? 'Your class comes in over ' + (kinds[origin.publisher] || origin.publisher) + '.' : '';
+    $('publisher-state').dataset.kind = origin ? origin.publisher : '';
     const el = $('webrtc-state');
     let text, st;
     if (!serving.length) { text = ''; st = 'waiting'; }

@@ -101,6 +101,10 @@ impl Agent {
                 },
                 bframes: e.stream.frames.has_bframes(),
                 hls_only_codec: !common::api::webrtc_codecs(&e.stream.read().codecs),
+                publisher: match e.source {
+                    Source::Origin => e.stream.publisher_kind().to_string(),
+                    Source::Edge { .. } => String::new(),
+                },
             })
             .collect();
         ctx.metrics.streams.set(streams.len() as i64);

@@ -183,6 +183,24 @@ impl SlaveCtx {
         }))
     }
 
+    /// A long response from another slave (`url`, with the cluster secret): an edge's links to
+    /// its upstream (frames, class messages). Errs unless it answers with a success.
+    pub async fn peer_stream(&self, url: &str) -> anyhow::Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(url)
+            .header("authorization", self.cfg.secret.bearer())
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "upstream answered {}",
+            resp.status()
+        );
+        Ok(resp)
+    }
+
     /// Remembers why a publish on `path` was refused. The map is bounded: an attacker with a
     /// valid key for many paths fills it only up to [`MAX_PUBLISH_REFUSALS`], oldest out first.
     pub fn remember_publish_refusal(&self, path: &str, why: String) {

@@ -65,18 +65,7 @@ pub fn ensure(ctx: &Arc<SlaveCtx>, entry: &Arc<StreamEntry>) {
 
 /// One connection: items in until the upstream ends it, or nobody here has read for LINGER.
 async fn pull(ctx: &SlaveCtx, stream: &crate::hls::HlsStream, url: &str) -> anyhow::Result<()> {
-    let resp = ctx
-        .http
-        .get(url)
-        .header("authorization", ctx.cfg.secret.bearer())
-        .timeout(Duration::from_secs(24 * 3600))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "upstream answered {}",
-        resp.status()
-    );
+    let resp = ctx.peer_stream(url).await?;
     let mut body = resp.bytes_stream();
     let mut dec = ItemDecoder::new();
     let mut idle_since: Option<tokio::time::Instant> = None;

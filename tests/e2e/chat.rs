@@ -113,8 +113,35 @@ type HeaderInfo = Option<String>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() {
-    let mut c = Cluster::start("chat", 3, Timings::default()).await;
-    let (rtmp, key, t) = c.teacher("qa").await;
+    // Two masters, three slaves; the teacher logs in on the second master.
+    let mut c = Cluster::start("chat", 0, Timings::default()).await;
+    let port_b = free_port();
+    let mut master_b = c.spawn_master_on(port_b);
+    let master_b_url = format!("http://127.0.0.1:{port_b}");
+    c.slave_master_urls = Some(format!("{},{master_b_url}", c.master_url()));
+    for i in 1..=3 {
+        c.add_slave(&format!("s{i}"), &[]);
+    }
+    c.wait_healthy(3).await;
+    let seen_by_b = wait_until(Duration::from_secs(30), || async {
+        get_json(&c.http, &format!("{master_b_url}/cluster/nodes"))
+            .await
+            .is_some_and(|v| v["healthy_nodes"].as_u64() == Some(3))
+    })
+    .await;
+    assert!(seen_by_b, "the second master sees the three slaves");
+    let t: Value = c
+        .http
+        .post(format!("{master_b_url}/api/token"))
+        .json(&json!({"role": "teacher", "user_id": "teacher", "stream": "qa", "credential": TEACHER}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rtmp = t["rtmp_url"].as_str().unwrap().to_string();
+    let key = t["stream_key"].as_str().unwrap().to_string();
     let mut publisher = c.publish("publisher", &rtmp, &key, None);
     c.wait_live("qa", 1).await;
     let origin = t["node_id"].as_str().unwrap().to_string();
@@ -234,6 +261,25 @@ async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() 
         assert_eq!(messages(&got), teacher_order, "one order for everyone");
         edge_got.push(got);
     }
+
+    // The teacher's master goes: the class's messages do not pass through masters.
+    master_b.kill9();
+    let (b3, _, jwt3) = &students[3];
+    assert_eq!(
+        post(&c.http, b3, jwt3, "after the master died").await.0,
+        201
+    );
+    let arrived =
+        |g: &[(Instant, Value)]| g.iter().any(|(_, e)| e["text"] == "after the master died");
+    assert!(
+        take_until(
+            &mut teacher_rx,
+            &mut teacher_got,
+            Duration::from_secs(1),
+            arrived
+        )
+        .await
+    );
 
     // Hide: gone from every reader within a second.
     let hidden = teacher_order[5].0;

@@ -3,7 +3,6 @@
 //! silence. The publisher is ffmpeg 9 (PyPI imageio-ffmpeg), the players Debian's ffprobe,
 //! ffmpeg and mpv.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -131,16 +130,7 @@ async fn hevc_av1_and_opus_over_enhanced_rtmp_play_from_an_edge() {
             assert!(body.contains("\"codec\""), "{name}: {body}");
         }
         if name == "hevc" {
-            let mpv = Command::new("mpv")
-                .args(["--no-config", "--vo=null", "--ao=null", "--length=2"])
-                .arg(&url)
-                .output()
-                .expect("mpv is installed (scripts/test.sh installs it)");
-            assert!(
-                mpv.status.success(),
-                "mpv: {}",
-                String::from_utf8_lossy(&mpv.stdout)
-            );
+            assert_mpv_plays(&url);
         }
         publisher.terminate(Duration::from_secs(5));
     }

@@ -299,16 +299,7 @@ async fn a_finished_class_plays_from_an_edge_downloads_and_is_deleted() {
     // From the start: Debian's mpv (with ffmpeg 5.1) fails `--start` on any fMP4 HLS VOD,
     // ffmpeg's own output included; the seek to the middle is checked in Chromium
     // (tests/web/pages.test.mjs).
-    let mpv = Command::new("mpv")
-        .args(["--no-config", "--vo=null", "--ao=null", "--length=2"])
-        .arg(&url)
-        .output()
-        .expect("mpv is installed (scripts/test.sh installs it)");
-    assert!(
-        mpv.status.success(),
-        "mpv: {}",
-        String::from_utf8_lossy(&mpv.stdout)
-    );
+    assert_mpv_plays(&url);
 
     // The whole class as one MP4, with Range.
     let dl = url.replace("index.m3u8", "download.mp4");

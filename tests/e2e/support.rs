@@ -551,6 +551,33 @@ pub fn ffmpeg9_publish(
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 
+/// mpv (with Debian's ffmpeg) plays 2 s of `url`; fails the test with its output otherwise.
+pub fn assert_mpv_plays(url: &str) {
+    let mpv = Command::new("mpv")
+        .args(["--no-config", "--vo=null", "--ao=null", "--length=2"])
+        .arg(url)
+        .output()
+        .expect("mpv is installed (scripts/test.sh installs it)");
+    assert!(
+        mpv.status.success(),
+        "mpv: {}",
+        String::from_utf8_lossy(&mpv.stdout)
+    );
+}
+
+/// Waits until the master lists no live stream at `path`.
+pub async fn stream_gone(c: &Cluster, path: &str, within: Duration) -> bool {
+    wait_until(within, || async {
+        let v = get_json(&c.http, &format!("{}/cluster/streams", c.master_url()))
+            .await
+            .unwrap_or(Value::Null);
+        !v["streams"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["path"] == path))
+    })
+    .await
+}
+
 /// A node's Prometheus text (`{base}/metrics`).
 pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
     http.get(format!("{base}/metrics"))

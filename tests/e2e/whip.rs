@@ -10,18 +10,10 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// POSTs an SDP offer to a WHIP URL; the status and body.
+/// POSTs an SDP offer to a WHIP URL (as a WHEP one); the status and body.
 async fn post_whip(c: &Cluster, url: &str, token: Option<&str>, sdp: &str) -> (u16, String) {
-    let mut req = c
-        .http
-        .post(url)
-        .header("content-type", "application/sdp")
-        .body(sdp.to_string());
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let (status, body, _) = crate::webrtc::post_offer(c, url, token, sdp).await;
+    (status, body)
 }
 
 /// ffmpeg 9 publishing a 320x240 test pattern and a sine over WHIP, without B-frames.
@@ -133,16 +125,7 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
     );
     let (ok, errors) = ffmpeg_decode(&url, 3);
     assert!(ok && errors.trim().is_empty(), "decode errors: {errors}");
-    let mpv = Command::new("mpv")
-        .args(["--no-config", "--vo=null", "--ao=null", "--length=2"])
-        .arg(&url)
-        .output()
-        .expect("mpv is installed (scripts/test.sh installs it)");
-    assert!(
-        mpv.status.success(),
-        "mpv: {}",
-        String::from_utf8_lossy(&mpv.stdout)
-    );
+    assert_mpv_plays(&url);
     let metrics = metrics_text(&c.http, &c.slave(&origin).base()).await;
     assert_eq!(
         metric_value(&metrics, "classcast_slave_whip_publishes_total"),
@@ -196,14 +179,6 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
 
     // Cut off (kill -9, no DELETE): the class ends after the idle deadline and the grace.
     again.kill9();
-    let ended = wait_until(Duration::from_secs(20), || async {
-        let v = get_json(&c.http, &format!("{}/cluster/streams", c.master_url()))
-            .await
-            .unwrap_or(Value::Null);
-        !v["streams"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|s| s["path"] == "live/whip"))
-    })
-    .await;
+    let ended = stream_gone(&c, "live/whip", Duration::from_secs(20)).await;
     assert!(ended, "the class ended after its publisher was cut off");
 }

@@ -373,9 +373,12 @@ test('teacher page OBS settings publish, and the student page plays the class', 
 });
 
 // Listens to the page's WebRTC audio with a WebAudio analyser: the loudest frequency and the RMS.
-async function listen(page) {
-  return page.evaluate(async () => {
-    const tracks = document.getElementById('video').srcObject?.getAudioTracks() || [];
+// What the page's player (its WebRTC stream), or the element `selector` (any playback, by
+// captureStream), sounds like: the loudest frequency and the level.
+async function listen(page, selector = null) {
+  return page.evaluate(async (sel) => {
+    const tracks = sel ? document.querySelector(sel).captureStream().getAudioTracks()
+      : document.getElementById('video').srcObject?.getAudioTracks() || [];
     if (!tracks.length) return { tracks: 0 };
     const ac = new AudioContext();
     const an = ac.createAnalyser();
@@ -391,7 +394,7 @@ async function listen(page) {
     const rms = Math.sqrt(td.reduce((a, x) => a + x * x, 0) / td.length);
     ac.close();
     return { tracks: tracks.length, hz: (bin * ac.sampleRate) / an.fftSize, rms };
-  });
+  }, selector);
 }
 
 test('the student page plays over WebRTC from the origin and from an edge, with sound', async () => {
@@ -492,23 +495,7 @@ test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not 
       await playsFor(page, 2, 30000);
       assert.equal(await page.evaluate(() => window.classcast.mode), 'hls');
       assert.equal(await page.evaluate(() => document.getElementById('video').videoWidth), 320);
-      const heard = await page.evaluate(async () => {
-        const v = document.getElementById('video');
-        v.muted = false;
-        const tracks = v.captureStream().getAudioTracks();
-        if (!tracks.length) return { tracks: 0 };
-        const ac = new AudioContext();
-        const an = ac.createAnalyser();
-        an.fftSize = 4096;
-        ac.createMediaStreamSource(new MediaStream(tracks)).connect(an);
-        await new Promise((r) => setTimeout(r, 1500));
-        const f = new Float32Array(an.frequencyBinCount);
-        an.getFloatFrequencyData(f);
-        let bin = 0;
-        f.forEach((x, i) => { if (x > f[bin]) bin = i; });
-        ac.close();
-        return { tracks: tracks.length, hz: (bin * ac.sampleRate) / an.fftSize };
-      });
+      const heard = await listen(page, '#video');
       assert.ok(heard.tracks === 1 && Math.abs(heard.hz - 440) < 30, `the Opus sine is heard: ${JSON.stringify(heard)}`);
     });
     const teacher = await newPage('teacher-av1');
@@ -533,31 +520,21 @@ test('AV1 + Opus plays over LL-HLS with sound and the teacher page says why not 
       await until('plays over WebRTC', 30000, () => rtc.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
       const heard = await listen(rtc);
       assert.ok(heard.tracks === 1 && Math.abs(heard.hz - 440) < 30 && heard.rms > 0.01, `Opus passed through to WebRTC: ${JSON.stringify(heard)}`);
-      const hls = await rtc.evaluate(async () => {
+      const t = await rtc.evaluate(async () => {
         const v = document.createElement('video');
+        v.id = 'hls-check';
         v.muted = true;
         document.body.append(v);
-        const h = new window.Hls({ lowLatencyMode: true });
-        h.loadSource(window.classcast.current.hls_url);
-        h.attachMedia(v);
+        window.hlsCheck = new window.Hls({ lowLatencyMode: true });
+        window.hlsCheck.loadSource(window.classcast.current.hls_url);
+        window.hlsCheck.attachMedia(v);
         await v.play().catch(() => {});
         const end = Date.now() + 20000;
         while (v.currentTime < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
-        const tracks = v.captureStream().getAudioTracks();
-        const ac = new AudioContext();
-        const an = ac.createAnalyser();
-        an.fftSize = 4096;
-        if (tracks.length) ac.createMediaStreamSource(new MediaStream(tracks)).connect(an);
-        await new Promise((r) => setTimeout(r, 1500));
-        const f = new Float32Array(an.frequencyBinCount);
-        an.getFloatFrequencyData(f);
-        let bin = 0;
-        f.forEach((x, i) => { if (x > f[bin]) bin = i; });
-        ac.close();
-        const t = v.currentTime;
-        h.destroy();
-        return { t, tracks: tracks.length, hz: (bin * ac.sampleRate) / an.fftSize };
+        return v.currentTime;
       });
+      const hls = { t, ...(await listen(rtc, '#hls-check')) };
+      await rtc.evaluate(() => window.hlsCheck.destroy());
       assert.ok(hls.t >= 2 && hls.tracks === 1 && Math.abs(hls.hz - 440) < 30, `hls.js plays H.264 + Opus with sound: ${JSON.stringify(hls)}`);
     });
     // MP3 audio (legacy FLV, Debian's ffmpeg): refused, and the preview says so by name.
@@ -601,8 +578,14 @@ test('a teacher goes live from the page; a student on an edge sees and hears it;
     await teacher.click('#golive');
     await until('the page says it is live', 20000, () => teacher.evaluate(() => window.classcast.golive.state === 'live'));
     assert.match(await teacher.textContent('#golive-state'), /Live/);
-    // The preview (LL-HLS from the origin) plays what the camera sends.
+    // The preview (LL-HLS from the origin) plays what the camera sends, and the page and the
+    // admin page say the class comes in over WHIP.
     await until('the preview plays', 30000, () => teacher.evaluate(() => document.getElementById('preview').currentTime > 1));
+    await until('the teacher page names WHIP', 10000, () => teacher.evaluate(() => document.getElementById('publisher-state').dataset.kind === 'whip'));
+    const admin = await newPage('golive-admin');
+    await admin.goto(`${base}/admin`);
+    await until('the admin page names WHIP', 10000, async () => (await admin.textContent('#streams tr[data-path="live/golive"] .publisher').catch(() => '')) === 'WHIP');
+    await admin.close();
     origin = await teacher.evaluate(async () => {
       const r = await fetch('/cluster/streams').then((x) => x.json());
       return r.streams.find((s) => s.path === 'live/golive').origin;

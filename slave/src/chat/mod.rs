@@ -488,18 +488,7 @@ fn ensure_link(ctx: &Arc<SlaveCtx>, entry: &Arc<StreamEntry>) {
 
 /// One link: events in until the upstream ends it, or nobody here has read for LINGER.
 async fn pull(ctx: &SlaveCtx, chat: &ClassChat, url: &str) -> anyhow::Result<()> {
-    let resp = ctx
-        .http
-        .get(url)
-        .header("authorization", ctx.cfg.secret.bearer())
-        .timeout(Duration::from_secs(24 * 3600))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "upstream answered {}",
-        resp.status()
-    );
+    let resp = ctx.peer_stream(url).await?;
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut idle_since: Option<Instant> = None;

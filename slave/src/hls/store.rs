@@ -32,6 +32,8 @@ pub struct HlsStream {
     /// The class's messages (Q&A), kept with the stream: a publisher who comes back within the
     /// grace period finds them.
     pub chat: Arc<crate::chat::ClassChat>,
+    /// How the class's publisher reaches this origin (`rtmp`, `rtmps`, `whip`).
+    publisher_kind: parking_lot::Mutex<&'static str>,
 }
 
 impl HlsStream {
@@ -47,7 +49,16 @@ impl HlsStream {
             rendered: parking_lot::Mutex::new(None),
             frames: Default::default(),
             chat: Default::default(),
+            publisher_kind: parking_lot::Mutex::new(""),
         }
+    }
+
+    pub fn publisher_kind(&self) -> &'static str {
+        *self.publisher_kind.lock()
+    }
+
+    pub fn set_publisher_kind(&self, kind: &'static str) {
+        *self.publisher_kind.lock() = kind;
     }
 
     pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, State> {

@@ -139,7 +139,8 @@ async fn run_listener(
         tokio::spawn(async move {
             let _slot = slot;
             ctx.metrics.rtmp_connections.inc();
-            let mut conn = Connection::new(ctx.clone(), peer, main);
+            let kind = if tls.is_some() { "rtmps" } else { "rtmp" };
+            let mut conn = Connection::new(ctx.clone(), peer, main, kind);
             sock.set_nodelay(true).ok();
             let res = match tls {
                 None => conn.run(sock).await,
@@ -179,17 +180,20 @@ struct Connection {
     ctx: Arc<SlaveCtx>,
     peer: SocketAddr,
     publishing: Option<Publishing>,
+    /// `rtmp` or `rtmps`: what the class's pages say the teacher publishes over.
+    kind: &'static str,
     /// The main runtime: the synchronous handlers below enter it, so what they spawn
     /// (recorder, announcements, grace timer) lives there and not on the ingest thread.
     main: Handle,
 }
 
 impl Connection {
-    fn new(ctx: Arc<SlaveCtx>, peer: SocketAddr, main: Handle) -> Self {
+    fn new(ctx: Arc<SlaveCtx>, peer: SocketAddr, main: Handle, kind: &'static str) -> Self {
         Self {
             ctx,
             peer,
             publishing: None,
+            kind,
             main,
         }
     }
@@ -309,6 +313,7 @@ impl Connection {
                         &self.ctx,
                         &path,
                         record,
+                        self.kind,
                         self.peer.to_string(),
                     ));
                     Ok(Flow::Continue(more))

@@ -80,7 +80,13 @@ pub struct Publishing {
 impl Publishing {
     /// Starts (or, within the grace period, resumes) the class at `path`. Must run on the main
     /// runtime: the recorder it may start outlives the publisher.
-    pub fn start(ctx: &Arc<SlaveCtx>, path: &str, record: Option<bool>, peer: String) -> Self {
+    pub fn start(
+        ctx: &Arc<SlaveCtx>,
+        path: &str,
+        record: Option<bool>,
+        kind: &'static str,
+        peer: String,
+    ) -> Self {
         let (stream, resumed) = match ctx.store.get(path) {
             Some(e) if !e.stream.is_ended() => (e.stream.clone(), true),
             _ => (
@@ -97,6 +103,7 @@ impl Publishing {
             crate::recorder::spawn(ctx.clone(), stream.clone());
         }
         stream.publisher_joined();
+        stream.set_publisher_kind(kind);
         if resumed {
             tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");
         }

@@ -156,6 +156,65 @@ fn session_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The caller's `Authorization: Bearer` token for `path` on this node, for `action`: the
+/// token's own error (401/403) otherwise.
+fn bearer_claims(
+    ctx: &SlaveCtx,
+    headers: &HeaderMap,
+    path: &str,
+    action: Action,
+) -> Result<Arc<common::token::Claims>, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let verifier = ctx.verifier().ok_or_else(|| {
+        ApiError::unavailable(
+            "not_registered",
+            "this node has not registered with the master yet",
+        )
+    })?;
+    Ok(verifier.authorize(token, &ctx.cfg.node_id, path, action)?)
+}
+
+impl Whep {
+    /// A session's state and answer from `offer`: on the blocking pool, one at a time, never on
+    /// the engine's task. The outer error is ours (busy, stopped), the inner one the offer's.
+    async fn set_up(
+        &self,
+        offer: Bytes,
+    ) -> Result<anyhow::Result<(Box<str0m::Rtc>, String)>, ApiError> {
+        let (local, local_tcp, cert) = (self.candidate, self.tcp_candidate, self.cert.clone());
+        let _turn = tokio::time::timeout(SETUP_WAIT, self.setups.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::unavailable(
+                    "busy",
+                    "too many WebRTC offers at once; try again in a moment",
+                )
+            })?
+            .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
+        tokio::task::spawn_blocking(move || session::new_session(&offer, local, local_tcp, cert))
+            .await
+            .map_err(|_| ApiError::internal("session setup panicked"))
+    }
+}
+
+/// `201 Created` with the SDP answer and the session's URL, as WHEP and WHIP answer.
+fn created(answer: String, location: &str) -> Response {
+    let mut r = (StatusCode::CREATED, answer).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// Longest an offer waits for its turn to be set up before 503 `busy`.
 const SETUP_WAIT: Duration = Duration::from_secs(5);
 
@@ -233,21 +292,9 @@ async fn offer(
         )
     })?;
     let w = Some(&*whep);
-    // The same token model as LL-HLS: bound to this node and this stream.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let verifier = ctx.verifier().ok_or_else(|| {
-        ApiError::unavailable(
-            "not_registered",
-            "this node has not registered with the master yet",
-        )
-    })?;
-    let claims = verifier
-        .authorize(token, &ctx.cfg.node_id, &path, Action::Read)
-        // The token's own error (401/403) is the answer; the refusal is counted and logged as
-        // every other.
+    // The same token model as LL-HLS: bound to this node and this stream. The token's own
+    // error (401/403) is the answer; the refusal is counted and logged as every other.
+    let claims = bearer_claims(&ctx, &headers, &path, Action::Read)
         .inspect_err(|e| count_refusal(&ctx, Some(&whep), "token", &e.to_string()))?;
     if ctx.draining.load(Ordering::Relaxed) {
         return Err(refuse(
@@ -294,36 +341,20 @@ async fn offer(
             e.to_string(),
         )
     })?;
-    // Parsing the offer and building the session's state is the costly part of signalling: on
-    // the blocking pool, one at a time, never on the engine's task.
-    let (local, local_tcp, cert) = (whep.candidate, whep.tcp_candidate, whep.cert.clone());
-    let sdp = body.clone();
-    let setup = tokio::time::timeout(SETUP_WAIT, whep.setups.acquire())
+    // Parsing the offer and building the session's state is the costly part of signalling.
+    let (rtc, answer) = whep
+        .set_up(body.clone())
         .await
-        .map_err(|_| {
+        .inspect_err(|e| count_refusal(&ctx, w, e.code, &e.message))?
+        .map_err(|e| {
             refuse(
                 &ctx,
                 w,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many WebRTC offers at once; try again in a moment".into(),
+                StatusCode::BAD_REQUEST,
+                "bad_offer",
+                format!("offer not accepted: {e}"),
             )
-        })?
-        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
-    let (rtc, answer) =
-        tokio::task::spawn_blocking(move || session::new_session(&sdp, local, local_tcp, cert))
-            .await
-            .map_err(|_| ApiError::internal("session setup panicked"))?
-            .map_err(|e| {
-                refuse(
-                    &ctx,
-                    w,
-                    StatusCode::BAD_REQUEST,
-                    "bad_offer",
-                    format!("offer not accepted: {e}"),
-                )
-            })?;
-    drop(setup);
+        })?;
     let (tx, rx) = oneshot::channel();
     let id = session_id();
     whep.cmds
@@ -362,17 +393,7 @@ async fn offer(
             ));
         }
     }
-    let mut r = (StatusCode::CREATED, answer).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/sdp"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("/whep/session/{id}")) {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    Ok(created(answer, &format!("/whep/session/{id}")))
 }
 
 fn full(ctx: &SlaveCtx, whep: Option<&Whep>) -> ApiError {

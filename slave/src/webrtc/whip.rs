@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use common::ApiError;
 use common::token::Action;
 use tokio::sync::{mpsc, oneshot};
 
 use super::session::{self, WhipFrame};
-use super::{EngineHandle, SETUP_WAIT, session_id};
+use super::{EngineHandle, bearer_claims, created, session_id};
 use crate::ctx::SlaveCtx;
 use crate::ingest::publish::{self, Publishing};
 
@@ -50,51 +50,28 @@ pub(super) async fn publish(
         )
     })?;
     // The stream key's rules: bound to this node and this class, publish role.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let verifier = ctx.verifier().ok_or_else(|| {
-        ApiError::unavailable(
-            "not_registered",
-            "this node has not registered with the master yet",
-        )
+    let claims = bearer_claims(&ctx, &headers, &path, Action::Publish).inspect_err(|e| {
+        ctx.metrics
+            .whip_refusals
+            .with_label_values(&["token"])
+            .inc();
+        tracing::warn!(%path, error = %e, "whip publish refused");
     })?;
-    let claims = verifier
-        .authorize(token, &ctx.cfg.node_id, &path, Action::Publish)
-        .inspect_err(|e| {
-            ctx.metrics
-                .whip_refusals
-                .with_label_values(&["token"])
-                .inc();
-            tracing::warn!(%path, error = %e, "whip publish refused");
-        })?;
     publish::path_free(&ctx, &path)
         .map_err(|(_, why)| refuse(&ctx, StatusCode::CONFLICT, "already_published", why))?;
-    let (local, local_tcp) = (engine.candidate, engine.tcp_candidate);
-    let cert = engine.cert.clone();
-    let setup = tokio::time::timeout(SETUP_WAIT, engine.setups.acquire())
-        .await
-        .map_err(|_| ApiError::unavailable("busy", "too many WebRTC offers at once"))?
-        .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
-    let (rtc, answer) =
-        tokio::task::spawn_blocking(move || session::new_session(&body, local, local_tcp, cert))
-            .await
-            .map_err(|_| ApiError::internal("session setup panicked"))?
-            .map_err(|e| {
-                refuse(
-                    &ctx,
-                    StatusCode::BAD_REQUEST,
-                    "bad_offer",
-                    format!("offer not accepted (H.264 and Opus are): {e}"),
-                )
-            })?;
-    drop(setup);
+    let (rtc, answer) = engine.set_up(body).await?.map_err(|e| {
+        refuse(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            "bad_offer",
+            format!("offer not accepted (H.264 and Opus are): {e}"),
+        )
+    })?;
     // Checked again after the setup's await: the first of two racing publishers wins.
     publish::path_free(&ctx, &path)
         .map_err(|(_, why)| refuse(&ctx, StatusCode::CONFLICT, "already_published", why))?;
     let id = session_id();
-    let publishing = Publishing::start(&ctx, &path, claims.rec, format!("whip {id}"));
+    let publishing = Publishing::start(&ctx, &path, claims.rec, "whip", format!("whip {id}"));
     let (frames_tx, frames_rx) = mpsc::channel(QUEUE);
     let (tx, rx) = oneshot::channel();
     engine
@@ -129,17 +106,7 @@ pub(super) async fn publish(
         publishing,
         frames_rx,
     ));
-    let mut r = (StatusCode::CREATED, answer).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/sdp"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("/whip/session/{id}")) {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    Ok(created(answer, &format!("/whip/session/{id}")))
 }
 
 /// The class's packaging task: frames in, FLV tags through the publishing path, until the
