@@ -5,6 +5,7 @@
 //! `docs/benchmarks.md`. `run` starts fresh clusters and peers, runs them all and writes the
 //! report (`scripts/bench.sh` builds the binaries and execs it).
 
+mod chat;
 mod control;
 mod flv;
 mod http;
@@ -59,6 +60,27 @@ enum Cmd {
         stream: String,
         #[arg(long, default_value_t = 100)]
         viewers: usize,
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long, default_value = "classcast")]
+        label: String,
+    },
+    /// Class messages a slave relays: READERS students reading the class's messages, RATE
+    /// messages a second posted in chat mode, for SECONDS; delivery, lag, the slave's CPU/RSS.
+    ChatRelay {
+        #[arg(long)]
+        master: String,
+        #[arg(long)]
+        stream: String,
+        /// The teacher password (to switch the class to chat mode).
+        #[arg(long, env = "TEACHER_PASSWORD", hide_env_values = true)]
+        teacher: String,
+        #[arg(long, default_value_t = 1000)]
+        readers: usize,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
         #[arg(long, default_value_t = 15.0)]
         seconds: f64,
         #[arg(long)]
@@ -481,6 +503,23 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await?;
                 viewers::print(&r);
+                emit(results, &r)
+            }
+            Cmd::ChatRelay {
+                master,
+                stream,
+                teacher,
+                readers,
+                rate,
+                seconds,
+                pid,
+                label,
+            } => {
+                let r = chat::run(
+                    &master, &stream, &teacher, readers, rate, seconds, pid, label,
+                )
+                .await?;
+                chat::print(&r);
                 emit(results, &r)
             }
             Cmd::ViewerUrl { master, stream } => {

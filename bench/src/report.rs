@@ -8,6 +8,8 @@ use serde_json::Value;
 
 #[path = "report_cache.rs"]
 mod cache;
+#[path = "report_chat.rs"]
+mod chat;
 #[path = "report_extra.rs"]
 mod extra;
 #[path = "report_g2g.rs"]
@@ -215,6 +217,7 @@ pub fn write(
     g2g::summary(w, &results)?;
     opus::summary(w, &results)?;
     https::summary(w, &results)?;
+    chat::summary(w, &results)?;
     writeln!(w)?;
 
     if let Some(t) = find("tokens") {
@@ -554,6 +557,7 @@ pub fn write(
     webrtc::section(w, &results)?;
     opus::section(w, &results)?;
     https::section(w, &results)?;
+    chat::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

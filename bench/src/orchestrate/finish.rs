@@ -246,6 +246,7 @@ pub fn merge(last: &str, subset: &[&str], new: &str, stamp: &str) -> String {
                 }
             }
             "opus" => drop(&mut keep, "\"bench\":\"opus_encode\""),
+            "chat" => drop(&mut keep, "\"bench\":\"chat_relay\""),
             "viewers" => keep.retain(|l| {
                 !l.contains("\"bench\":\"viewers\"") || l.contains("\"label\":\"cache-tier:")
             }),

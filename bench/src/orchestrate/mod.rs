@@ -7,6 +7,7 @@
 //! and on Ctrl-C.
 
 mod cache;
+mod chat;
 pub mod finish;
 mod g2g;
 mod opus;
@@ -27,7 +28,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 13] = [
+pub const SECTIONS: [&str; 14] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -41,6 +42,7 @@ pub const SECTIONS: [&str; 13] = [
     "webrtc",
     "opus",
     "https",
+    "chat",
 ];
 
 /// Sections that start no classcast process: they need neither its binary nor the test stream.
@@ -396,6 +398,9 @@ async fn run(
     }
     if args.want("webrtc") {
         webrtc::run(&ctx).await?;
+    }
+    if args.want("chat") {
+        chat::run(&ctx).await?;
     }
     if args.want("https") {
         tls::run(&ctx).await?;

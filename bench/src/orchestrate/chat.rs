@@ -1,0 +1,52 @@
+//! Section 14: class messages a slave relays. One master, one slave with a class publishing,
+//! then `classcast-bench chat-relay`: 1,000 students reading the class's messages and posters
+//! sending 10, then 50 messages a second in chat mode, 15 s each.
+
+use std::time::Duration;
+
+use super::procs;
+use super::sample::small_media;
+use super::{Ctx, log};
+use crate::args;
+
+pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    log("14 class messages: 1,000 readers on one slave, 10 then 50 messages/s, 15 s each");
+    let p = ctx.port(52);
+    ctx.start_master("master-chat", p).await?;
+    let (h, r) = (ctx.port(53), ctx.port(54));
+    let s = ctx
+        .start_slave("slave-chat", p, h, r, &args!["--chat-max-readers", 5000])
+        .await?;
+    ctx.wait_nodes(p, 1).await?;
+    let small = small_media(ctx).await?;
+    let publisher = super::serving::publish_loop(ctx, p, "qa", &small).await?;
+    ctx.viewer_url(p, "qa").await?;
+    procs::sleep(Duration::from_secs(2)).await?;
+    for rate in [10, 50] {
+        ctx.bench_run(
+            "chat-relay",
+            &args![
+                "chat-relay",
+                "--master",
+                ctx.master_url(p),
+                "--stream",
+                "qa",
+                "--teacher",
+                ctx.teacher,
+                "--readers",
+                1000,
+                "--rate",
+                rate,
+                "--seconds",
+                15,
+                "--pid",
+                s,
+                "--label",
+                format!("chat:{rate}")
+            ],
+        )
+        .await?;
+    }
+    ctx.sup.stop(publisher);
+    Ok(())
+}
