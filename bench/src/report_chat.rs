@@ -44,7 +44,7 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
         w,
         "`BENCH_ONLY=chat ./scripts/bench.sh`. One master and one slave with a class publishing \
          (the 1.5 Mbit/s test stream, `-c copy`). `classcast-bench chat-relay` asks the master for a \
-         student token per reader, as a student page does, opens 1,000 readers of the class's messages \
+         student token per reader, as a student page does, opens 1,000 or 2,000 (the default `CHAT_MAX_READERS`) readers of the class's messages \
          (Server-Sent Events, `GET /live/qa/chat`), switches the class to chat mode with the teacher's \
          token (so every reader gets every message), then posts at a fixed rate from 3× as many students \
          as the rate (each student may post one message every 2 s) for 15 s. \"Lag\" runs from the \

@@ -1,6 +1,7 @@
 //! Section 14: class messages a slave relays. One master, one slave with a class publishing,
 //! then `classcast-bench chat-relay`: 1,000 students reading the class's messages and posters
-//! sending 10, then 50 messages a second in chat mode, 15 s each.
+//! sending 10, then 50 messages a second in chat mode, then 2,000 readers (the default
+//! `CHAT_MAX_READERS`) at 50 a second, 15 s each.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use super::{Ctx, log};
 use crate::args;
 
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
-    log("14 class messages: 1,000 readers on one slave, 10 then 50 messages/s, 15 s each");
+    log("14 class messages: 1,000 readers at 10 and 50 messages/s, 2,000 at 50, 15 s each");
     let p = ctx.port(52);
     ctx.start_master("master-chat", p).await?;
     let (h, r) = (ctx.port(53), ctx.port(54));
@@ -22,7 +23,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let publisher = super::serving::publish_loop(ctx, p, "qa", &small).await?;
     ctx.viewer_url(p, "qa").await?;
     procs::sleep(Duration::from_secs(2)).await?;
-    for rate in [10, 50] {
+    for (readers, rate) in [(1000, 10), (1000, 50), (2000, 50)] {
         ctx.bench_run(
             "chat-relay",
             &args![
@@ -34,7 +35,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
                 "--teacher",
                 ctx.teacher,
                 "--readers",
-                1000,
+                readers,
                 "--rate",
                 rate,
                 "--seconds",
@@ -42,7 +43,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
                 "--pid",
                 s,
                 "--label",
-                format!("chat:{rate}")
+                format!("chat:{readers}:{rate}")
             ],
         )
         .await?;

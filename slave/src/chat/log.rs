@@ -1,11 +1,15 @@
-//! A class's messages, in the one order the class's origin gives them. The origin appends
+//! A class's messages, in the one order the class's origin gives them, and [`ClassChat`], the
+//! copy each slave keeps beside the class's stream. The origin appends
 //! (numbering each event); an edge mirrors the origin's events with their numbers. Who sees
 //! what (Q&A or chat), who may still post (mutes), and how fast a viewer may post are decided
 //! here, without IO, so every rule is a unit test.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
+
+use tokio::sync::broadcast;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +20,8 @@ pub const MAX_EVENTS: usize = 5_000;
 /// A viewer may post `BURST` messages at once, then one per `REFILL_MS`.
 pub const BURST: f64 = 3.0;
 pub const REFILL_MS: f64 = 2_000.0;
+/// Events queued per reader before it is cut off (it resumes by id from the log).
+const FANOUT: usize = 1024;
 /// Viewers whose posting rate is remembered per slave and class (the oldest forgotten first).
 const MAX_RATE_ENTRIES: usize = 10_000;
 
@@ -155,6 +161,59 @@ impl ChatLog {
     pub fn since(&self, after: u64) -> Vec<Arc<Event>> {
         let start = self.events.partition_point(|e| e.id <= after);
         self.events.range(start..).cloned().collect()
+    }
+}
+
+/// One class's messages on this slave, and the readers' channel.
+pub struct ClassChat {
+    pub(super) log: parking_lot::Mutex<ChatLog>,
+    tx: broadcast::Sender<Arc<Event>>,
+    /// An edge's link to its upstream's log runs.
+    pub(super) linked: AtomicBool,
+}
+
+impl Default for ClassChat {
+    fn default() -> Self {
+        Self {
+            log: Default::default(),
+            tx: broadcast::channel(FANOUT).0,
+            linked: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ClassChat {
+    /// What a reader resuming after `after` gets first, and the channel of what follows, taken
+    /// together so that nothing falls between them.
+    pub(super) fn subscribe(
+        &self,
+        after: u64,
+    ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+        let log = self.log.lock();
+        (log.since(after), self.tx.subscribe())
+    }
+
+    pub(super) fn append(&self, kind: EventKind) -> Arc<Event> {
+        let mut log = self.log.lock();
+        let e = log.append(kind, common::now_unix_ms());
+        let _ = self.tx.send(e.clone());
+        e
+    }
+
+    pub(super) fn mirror(&self, e: Arc<Event>) {
+        let mut log = self.log.lock();
+        if log.mirror(e.clone()) {
+            let _ = self.tx.send(e);
+        }
+    }
+
+    /// Events after `after` (what the recorder writes next).
+    pub fn since(&self, after: u64) -> Vec<Arc<Event>> {
+        self.log.lock().since(after)
+    }
+
+    pub fn readers(&self) -> usize {
+        self.tx.receiver_count()
     }
 }
 

@@ -9,7 +9,7 @@ pub mod log;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -23,67 +23,15 @@ use common::ApiError;
 use common::token::{Action, Claims, Role};
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::broadcast;
 
-use self::log::{ChatLog, Event, EventKind, Refusal, visible};
+pub use self::log::ClassChat;
+use self::log::{Event, EventKind, Refusal, visible};
 use crate::ctx::SlaveCtx;
 use crate::hls::store::{Source, StreamEntry};
 use crate::serve::PeerAuth;
 
-/// Events queued per reader before it is cut off (it resumes by id from the log).
-const FANOUT: usize = 1024;
 /// How long an edge keeps its mirror's link with no reader left.
 const LINGER: Duration = Duration::from_secs(10);
-
-/// One class's messages on this slave, and the readers' channel.
-pub struct ClassChat {
-    log: parking_lot::Mutex<ChatLog>,
-    tx: broadcast::Sender<Arc<Event>>,
-    /// An edge's link to its upstream's log runs.
-    linked: AtomicBool,
-}
-
-impl Default for ClassChat {
-    fn default() -> Self {
-        Self {
-            log: Default::default(),
-            tx: broadcast::channel(FANOUT).0,
-            linked: AtomicBool::new(false),
-        }
-    }
-}
-
-impl ClassChat {
-    /// What a reader resuming after `after` gets first, and the channel of what follows, taken
-    /// together so that nothing falls between them.
-    fn subscribe(&self, after: u64) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
-        let log = self.log.lock();
-        (log.since(after), self.tx.subscribe())
-    }
-
-    fn append(&self, kind: EventKind) -> Arc<Event> {
-        let mut log = self.log.lock();
-        let e = log.append(kind, common::now_unix_ms());
-        let _ = self.tx.send(e.clone());
-        e
-    }
-
-    fn mirror(&self, e: Arc<Event>) {
-        let mut log = self.log.lock();
-        if log.mirror(e.clone()) {
-            let _ = self.tx.send(e);
-        }
-    }
-
-    /// Events after `after` (what the recorder writes next).
-    pub fn since(&self, after: u64) -> Vec<Arc<Event>> {
-        self.log.lock().since(after)
-    }
-
-    pub fn readers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-}
 
 pub fn router(ctx: &Arc<SlaveCtx>) -> Router<Arc<SlaveCtx>> {
     let c = ctx.clone();
