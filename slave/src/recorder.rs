@@ -170,7 +170,7 @@ pub const CHAT_FILE: &str = "chat.jsonl";
 
 fn append_chat(
     dir: &std::path::Path,
-    events: &[Arc<crate::chat::log::Event>],
+    events: &[Arc<crate::hls::messages::Event>],
 ) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()

@@ -197,11 +197,11 @@ async fn local(ctx: &SlaveCtx, e: &Entry, req: &VodRequest) -> Result<Response, 
             })
             .await
             .unwrap_or_default();
-            let events: Vec<crate::chat::log::Event> = text
+            let events: Vec<crate::hls::messages::Event> = text
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
-            let shown = crate::chat::log::replay(&events);
+            let shown = crate::hls::messages::replay(&events);
             Ok((
                 [(header::CACHE_CONTROL, "no-cache")],
                 axum::Json(serde_json::json!({ "messages": shown })),

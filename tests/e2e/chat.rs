@@ -143,7 +143,9 @@ async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() 
     let rtmp = t["rtmp_url"].as_str().unwrap().to_string();
     let key = t["stream_key"].as_str().unwrap().to_string();
     let mut publisher = c.publish("publisher", &rtmp, &key, None);
-    c.wait_live("qa", 1).await;
+    // Every slave mirrors the class (the master's order), as when its students watch: a first
+    // request on an edge that does not yet mirror waits up to a part for the mirror to start.
+    c.wait_live("qa", 3).await;
     let origin = t["node_id"].as_str().unwrap().to_string();
     let edges: Vec<String> = c
         .slaves

@@ -1,11 +1,9 @@
 //! Class Q&A: students ask, the teacher answers everyone, hides, pins, mutes, and chooses
 //! whether students see each other's messages. The class's origin orders and keeps the log
-//! ([`log::ChatLog`]); an edge mirrors it over one long response from its upstream, as it
+//! (`crate::hls::messages::ChatLog`, kept beside the class's stream); an edge mirrors it over one long response from its upstream, as it
 //! mirrors media, and forwards its students' posts there. Pages read over Server-Sent Events
 //! with their own token and resume by event id on any slave, so a student who moves slave
 //! misses nothing and sees nothing twice.
-
-pub mod log;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,9 +22,8 @@ use common::token::{Action, Claims, Role};
 use futures::StreamExt;
 use serde::Deserialize;
 
-pub use self::log::ClassChat;
-use self::log::{Event, EventKind, Refusal, visible};
 use crate::ctx::SlaveCtx;
+use crate::hls::messages::{self as log, ClassChat, Event, EventKind, Refusal, visible};
 use crate::hls::store::{Source, StreamEntry};
 use crate::serve::PeerAuth;
 

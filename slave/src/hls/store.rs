@@ -31,7 +31,7 @@ pub struct HlsStream {
     pub frames: super::frames::FrameFeed,
     /// The class's messages (Q&A), kept with the stream: a publisher who comes back within the
     /// grace period finds them.
-    pub chat: Arc<crate::chat::log::ClassChat>,
+    pub chat: Arc<super::messages::ClassChat>,
     /// How the class's publisher reaches this origin (`rtmp`, `rtmps`, `whip`).
     publisher_kind: parking_lot::Mutex<&'static str>,
 }

@@ -166,10 +166,10 @@ impl ChatLog {
 
 /// One class's messages on this slave, and the readers' channel.
 pub struct ClassChat {
-    pub(super) log: parking_lot::Mutex<ChatLog>,
+    pub log: parking_lot::Mutex<ChatLog>,
     tx: broadcast::Sender<Arc<Event>>,
     /// An edge's link to its upstream's log runs.
-    pub(super) linked: AtomicBool,
+    pub linked: AtomicBool,
 }
 
 impl Default for ClassChat {
@@ -185,22 +185,19 @@ impl Default for ClassChat {
 impl ClassChat {
     /// What a reader resuming after `after` gets first, and the channel of what follows, taken
     /// together so that nothing falls between them.
-    pub(super) fn subscribe(
-        &self,
-        after: u64,
-    ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+    pub fn subscribe(&self, after: u64) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let log = self.log.lock();
         (log.since(after), self.tx.subscribe())
     }
 
-    pub(super) fn append(&self, kind: EventKind) -> Arc<Event> {
+    pub fn append(&self, kind: EventKind) -> Arc<Event> {
         let mut log = self.log.lock();
         let e = log.append(kind, common::now_unix_ms());
         let _ = self.tx.send(e.clone());
         e
     }
 
-    pub(super) fn mirror(&self, e: Arc<Event>) {
+    pub fn mirror(&self, e: Arc<Event>) {
         let mut log = self.log.lock();
         if log.mirror(e.clone()) {
             let _ = self.tx.send(e);
