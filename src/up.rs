@@ -237,8 +237,9 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         "                -d '{{\"role\":\"teacher\",\"user_id\":\"teacher\",\"credential\":\"{teacher}\"}}')"
     );
     println!(
-        "         then put the Server and Stream Key it shows into OBS (Settings → Stream → Custom)."
+        "         then press \"Go live\" there (camera or screen, from the browser), or put the Server"
     );
+    println!("         and Stream Key it shows into OBS (Settings → Stream → Custom).");
     let student = format!("{m}/?stream=stream");
     println!("Students: open {student} , type a name, and watch (class \"stream\").");
     if a.lan {

@@ -5,8 +5,11 @@
 //!
 //! The timeline: each track's first frame is placed at its arrival (milliseconds since the
 //! publish began, given by the caller), and every later frame at that point plus its RTP time
-//! since the first. Audio and video thus start in step to within the network's jitter and
-//! then follow the sender's own clocks, which never drift apart inside one encoder.
+//! since the first. Audio and video thus start in step to within the network's jitter. Once
+//! both tracks' RTCP sender reports have come (a second or so in), the audio track is moved
+//! once onto the video's place on the sender's own clock ([`RtpToFlv::sender_report`]), which
+//! takes the network's jitter out of lip sync; from there both follow their RTP clocks, which
+//! never drift apart inside one encoder.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -54,11 +57,45 @@ pub struct RtpToFlv {
     /// A keyframe with parameter sets has been sent: inter frames may follow.
     video_started: bool,
     audio_started: bool,
+    /// Per track, the sender's clock minus our timeline (ms), from its first sender report.
+    video_offset: Option<f64>,
+    audio_offset: Option<f64>,
+    /// The audio track has been put in step with the video by the sender reports.
+    synced: bool,
 }
 
 impl RtpToFlv {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A track's RTCP sender report: `ntp_ms` (the sender's wall clock, Unix ms) was RTP time
+    /// `rtp` on that track. When both tracks have reported, the audio's place on the timeline is
+    /// corrected once by how far its arrival-based anchor was from the video's on the sender's
+    /// clock. Later reports change nothing: one encoder's clocks do not drift apart.
+    /// Returns the correction made (ms), the one time it is made.
+    pub fn sender_report(&mut self, video: bool, ntp_ms: f64, rtp: u64) -> Option<f64> {
+        if self.synced {
+            return None;
+        }
+        let (clock, rate, offset) = if video {
+            (&self.video, 90_000.0, &mut self.video_offset)
+        } else {
+            (&self.audio, 48_000.0, &mut self.audio_offset)
+        };
+        let (rtp0, ms0) = clock.base?;
+        // RTP times are 32-bit on the wire; the report's may lack the extension the frames have.
+        let delta = (rtp as u32).wrapping_sub(rtp0 as u32) as i32;
+        let at = ms0 as f64 + f64::from(delta) * 1000.0 / rate;
+        offset.get_or_insert(ntp_ms - at);
+        if let (Some(v), Some(a)) = (self.video_offset, self.audio_offset)
+            && let Some((r, m)) = self.audio.base
+        {
+            self.audio.base = Some((r, (m as f64 + a - v).max(0.0).round() as u64));
+            self.synced = true;
+            return Some(a - v);
+        }
+        None
     }
 
     /// Whether the video waits for a keyframe (a decoder cannot start elsewhere).
@@ -324,6 +361,32 @@ mod tests {
             .filter(|o| matches!(o, PackagerOutput::Part { .. }))
             .count();
         assert!(parts >= 9, "{parts} parts");
+    }
+
+    #[test]
+    fn sender_reports_put_audio_in_step_with_video_once() {
+        let mut a = RtpToFlv::new();
+        // Both tracks start at the same instant on the sender; the audio's first packet is
+        // 40 ms late through the network.
+        a.push_video(0, 1_000, &keyframe()).unwrap();
+        a.push_audio(40, 5_000, &[0xFC]);
+        // Half a second later on the sender's clock (Unix ms 10,000.5 s), reported per track.
+        a.sender_report(true, 10_000_500.0, 1_000 + 45_000);
+        let before = a.push_audio(600, 5_000 + 24_000, &[0xFC]);
+        assert_eq!(before[0].ts_ms, 540, "not corrected on one track's report");
+        a.sender_report(false, 10_000_500.0, 5_000 + 24_000);
+        let after = a.push_audio(610, 5_000 + 24_000, &[0xFC]);
+        assert_eq!(
+            after[0].ts_ms, 500,
+            "audio at the video's place on the sender's clock"
+        );
+        let v = a
+            .push_video(620, 1_000 + 45_000, &[0, 0, 0, 1, 0x41, 1])
+            .unwrap();
+        assert_eq!(v[0].ts_ms, 500);
+        // Only once: a later report does not move it again.
+        a.sender_report(false, 10_001_000.0, 5_000 + 24_000);
+        assert_eq!(a.push_audio(700, 5_000 + 24_000, &[0xFC])[0].ts_ms, 500);
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn only_subdir(dir: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
-pub(crate) async fn recording_token(c: &Cluster, id: &str, exclude: Option<&str>) -> Value {
+async fn recording_token(c: &Cluster, id: &str, exclude: Option<&str>) -> Value {
     let mut body = json!({"role": "student", "user_id": "replay", "recording": id});
     if let Some(x) = exclude {
         body["exclude"] = json!(x);

@@ -33,6 +33,8 @@ pub struct WhipFrame {
     pub rtp: u64,
     pub at: Instant,
     pub data: Arc<[u8]>,
+    /// The track's latest RTCP sender report: the sender's wall clock and its RTP time.
+    pub sender: Option<(std::time::SystemTime, u64)>,
 }
 
 pub(super) enum Command {

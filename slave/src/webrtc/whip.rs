@@ -128,6 +128,14 @@ async fn package(
             Err(_) => break format!("no media for {idle:?}"),
         };
         let ms = frame.at.saturating_duration_since(t0).as_millis() as u64;
+        if let Some((ntp, rtp)) = frame.sender {
+            let ntp_ms = ntp
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            if let Some(shift) = adapter.sender_report(frame.video, ntp_ms, rtp) {
+                tracing::info!(session = %id, shift_ms = shift, "whip: audio put in step with video by the sender reports");
+            }
+        }
         let tags = if frame.video {
             match adapter.push_video(ms, frame.rtp, &frame.data) {
                 Ok(t) => t,

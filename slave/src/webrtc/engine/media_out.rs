@@ -79,15 +79,7 @@ impl Engine {
             TapItem::Audio(a) if feed.opus_passthrough => {
                 let wall = feed.wallclock(a.pts_ms);
                 let rtp = MediaTime::new(a.pts_ms * 48, Frequency::FORTY_EIGHT_KHZ);
-                let data: Arc<[u8]> = Arc::from(&a.data[..]);
-                let ids = self.write_all(path, |s| {
-                    let Some((mid, pt)) = s.audio else {
-                        return false;
-                    };
-                    s.rtc
-                        .writer(mid)
-                        .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
-                });
+                let ids = self.write_audio(path, wall, rtp, Arc::from(&a.data[..]));
                 self.drive_all(ids);
             }
             TapItem::Video(v) => {
@@ -153,17 +145,28 @@ impl Engine {
                     .collect();
                 let mut ids = Vec::new();
                 for (wall, rtp, data) in timed {
-                    ids = self.write_all(path, |s| {
-                        let Some((mid, pt)) = s.audio else {
-                            return false;
-                        };
-                        s.rtc
-                            .writer(mid)
-                            .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
-                    });
+                    ids = self.write_audio(path, wall, rtp, data);
                 }
                 self.drive_all(ids);
             }
         }
+    }
+
+    /// One Opus packet to every connected viewer of `path` with audio; the ones written to.
+    fn write_audio(
+        &mut self,
+        path: &Arc<str>,
+        wall: std::time::Instant,
+        rtp: MediaTime,
+        data: Arc<[u8]>,
+    ) -> Vec<String> {
+        self.write_all(path, |s| {
+            let Some((mid, pt)) = s.audio else {
+                return false;
+            };
+            s.rtc
+                .writer(mid)
+                .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
+        })
     }
 }

@@ -303,6 +303,9 @@ impl Engine {
                             video: d.params.spec().codec.is_video(),
                             rtp: d.time.numer(),
                             at: d.network_time,
+                            sender: d
+                                .last_sender_info
+                                .map(|sr| (sr.ntp_time, sr.rtp_time.numer())),
                             data: d.data,
                         };
                         let video = frame.video;
@@ -441,7 +444,7 @@ impl Engine {
         if replaced {
             self.reap();
         }
-        if self.sessions.len() >= self.ctx.cfg.webrtc.max_viewers as usize {
+        if self.viewer_sessions() >= self.ctx.cfg.webrtc.max_viewers as usize {
             return Err(Refusal::Full);
         }
         if client.is_some()
@@ -476,7 +479,7 @@ impl Engine {
             id.clone(),
             Session::new(rtc, path, viewer, client, candidates, now, None),
         );
-        self.load.set_sessions(self.sessions.len());
+        self.load.set_sessions(self.viewer_sessions());
         self.drive(&id);
         Ok(replaced)
     }
@@ -522,7 +525,7 @@ impl Engine {
             }
             live
         });
-        self.load.set_sessions(self.sessions.len());
+        self.load.set_sessions(self.viewer_sessions());
     }
 
     /// Runs `write` on every connected session of `path`; returns the ones written to.
@@ -539,6 +542,15 @@ impl Engine {
             })
             .filter_map(|(id, s)| write(s).then(|| id.clone()))
             .collect()
+    }
+
+    /// Sessions of viewers: what `MAX_WEBRTC_VIEWERS` bounds and the heartbeat reports. A WHIP
+    /// publisher's session is not one (one per class, checked at its publish).
+    fn viewer_sessions(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.publisher.is_none())
+            .count()
     }
 
     fn drive_all(&mut self, ids: Vec<String>) {
