@@ -20,6 +20,13 @@ const TEACHER = 'web-teacher-pass';
 const procs = [];
 let browser;
 
+// `n` different free ports.
+async function distinctPorts(n) {
+  const ports = new Set();
+  while (ports.size < n) ports.add(await freePort());
+  return [...ports];
+}
+
 function freePort() {
   return new Promise((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
 }
@@ -129,7 +136,7 @@ function iptables(op, port) {
 }
 
 async function udpBlockedCluster(name, tcp, procs) {
-  const [mp, r, h, udp] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [mp, r, h, udp] = await distinctPorts(4);
   const master = `http://127.0.0.1:${mp}`;
   const env = { CLUSTER_SECRET: SECRET };
   procs.push(run(`${name}-master`, BIN, ['master', '--bind', `127.0.0.1:${mp}`, '--jwt-key-file', path.join(ART, `${name}-jwt.pem`),
@@ -239,7 +246,7 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi and hls.js on poor Wi-Fi keep play
     await poor.ready();
     // The servers listen on the busy lab's host address, which every namespace reaches.
     const ip = busy.host;
-    const [mp, r1, h1, r2, h2] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    const [mp, r1, h1, r2, h2] = await distinctPorts(5);
     const master = `http://${ip}:${mp}`;
     const env = { CLUSTER_SECRET: SECRET };
     mine.push(run('wifi-master', BIN, ['master', '--bind', `${ip}:${mp}`, '--jwt-key-file', path.join(ART, 'wifi-jwt.pem'),
@@ -969,14 +976,15 @@ test('a class recorded at two resolutions: the teacher page offers both parts an
 test('a student whose slave is killed recovers on another within 5 s', async () => {
   const from = procs.length; // what this test starts, stopped at its end
   // Separate processes, so one slave can be killed: a master and three slaves.
-  const mport = await freePort();
+  // Every port taken before any process starts (see the two-masters test).
+  const [mport, ...slavePorts] = await distinctPorts(7);
   const master = `http://127.0.0.1:${mport}`;
   const env = { CLUSTER_SECRET: SECRET };
   run('fo-master', BIN, ['master', '--bind', `127.0.0.1:${mport}`, '--jwt-key-file', path.join(ART, 'fo-jwt.pem'),
     '--heartbeat-interval-ms', '300', '--offline-after-ms', '1500', '--teacher-password', TEACHER], env);
   const slaves = {};
-  for (const id of ['f1', 'f2', 'f3']) {
-    const [r, h] = [await freePort(), await freePort()];
+  for (const [i, id] of ['f1', 'f2', 'f3'].entries()) {
+    const [r, h] = slavePorts.slice(2 * i, 2 * i + 2);
     slaves[id] = run(`fo-${id}`, BIN, ['slave', '--master-url', master, '--node-id', id, '--rtmp-bind', `127.0.0.1:${r}`,
       '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
       '--record-dir', path.join(ART, `fo-rec-${id}`)], env);
@@ -1019,7 +1027,9 @@ test('a student whose slave is killed recovers on another within 5 s', async () 
 test('a student whose master is down at join time gets a token from another master and plays', async () => {
   const from = procs.length; // what this test starts, stopped at its end
   // Two masters sharing one key file and secret, each told of the other; one slave reporting to both.
-  const [pa, pb] = [await freePort(), await freePort()];
+  // Every port taken before any process starts: a port chosen after master B was spawned could be
+  // the one B was about to bind (seen once in CI: the slave could not listen).
+  const [pa, pb, r, h] = await distinctPorts(4);
   const [a, b] = [`http://127.0.0.1:${pa}`, `http://127.0.0.1:${pb}`];
   const env = { CLUSTER_SECRET: SECRET };
   const key = path.join(ART, 'mm-jwt.pem');
@@ -1029,7 +1039,6 @@ test('a student whose master is down at join time gets a token from another mast
   const masterA = master('mm-master-a', pa);
   await until('master A up', 15000, async () => (await fetch(`${a}/health`)).ok);
   master('mm-master-b', pb);
-  const [r, h] = [await freePort(), await freePort()];
   run('mm-slave', BIN, ['slave', '--master-url', `${a},${b}`, '--node-id', 'm1', '--rtmp-bind', `127.0.0.1:${r}`,
     '--http-bind', `127.0.0.1:${h}`, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
     '--record-dir', path.join(ART, 'mm-rec')], env);
