@@ -119,9 +119,16 @@ async fn class_questions_reach_everyone_once_in_one_order_and_survive_an_edge() 
     let mut master_b = c.spawn_master_on(port_b);
     let master_b_url = format!("http://127.0.0.1:{port_b}");
     c.slave_master_urls = Some(format!("{},{master_b_url}", c.master_url()));
+    // Master B binds before the slaves pick their ports, and a slave whose port another process
+    // took in between is started again on new ones (`settle`).
+    assert!(
+        wait_until(Duration::from_secs(15), || healthy(&c.http, &master_b_url)).await,
+        "master B is up"
+    );
     for i in 1..=3 {
         c.add_slave(&format!("s{i}"), &[]);
     }
+    c.settle(3).await;
     c.wait_healthy(3).await;
     let seen_by_b = wait_until(Duration::from_secs(30), || async {
         get_json(&c.http, &format!("{master_b_url}/cluster/nodes"))

@@ -226,7 +226,7 @@ impl Cluster {
 
     /// Waits for `n` healthy slaves; a slave that lost a port it was given is started again on
     /// new ones, in its place.
-    async fn settle(&mut self, n: usize) {
+    pub async fn settle(&mut self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.nodes().await["healthy_nodes"].as_u64() == Some(n as u64) {
