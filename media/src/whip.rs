@@ -98,11 +98,6 @@ impl RtpToFlv {
         None
     }
 
-    /// Whether the video waits for a keyframe (a decoder cannot start elsewhere).
-    pub fn needs_keyframe(&self) -> bool {
-        !self.video_started
-    }
-
     /// One H.264 access unit in Annex B, at `rtp` (90 kHz). Returns a sequence header first
     /// when the parameter sets are new or changed. Frames before the first keyframe with its
     /// parameter sets are dropped.
