@@ -32,6 +32,8 @@ pub mod paths {
     pub const MIRROR_ORDER: &str = "/internal/mirror";
     /// On slaves: `/live/{name}/{file}`.
     pub const HLS: &str = "/live/{name}/{file}";
+    /// On slaves: a rendition of a class published as a ladder, `/live/{name}/v{track}/{file}`.
+    pub const HLS_RENDITION: &str = "/live/{name}/{rendition}/{file}";
     /// A recording's VOD playlist, init and media segments, and the whole class as one MP4.
     pub const VOD: &str = "/vod/{id}/{file}";
     /// The master's list of recordings, and deleting one (a teacher).
@@ -43,6 +45,7 @@ pub mod paths {
     pub const RECORDING_FORGET: &str = "/internal/recordings/forget";
     /// The token check a cache in front of a slave makes for a viewer's playlist request.
     pub const HLS_AUTH: &str = "/auth/live/{name}/{file}";
+    pub const HLS_RENDITION_AUTH: &str = "/auth/live/{name}/{rendition}/{file}";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -28,6 +28,8 @@ pub enum MediaError {
     UnsupportedAudioFourCc([u8; 4]),
     #[error("enhanced-RTMP multitrack {0} is not packaged; send one track")]
     UnsupportedMultitrack(&'static str),
+    #[error("more than {0} video tracks")]
+    TooManyTracks(usize),
     #[error("unsupported audio packet type {0}")]
     UnsupportedAudioPacketType(u8),
     #[error("invalid AVCDecoderConfigurationRecord: {0}")]
@@ -65,7 +67,12 @@ impl MediaError {
             }
             MediaError::UnsupportedMultitrack(kind) => {
                 return Some(format!(
-                    "multitrack {kind} is not accepted yet: send a single {kind} track"
+                    "this multitrack {kind} is not accepted: send one {kind} track, or a ladder of video tracks with one audio track"
+                ));
+            }
+            MediaError::TooManyTracks(n) => {
+                return Some(format!(
+                    "more than {n} video tracks: send at most {n} renditions in one multitrack publish"
                 ));
             }
             _ => return None,
@@ -84,7 +91,7 @@ impl MediaError {
             MediaError::UnsupportedAudioFormat(_) | MediaError::UnsupportedAudioFourCc(_) => {
                 "audio_codec"
             }
-            MediaError::UnsupportedMultitrack(_) => "multitrack",
+            MediaError::UnsupportedMultitrack(_) | MediaError::TooManyTracks(_) => "multitrack",
             _ => "other",
         }
     }

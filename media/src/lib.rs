@@ -9,6 +9,7 @@
 //! - [`rtmp`] — the rml_rtmp adapter (bytes in → [`rtmp::RtmpEvent`]s + bytes out) and the
 //!   chunk reader that bounds what a peer can make it buffer.
 //! - [`flv`] — FLV VIDEODATA / AUDIODATA body parsing (legacy + enhanced-RTMP header shape).
+//! - [`multitrack`] — Enhanced RTMP v2 multitrack bodies split into one ordinary body per track.
 //! - [`avc`], [`hevc`], [`av1`], [`aac`], [`opus`] — each codec's decoder configuration
 //!   (record, picture size, codec string); [`codec`] puts them behind one type per track kind.
 //! - [`packager`] — tags → CMAF parts and segments (video part cutting, the audio queue and the
@@ -28,6 +29,7 @@ pub mod flv_file;
 pub mod frames;
 pub mod hevc;
 pub mod hls;
+pub mod multitrack;
 pub mod opus;
 pub mod packager;
 pub mod rtmp;

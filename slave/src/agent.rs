@@ -89,7 +89,7 @@ impl Agent {
         ctx.metrics.viewers.set(connections as i64);
         let streams: Vec<StreamReport> = ctx
             .store
-            .list()
+            .classes()
             .iter()
             .filter(|e| !e.stream.is_ended())
             .map(|e| StreamReport {

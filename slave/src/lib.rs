@@ -97,7 +97,9 @@ async fn shutdown_streams(ctx: &Arc<SlaveCtx>) {
     for e in ctx.store.list() {
         if e.source == Source::Origin && !e.stream.is_ended() {
             e.stream.end();
-            ctx.masters.announce(&e.stream.path, false);
+            if !crate::hls::store::is_rendition_path(&e.stream.path) {
+                ctx.masters.announce(&e.stream.path, false);
+            }
         }
     }
     // Let the announcements go out before the process ends.
@@ -111,7 +113,7 @@ async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
         "node_id": ctx.cfg.node_id,
         "registered": ctx.verifier().is_some(),
         "viewers": ctx.viewers.count(),
-        "streams": ctx.store.list().iter().filter(|e| !e.stream.is_ended()).map(|e| e.stream.path.clone()).collect::<Vec<_>>(),
+        "streams": ctx.store.classes().iter().filter(|e| !e.stream.is_ended()).map(|e| e.stream.path.clone()).collect::<Vec<_>>(),
         "version": common::VERSION,
     }))
 }

@@ -9,6 +9,7 @@ use common::api::MirrorOrder;
 
 use crate::ctx::SlaveCtx;
 use crate::hls::store::{HlsStream, PartIn, Source, StreamEntry};
+use media::hls::multivariant::{self, Variant};
 use media::hls::playlist::{ParsedPlaylist, ParsedSegment};
 
 use common::api::PART_TIME_HEADER;
@@ -127,17 +128,25 @@ async fn lookup_origin(ctx: &Arc<SlaveCtx>, path: &str) -> Option<Arc<StreamEntr
 enum PullEnd {
     /// The origin ended the stream (ENDLIST): end it here too.
     Ended,
+    /// The class is a ladder: the origin answered with its multivariant playlist.
+    Ladder(Vec<Variant>),
     /// Lost the link: reconnect.
     Lost(String),
 }
 
 async fn pull(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, upstream: &str) {
     let name = stream.path.trim_start_matches("live/");
-    let base = format!("{}/live/{name}", upstream.trim_end_matches('/'));
+    let mut base = format!("{}/live/{name}", upstream.trim_end_matches('/'));
     let mut backoff = Duration::from_millis(100);
     loop {
         match pull_once(ctx, stream, &base).await {
             PullEnd::Ended => return,
+            PullEnd::Ladder(variants) => {
+                // Track 0 is this stream, pulled from its own media playlist from now on;
+                // every other track is a stream of its own with a pull of its own.
+                base = format!("{base}/v0");
+                mirror_ladder(ctx, stream, upstream, variants);
+            }
             PullEnd::Lost(why) => {
                 if stream.is_ended() {
                     return;
@@ -163,6 +172,47 @@ async fn pull(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, upstream: &str) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// The renditions of a class published as a ladder, as its origin lists them: each mirrored
+/// like a stream, with the origin's figures for the multivariant playlist this edge serves.
+fn mirror_ladder(
+    ctx: &Arc<SlaveCtx>,
+    class: &Arc<HlsStream>,
+    upstream: &str,
+    variants: Vec<Variant>,
+) {
+    let source = ctx
+        .store
+        .get(&class.path)
+        .map(|e| e.source.clone())
+        .unwrap_or(Source::Origin);
+    for v in variants {
+        let Some(track) = v
+            .uri
+            .strip_prefix('v')
+            .and_then(|r| r.strip_suffix("/index.m3u8"))
+            .and_then(|n| n.parse::<u8>().ok())
+        else {
+            continue;
+        };
+        if track == 0 {
+            class.set_mirrored_variant(v);
+            continue;
+        }
+        if class.rendition(track).is_some_and(|r| !r.is_ended()) {
+            continue;
+        }
+        let stream = ctx.store.rendition(class, track, source.clone());
+        stream.set_mirrored_variant(v);
+        tracing::info!(path = %stream.path, "mirroring a rendition of the class's ladder");
+        let (ctx, upstream) = (ctx.clone(), upstream.to_string());
+        let pulled: futures::future::BoxFuture<'static, ()> = Box::pin(async move {
+            pull(&ctx, &stream, &upstream).await;
+            stream.end();
+        });
+        tokio::spawn(pulled);
     }
 }
 
@@ -214,6 +264,12 @@ async fn pull_once(ctx: &Arc<SlaveCtx>, stream: &Arc<HlsStream>, base: &str) -> 
             Ok(t) => t,
             Err(e) => return PullEnd::Lost(e.to_string()),
         };
+        if first && multivariant::is_multivariant(&text) {
+            return match multivariant::parse(&text) {
+                Ok(v) => PullEnd::Ladder(v),
+                Err(e) => PullEnd::Lost(format!("unparseable upstream multivariant playlist: {e}")),
+            };
+        }
         let pl = match ParsedPlaylist::parse(&text) {
             Ok(p) => p,
             Err(e) => return PullEnd::Lost(format!("unparseable upstream playlist: {e}")),

@@ -10,6 +10,7 @@ mod codecs;
 mod control_plane;
 mod fanout;
 mod faults;
+mod ladder;
 mod masters;
 mod media_plane;
 mod recording;

@@ -551,6 +551,49 @@ pub fn ffmpeg9_publish(
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 
+/// A teacher's ladder through ffmpeg 9: one multitrack FLV over RTMP with three H.264
+/// renditions of one test pattern (1080p at 3 Mbit/s, 720p at 1.5, 360p at 0.5), keyframes
+/// aligned every second, and one AAC track.
+pub fn ffmpeg9_ladder(exe: &str, test: &str, name: &str, url: &str) -> Proc {
+    let mut cmd = Command::new(exe);
+    cmd.args(["-hide_banner", "-loglevel", "warning", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-filter_complex",
+            "[0:v]split=3[a][b][c];[b]scale=1280:720[b2];[c]scale=640:360[c2]",
+        ])
+        .args(["-map", "[a]", "-map", "[b2]", "-map", "[c2]", "-map", "1:a"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args([
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+        ]);
+    for (i, rate) in ["3000k", "1500k", "500k"].iter().enumerate() {
+        cmd.arg(format!("-b:v:{i}"))
+            .arg(rate)
+            .arg(format!("-maxrate:v:{i}"))
+            .arg(rate)
+            .arg(format!("-bufsize:v:{i}"))
+            .arg(rate);
+    }
+    cmd.args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url]);
+    Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
+}
+
 /// mpv (with Debian's ffmpeg) plays 2 s of `url`; fails the test with its output otherwise.
 pub fn assert_mpv_plays(url: &str) {
     let mpv = Command::new("mpv")

@@ -44,6 +44,20 @@ pub const PARTS_NEAR_THE_EDGE: &str =
 pub const MEDIA_SEQUENCE_BEFORE_SEGMENTS: &str =
     "RFC 8216bis EXT-X-MEDIA-SEQUENCE: before the first Media Segment (MUST)";
 
+pub const STREAM_INF_URI: &str =
+    "RFC 8216bis EXT-X-STREAM-INF: the next line is the variant's URI (MUST)";
+pub const STREAM_INF_BANDWIDTH: &str =
+    "RFC 8216bis EXT-X-STREAM-INF: BANDWIDTH on every variant (REQUIRED), >= AVERAGE-BANDWIDTH";
+pub const STREAM_INF_AVERAGE: &str =
+    "Apple HLS authoring (multivariant playlists): AVERAGE-BANDWIDTH on every variant";
+pub const STREAM_INF_CODECS: &str =
+    "RFC 8216bis EXT-X-STREAM-INF: CODECS on every variant (SHOULD; Apple HLS authoring: MUST)";
+pub const STREAM_INF_RESOLUTION: &str = "RFC 8216bis EXT-X-STREAM-INF: RESOLUTION on a variant with video (recommended; Apple HLS authoring: required)";
+pub const STREAM_INF_FRAME_RATE: &str =
+    "Apple HLS authoring (multivariant playlists): FRAME-RATE on a variant with video";
+pub const MULTIVARIANT_NO_MEDIA_TAGS: &str = "RFC 8216bis 4.1: a Multivariant Playlist holds no Media Segment or Media Playlist tags (MUST NOT)";
+pub const MULTIVARIANT_INDEPENDENT: &str = "Apple HLS authoring (multivariant playlists): EXT-X-INDEPENDENT-SEGMENTS when every segment starts with a keyframe";
+
 fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let (_, attrs) = line.split_once(':')?;
     attrs.split(',').find_map(|a| {
@@ -195,6 +209,78 @@ pub fn check_media_playlist(playlist: &str) -> Vec<Violation> {
     }
     if ended && !hints.is_empty() {
         bad(NO_HINT_AFTER_END, String::new());
+    }
+    v
+}
+
+/// Every rule above that `playlist` (a multivariant playlist) breaks; empty when it conforms.
+pub fn check_multivariant_playlist(playlist: &str) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let mut bad = |rule: &'static str, detail: String| v.push(Violation { rule, detail });
+    let lines: Vec<&str> = playlist.lines().map(str::trim_end).collect();
+    if lines.first() != Some(&"#EXTM3U") {
+        bad(EXTM3U_FIRST, format!("{:?}", lines.first()));
+    }
+    if !lines.contains(&"#EXT-X-INDEPENDENT-SEGMENTS") {
+        bad(MULTIVARIANT_INDEPENDENT, String::new());
+    }
+    for (i, l) in lines.iter().enumerate() {
+        for media in [
+            "#EXTINF",
+            "#EXT-X-TARGETDURATION",
+            "#EXT-X-MEDIA-SEQUENCE",
+            "#EXT-X-PART",
+            "#EXT-X-MAP",
+            "#EXT-X-ENDLIST",
+        ] {
+            if l.starts_with(media) {
+                bad(MULTIVARIANT_NO_MEDIA_TAGS, (*l).to_string());
+            }
+        }
+        let Some(attrs) = l.strip_prefix("#EXT-X-STREAM-INF:") else {
+            continue;
+        };
+        if lines
+            .get(i + 1)
+            .is_none_or(|u| u.is_empty() || u.starts_with('#'))
+        {
+            bad(STREAM_INF_URI, (*l).to_string());
+        }
+        let a = crate::hls::multivariant::attributes(attrs);
+        let get = |k: &str| a.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let bw = get("BANDWIDTH").and_then(|b| b.parse::<u64>().ok());
+        let avg = get("AVERAGE-BANDWIDTH").and_then(|b| b.parse::<u64>().ok());
+        match (bw, avg) {
+            (None, _) => bad(STREAM_INF_BANDWIDTH, (*l).to_string()),
+            (Some(b), Some(a)) if a > b => bad(STREAM_INF_BANDWIDTH, (*l).to_string()),
+            _ => {}
+        }
+        if avg.is_none() {
+            bad(STREAM_INF_AVERAGE, (*l).to_string());
+        }
+        let codecs = get("CODECS").unwrap_or_default();
+        if codecs.is_empty() {
+            bad(STREAM_INF_CODECS, (*l).to_string());
+        }
+        let video = codecs.is_empty()
+            || codecs.split(',').any(|c| {
+                ["avc1", "avc3", "hvc1", "hev1", "av01"]
+                    .iter()
+                    .any(|p| c.starts_with(p))
+            });
+        if video && get("RESOLUTION").is_none() {
+            bad(STREAM_INF_RESOLUTION, (*l).to_string());
+        }
+        if video
+            && get("FRAME-RATE")
+                .and_then(|f| f.parse::<f64>().ok())
+                .is_none()
+        {
+            bad(STREAM_INF_FRAME_RATE, (*l).to_string());
+        }
+    }
+    if !lines.iter().any(|l| l.starts_with("#EXT-X-STREAM-INF:")) {
+        bad(STREAM_INF_URI, "no variant".into());
     }
     v
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use media::hls::multivariant::{self, Variant};
 use media::hls::playlist::Rendered;
 pub use media::hls::state::{CutPart, HlsConfig, Now, Part, PartIn, Segment, SegmentBody, State};
 use parking_lot::RwLock;
@@ -34,6 +35,13 @@ pub struct HlsStream {
     pub chat: Arc<super::messages::ClassChat>,
     /// How the class's publisher reaches this origin (`rtmp`, `rtmps`, `whip`).
     publisher_kind: parking_lot::Mutex<&'static str>,
+    /// A class published as a ladder (multitrack): its other renditions by track id, each a
+    /// stream of its own at `<path>/v<id>`. This stream is track 0. Empty for one track.
+    ladder: RwLock<Vec<(u8, Arc<HlsStream>)>>,
+    /// The video's frame rate: measured by the origin's ingest, copied by an edge.
+    frame_rate: parking_lot::Mutex<Option<f64>>,
+    /// On an edge, the origin's figures for this rendition (its multivariant playlist's line).
+    mirrored_variant: parking_lot::Mutex<Option<Variant>>,
 }
 
 impl HlsStream {
@@ -50,7 +58,71 @@ impl HlsStream {
             frames: Default::default(),
             chat: Default::default(),
             publisher_kind: parking_lot::Mutex::new(""),
+            ladder: Default::default(),
+            frame_rate: Default::default(),
+            mirrored_variant: Default::default(),
         }
+    }
+
+    /// Another rendition of `main`'s class at `path`: the same settings and the same media
+    /// sequence numbering, so that equal cuts give equal URIs in every rendition.
+    fn rendition_of(path: String, main: &HlsStream) -> Self {
+        Self {
+            msn_base: main.msn_base,
+            ..Self::new(path, main.cfg.clone())
+        }
+    }
+
+    /// The other renditions (track id, stream), empty unless the class is a ladder.
+    pub fn ladder(&self) -> Vec<(u8, Arc<HlsStream>)> {
+        self.ladder.read().clone()
+    }
+
+    pub fn rendition(&self, track: u8) -> Option<Arc<HlsStream>> {
+        self.ladder
+            .read()
+            .iter()
+            .find(|(t, _)| *t == track)
+            .map(|(_, s)| s.clone())
+    }
+
+    pub fn add_rendition(&self, track: u8, stream: Arc<HlsStream>) {
+        let mut l = self.ladder.write();
+        l.retain(|(t, _)| *t != track);
+        l.push((track, stream));
+        l.sort_by_key(|(t, _)| *t);
+    }
+
+    pub fn set_frame_rate(&self, fps: Option<f64>) {
+        *self.frame_rate.lock() = fps;
+    }
+
+    pub fn set_mirrored_variant(&self, v: Variant) {
+        *self.frame_rate.lock() = v.frame_rate;
+        *self.mirrored_variant.lock() = Some(v);
+    }
+
+    /// This rendition's line in the multivariant playlist.
+    fn variant(&self, track: u8) -> Option<Variant> {
+        let uri = multivariant::rendition_uri(track);
+        if let Some(v) = self.mirrored_variant.lock().clone() {
+            return Some(Variant { uri, ..v });
+        }
+        Variant::measure(uri, &self.state.read(), *self.frame_rate.lock())
+    }
+
+    /// The multivariant playlist of a ladder (`None` for a class of one track), with `query`
+    /// after every URI. A rendition with no media yet is left out until it has some.
+    pub fn multivariant(&self, query: &str) -> Option<String> {
+        let ladder = self.ladder();
+        if ladder.is_empty() {
+            return None;
+        }
+        let variants: Vec<Variant> = std::iter::once(self.variant(0))
+            .chain(ladder.iter().map(|(t, s)| s.variant(*t)))
+            .flatten()
+            .collect();
+        Some(multivariant::render(&variants, query))
     }
 
     pub fn publisher_kind(&self) -> &'static str {
@@ -309,6 +381,36 @@ impl StreamStore {
         e
     }
 
+    /// The stream of rendition `track` of `main`'s class, made if it is not here yet (or ended).
+    pub fn rendition(&self, main: &HlsStream, track: u8, source: Source) -> Arc<HlsStream> {
+        if let Some(s) = main.rendition(track)
+            && !s.is_ended()
+        {
+            return s;
+        }
+        let path = rendition_path(&main.path, track);
+        let stream = Arc::new(HlsStream::rendition_of(path.clone(), main));
+        self.streams.insert(
+            path,
+            Arc::new(StreamEntry {
+                stream: stream.clone(),
+                source,
+            }),
+        );
+        main.add_rendition(track, stream.clone());
+        stream
+    }
+
+    /// The classes: every stream but the renditions of a ladder (which are reached through
+    /// their class).
+    pub fn classes(&self) -> Vec<Arc<StreamEntry>> {
+        self.streams
+            .iter()
+            .filter(|e| !is_rendition_path(e.key()))
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<Arc<StreamEntry>> {
         self.streams.iter().map(|e| e.value().clone()).collect()
     }
@@ -321,6 +423,20 @@ impl StreamStore {
                 .is_none_or(|t| t.elapsed() <= e.stream.cfg.linger)
         });
     }
+}
+
+/// Where rendition `track` of the class at `path` is kept: `live/<name>/v<track>`, a path no
+/// class can have (a stream name has no `/`). Track 0 is the class's own path.
+pub fn rendition_path(path: &str, track: u8) -> String {
+    if track == 0 {
+        path.to_string()
+    } else {
+        format!("{path}/v{track}")
+    }
+}
+
+pub fn is_rendition_path(path: &str) -> bool {
+    path.matches('/').count() > 1
 }
 
 #[cfg(test)]

@@ -65,16 +65,139 @@ pub struct Publishing {
     /// Who publishes, for log lines (an address, or a WHIP session).
     peer: String,
     pub stream: Arc<HlsStream>,
-    packager: Packager,
-    /// The next part opens a segment with a DISCONTINUITY (a publisher came back).
-    discontinuity: bool,
-    started: bool,
+    /// Track 0: the class's own stream, the one recorded and sent to WebRTC viewers.
+    main: Track,
+    /// The other video tracks of a multitrack ladder, by track id, each packaged into a
+    /// rendition stream of its own with the class's audio muxed in.
+    renditions: Vec<(u8, Track)>,
+    /// The audio decoder configuration, for a rendition whose first tag comes after it.
+    audio_config: Option<(u32, Bytes)>,
     announced: bool,
     /// When recent media messages arrived, by timestamp: what the publish → part latency
     /// metric measures from. Bounded to a few seconds of messages.
     arrivals: std::collections::VecDeque<(u64, Instant)>,
+}
+
+/// One video track and what it fills: a packager, the stream its parts go to, and the frames
+/// for WebRTC viewers.
+struct Track {
+    stream: Arc<HlsStream>,
+    packager: Packager,
+    /// The next part opens a segment with a DISCONTINUITY (a publisher came back).
+    discontinuity: bool,
+    started: bool,
     /// The same messages frame by frame, for WebRTC viewers (`HlsStream::frames`).
     tap: media::frames::FrameTap,
+    /// Recent video frame timestamps, for the frame rate the multivariant playlist states.
+    frame_times: std::collections::VecDeque<u32>,
+}
+
+impl Track {
+    fn new(ctx: &SlaveCtx, stream: Arc<HlsStream>, resumed: bool) -> Self {
+        Track {
+            stream,
+            packager: Packager::new(PackagerConfig {
+                part_target: ctx.cfg.hls.part_target,
+                segment_target: ctx.cfg.hls.segment_target,
+            }),
+            discontinuity: resumed,
+            started: false,
+            tap: Default::default(),
+            frame_times: Default::default(),
+        }
+    }
+
+    fn video(&mut self, timestamp: u32, data: Bytes) -> Result<Vec<PackagerOutput>, MediaError> {
+        if let Ok(Some(item)) = self.tap.push_video(timestamp, &data) {
+            self.stream.frames.push(item);
+        }
+        if let Ok(tag) = media::flv::parse_video_tag(&data)
+            && matches!(tag.packet, media::flv::VideoPacket::Frame { .. })
+        {
+            self.count_frame(timestamp);
+        }
+        self.packager.push_video(timestamp, data)
+    }
+
+    fn count_frame(&mut self, timestamp: u32) {
+        const WINDOW: usize = 61;
+        if self.frame_times.len() == WINDOW {
+            self.frame_times.pop_front();
+        }
+        self.frame_times.push_back(timestamp);
+        if self.frame_times.len() == WINDOW || self.frame_times.len() % 15 == 0 {
+            let span = self
+                .frame_times
+                .back()
+                .unwrap_or(&0)
+                .wrapping_sub(self.frame_times[0]);
+            if span > 0 {
+                let fps = (self.frame_times.len() - 1) as f64 * 1000.0 / f64::from(span);
+                self.stream.set_frame_rate(Some(common_frame_rate(fps)));
+            }
+        }
+    }
+
+    /// Applies the packager's outputs; returns the first sample time of each part placed.
+    fn apply(&mut self, outputs: Vec<PackagerOutput>) -> Vec<u64> {
+        let mut placed = Vec::new();
+        for o in outputs {
+            match o {
+                PackagerOutput::Init {
+                    data,
+                    codecs,
+                    width,
+                    height,
+                } => {
+                    let res = (width > 0 && height > 0).then_some((width, height));
+                    self.stream.set_init(data, codecs, res);
+                    // A new init mid-stream (SPS change, late audio track) needs a
+                    // DISCONTINUITY before the next part, as a reconnect does.
+                    if self.started {
+                        self.discontinuity = true;
+                    }
+                }
+                PackagerOutput::Part {
+                    data,
+                    duration,
+                    independent,
+                    starts_segment,
+                    first_dts_ms,
+                } => {
+                    let disc = self.discontinuity && starts_segment;
+                    if disc {
+                        self.discontinuity = false;
+                    }
+                    let starts = starts_segment || !self.started;
+                    self.started = true;
+                    self.stream
+                        .push_part(data, duration, independent, starts, disc);
+                    placed.push(first_dts_ms);
+                }
+            }
+        }
+        placed
+    }
+}
+
+/// Frame rates are measured from millisecond timestamps: the nearest common rate within 1 %,
+/// else the measure rounded to a hundredth.
+fn common_frame_rate(fps: f64) -> f64 {
+    [23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0]
+        .into_iter()
+        .filter(|r| (fps - r).abs() / r < 0.01)
+        .min_by(|a, b| (fps - a).abs().total_cmp(&(fps - b).abs()))
+        .unwrap_or((fps * 100.0).round() / 100.0)
+}
+
+#[cfg(test)]
+#[test]
+fn frame_rates_snap_to_the_nearest_common_one() {
+    assert_eq!(common_frame_rate(29.98), 29.97);
+    assert_eq!(common_frame_rate(29.99), 30.0);
+    assert_eq!(common_frame_rate(30.3), 30.0);
+    assert_eq!(common_frame_rate(25.1), 25.0);
+    assert_eq!(common_frame_rate(12.345), 12.35);
 }
 
 impl Publishing {
@@ -107,22 +230,17 @@ impl Publishing {
         if resumed {
             tracing::info!(%path, "publisher came back within the grace period; continuing with a discontinuity");
         }
-        let packager = Packager::new(PackagerConfig {
-            part_target: ctx.cfg.hls.part_target,
-            segment_target: ctx.cfg.hls.segment_target,
-        });
         // A resumed stream is already announced; a new one is announced with its first part,
         // so that routing never sends a viewer to a stream with nothing to play yet.
         Publishing {
             ctx: ctx.clone(),
             peer,
+            main: Track::new(ctx, stream.clone(), resumed),
             stream,
-            packager,
-            discontinuity: resumed,
-            started: false,
+            renditions: Vec::new(),
+            audio_config: None,
             announced: resumed,
             arrivals: Default::default(),
-            tap: Default::default(),
         }
     }
 
@@ -135,28 +253,102 @@ impl Publishing {
         }
         self.arrivals
             .push_back((u64::from(timestamp), Instant::now()));
-        // The packager reports what it cannot use; the tap only skips it.
-        let tapped = if video {
-            self.tap.push_video(timestamp, &data)
-        } else {
-            self.tap.push_audio(timestamp, &data)
+        let tracks = match media::multitrack::split(&data, video) {
+            Ok(media::multitrack::Split::Single) => vec![(0, data)],
+            Ok(media::multitrack::Split::Tracks(t)) => t,
+            Err(e) => return self.dropped(e),
         };
-        if let Ok(Some(item)) = tapped {
+        for (track, body) in tracks {
+            let r = if video {
+                self.video(track, timestamp, body)
+            } else {
+                self.audio(track, timestamp, body)
+            };
+            r?;
+        }
+        Ok(())
+    }
+
+    fn video(&mut self, track: u8, timestamp: u32, data: Bytes) -> Result<(), MediaError> {
+        if track == 0 {
+            let out = self.main.video(timestamp, data);
+            return match out {
+                Ok(o) => {
+                    self.apply_main(o);
+                    Ok(())
+                }
+                Err(e) => self.dropped(e),
+            };
+        }
+        let at = match self.renditions.iter().position(|(t, _)| *t == track) {
+            Some(i) => i,
+            None => {
+                if self.renditions.len() + 1 >= media::multitrack::MAX_VIDEO_TRACKS {
+                    return Err(MediaError::TooManyTracks(
+                        media::multitrack::MAX_VIDEO_TRACKS,
+                    ));
+                }
+                let stream = self
+                    .ctx
+                    .store
+                    .rendition(&self.stream, track, Source::Origin);
+                let resumed = stream.has_parts();
+                stream.publisher_joined();
+                let mut t = Track::new(&self.ctx, stream, resumed);
+                if let Some((ts, cfg)) = &self.audio_config {
+                    let _ = t.packager.push_audio(*ts, cfg.clone());
+                }
+                tracing::info!(peer = %self.peer, path = %t.stream.path, track, "a rendition of the class's ladder");
+                self.renditions.push((track, t));
+                self.renditions.len() - 1
+            }
+        };
+        let t = &mut self.renditions[at].1;
+        match t.video(timestamp, data) {
+            Ok(o) => {
+                t.apply(o);
+                Ok(())
+            }
+            Err(e) => self.dropped(e),
+        }
+    }
+
+    /// Audio goes to every rendition: each one's parts carry it, so a player switching
+    /// renditions never switches audio. Only audio track 0 is kept.
+    fn audio(&mut self, track: u8, timestamp: u32, data: Bytes) -> Result<(), MediaError> {
+        if track != 0 {
+            return Ok(());
+        }
+        if let Ok(tag) = media::flv::parse_audio_tag(&data)
+            && matches!(tag.packet, media::flv::AudioPacket::SequenceHeader(_))
+        {
+            self.audio_config = Some((timestamp, data.clone()));
+        }
+        if let Ok(Some(item)) = self.main.tap.push_audio(timestamp, &data) {
             self.stream.frames.push(item);
         }
-        let out = if video {
-            self.packager.push_video(timestamp, data)
-        } else {
-            self.packager.push_audio(timestamp, data)
-        };
-        match out {
-            Ok(outputs) => self.apply(outputs),
-            Err(e) if e.unsupported().is_some() => return Err(e),
-            Err(e) => {
-                self.ctx.metrics.media_errors.inc();
-                tracing::debug!(peer = %self.peer, error = %e, "dropped a media message");
+        for (_, t) in &mut self.renditions {
+            if let Ok(o) = t.packager.push_audio(timestamp, data.clone()) {
+                t.apply(o);
             }
         }
+        match self.main.packager.push_audio(timestamp, data) {
+            Ok(o) => {
+                self.apply_main(o);
+                Ok(())
+            }
+            Err(e) => self.dropped(e),
+        }
+    }
+
+    /// A message the packager could not use: counted and dropped, unless no later message can
+    /// mend it.
+    fn dropped(&self, e: MediaError) -> Result<(), MediaError> {
+        if e.unsupported().is_some() {
+            return Err(e);
+        }
+        self.ctx.metrics.media_errors.inc();
+        tracing::debug!(peer = %self.peer, error = %e, "dropped a media message");
         Ok(())
     }
 
@@ -173,55 +365,23 @@ impl Publishing {
         self.ctx.remember_publish_refusal(path, why.to_string());
     }
 
-    fn apply(&mut self, outputs: Vec<PackagerOutput>) {
-        for o in outputs {
-            match o {
-                PackagerOutput::Init {
-                    data,
-                    codecs,
-                    width,
-                    height,
-                } => {
-                    let res = (width > 0 && height > 0).then_some((width, height));
-                    self.stream.set_init(data, codecs, res);
-                    // A new init mid-stream (SPS change, late audio track) needs a
-                    // DISCONTINUITY before the next part, as a reconnect does.
-                    if self.started {
-                        self.discontinuity = true;
-                    }
-                }
-                PackagerOutput::Part {
-                    data,
-                    duration,
-                    independent,
-                    starts_segment,
-                    first_dts_ms,
-                } => {
-                    let disc = self.discontinuity && starts_segment;
-                    if disc {
-                        self.discontinuity = false;
-                    }
-                    let starts = starts_segment || !self.started;
-                    self.started = true;
-                    self.stream
-                        .push_part(data, duration, independent, starts, disc);
-                    self.ctx.metrics.parts.inc();
-                    // From the arrival of the part's first sample to the part being
-                    // servable: the part duration plus what the server adds.
-                    let first = self
-                        .arrivals
-                        .iter()
-                        .min_by_key(|(ts, _)| ts.abs_diff(first_dts_ms));
-                    if let Some((_, at)) = first {
-                        let latency = at.elapsed().as_secs_f64();
-                        self.ctx.metrics.part_publish_seconds.observe(latency);
-                    }
-                    if !self.announced {
-                        self.announced = true;
-                        self.ctx.publish_refusals.remove(&self.stream.path);
-                        self.ctx.masters.announce(&self.stream.path, true);
-                    }
-                }
+    fn apply_main(&mut self, outputs: Vec<PackagerOutput>) {
+        for first_dts_ms in self.main.apply(outputs) {
+            self.ctx.metrics.parts.inc();
+            // From the arrival of the part's first sample to the part being servable: the part
+            // duration plus what the server adds.
+            let first = self
+                .arrivals
+                .iter()
+                .min_by_key(|(ts, _)| ts.abs_diff(first_dts_ms));
+            if let Some((_, at)) = first {
+                let latency = at.elapsed().as_secs_f64();
+                self.ctx.metrics.part_publish_seconds.observe(latency);
+            }
+            if !self.announced {
+                self.announced = true;
+                self.ctx.publish_refusals.remove(&self.stream.path);
+                self.ctx.masters.announce(&self.stream.path, true);
             }
         }
     }
@@ -229,9 +389,14 @@ impl Publishing {
     /// The publisher is gone (unpublish or disconnect): flush, then end the stream unless the
     /// publisher comes back within the grace period. Must run on the main runtime.
     pub fn stop(mut self, why: &str) {
-        let rest = self.packager.flush();
-        self.apply(rest);
+        let rest = self.main.packager.flush();
+        self.apply_main(rest);
         self.stream.publisher_left();
+        for (_, t) in &mut self.renditions {
+            let rest = t.packager.flush();
+            t.apply(rest);
+            t.stream.publisher_left();
+        }
         tracing::info!(peer = %self.peer, path = %self.stream.path, why, "publisher left; grace period started");
         let ctx = self.ctx.clone();
         let stream = self.stream.clone();
@@ -247,6 +412,9 @@ impl Publishing {
             if gone && !stream.is_ended() {
                 tracing::info!(path = %stream.path, "publisher did not come back; stream ended");
                 stream.end();
+                for (_, r) in stream.ladder() {
+                    r.end();
+                }
                 ctx.masters.announce(&stream.path, false);
             }
         });

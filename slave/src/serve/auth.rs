@@ -34,10 +34,16 @@ pub enum Caller {
     Peer,
 }
 
-/// `GET /live/{name}/{file}`, parsed and authorized.
+/// `GET /live/{name}/{file}` (or `/live/{name}/v{track}/{file}` for a rendition of a ladder),
+/// parsed and authorized.
 pub struct HlsRequest {
-    /// `live/<name>`.
+    /// `live/<name>`: the class, what tokens and tickets name.
     pub path: String,
+    /// The rendition asked for, when the URI names one.
+    pub rendition: Option<u8>,
+    /// The viewer's token as given, for the URIs of a multivariant playlist (each rendition's
+    /// playlist needs it, as the class's does).
+    pub jwt: Option<String>,
     pub file: HlsFile,
     /// `_HLS_msn` / `_HLS_part` of a blocking reload.
     pub msn: Option<u64>,
@@ -49,20 +55,37 @@ impl FromRequestParts<Arc<SlaveCtx>> for HlsRequest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, ctx: &Arc<SlaveCtx>) -> Result<Self, ApiError> {
-        let Path((name, file)) = Path::<(String, String)>::from_request_parts(parts, ctx)
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, ctx)
             .await
             .map_err(|_| ApiError::not_found("not_found", "no such file"))?;
-        if !common::valid_stream_name(&name) {
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let (Some(name), Some(file)) = (param("name"), param("file")) else {
+            return Err(ApiError::not_found("not_found", "no such file"));
+        };
+        let rendition = match param("rendition") {
+            None => None,
+            Some(r) => Some(
+                r.strip_prefix('v')
+                    .filter(|n| {
+                        !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .ok_or_else(|| ApiError::not_found("not_found", "no such rendition"))?,
+            ),
+        };
+        if !common::valid_stream_name(name) {
             return Err(ApiError::not_found("not_found", "no such stream"));
         }
-        let file = HlsFile::parse(&file)
-            .ok_or_else(|| ApiError::not_found("not_found", "no such file"))?;
+        let file =
+            HlsFile::parse(file).ok_or_else(|| ApiError::not_found("not_found", "no such file"))?;
         let path = format!("{}/{name}", common::APP);
         let q =
             HlsQuery::parse(parts.uri.query()).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let caller = authorize(ctx, parts, &q, &path, &file)?;
         Ok(HlsRequest {
             path,
+            rendition,
+            jwt: q.jwt.as_deref().map(str::to_string),
             file,
             msn: q.msn,
             part: q.part,

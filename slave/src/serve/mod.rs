@@ -28,7 +28,9 @@ use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};
 pub fn router() -> Router<Arc<SlaveCtx>> {
     Router::new()
         .route(paths::HLS, get(hls_file))
+        .route(paths::HLS_RENDITION, get(hls_file))
         .route(paths::HLS_AUTH, get(viewer_auth))
+        .route(paths::HLS_RENDITION_AUTH, get(viewer_auth))
 }
 
 /// `GET /auth/live/{name}/{file}?jwt=…`: the check a cache in front of this slave makes
@@ -85,7 +87,19 @@ async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiErro
     let entry = entry.ok_or_else(|| {
         ApiError::not_found("stream_not_found", format!("{} is not live here", req.path))
     })?;
-    let stream = &entry.stream;
+    let stream = &match req.rendition {
+        None if req.file == HlsFile::Playlist && !entry.stream.ladder().is_empty() => {
+            ctx.metrics.requests_by_kind[0].inc();
+            return multivariant(ctx, &entry.stream, &req).await;
+        }
+        None | Some(0) => entry.stream.clone(),
+        Some(track) => rendition(&entry.stream, track).await.ok_or_else(|| {
+            ApiError::not_found(
+                "not_found",
+                format!("{} has no rendition v{track}", req.path),
+            )
+        })?,
+    };
     let kind = match req.file {
         HlsFile::Playlist => 0,
         HlsFile::Init(_) => 1,
@@ -99,6 +113,58 @@ async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiErro
         HlsFile::Segment(msn) => segment(ctx, stream, msn).await,
         HlsFile::Part(msn, idx) => part(ctx, stream, msn, idx).await,
     }
+}
+
+/// Rendition `track` of a class. An edge learns a ladder from its origin's multivariant
+/// playlist just after it starts mirroring the class, so a player that asks that soon waits a
+/// moment.
+async fn rendition(class: &HlsStream, track: u8) -> Option<Arc<HlsStream>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(s) = class.rendition(track) {
+            return Some(s);
+        }
+        if class.is_ended() || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The multivariant playlist of a class published as a ladder. The first request waits (as a
+/// media playlist's does) until every rendition has a whole segment, so that every variant is
+/// listed with figures measured from one.
+async fn multivariant(
+    ctx: &SlaveCtx,
+    class: &Arc<HlsStream>,
+    req: &HlsRequest,
+) -> Result<Response, ApiError> {
+    let has_segment = |st: &StreamState| st.segments.iter().any(|s| s.complete);
+    park(ctx, class, has_segment).await?;
+    for (_, r) in class.ladder() {
+        park(ctx, &r, has_segment).await?;
+    }
+    // Each rendition's playlist is authorized as the class's is: by the viewer's token (a JWT
+    // is URL-safe as it is; anything else was refused by the token check already).
+    let query = match (&req.caller, &req.jwt) {
+        (Caller::Viewer { .. }, Some(jwt))
+            if jwt
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            format!("?jwt={jwt}")
+        }
+        _ => String::new(),
+    };
+    let body = class
+        .multivariant(&query)
+        .ok_or_else(|| ApiError::not_found("not_found", "no such playlist"))?;
+    Ok(respond(
+        ctx,
+        body.into(),
+        "application/vnd.apple.mpegurl",
+        "no-cache",
+    ))
 }
 
 async fn playlist(

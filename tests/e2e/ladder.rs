@@ -1,0 +1,148 @@
+//! Issue 33: a teacher's encoder sends the whole ABR ladder over Enhanced RTMP v2 multitrack
+//! (ffmpeg 9, three H.264 renditions and one AAC track in one FLV). Every slave serves it as one
+//! multivariant playlist over three LL-HLS renditions whose segments and parts line up, with
+//! no transcoding.
+
+use std::collections::BTreeMap;
+
+use media::hls::conformance::check_multivariant_playlist;
+use media::hls::multivariant;
+
+use crate::support::*;
+
+/// Per segment: its EXTINF (None while open) and its parts' durations, by media sequence.
+type Cuts = BTreeMap<u64, (Option<String>, Vec<String>)>;
+
+fn cuts(playlist: &str) -> Cuts {
+    let mut out = Cuts::new();
+    let mut msn = media_sequence(playlist).expect("media sequence");
+    let (mut parts, mut extinf) = (Vec::new(), None);
+    for l in playlist.lines() {
+        if let Some(p) = l.strip_prefix("#EXT-X-PART:") {
+            let d = p
+                .split(',')
+                .find_map(|a| a.strip_prefix("DURATION="))
+                .unwrap();
+            parts.push(d.to_string());
+        } else if let Some(d) = l.strip_prefix("#EXTINF:") {
+            extinf = Some(d.trim_end_matches(',').to_string());
+        } else if !l.starts_with('#') && !l.is_empty() {
+            out.insert(msn, (extinf.take(), std::mem::take(&mut parts)));
+            msn += 1;
+        }
+    }
+    out.insert(msn, (None, parts));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multitrack_ladder_is_served_as_aligned_renditions_under_one_multivariant_playlist() {
+    let Some(ffmpeg9) = ffmpeg9() else { return };
+    let c = Cluster::start("ladder", 2, Timings::default()).await;
+    let (rtmp, key, t) = c.teacher("ladder").await;
+    let origin = t["node_id"].as_str().unwrap().to_string();
+    let mut publisher = ffmpeg9_ladder(&ffmpeg9, "ladder", "publisher", &format!("{rtmp}/{key}"));
+    c.wait_live("ladder", 2).await;
+
+    for slave in &c.slaves {
+        let role = if slave.id == origin { "origin" } else { "edge" };
+        let jwt = sign_student(&c, &slave.id, "live/ladder", 600, None);
+        let base = format!("{}/live/ladder", slave.base());
+        let url = format!("{base}/index.m3u8?jwt={jwt}");
+        let text = c.http.get(&url).send().await.unwrap().text().await.unwrap();
+        assert_eq!(
+            check_multivariant_playlist(&text),
+            vec![],
+            "{role}'s multivariant playlist:\n{text}"
+        );
+        let variants = multivariant::parse(&text).unwrap();
+        let got: Vec<_> = variants
+            .iter()
+            .map(|v| (v.uri.as_str(), v.resolution, v.frame_rate))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("v0/index.m3u8", Some((1920, 1080)), Some(30.0)),
+                ("v1/index.m3u8", Some((1280, 720)), Some(30.0)),
+                ("v2/index.m3u8", Some((640, 360)), Some(30.0)),
+            ],
+            "{role}:\n{text}"
+        );
+        for v in &variants {
+            assert!(
+                v.codecs.starts_with("avc1.") && v.codecs.ends_with(",mp4a.40.2"),
+                "{role}: {v:?}"
+            );
+            assert!(v.average_bandwidth <= v.bandwidth, "{role}: {v:?}");
+        }
+        // Each rendition is measured at its own rate: 3, 1.5 and 0.5 Mbit/s asked of x264.
+        let avg: Vec<u64> = variants.iter().map(|v| v.average_bandwidth).collect();
+        assert!(
+            avg[0] > avg[1] && avg[1] > avg[2],
+            "{role}: {avg:?}\n{text}"
+        );
+        assert!(avg[2] < 1_000_000 && avg[0] > 1_500_000, "{role}: {avg:?}");
+        println!("{role}: {text}");
+
+        // The renditions' segments and parts line up: the same media sequence numbers, the
+        // same EXTINF and the same part durations wherever two playlists hold a segment.
+        let mut all = Vec::new();
+        for v in &variants {
+            let pl = c
+                .http
+                .get(format!("{base}/{}?jwt={jwt}", v.uri))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_conforms(&format!("{role} {}", v.uri), &pl);
+            all.push((v.uri.clone(), cuts(&pl)));
+        }
+        let (first_uri, first) = &all[0];
+        let mut compared = 0;
+        for (uri, other) in &all[1..] {
+            for (msn, (extinf, parts)) in other {
+                let Some((e0, p0)) = first.get(msn) else {
+                    continue;
+                };
+                if extinf.is_some() && e0.is_some() {
+                    assert_eq!(extinf, e0, "{role}: segment {msn} of {uri} and {first_uri}");
+                    assert_eq!(parts, p0, "{role}: parts of {msn} in {uri} and {first_uri}");
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 2, "{role}: only {compared} segments in common");
+
+        // Every rendition plays from this slave, at its own size, with no decoding error.
+        for (v, (w, h)) in variants.iter().zip([(1920, 1080), (1280, 720), (640, 360)]) {
+            let u = format!("{base}/{}?jwt={jwt}", v.uri);
+            let probe = ffprobe(&u).unwrap_or_else(|e| panic!("{role} {}: {e}", v.uri));
+            let mut got = codecs(&probe);
+            got.sort();
+            assert_eq!(got, ["aac", "h264"], "{role} {}", v.uri);
+            let video = probe["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["codec_name"] == "h264")
+                .unwrap();
+            assert_eq!(
+                (video["width"].as_u64(), video["height"].as_u64()),
+                (Some(w), Some(h)),
+                "{role} {}",
+                v.uri
+            );
+        }
+        if role == "edge" {
+            let (ok, errors) = ffmpeg_decode(&format!("{base}/v2/index.m3u8?jwt={jwt}"), 3);
+            assert!(ok && errors.trim().is_empty(), "decode errors: {errors}");
+            // mpv opens the multivariant playlist itself and picks a rendition.
+            assert_mpv_plays(&url);
+        }
+    }
+    publisher.terminate(std::time::Duration::from_secs(5));
+}
