@@ -195,7 +195,7 @@ fn common_frame_rate(fps: f64) -> f64 {
 fn frame_rates_snap_to_the_nearest_common_one() {
     assert_eq!(common_frame_rate(29.98), 29.97);
     assert_eq!(common_frame_rate(29.99), 30.0);
-    assert_eq!(common_frame_rate(30.3), 30.0);
+    assert_eq!(common_frame_rate(30.2), 30.0);
     assert_eq!(common_frame_rate(25.1), 25.0);
     assert_eq!(common_frame_rate(12.345), 12.35);
 }
