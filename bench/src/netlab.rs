@@ -54,7 +54,7 @@ impl LinkProfile {
 
     /// The named profiles (one-way figures; a round trip is twice the delay):
     /// good Wi-Fi 20 ± 5 ms RTT, 0.5 % loss, 20 Mbit/s; busy Wi-Fi 40 ± 20 ms, 3 % loss in
-    /// bursts, 4 Mbit/s; poor 80 ± 40 ms, 8 %, 2 Mbit/s; udp-blocked: good Wi-Fi without UDP.
+    /// bursts, 4 Mbit/s; poor 80 ± 40 ms, 8 %, 2 Mbit/s; capped: 1.5 Mbit/s, 20 ms, no loss; udp-blocked: good Wi-Fi without UDP.
     pub fn named(name: &str) -> Option<LinkProfile> {
         let wifi = |rtt: f64, jit: f64, mbit: f64, p_bad: f64, loss_bad: f64, loss_good: f64| {
             LinkProfile {
@@ -74,6 +74,9 @@ impl LinkProfile {
             "good" => wifi(20.0, 5.0, 20.0, 0.002, 0.6, 0.001),
             "busy" => wifi(40.0, 20.0, 4.0, 0.01, 0.75, 0.001),
             "poor" => wifi(80.0, 40.0, 2.0, 0.03, 0.7, 0.005),
+            // A link with room for the bottom of a ladder only (the ABR tests): 1.5 Mbit/s,
+            // 20 ms round trip, no loss.
+            "capped" => wifi(20.0, 4.0, 1.5, 0.0, 0.0, 0.0),
             "udp-blocked" => LinkProfile {
                 drop_udp: true,
                 ..wifi(20.0, 5.0, 20.0, 0.002, 0.6, 0.001)

@@ -154,6 +154,13 @@
         if (data.fatal) failover('playback failed (' + data.details + ')');
       });
       hls.on(Hls.Events.MANIFEST_PARSED, () => { video.play().catch(() => {}); });
+      // A class sent as a ladder: say which rendition this student's link carries.
+      hls.on(Hls.Events.LEVEL_SWITCHED, (_, d) => {
+        if (hls.levels.length < 2) return;
+        const h = hls.levels[d.level].height;
+        $('mode').textContent = 'LL-HLS · ' + h + 'p';
+        log({ type: 'rendition', height: h });
+      });
       hls.loadSource(tok.hls_url);
       hls.attachMedia(video);
     } else if (video.canPlayType('application/vnd.apple.mpegurl')) {

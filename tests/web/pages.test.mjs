@@ -324,6 +324,111 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi and hls.js on poor Wi-Fi keep play
   assert.ok(!/ccwbusy|ccwpoor/.test(left), `namespaces left: ${left}`);
 });
 
+// Issue 33: ABR from the teacher's own encoder. ffmpeg 9 sends a three-rendition H.264
+// ladder (1080p 3 Mbit/s, 720p 1.5, 360p 0.5) and one AAC track as one multitrack FLV; the
+// slave serves one multivariant playlist and no transcoder runs. A student behind a
+// 1.5 Mbit/s link (`netlab --profile capped`) settles on 360p and plays ABR_SECONDS without
+// a stall; a student on the host's own link climbs to 1080p.
+const ABR_SECONDS = Number(process.env.ABR_SECONDS || 60);
+
+function ladder(name, url) {
+  const rates = ['3000k', '1500k', '500k'].flatMap((r, i) => [`-b:v:${i}`, r, `-maxrate:v:${i}`, r, `-bufsize:v:${i}`, r]);
+  return run(name, process.env.FFMPEG9, ['-hide_banner', '-loglevel', 'warning', '-nostdin', '-re',
+    '-f', 'lavfi', '-i', 'testsrc2=size=1920x1080:rate=30', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=48000',
+    '-filter_complex', '[0:v]split=3[a][b][c];[b]scale=1280:720[b2];[c]scale=640:360[c2]',
+    '-map', '[a]', '-map', '[b2]', '-map', '[c2]', '-map', '1:a',
+    '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-g', '30', '-keyint_min', '30', '-sc_threshold', '0',
+    '-pix_fmt', 'yuv420p', ...rates, '-c:a', 'aac', '-b:a', '96k', '-f', 'flv', url]);
+}
+
+// The rendition hls.js plays now, as its height.
+const playingHeight = (page) => page.evaluate(() => { const h = window.classcast.hls; return h && h.currentLevel >= 0 ? h.levels[h.currentLevel].height : null; });
+
+test('a ladder: hls.js behind 1.5 Mbit/s settles on 360p and never stalls, and climbs to 1080p on a fast link', async () => {
+  if (!process.env.FFMPEG9) {
+    assert.ok(!process.env.CI, 'FFMPEG9 is unset (scripts/test.sh sets it)');
+    return;
+  }
+  const lab = netlab('ccabr', 73, 'capped');
+  const browsers = [];
+  const mine = [];
+  let fast;
+  try {
+    await lab.ready();
+    const ip = lab.host;
+    const [mp, r1, h1] = await distinctPorts(3);
+    const master = `http://${ip}:${mp}`;
+    const env = { CLUSTER_SECRET: SECRET };
+    mine.push(run('abr-master', BIN, ['master', '--bind', `${ip}:${mp}`, '--jwt-key-file', path.join(ART, 'abr-jwt.pem'),
+      '--heartbeat-interval-ms', '300', '--teacher-password', TEACHER], env));
+    await until('abr master up', 15000, async () => (await fetch(`${master}/health`)).ok);
+    mine.push(run('abr-slave', BIN, ['slave', '--master-url', master, '--node-id', 'a1', '--rtmp-bind', `127.0.0.1:${r1}`,
+      '--http-bind', `${ip}:${h1}`, '--public-host', ip, '--heartbeat-interval-ms', '300', '--webrtc-udp-port', '0',
+      '--record-dir', path.join(ART, 'abr-rec')], env));
+    await until('abr cluster healthy', 30000, async () => (await json(`${master}/cluster/nodes`)).healthy_nodes === 1);
+    const t = await json(`${master}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ role: 'teacher', user_id: 't', stream: 'abr', credential: TEACHER }) });
+    mine.push(ladder('abr-publisher', `${t.rtmp_url.replace(ip, '127.0.0.1')}/${t.stream_key}`));
+    await until('abr class live', 20000, async () => (await json(`${master}/cluster/streams`)).streams?.some((s) => s.path === 'live/abr'));
+
+    const b = await lab.browser();
+    browsers.push(b);
+    const capped = await (await b.newContext({ viewport: { width: 420, height: 860 } })).newPage();
+    capped._name = 'abr-capped';
+    capped.on('console', (m) => { if (m.type() === 'error') console.log(`[abr-capped] console: ${m.text()}`); });
+    await capped.goto(`${master}/?name=Capped&stream=abr&autoplay&webrtc=0`);
+    await withShot(capped, async () => {
+      await playsFor(capped, 1, 40000);
+      const levels = await capped.evaluate(() => window.classcast.hls.levels.map((l) => `${l.height}p@${l.bitrate}`));
+      assert.equal(levels.length, 3, `hls.js sees three renditions: ${levels}`);
+      // Settled: playing, loading and about to load 360p, for 5 s running (hls.js tries a
+      // higher rendition first on a fresh estimate, and comes back down).
+      const t0 = Date.now();
+      let since = null;
+      await until('settles on 360p', 60000, async () => {
+        const all360 = await capped.evaluate(() => { const h = window.classcast.hls; return [h.currentLevel, h.loadLevel, h.nextLoadLevel].every((l) => l >= 0 && h.levels[l].height === 360); });
+        since = all360 ? (since ?? Date.now()) : null;
+        return since !== null && Date.now() - since >= 5000;
+      });
+      console.log(`abr capped: levels ${levels}; settled on 360p ${Date.now() - t0} ms after playing`);
+      await capped.evaluate(() => {
+        const v = document.getElementById('video');
+        window.abr = { stalls: 0, heights: [] };
+        v.addEventListener('waiting', () => { window.abr.stalls += 1; });
+        window.classcast.hls.on('hlsLevelSwitched', (_, d) => { window.abr.heights.push(window.classcast.hls.levels[d.level].height); });
+      });
+      const c0 = await capped.evaluate(() => document.getElementById('video').currentTime);
+      await sleep(ABR_SECONDS * 1000);
+      const end = await capped.evaluate(() => ({ ...window.abr, t: document.getElementById('video').currentTime, mode: window.classcast.mode }));
+      const fig = { seconds: ABR_SECONDS, played_s: +(end.t - c0).toFixed(2), stalls: end.stalls, switches_to: end.heights,
+        height: await playingHeight(capped) };
+      console.log(`abr capped: ${JSON.stringify(fig)}`);
+      assert.equal(end.mode, 'hls');
+      assert.equal(fig.height, 360, 'still on the lowest rendition');
+      assert.equal(await capped.textContent('#mode'), 'LL-HLS · 360p', 'the page says which rendition');
+      assert.equal(fig.stalls, 0, 'no stall on the capped link');
+      assert.ok(fig.played_s >= ABR_SECONDS * 0.9, `played ${fig.played_s} s of ${ABR_SECONDS}`);
+    });
+    // The host's own link: no cap, so hls.js climbs to the top rendition.
+    fast = await newPage('abr-fast');
+    await withShot(fast, async () => {
+      await fast.goto(`${master}/?name=Fast&stream=abr&autoplay&webrtc=0`);
+      await playsFor(fast, 1, 30000);
+      const t0 = Date.now();
+      await until('climbs to 1080p', 60000, async () => (await playingHeight(fast)) === 1080);
+      console.log(`abr fast: on 1080p ${Date.now() - t0} ms after playing`);
+    });
+    console.log(`abr capped link: ${JSON.stringify((await lab.stop()).down)}`);
+  } finally {
+    if (fast) await fast.context().close().catch(() => {});
+    for (const x of browsers) await x.close().catch(() => {});
+    stop(mine);
+    await lab.stop();
+  }
+  const left = await new Promise((res) => { const p = spawn('ip', ['netns', 'list']); let o = ''; p.stdout.on('data', (d) => { o += d; }); p.on('exit', () => res(o)); });
+  assert.ok(!/ccabr/.test(left), `namespaces left: ${left}`);
+});
+
 test('teacher page OBS settings publish, and the student page plays the class', async () => {
   const base = `http://127.0.0.1:${upPort}`;
   const teacher = await newPage('teacher');
