@@ -20,6 +20,8 @@ use crate::hls::store::{Source, StreamEntry};
 use crate::serve::PeerAuth;
 
 pub const ROUTE: &str = "/internal/frames/live/{name}";
+/// A rendition of a class sent as a ladder: `/internal/frames/live/{name}/v{track}`.
+pub const ROUTE_RENDITION: &str = "/internal/frames/live/{name}/{rendition}";
 /// How long a link stays up with no WebRTC viewer left, so that a viewer who reloads finds it.
 const LINGER: Duration = Duration::from_secs(10);
 
@@ -37,10 +39,10 @@ pub fn ensure(ctx: &Arc<SlaveCtx>, entry: &Arc<StreamEntry>) {
     let ctx = ctx.clone();
     let stream = entry.stream.clone();
     tokio::spawn(async move {
-        let name = stream.path.trim_start_matches("live/").to_string();
         let url = format!(
-            "{}/internal/frames/live/{name}",
-            upstream.trim_end_matches('/')
+            "{}/internal/frames/{}",
+            upstream.trim_end_matches('/'),
+            stream.path
         );
         let mut idle_since: Option<tokio::time::Instant> = None;
         while !stream.is_ended() {
@@ -99,9 +101,28 @@ async fn pull(ctx: &SlaveCtx, stream: &crate::hls::HlsStream, url: &str) -> anyh
 pub async fn serve(
     State(ctx): State<Arc<SlaveCtx>>,
     _: PeerAuth,
-    Path(name): Path<String>,
+    Path(params): Path<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let path = format!("{}/{name}", common::APP);
+    let (name, rendition) = (
+        params
+            .iter()
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| v.as_str()),
+        params
+            .iter()
+            .find(|(k, _)| k == "rendition")
+            .map(|(_, v)| v.as_str()),
+    );
+    let path = match (name, rendition) {
+        (Some(n), None) if common::valid_stream_name(n) => format!("{}/{n}", common::APP),
+        (Some(n), Some(r))
+            if common::valid_stream_name(n)
+                && r.strip_prefix('v').is_some_and(|t| t.parse::<u8>().is_ok()) =>
+        {
+            format!("{}/{n}/{r}", common::APP)
+        }
+        _ => return Err(ApiError::not_found("not_found", "no such stream")),
+    };
     let entry = ctx
         .store
         .get(&path)

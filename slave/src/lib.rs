@@ -85,6 +85,7 @@ pub fn router_with(ctx: &Arc<SlaveCtx>, whep: Option<Arc<webrtc::Whep>>) -> Rout
         .merge(webrtc::router(ctx, whep))
         .merge(chat::router(ctx))
         .route(frame_link::ROUTE, get(frame_link::serve))
+        .route(frame_link::ROUTE_RENDITION, get(frame_link::serve))
         .route(paths::HEALTH, get(health))
         .route(paths::METRICS, get(metrics))
         .route(paths::MIRROR_ORDER, post(mirror_order))

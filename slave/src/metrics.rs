@@ -58,6 +58,8 @@ pub struct SlaveMetrics {
     pub webrtc_refusals: IntCounterVec,
     /// AAC → Opus transcoders running (one per stream with WebRTC viewers).
     pub opus_transcoders: IntGauge,
+    /// WebRTC viewers of a ladder moved to another rendition, by direction (up, down).
+    pub webrtc_rendition_switches: IntCounterVec,
 }
 
 impl SlaveMetrics {
@@ -254,6 +256,15 @@ impl SlaveMetrics {
                 "classcast_slave_opus_transcoders",
                 "AAC to Opus transcoders running (one per stream with WebRTC viewers)",
             ),
+            webrtc_rendition_switches: IntCounterVec::new(
+                Opts::new(
+                    "classcast_slave_webrtc_rendition_switches_total",
+                    "WebRTC viewers of a class sent as a ladder moved to another rendition by \
+                     their bandwidth estimate, by direction (up, down)",
+                ),
+                &["direction"],
+            )
+            .unwrap(),
             requests_by_kind: ["playlist", "init", "segment", "part"]
                 .map(|k| http_requests.with_label_values(&[k])),
             http_requests,
@@ -277,6 +288,7 @@ impl SlaveMetrics {
             Box::new(m.origin_lookups.clone()),
             Box::new(m.rtmp_refusals.clone()),
             Box::new(m.codec_refusals.clone()),
+            Box::new(m.webrtc_rendition_switches.clone()),
             Box::new(m.whip_publishes.clone()),
             Box::new(m.whip_refusals.clone()),
             Box::new(m.whip_dropped_frames.clone()),

@@ -206,6 +206,7 @@ fn mirror_ladder(
         }
         let stream = ctx.store.rendition(class, track, source.clone());
         stream.set_mirrored_variant(v);
+        let _ = stream.frames.upstream.set(upstream.to_string());
         tracing::info!(path = %stream.path, "mirroring a rendition of the class's ladder");
         let (ctx, upstream) = (ctx.clone(), upstream.to_string());
         let pulled: futures::future::BoxFuture<'static, ()> = Box::pin(async move {

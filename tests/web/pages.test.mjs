@@ -344,7 +344,7 @@ function ladder(name, url) {
 // The rendition hls.js plays now, as its height.
 const playingHeight = (page) => page.evaluate(() => { const h = window.classcast.hls; return h && h.currentLevel >= 0 ? h.levels[h.currentLevel].height : null; });
 
-test('a ladder: hls.js behind 1.5 Mbit/s settles on 360p and never stalls, and climbs to 1080p on a fast link', async () => {
+test('a ladder: behind 1.5 Mbit/s hls.js settles on 360p with no stall and WebRTC is moved down to it; on a fast link both reach 1080p', async () => {
   if (!process.env.FFMPEG9) {
     assert.ok(!process.env.CI, 'FFMPEG9 is unset (scripts/test.sh sets it)');
     return;
@@ -409,6 +409,22 @@ test('a ladder: hls.js behind 1.5 Mbit/s settles on 360p and never stalls, and c
       assert.equal(fig.stalls, 0, 'no stall on the capped link');
       assert.ok(fig.played_s >= ABR_SECONDS * 0.9, `played ${fig.played_s} s of ${ABR_SECONDS}`);
     });
+    // WebRTC on the same link: the viewer starts on 720p (under the initial estimate) and the
+    // send-side estimate moves it down a rendition within 10 s.
+    const rtc = await (await b.newContext({ viewport: { width: 420, height: 860 } })).newPage();
+    rtc._name = 'abr-webrtc-capped';
+    await rtc.goto(`${master}/?name=CappedRtc&stream=abr&autoplay`);
+    await withShot(rtc, async () => {
+      await until('WebRTC plays', 30000, () => rtc.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+      const t0 = Date.now();
+      const first = await rtc.evaluate(() => document.getElementById('video').videoHeight);
+      await until('moved down to 360p', 10000, () => rtc.evaluate(() => document.getElementById('video').videoHeight === 360));
+      console.log(`abr webrtc capped: started at ${first}p, on 360p ${Date.now() - t0} ms after playing`);
+      assert.ok(first > 360, `started above the bottom rendition: ${first}`);
+      const f0 = await rtc.evaluate(() => window.classcast.webrtc.frames);
+      await until('frames keep coming on 360p', 10000, () => rtc.evaluate((f) => window.classcast.webrtc.frames > f + 100, f0));
+    });
+    await rtc.context().close();
     // The host's own link: no cap, so hls.js climbs to the top rendition.
     fast = await newPage('abr-fast');
     await withShot(fast, async () => {
@@ -418,6 +434,19 @@ test('a ladder: hls.js behind 1.5 Mbit/s settles on 360p and never stalls, and c
       await until('climbs to 1080p', 60000, async () => (await playingHeight(fast)) === 1080);
       console.log(`abr fast: on 1080p ${Date.now() - t0} ms after playing`);
     });
+    await fast.context().close();
+    // WebRTC on the host's link: the estimate finds room, and the viewer is moved up to 1080p.
+    fast = await newPage('abr-webrtc-fast');
+    await withShot(fast, async () => {
+      await fast.goto(`${master}/?name=FastRtc&stream=abr&autoplay`);
+      await until('WebRTC plays', 30000, () => fast.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
+      const t0 = Date.now();
+      await until('moved up to 1080p', 30000, () => fast.evaluate(() => document.getElementById('video').videoHeight === 1080));
+      console.log(`abr webrtc fast: on 1080p ${Date.now() - t0} ms after playing`);
+    });
+    const metrics = await (await fetch(`http://${ip}:${h1}/metrics`)).text();
+    const moves = (dir) => Number((metrics.match(new RegExp(`classcast_slave_webrtc_rendition_switches_total\\{direction="${dir}"\\} (\\d+)`)) || [])[1] || 0);
+    assert.ok(moves('down') >= 1 && moves('up') >= 1, `the slave counted the moves: down ${moves('down')}, up ${moves('up')}`);
     console.log(`abr capped link: ${JSON.stringify((await lab.stop()).down)}`);
   } finally {
     if (fast) await fast.context().close().catch(() => {});

@@ -111,6 +111,12 @@ impl HlsStream {
         Variant::measure(uri, &self.state.read(), *self.frame_rate.lock())
     }
 
+    /// Rendition `track`'s mean bit rate (what WebRTC viewers are switched by); 0 before it
+    /// has media.
+    pub fn average_bandwidth(&self, track: u8) -> u64 {
+        self.variant(track).map_or(0, |v| v.average_bandwidth)
+    }
+
     /// The multivariant playlist of a ladder (`None` for a class of one track), with `query`
     /// after every URI. A rendition with no media yet is left out until it has some.
     pub fn multivariant(&self, query: &str) -> Option<String> {

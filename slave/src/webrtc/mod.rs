@@ -180,9 +180,11 @@ fn bearer_claims(
 impl Whep {
     /// A session's state and answer from `offer`: on the blocking pool, one at a time, never on
     /// the engine's task. The outer error is ours (busy, stopped), the inner one the offer's.
+    /// `bwe`: the initial bandwidth estimate, for a class sent as a ladder.
     async fn set_up(
         &self,
         offer: Bytes,
+        bwe: Option<u64>,
     ) -> Result<anyhow::Result<(Box<str0m::Rtc>, String)>, ApiError> {
         let (local, local_tcp, cert) = (self.candidate, self.tcp_candidate, self.cert.clone());
         let _turn = tokio::time::timeout(SETUP_WAIT, self.setups.acquire())
@@ -194,9 +196,11 @@ impl Whep {
                 )
             })?
             .map_err(|_| ApiError::unavailable("webrtc_down", "the WebRTC engine stopped"))?;
-        tokio::task::spawn_blocking(move || session::new_session(&offer, local, local_tcp, cert))
-            .await
-            .map_err(|_| ApiError::internal("session setup panicked"))
+        tokio::task::spawn_blocking(move || {
+            session::new_session(&offer, local, local_tcp, cert, bwe)
+        })
+        .await
+        .map_err(|_| ApiError::internal("session setup panicked"))
     }
 }
 
@@ -314,8 +318,14 @@ async fn offer(
         .await
         .filter(|e| !e.stream.is_ended())
         .ok_or_else(|| ApiError::not_found("not_found", "no such stream live here"))?;
+    let ladder = entry.stream.ladder();
     if entry.source != crate::hls::store::Source::Origin {
         crate::frame_link::ensure(&ctx, &entry);
+        for (_, r) in &ladder {
+            if let Some(e) = ctx.store.get(&r.path) {
+                crate::frame_link::ensure(&ctx, &e);
+            }
+        }
     }
     if !common::api::webrtc_codecs(&entry.stream.read().codecs) {
         return Err(refuse(&ctx, w, StatusCode::UNPROCESSABLE_ENTITY, "codec", "this class's video is HEVC or AV1, which is sent to players over LL-HLS only; play over LL-HLS (for WebRTC the teacher can choose H.264)".into()));
@@ -343,7 +353,10 @@ async fn offer(
     })?;
     // Parsing the offer and building the session's state is the costly part of signalling.
     let (rtc, answer) = whep
-        .set_up(body.clone())
+        .set_up(
+            body.clone(),
+            (!ladder.is_empty()).then_some(engine::INITIAL_ESTIMATE_BPS),
+        )
         .await
         .inspect_err(|e| count_refusal(&ctx, w, e.code, &e.message))?
         .map_err(|e| {

@@ -75,6 +75,7 @@ pub(super) fn new_session(
     local: SocketAddr,
     local_tcp: Option<SocketAddr>,
     cert: Option<str0m::crypto::dtls::DtlsCert>,
+    bwe: Option<u64>,
 ) -> anyhow::Result<(Box<Rtc>, String)> {
     let offer = std::str::from_utf8(offer)?;
     let offer = SdpOffer::from_sdp_string(offer)?;
@@ -88,6 +89,11 @@ pub(super) fn new_session(
     // what an offer cost.
     if let Some(cert) = cert {
         config = config.set_dtls_cert(cert);
+    }
+    // A class sent as a ladder: the send-side estimate (transport-wide congestion control)
+    // picks each viewer's rendition.
+    if let Some(initial) = bwe {
+        config = config.enable_bwe(Some(str0m::bwe::Bitrate::bps(initial)));
     }
     let mut rtc = config.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);

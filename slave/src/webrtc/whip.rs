@@ -59,7 +59,7 @@ pub(super) async fn publish(
     })?;
     publish::path_free(&ctx, &path)
         .map_err(|(_, why)| refuse(&ctx, StatusCode::CONFLICT, "already_published", why))?;
-    let (rtc, answer) = engine.set_up(body).await?.map_err(|e| {
+    let (rtc, answer) = engine.set_up(body, None).await?.map_err(|e| {
         refuse(
             &ctx,
             StatusCode::BAD_REQUEST,

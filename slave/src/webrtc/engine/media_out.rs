@@ -17,15 +17,22 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
-        let Some(feed) = self.streams.get_mut(&s.path) else {
+        let Some(feed) = self.streams.get_mut(&s.video_path) else {
             return;
         };
         let Some((mid, pt)) = s.video else {
             return;
         };
         let gop = feed.gop.clone();
+        let class = class_of(&s.video_path).to_string();
         for (pts_ms, au) in gop {
-            let wall = feed.wallclock(pts_ms);
+            let Some(wall) = self
+                .streams
+                .get_mut(class.as_str())
+                .map(|c| c.wallclock(pts_ms))
+            else {
+                return;
+            };
             if let Some(w) = s.rtc.writer(mid)
                 && w.write(pt, wall, MediaTime::from_90khz(pts_ms * 90), au)
                     .is_ok()
@@ -48,7 +55,7 @@ impl Engine {
                 for s in self
                     .sessions
                     .values_mut()
-                    .filter(|s| s.path == *path && s.publisher.is_none())
+                    .filter(|s| s.video_path == *path && s.publisher.is_none())
                 {
                     s.video_started = false;
                 }
@@ -88,7 +95,7 @@ impl Engine {
                     for s in self
                         .sessions
                         .values_mut()
-                        .filter(|s| s.path == *path && s.publisher.is_none())
+                        .filter(|s| s.video_path == *path && s.publisher.is_none())
                     {
                         s.rtc.disconnect();
                     }
@@ -108,20 +115,32 @@ impl Engine {
                 if (v.keyframe || !feed.gop.is_empty()) && feed.gop.len() < 600 {
                     feed.gop.push((v.dts_ms, au.clone()));
                 }
-                let wall = feed.wallclock(v.dts_ms);
+                // A rendition's video is timed on its class's clock, as the audio is.
+                let own = feed.wallclock(v.dts_ms);
+                let class = class_of(path);
+                let wall = match self.streams.get_mut(class) {
+                    Some(c) if class != &**path => c.wallclock(v.dts_ms),
+                    _ => own,
+                };
                 let rtp = MediaTime::from_90khz(v.dts_ms * 90);
-                let ids = self.write_all(path, |s| {
-                    let Some((mid, pt)) = s.video else {
-                        return false;
-                    };
-                    if !s.video_started && !v.keyframe {
-                        return false;
-                    }
-                    s.video_started = true;
-                    s.rtc
-                        .writer(mid)
-                        .is_some_and(|w| w.write(pt, wall, rtp, au.clone()).is_ok())
-                });
+                if v.keyframe {
+                    self.move_at_keyframe(path);
+                }
+                let ids = self.write_all(
+                    |s| s.video_path == *path,
+                    |s| {
+                        let Some((mid, pt)) = s.video else {
+                            return false;
+                        };
+                        if !s.video_started && !v.keyframe {
+                            return false;
+                        }
+                        s.video_started = true;
+                        s.rtc
+                            .writer(mid)
+                            .is_some_and(|w| w.write(pt, wall, rtp, au.clone()).is_ok())
+                    },
+                );
                 self.drive_all(ids);
             }
             TapItem::Audio(a) => {
@@ -152,6 +171,26 @@ impl Engine {
         }
     }
 
+    /// A keyframe of `path` came: viewers waiting to move to that rendition take their video
+    /// from it from this frame on.
+    fn move_at_keyframe(&mut self, path: &Arc<str>) {
+        for s in self.sessions.values_mut() {
+            let Some(l) = s.ladder.as_mut() else { continue };
+            if l.switch_to.as_ref() != Some(path) {
+                continue;
+            }
+            l.switch_to = None;
+            let up = l.renditions.iter().position(|(p, _)| p == path)
+                < l.renditions.iter().position(|(p, _)| *p == s.video_path);
+            s.video_path = path.clone();
+            self.ctx
+                .metrics
+                .webrtc_rendition_switches
+                .with_label_values(&[if up { "up" } else { "down" }])
+                .inc();
+        }
+    }
+
     /// One Opus packet to every connected viewer of `path` with audio; the ones written to.
     fn write_audio(
         &mut self,
@@ -160,13 +199,24 @@ impl Engine {
         rtp: MediaTime,
         data: Arc<[u8]>,
     ) -> Vec<String> {
-        self.write_all(path, |s| {
-            let Some((mid, pt)) = s.audio else {
-                return false;
-            };
-            s.rtc
-                .writer(mid)
-                .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
-        })
+        self.write_all(
+            |s| s.path == *path,
+            |s| {
+                let Some((mid, pt)) = s.audio else {
+                    return false;
+                };
+                s.rtc
+                    .writer(mid)
+                    .is_some_and(|w| w.write(pt, wall, rtp, data.clone()).is_ok())
+            },
+        )
+    }
+}
+
+/// The class a feed belongs to: a rendition's path is `live/<name>/v<track>`.
+fn class_of(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some((class, _)) if crate::hls::store::is_rendition_path(path) => class,
+        _ => path,
     }
 }

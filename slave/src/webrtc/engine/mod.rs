@@ -16,9 +16,12 @@ use tokio::sync::mpsc;
 use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
 use super::feed::{Feed, StreamFeed, forward};
 
+mod ladder;
 mod media_out;
+
 use super::session::{Command, NewSession, Refusal, Trickle, WhipFrame, pick_pt};
 use crate::ctx::SlaveCtx;
+pub(super) use ladder::INITIAL_ESTIMATE_BPS;
 
 /// Datagrams read per wake-up before the sessions are driven.
 const RECV_BATCH: usize = 64;
@@ -37,6 +40,10 @@ struct Session {
     audio: Option<(Mid, Pt)>,
     /// Video is written from a keyframe on.
     video_started: bool,
+    /// Whose video this viewer gets: the class's own feed, or a rendition of its ladder.
+    video_path: Arc<str>,
+    /// The class's ladder, when it was sent as one.
+    ladder: Option<ladder::Ladder>,
     /// Egress counters seen last, per mid, for the metrics' deltas.
     stats: HashMap<Mid, (u64, u64, u64, u64)>,
     /// A WHIP publisher: its received frames go here (bounded; a full queue drops the frame and
@@ -56,6 +63,8 @@ impl Session {
     ) -> Self {
         Session {
             rtc,
+            video_path: path.clone(),
+            ladder: None,
             path,
             viewer,
             client,
@@ -321,6 +330,16 @@ impl Engine {
                             }
                         }
                     }
+                    Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc(b)) => {
+                        let now = Instant::now();
+                        let current = s.video_path.clone();
+                        if let Some(l) = s.ladder.as_mut()
+                            && let Some(m) = l.estimate(&current, b.as_u64(), now)
+                        {
+                            let dir = if m == ladder::Move::Up { "up" } else { "down" };
+                            tracing::debug!(session = %id, estimate = b.as_u64(), to = ?l.switch_to, dir, "rendition move");
+                        }
+                    }
                     Event::KeyframeRequest(_) => {
                         // RTMP cannot ask the teacher's encoder for a keyframe: the stream's
                         // next one answers it (counted from the egress stats).
@@ -355,6 +374,10 @@ impl Engine {
             return;
         }
         if connected_now {
+            if let Some(l) = &s.ladder {
+                let desired = str0m::bwe::Bitrate::bps(l.desired_bps());
+                s.rtc.bwe().set_desired_bitrate(desired);
+            }
             let (path, viewer) = (s.path.clone(), s.viewer.clone());
             self.ctx.viewers.hold(&viewer);
             self.ctx.metrics.webrtc_sessions.inc();
@@ -457,6 +480,27 @@ impl Engine {
         {
             return Err(Refusal::PendingFromAddress);
         }
+        let ladder = ladder::Ladder::of(&stream);
+        self.subscribe(&stream);
+        let mut session = Session::new(rtc, path, viewer, client, candidates, now, None);
+        if let Some(l) = ladder {
+            // Every rendition's frames come in; the viewer starts on the one under the
+            // initial estimate.
+            for (_, r) in stream.ladder() {
+                self.subscribe(&r);
+            }
+            session.video_path = l.fitting(ladder::INITIAL_ESTIMATE_BPS);
+            session.ladder = Some(l);
+        }
+        self.sessions.insert(id.clone(), session);
+        self.load.set_sessions(self.viewer_sessions());
+        self.drive(&id);
+        Ok(replaced)
+    }
+
+    /// One more session takes `stream`'s frames: its feed starts with the first.
+    fn subscribe(&mut self, stream: &Arc<crate::hls::HlsStream>) {
+        let path: Arc<str> = stream.path.as_str().into();
         if !self.streams.contains_key(&path) {
             let forwarder =
                 tokio::spawn(forward(stream.clone(), path.clone(), self.feed_tx.clone()));
@@ -475,13 +519,6 @@ impl Engine {
             self.ctx.metrics.opus_transcoders.inc();
         }
         self.streams.get_mut(&path).expect("inserted").sessions += 1;
-        self.sessions.insert(
-            id.clone(),
-            Session::new(rtc, path, viewer, client, candidates, now, None),
-        );
-        self.load.set_sessions(self.viewer_sessions());
-        self.drive(&id);
-        Ok(replaced)
     }
 
     /// Drops sessions that ended, and streams nobody here watches any more.
@@ -507,12 +544,18 @@ impl Engine {
                 self.ctx.metrics.webrtc_sessions.dec();
             }
             tracing::info!(session = %id, path = %s.path, "webrtc session ended");
-            if let Some(f) = self.streams.get_mut(&s.path) {
-                f.sessions -= 1;
-                if f.sessions == 0 {
-                    f.forwarder.abort();
-                    self.streams.remove(&s.path);
-                    self.ctx.metrics.opus_transcoders.dec();
+            let feeds: Vec<Arc<str>> = match &s.ladder {
+                Some(l) => l.renditions.iter().map(|(p, _)| p.clone()).collect(),
+                None => vec![s.path.clone()],
+            };
+            for path in feeds {
+                if let Some(f) = self.streams.get_mut(&path) {
+                    f.sessions -= 1;
+                    if f.sessions == 0 {
+                        f.forwarder.abort();
+                        self.streams.remove(&path);
+                        self.ctx.metrics.opus_transcoders.dec();
+                    }
                 }
             }
         }
@@ -528,18 +571,16 @@ impl Engine {
         self.load.set_sessions(self.viewer_sessions());
     }
 
-    /// Runs `write` on every connected session of `path`; returns the ones written to.
+    /// Runs `write` on every connected viewer session `takes`; returns the ones written to.
     fn write_all(
         &mut self,
-        path: &Arc<str>,
+        takes: impl Fn(&Session) -> bool,
         mut write: impl FnMut(&mut Session) -> bool,
     ) -> Vec<String> {
         self.sessions
             .iter_mut()
             // A WHIP publisher of the same class receives; it is never written to.
-            .filter(|(_, s)| {
-                s.connected && s.path == *path && s.publisher.is_none() && s.rtc.is_alive()
-            })
+            .filter(|(_, s)| s.connected && takes(s) && s.publisher.is_none() && s.rtc.is_alive())
             .filter_map(|(id, s)| write(s).then(|| id.clone()))
             .collect()
     }

@@ -1,0 +1,166 @@
+//! WebRTC viewers of a class sent as a ladder (Enhanced RTMP multitrack): each viewer takes its
+//! video from one rendition, chosen by str0m's send-side bandwidth estimate (transport-wide
+//! congestion control), and is moved at the next keyframe of another rendition when the
+//! estimate says so. No transcoding: every rendition is the teacher encoder's own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::hls::HlsStream;
+
+/// The estimate a session starts with, before any feedback: the rendition under it is where a
+/// viewer starts (720p in the usual 1080/720/360 ladder).
+pub const INITIAL_ESTIMATE_BPS: u64 = 2_500_000;
+/// A rendition fits when its mean bit rate is at most this share of the estimate: the rest is
+/// audio, RTP and retransmission overhead, and the estimate's own error.
+const HEADROOM: f64 = 0.85;
+/// How long the estimate must leave room for a higher rendition before a viewer is moved up,
+/// and the least time between two moves up. Down is at once.
+const UP_HOLD: Duration = Duration::from_secs(4);
+
+/// One viewer's place in its class's ladder.
+pub(super) struct Ladder {
+    /// The renditions' feeds (the class's own path for track 0) and mean bit rates, highest
+    /// first.
+    pub renditions: Vec<(Arc<str>, u64)>,
+    /// A rendition to move to at its next keyframe.
+    pub switch_to: Option<Arc<str>>,
+    up_since: Option<Instant>,
+    last_up: Option<Instant>,
+}
+
+/// A move decided by [`Ladder::estimate`].
+#[derive(Debug, PartialEq)]
+pub(super) enum Move {
+    Up,
+    Down,
+}
+
+impl Ladder {
+    /// The ladder of `class` as its feeds' paths and bit rates; `None` for a class of one track.
+    pub fn of(class: &HlsStream) -> Option<Ladder> {
+        let others = class.ladder();
+        if others.is_empty() {
+            return None;
+        }
+        let mut renditions: Vec<(Arc<str>, u64)> =
+            std::iter::once((Arc::from(class.path.as_str()), class.average_bandwidth(0)))
+                .chain(
+                    others
+                        .iter()
+                        .map(|(t, s)| (Arc::from(s.path.as_str()), s.average_bandwidth(*t))),
+                )
+                .collect();
+        renditions.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+        Some(Ladder {
+            renditions,
+            switch_to: None,
+            up_since: None,
+            last_up: None,
+        })
+    }
+
+    /// The rendition that fits `estimate` (bits/s): the highest under it, else the lowest.
+    pub fn fitting(&self, estimate: u64) -> Arc<str> {
+        let room = estimate as f64 * HEADROOM;
+        self.renditions
+            .iter()
+            .find(|(_, b)| *b as f64 <= room)
+            .or(self.renditions.last())
+            .map(|(p, _)| p.clone())
+            .expect("a ladder has renditions")
+    }
+
+    fn bitrate(&self, path: &str) -> u64 {
+        self.renditions
+            .iter()
+            .find(|(p, _)| &**p == path)
+            .map_or(0, |(_, b)| *b)
+    }
+
+    /// The send-side estimate changed for a viewer whose video now comes from `current`:
+    /// whether (and where) to move it. A move is made at the target's next keyframe.
+    pub fn estimate(&mut self, current: &Arc<str>, estimate: u64, now: Instant) -> Option<Move> {
+        let target = self.fitting(estimate);
+        let heading = self.switch_to.clone().unwrap_or_else(|| current.clone());
+        if target == heading {
+            self.up_since = None;
+            return None;
+        }
+        if self.bitrate(&target) < self.bitrate(&heading) {
+            self.up_since = None;
+            self.switch_to = (target != *current).then_some(target);
+            return Some(Move::Down);
+        }
+        let since = *self.up_since.get_or_insert(now);
+        let rested = self.last_up.is_none_or(|t| now - t >= UP_HOLD);
+        if now - since >= UP_HOLD && rested {
+            self.up_since = None;
+            self.last_up = Some(now);
+            self.switch_to = (target != *current).then_some(target);
+            return Some(Move::Up);
+        }
+        None
+    }
+
+    /// The highest rendition's rate with headroom: what the estimator probes toward.
+    pub fn desired_bps(&self) -> u64 {
+        self.renditions
+            .first()
+            .map_or(0, |(_, b)| (*b as f64 / HEADROOM) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder() -> Ladder {
+        Ladder {
+            renditions: vec![
+                (Arc::from("live/c"), 3_600_000),
+                (Arc::from("live/c/v1"), 1_800_000),
+                (Arc::from("live/c/v2"), 650_000),
+            ],
+            switch_to: None,
+            up_since: None,
+            last_up: None,
+        }
+    }
+
+    #[test]
+    fn down_at_once_up_only_after_the_estimate_held() {
+        let mut l = ladder();
+        let (top, mid, low): (Arc<str>, Arc<str>, Arc<str>) =
+            ("live/c".into(), "live/c/v1".into(), "live/c/v2".into());
+        assert_eq!(l.fitting(INITIAL_ESTIMATE_BPS), mid);
+        assert_eq!(l.fitting(100_000), low);
+        let t0 = Instant::now();
+        // A 1.5 Mbit/s link: the estimate falls under 720p's rate.
+        assert_eq!(l.estimate(&mid, 1_300_000, t0), Some(Move::Down));
+        assert_eq!(l.switch_to.as_ref(), Some(&low));
+        // Moved (the engine clears `switch_to` at the keyframe).
+        l.switch_to = None;
+        assert_eq!(l.estimate(&low, 1_300_000, t0), None);
+        // Room for the top: not before UP_HOLD.
+        assert_eq!(
+            l.estimate(&low, 5_000_000, t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            l.estimate(&low, 5_000_000, t0 + Duration::from_secs(3)),
+            None
+        );
+        assert_eq!(
+            l.estimate(&low, 5_000_000, t0 + Duration::from_secs(5)),
+            Some(Move::Up)
+        );
+        assert_eq!(l.switch_to.as_ref(), Some(&top));
+        // A dip cancels a pending move up.
+        assert_eq!(
+            l.estimate(&low, 900_000, t0 + Duration::from_secs(6)),
+            Some(Move::Down)
+        );
+        assert_eq!(l.switch_to, None);
+    }
+}
