@@ -125,7 +125,7 @@ impl Track {
             self.frame_times.pop_front();
         }
         self.frame_times.push_back(timestamp);
-        if self.frame_times.len() == WINDOW || self.frame_times.len() % 15 == 0 {
+        if self.frame_times.len() == WINDOW || self.frame_times.len().is_multiple_of(15) {
             let span = self
                 .frame_times
                 .back()
