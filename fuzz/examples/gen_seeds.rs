@@ -258,6 +258,15 @@ fn flv_seeds(root: &Path) {
     }
     write(&dir, "ertmp_modex_avc1", &[0x97, 2, 0, 1, 2, 0x03, b'a', b'v', b'c', b'1', 0, 0, 0, 1, 9]);
     write(&dir, "ertmp_multitrack", &[0x96, 0x00, b'a', b'v', b'c', b'1', 0, 0, 0, 0]);
+    // ManyTracks (two avc1 tracks with sizes) and ManyTracksManyCodecs (avc1 + hvc1).
+    write(&dir, "ertmp_many_tracks", &[
+        0x96, 0x11, b'a', b'v', b'c', b'1', 0, 0, 0, 4, 0, 0, 0, 9, 3, 0, 0, 5, 0, 0, 0, 8, 8,
+    ]);
+    write(&dir, "ertmp_many_codecs", &[
+        0x96, 0x21, b'a', b'v', b'c', b'1', 0, 0, 0, 4, 0, 0, 0, 1, b'h', b'v', b'c', b'1', 1,
+        0, 0, 4, 0, 0, 0, 2,
+    ]);
+    write(&dir, "ertmp_audio_one_track", &[0x95, 0x01, b'm', b'p', b'4', b'a', 2, 0xaa]);
     write(&dir, "asc_explicit_rate", &[0x17, 0x80, 0x5D, 0xC0, 0x10]);
     write(&dir, "asc_escape_aot", &[0xF9, 0x46, 0x40]);
 }

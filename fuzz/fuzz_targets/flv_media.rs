@@ -1,5 +1,5 @@
-//! FLV VIDEODATA / AUDIODATA bodies (legacy and Enhanced RTMP v2) and the decoder configs they
-//! carry: AVC, HEVC, AV1, AAC, Opus.
+//! FLV VIDEODATA / AUDIODATA bodies (legacy and Enhanced RTMP v2, multitrack split into its
+//! tracks) and the decoder configs they carry: AVC, HEVC, AV1, AAC, Opus.
 //!
 //! The whole input is tried as a video tag body, an audio tag body, and as every config
 //! record; a sequence header found by the tag parsers is parsed as its codec's config too, and
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use media::cmaf;
 use media::flv::{AudioPacket, VideoPacket, parse_audio_tag, parse_video_tag};
+use media::multitrack::{self, Split};
 use media::av1::Av1Config;
 use media::hevc::HevcConfig;
 use media::opus::{OpusConfig, packet_samples};
@@ -90,6 +91,22 @@ fn known_configs() -> &'static [AvcConfig] {
 
 fuzz_target!(|data: &[u8]| {
     let body = Bytes::copy_from_slice(data);
+
+    // Multitrack: every track a split gives is an ordinary body, no longer than the input
+    // plus its rebuilt header, and itself never multitrack; each is parsed like a tag.
+    for video in [true, false] {
+        if let Ok(Split::Tracks(tracks)) = multitrack::split(&body, video) {
+            for (_, t) in tracks {
+                assert!(t.len() <= data.len() + 5);
+                assert_eq!(multitrack::split(&t, video), Ok(Split::Single));
+                let _ = if video {
+                    parse_video_tag(&t).map(drop)
+                } else {
+                    parse_audio_tag(&t).map(drop)
+                };
+            }
+        }
+    }
 
     if let Ok(tag) = parse_video_tag(&body) {
         match tag.packet {
