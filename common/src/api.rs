@@ -20,6 +20,8 @@ pub mod paths {
     pub const BEST_NODE: &str = "/cluster/best-node";
     pub const PROMETHEUS_TARGETS: &str = "/prometheus/targets";
     pub const TOKEN: &str = "/api/token";
+    /// OBS's multitrack configuration request ("GoLive"), answered with a ladder and an ingest.
+    pub const OBS_GOLIVE: &str = "/api/obs/golive";
     /// On masters: every master's public origin, for the pages' fallback.
     pub const MASTERS: &str = "/api/masters";
     /// The link students open for a class (`?stream=`), and the same as a QR code.

@@ -44,6 +44,7 @@ pub fn router(st: &AppState) -> Router {
             paths::TOKEN,
             post(routes::token::issue_token).layer(token_cors),
         )
+        .route(paths::OBS_GOLIVE, post(routes::obs::golive))
         .route(paths::MASTERS, get(masters))
         .route(paths::JWKS, get(jwks))
         .route(paths::HEALTH, get(health))

@@ -33,6 +33,7 @@
     $('server').textContent = j.rtmp_url;
     $('key').textContent = j.stream_key;
     $('expires').textContent = new Date(j.expires_at * 1000).toLocaleString();
+    showLadder(j.stream_key);
     $('login').hidden = true;
     for (const id of ['settings', 'preview-card', 'viewers-card', 'recordings-card']) $(id).hidden = false;
     // Going live from the page needs WHIP at the origin (WebRTC on) and a browser that can send.
@@ -47,6 +48,16 @@
     refreshViewers();
     setInterval(refreshViewers, 3000);
   });
+
+  // OBS's multitrack configuration: what the master answers OBS's own request with, for this
+  // teacher's key, shown as the command line and as the override to paste.
+  async function showLadder(key) {
+    const url = location.origin + '/api/obs/golive';
+    $('config-url').textContent = 'obs --config-url ' + url;
+    const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ authentication: key, preferences: { width: 1920, height: 1080, framerate: { numerator: 30, denominator: 1 } } }) }).catch(() => null);
+    $('config-override').textContent = r && r.ok ? JSON.stringify(await r.json(), null, 2) : '(not available: ' + (r ? r.status : 'no answer') + ')';
+  }
 
   document.querySelectorAll('[data-copy]').forEach((b) => b.addEventListener('click', async () => {
     const text = $(b.dataset.copy).textContent;

@@ -36,12 +36,77 @@ fn cuts(playlist: &str) -> Cuts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_multitrack_ladder_is_served_as_aligned_renditions_under_one_multivariant_playlist() {
+async fn an_obs_shaped_config_request_gets_a_ladder_whose_multitrack_publish_is_served_as_aligned_renditions()
+ {
     let Some(ffmpeg9) = ffmpeg9() else { return };
     let c = Cluster::start("ladder", 2, Timings::default()).await;
-    let (rtmp, key, t) = c.teacher("ladder").await;
+    let (_, key, t) = c.teacher("ladder").await;
     let origin = t["node_id"].as_str().unwrap().to_string();
-    let mut publisher = ffmpeg9_ladder(&ffmpeg9, "ladder", "publisher", &format!("{rtmp}/{key}"));
+    // What OBS 31 posts to its `--config-url` (GoLiveApi::PostData), with the teacher's key.
+    let golive = |key: &str| {
+        serde_json::json!({
+            "service": "classcast",
+            "schema_version": "2024-06-04",
+            "authentication": key,
+            "client": {"name": "obs-studio", "version": "31.0.2", "supported_codecs": ["h264", "h265", "av1"]},
+            "capabilities": {
+                "cpu": {"physical_cores": 2, "logical_cores": 2, "speed": 3000, "name": "test"},
+                "memory": {"total": 8u64 << 30, "free": 4u64 << 30},
+                "system": {"version": "12", "name": "Debian", "build": 0, "release": "12", "revision": 0, "bits": 64, "arm": false, "armEmulation": false},
+            },
+            "preferences": {
+                "vod_track_audio": false, "width": 1920, "height": 1080,
+                "framerate": {"numerator": 30, "denominator": 1},
+                "canvas_width": 1920, "canvas_height": 1080,
+                "maximum_video_tracks": 3, "maximum_aggregate_bitrate": null,
+            },
+        })
+    };
+    let url = format!("{}/api/obs/golive", c.master_url());
+    let bad = c
+        .http
+        .post(&url)
+        .json(&golive("ladder?key=not.a.token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401, "a key that is not ours is refused");
+    let config: serde_json::Value = c
+        .http
+        .post(&url)
+        .json(&golive(&key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let heights: Vec<_> = config["encoder_configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["height"].as_u64(), e["settings"]["bf"].as_u64()))
+        .collect();
+    assert_eq!(
+        heights,
+        [
+            (Some(1080), Some(0)),
+            (Some(720), Some(0)),
+            (Some(360), Some(0))
+        ],
+        "{config}"
+    );
+    let ingest = &config["ingest_endpoints"][0];
+    let publish_url = ingest["url_template"]
+        .as_str()
+        .unwrap()
+        .replace("{stream_key}", ingest["authentication"].as_str().unwrap());
+    assert!(
+        publish_url.contains(&format!(":{}/", c.slave(&origin).rtmp_port)),
+        "{publish_url}"
+    );
+    // The ladder goes where OBS would send it.
+    let mut publisher = ffmpeg9_ladder(&ffmpeg9, "ladder", "publisher", &publish_url);
     c.wait_live("ladder", 2).await;
 
     for slave in &c.slaves {

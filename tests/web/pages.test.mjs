@@ -469,6 +469,11 @@ test('teacher page OBS settings publish, and the student page plays the class', 
     await teacher.waitForSelector('#settings:not([hidden])');
     server = (await teacher.textContent('#server')).trim();
     key = (await teacher.textContent('#key')).trim();
+    // OBS's multitrack set-up: the --config-url line and the master's answer for this key.
+    assert.match(await teacher.textContent('#config-url'), /^obs --config-url http:\/\/127\.0\.0\.1:\d+\/api\/obs\/golive$/);
+    const override = JSON.parse(await until('the OBS override is shown', 5000, async () => { const t = await teacher.textContent('#config-override'); return t.startsWith('{') ? t : null; }));
+    assert.deepEqual(override.encoder_configurations.map((e) => e.height), [1080, 720, 360]);
+    assert.equal(override.ingest_endpoints[0].authentication, key);
     // The copy button puts exactly the shown text on the clipboard.
     await teacher.click('[data-copy=key]');
     const clip = await teacher.evaluate(() => navigator.clipboard.readText()).catch(() => null);

@@ -1,4 +1,5 @@
 pub mod cluster;
+pub mod obs;
 pub mod recordings;
 pub mod teacher;
 #[cfg(test)]
