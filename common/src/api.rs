@@ -17,6 +17,8 @@ pub mod paths {
     pub const NODES: &str = "/cluster/nodes";
     pub const STREAMS: &str = "/cluster/streams";
     pub const ORIGIN: &str = "/cluster/streams/origin";
+    /// A draining origin asks where its publisher should move (E-RTMP Reconnect Request).
+    pub const MOVE_PUBLISHER: &str = "/cluster/streams/move";
     pub const BEST_NODE: &str = "/cluster/best-node";
     pub const PROMETHEUS_TARGETS: &str = "/prometheus/targets";
     pub const TOKEN: &str = "/api/token";
@@ -317,6 +319,26 @@ pub struct TokenResponse {
     /// `off`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub webrtc: Option<String>,
+}
+
+/// Slave → master: this draining origin's publisher of `path` should move.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MovePublisher {
+    /// The draining origin.
+    pub node_id: String,
+    pub path: String,
+    /// The publish token's subject and recording choice, carried to the new key.
+    pub user: String,
+    pub rec: Option<bool>,
+}
+
+/// Where a moved publisher goes: another slave's RTMP URL and a publish key for it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublisherMove {
+    pub node_id: String,
+    pub rtmp_url: String,
+    /// The publish token for `node_id`.
+    pub key: String,
 }
 
 /// Master → slave: a stream went live (or ended) on `origin_node_id`; mirror it (or stop).

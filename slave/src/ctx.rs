@@ -120,6 +120,8 @@ pub struct SlaveCtx {
     pub parked: ParkedRequests,
     /// Set on shutdown: viewers' playlists get 503, so players move elsewhere.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Turns true when the drain starts: RTMP publishers that can reconnect are asked to move.
+    pub drain_signal: tokio::sync::watch::Sender<bool>,
     /// Streams the master said are not live, and when it said so: asked again only after
     /// [`MISSING_STREAM_TTL`], however many viewers ask for them meanwhile.
     pub missing: dashmap::DashMap<String, std::time::Instant>,
@@ -164,6 +166,7 @@ impl SlaveCtx {
             conns: common::http::ConnTable::for_limits(&cfg.http),
             parked: ParkedRequests::new(cfg.max_parked),
             draining: Default::default(),
+            drain_signal: tokio::sync::watch::channel(false).0,
             masters: Masters::new(&cfg.secret, &cfg.node_id, http.clone()),
             recordings: Default::default(),
             vod_cache: crate::vod_cache::VodCache::new(256 << 20),

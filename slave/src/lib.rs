@@ -210,6 +210,10 @@ pub async fn serve(
     masters.stop();
     ctx.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    // Publishers that can reconnect (Enhanced RTMP) are asked to move to another slave the
+    // master names; they ask the master while it still knows this node.
+    ctx.drain_signal.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     ctx.masters.unregister().await;
     tokio::time::sleep(ctx.cfg.drain).await;
     tracing::info!("slave shutting down");

@@ -82,6 +82,22 @@ impl Masters {
         None
     }
 
+    /// Where the publisher of `path` should move while this node drains, from the first master
+    /// that answers.
+    pub async fn move_publisher(
+        &self,
+        path: &str,
+        user: &str,
+        rec: Option<bool>,
+    ) -> Option<common::api::PublisherMove> {
+        for m in self.all() {
+            if let Some(o) = m.move_publisher(path, user, rec).await {
+                return Some(o);
+            }
+        }
+        None
+    }
+
     /// Where `path` is live, from the first master that knows.
     pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
         for m in self.all() {
@@ -214,6 +230,33 @@ impl MasterClient {
     /// characters (checked by the callers).
     pub async fn origin_of(&self, path: &str) -> Option<MirrorOrder> {
         self.lookup(&format!("{}?path={path}", paths::ORIGIN)).await
+    }
+
+    pub async fn move_publisher(
+        &self,
+        path: &str,
+        user: &str,
+        rec: Option<bool>,
+    ) -> Option<common::api::PublisherMove> {
+        let body = common::api::MovePublisher {
+            node_id: self.node_id.clone(),
+            path: path.to_string(),
+            user: user.to_string(),
+            rec,
+        };
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, paths::MOVE_PUBLISHER))
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .json(&body)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
     }
 
     /// A directory question to the master (cluster secret); `None` when it does not know.

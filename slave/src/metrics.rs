@@ -9,6 +9,8 @@ pub struct SlaveMetrics {
     prom: PromRegistry,
     pub rtmp_connections: IntGauge,
     pub publish_refusals: IntCounter,
+    /// Enhanced RTMP publishers asked to reconnect to another slave while this one drains.
+    pub rtmp_reconnect_requests: IntCounter,
     pub media_errors: IntCounter,
     pub ingest_bytes: IntCounter,
     pub parts: IntCounter,
@@ -80,6 +82,10 @@ impl SlaveMetrics {
             publish_refusals: ic(
                 "classcast_slave_publish_refusals_total",
                 "RTMP publishes refused",
+            ),
+            rtmp_reconnect_requests: ic(
+                "classcast_slave_rtmp_reconnect_requests_total",
+                "Enhanced RTMP publishers asked to reconnect to another slave while this one drains",
             ),
             media_errors: ic(
                 "classcast_slave_media_errors_total",
@@ -272,6 +278,7 @@ impl SlaveMetrics {
         };
         let cs: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.rtmp_connections.clone()),
+            Box::new(m.rtmp_reconnect_requests.clone()),
             Box::new(m.publish_refusals.clone()),
             Box::new(m.media_errors.clone()),
             Box::new(m.ingest_bytes.clone()),

@@ -209,5 +209,12 @@ async fn an_obs_shaped_config_request_gets_a_ladder_whose_multitrack_publish_is_
             assert_mpv_plays(&url);
         }
     }
+    // ffmpeg 9 declared its FourCCs in `connect` and published after reading our answer,
+    // which states what we take (media::rtmp::enhanced).
+    let log = c.slave(&origin).proc.log_text();
+    assert!(
+        log.contains("an Enhanced RTMP client") && log.contains(r#"fourccs=["avc1", "mp4a"]"#),
+        "the origin saw ffmpeg's Enhanced RTMP connect"
+    );
     publisher.terminate(std::time::Duration::from_secs(5));
 }

@@ -13,6 +13,7 @@ mod faults;
 mod ladder;
 mod masters;
 mod media_plane;
+mod reconnect;
 mod recording;
 mod support;
 mod tls;

@@ -547,6 +547,8 @@ pub fn ffmpeg9_publish(
         .args(["-g", "30", "-pix_fmt", "yuv420p"])
         .args(video)
         .args(audio)
+        // ffmpeg then declares its FourCCs in `connect` (Enhanced RTMP), and reads our answer.
+        .args(["-rtmp_enhanced_codecs", "hvc1,av01,avc1,Opus,mp4a"])
         .args(["-f", "flv", url]);
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
@@ -590,7 +592,9 @@ pub fn ffmpeg9_ladder(exe: &str, test: &str, name: &str, url: &str) -> Proc {
             .arg(format!("-bufsize:v:{i}"))
             .arg(rate);
     }
-    cmd.args(["-c:a", "aac", "-b:a", "96k", "-f", "flv", url]);
+    cmd.args(["-c:a", "aac", "-b:a", "96k"])
+        .args(["-rtmp_enhanced_codecs", "avc1,mp4a"])
+        .args(["-f", "flv", url]);
     Proc::spawn(name, log_dir(test).join(format!("{name}.log")), &mut cmd)
 }
 

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route(paths::STREAMS, get(streams))
         .route(paths::ORIGIN, get(origin))
         .route(paths::BEST_NODE, get(best_node))
+        .route(paths::MOVE_PUBLISHER, post(move_publisher))
         .route(paths::PROMETHEUS_TARGETS, get(prometheus_targets))
 }
 
@@ -243,6 +244,30 @@ async fn best_node(State(st): State<AppState>) -> Result<impl IntoResponse, ApiE
             "status": s.status,
         })),
     ))
+}
+
+/// A draining origin's publisher moves (E-RTMP Reconnect Request): the least-loaded other
+/// slave, and a publish key for the class there, for the same teacher and recording choice.
+async fn move_publisher(
+    State(st): State<AppState>,
+    _: ClusterPeer,
+    JsonBody(m): JsonBody<common::api::MovePublisher>,
+) -> Result<Json<common::api::PublisherMove>, ApiError> {
+    let path = stream_path(&m.path).ok_or_else(|| ApiError::bad_request("bad stream path"))?;
+    let to = st
+        .registry
+        .select(crate::registry::StreamFilter::Any, Some(&m.node_id), false)
+        .ok_or_else(|| ApiError::unavailable("no_node", "no other slave can take the class"))?;
+    let key = st
+        .issuer
+        .issue_publish(&m.user, &to.node_id, &path, m.rec)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::info!(%path, from = %m.node_id, to = %to.node_id, "publisher moves with its draining origin");
+    Ok(Json(common::api::PublisherMove {
+        node_id: to.node_id,
+        rtmp_url: to.rtmp_url,
+        key,
+    }))
 }
 
 #[derive(serde::Deserialize)]

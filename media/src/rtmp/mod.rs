@@ -9,6 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use bytes::Bytes;
 
 pub mod chunks;
+pub mod enhanced;
 
 use chunks::{ChunkError, ChunkGuard};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
@@ -105,6 +106,10 @@ pub struct RtmpSession {
     /// Publish requests raised and not yet answered.
     publish_requests: Vec<u32>,
     publishing: bool,
+    /// The client's `connect`, read for its Enhanced RTMP capabilities.
+    sniffer: enhanced::ConnectSniffer,
+    /// The connect request, while it is not answered, and its app.
+    connect_request: Option<(u32, String)>,
 }
 
 impl RtmpSession {
@@ -121,7 +126,14 @@ impl RtmpSession {
             limits,
             publish_requests: Vec::new(),
             publishing: false,
+            sniffer: Default::default(),
+            connect_request: None,
         }
+    }
+
+    /// What the client declared in `connect` (Enhanced RTMP): empty for a legacy client.
+    pub fn client_caps(&self) -> &enhanced::ClientCaps {
+        &self.sniffer.caps
     }
 
     pub fn handshake_done(&self) -> bool {
@@ -177,6 +189,7 @@ impl RtmpSession {
             }
         }
         self.guard.feed(bytes)?;
+        self.sniffer.feed(bytes);
         self.since_message += bytes.len();
         let session = self.session.as_mut().expect("handshake done");
         let results = guarded(|| session.handle_input(bytes))?
@@ -196,8 +209,13 @@ impl RtmpSession {
             .session
             .as_mut()
             .ok_or_else(|| RtmpError::Protocol("no session".into()))?;
-        let results = guarded(|| session.accept_request(request_id))?
+        let mut results = guarded(|| session.accept_request(request_id))?
             .map_err(|e| RtmpError::Protocol(format!("{e:?}")))?;
+        if let Some((_, app)) = self.connect_request.take_if(|(id, _)| *id == request_id)
+            && self.sniffer.caps.enhanced
+        {
+            self.answer_enhanced_connect(&mut results, &app)?;
+        }
         if let Some(i) = self.publish_requests.iter().position(|&r| r == request_id) {
             self.publish_requests.swap_remove(i);
             self.publishing = true;
@@ -225,40 +243,61 @@ impl RtmpSession {
 
     /// Ends an accepted publish with `onStatus(level: "error")` carrying `description`: what
     /// ffmpeg prints as "Server error: …" and OBS shows before it disconnects. rml_rtmp only
-    /// answers requests, so this message is serialised here, with a full chunk header at the
-    /// chunk size the session announced, on the stream rml_rtmp gives the first publish (1).
+    /// answers requests, so this message is serialised here, on the stream rml_rtmp gives the
+    /// first publish (1).
     pub fn fail_publish(&mut self, code: &str, description: &str) -> Result<(), RtmpError> {
-        use rml_rtmp::chunk_io::ChunkSerializer;
-        use rml_rtmp::messages::RtmpMessage;
-        use rml_rtmp::rml_amf0::Amf0Value;
-        use rml_rtmp::time::RtmpTimestamp;
-        let status = [
+        let info = [
             ("level", "error"),
             ("code", code),
             ("description", description),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), Amf0Value::Utf8String(v.to_string())))
-        .collect();
-        let message = RtmpMessage::Amf0Command {
-            command_name: "onStatus".into(),
-            transaction_id: 0.0,
-            command_object: Amf0Value::Null,
-            additional_arguments: vec![Amf0Value::Object(status)],
-        };
-        let fail = |e: String| RtmpError::Protocol(format!("onStatus: {e}"));
-        let payload = message
-            .into_message_payload(RtmpTimestamp::new(0), PUBLISH_STREAM_ID)
-            .map_err(|e| fail(format!("{e:?}")))?;
-        let mut serializer = ChunkSerializer::new();
-        // The peer already has this size from the session; the SetChunkSize packet is not resent.
-        serializer
-            .set_max_chunk_size(SERVER_CHUNK_SIZE, RtmpTimestamp::new(0))
-            .map_err(|e| fail(format!("{e:?}")))?;
-        let packet = serializer
-            .serialize(&payload, true, false)
-            .map_err(|e| fail(format!("{e:?}")))?;
-        self.out.extend_from_slice(&packet.bytes);
+        ];
+        let bytes = enhanced::on_status(PUBLISH_STREAM_ID, &info, SERVER_CHUNK_SIZE)?;
+        self.out.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Asks the client to reconnect to `tc_url` (E-RTMP v2 "Reconnect Request"), if it said in
+    /// `connect` that it can; returns whether it was asked. It keeps publishing here until it
+    /// has, so nothing is lost.
+    pub fn request_reconnect(
+        &mut self,
+        tc_url: &str,
+        description: &str,
+    ) -> Result<bool, RtmpError> {
+        if self.sniffer.caps.caps_ex & enhanced::caps_ex::RECONNECT == 0 {
+            return Ok(false);
+        }
+        let info = [
+            ("level", "status"),
+            ("code", "NetConnection.Connect.ReconnectRequest"),
+            ("description", description),
+            ("tcUrl", tc_url),
+        ];
+        let bytes = enhanced::on_status(0, &info, SERVER_CHUNK_SIZE)?;
+        self.out.extend_from_slice(&bytes);
+        Ok(true)
+    }
+
+    /// Replaces rml_rtmp's connect `_result` with one that also states our Enhanced RTMP
+    /// support, with the same header kind and timestamp on the same chunk stream, so that the
+    /// headers rml_rtmp compresses against it still read right (only a later message of exactly
+    /// its length on that chunk stream could be misread, and the next commands there are far
+    /// shorter). Left as it is if its header is not one that replacement handles.
+    fn answer_enhanced_connect(
+        &mut self,
+        results: &mut [ServerSessionResult],
+        app: &str,
+    ) -> Result<(), RtmpError> {
+        if let [ServerSessionResult::OutboundResponse(p)] = results
+            && let Some((fmt, ts)) = enhanced::leading_header(&p.bytes)
+        {
+            let ours = enhanced::connect_result(app, ts, SERVER_CHUNK_SIZE)?;
+            p.bytes = if fmt == 0 {
+                ours
+            } else {
+                enhanced::as_type1(&ours, ts)
+            };
+        }
         Ok(())
     }
 
@@ -284,10 +323,13 @@ impl RtmpSession {
             ServerSessionEvent::ConnectionRequested {
                 request_id,
                 app_name,
-            } => Some(RtmpEvent::Connect {
-                request_id,
-                app: app_name,
-            }),
+            } => {
+                self.connect_request = Some((request_id, app_name.clone()));
+                Some(RtmpEvent::Connect {
+                    request_id,
+                    app: app_name,
+                })
+            }
             ServerSessionEvent::PublishStreamRequested {
                 request_id,
                 stream_key,

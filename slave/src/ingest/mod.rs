@@ -182,6 +182,11 @@ struct Connection {
     publishing: Option<Publishing>,
     /// `rtmp` or `rtmps`: what the class's pages say the teacher publishes over.
     kind: &'static str,
+    /// A publish key given in the connect's app (`live?key=…`), as in the tcUrl of a Reconnect
+    /// Request: it takes precedence over the key in the stream name.
+    app_key: Option<String>,
+    /// Who the accepted publish key names and its recording choice, for a move.
+    claims: Option<(String, Option<bool>)>,
     /// The main runtime: the synchronous handlers below enter it, so what they spawn
     /// (recorder, announcements, grace timer) lives there and not on the ingest thread.
     main: Handle,
@@ -195,6 +200,8 @@ impl Connection {
             publishing: None,
             kind,
             main,
+            app_key: None,
+            claims: None,
         }
     }
 
@@ -206,6 +213,8 @@ impl Connection {
         let handshake_deadline = accepted + limits.handshake_timeout;
         // One deadline from accept to an accepted publish, whatever the peer sends meanwhile.
         let publish_deadline = accepted + limits.publish_timeout;
+        let mut drain = self.ctx.drain_signal.subscribe();
+        let mut asked_to_move = false;
         loop {
             let (timeout, why) = if session.publishing() {
                 (limits.idle_timeout, "idle")
@@ -219,7 +228,20 @@ impl Connection {
                     "handshake_deadline",
                 )
             };
-            let n = match tokio::time::timeout(timeout, sock.read(&mut buf)).await {
+            let read = tokio::time::timeout(timeout, sock.read(&mut buf));
+            let read = tokio::select! {
+                r = read => r,
+                Ok(()) = drain.changed(), if !asked_to_move && *drain.borrow() => {
+                    asked_to_move = true;
+                    self.ask_to_move(&mut session).await;
+                    let out = session.take_output();
+                    if !out.is_empty() {
+                        sock.write_all(&out).await?;
+                    }
+                    continue;
+                }
+            };
+            let n = match read {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(e.into()),
@@ -291,6 +313,11 @@ impl Connection {
         let peer = self.peer;
         match ev {
             RtmpEvent::Connect { request_id, app } => {
+                let (app, query) = app.split_once('?').unwrap_or((&app, ""));
+                self.app_key = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("key="))
+                    .map(str::to_string);
                 if app.trim_end_matches('/') != common::APP {
                     tracing::warn!(%peer, %app, "rtmp connect refused: unknown app");
                     session.reject(
@@ -300,6 +327,10 @@ impl Connection {
                     )?;
                     return Ok(Flow::Close(format!("unknown app {app:?}")));
                 }
+                let caps = session.client_caps();
+                if caps.enhanced {
+                    tracing::info!(%peer, caps_ex = caps.caps_ex, fourccs = ?caps.fourccs, "an Enhanced RTMP client; the connect answer states what this server takes");
+                }
                 Ok(Flow::Continue(session.accept(request_id)?))
             }
             RtmpEvent::Publish {
@@ -307,15 +338,16 @@ impl Connection {
                 stream_key,
                 ..
             } => match self.authorize_publish(&stream_key) {
-                Ok((path, record)) => {
+                Ok(a) => {
                     let more = session.accept(request_id)?;
                     self.publishing = Some(Publishing::start(
                         &self.ctx,
-                        &path,
-                        record,
+                        &a.path,
+                        a.record,
                         self.kind,
                         self.peer.to_string(),
                     ));
+                    self.claims = Some((a.user, a.record));
                     Ok(Flow::Continue(more))
                 }
                 Err((code, why)) => {
@@ -349,8 +381,9 @@ impl Connection {
         }
     }
 
-    /// Checks the publish token in `name?key=TOKEN` (see [`publish::authorize`]).
-    fn authorize_publish(&self, stream_key: &str) -> Result<(String, Option<bool>), Refused> {
+    /// Checks the publish token in `name?key=TOKEN`, or the one the connect's app carried
+    /// (see [`publish::authorize`]).
+    fn authorize_publish(&self, stream_key: &str) -> Result<publish::Authorized, Refused> {
         if self.publishing.is_some() {
             return Err((
                 publish::BAD_NAME,
@@ -358,7 +391,49 @@ impl Connection {
             ));
         }
         let (name, key) = split_stream_key(stream_key);
+        let key = self.app_key.as_deref().or(key);
         publish::authorize(&self.ctx, name, key, &self.peer.to_string())
+    }
+
+    /// This slave drains: a publisher that said it can reconnect (Enhanced RTMP `capsEx`) is
+    /// asked to, to the slave the master names, with a publish key for it in the tcUrl. It
+    /// keeps publishing here until it has moved; one that cannot is left to the drain.
+    async fn ask_to_move(&mut self, session: &mut RtmpSession) {
+        let (Some(p), Some((user, rec))) = (&self.publishing, self.claims.clone()) else {
+            return;
+        };
+        let path = p.stream.path.clone();
+        if session.client_caps().caps_ex & rtmp::enhanced::caps_ex::RECONNECT == 0 {
+            tracing::info!(peer = %self.peer, %path, "draining: this publisher did not say it can reconnect; it stays until the drain ends");
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let p2 = path.clone();
+        // The master client lives on the main runtime.
+        let target = self
+            .main
+            .spawn(async move { ctx.masters.move_publisher(&p2, &user, rec).await })
+            .await
+            .ok()
+            .flatten();
+        let Some(t) = target else {
+            tracing::warn!(peer = %self.peer, %path, "draining: no master named another slave for this publisher");
+            return;
+        };
+        let tc_url = format!("{}?key={}", t.rtmp_url.trim_end_matches('/'), t.key);
+        match session.request_reconnect(
+            &tc_url,
+            "this server is shutting down; the class continues on another",
+        ) {
+            Ok(true) => {
+                self.ctx.metrics.rtmp_reconnect_requests.inc();
+                tracing::info!(peer = %self.peer, %path, to = %t.node_id, "draining: asked the publisher to reconnect to another slave");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, %path, error = %e, "reconnect request not sent")
+            }
+        }
     }
 
     fn media(

@@ -20,14 +20,21 @@ pub type Refused = (&'static str, String);
 pub const BAD_NAME: &str = "NetStream.Publish.BadName";
 pub const UNAUTHORIZED: &str = "NetStream.Publish.Unauthorized";
 
+/// A publish this node accepted: the class's path, whether the token asks for it to be
+/// recorded, and who the token names (what a move to another node carries over).
+pub struct Authorized {
+    pub path: String,
+    pub record: Option<bool>,
+    pub user: String,
+}
+
 /// Checks a publish token for `name` on this node, and that nobody else is live on the path.
-/// Returns the path and whether the token asks for the class to be recorded.
 pub fn authorize(
     ctx: &SlaveCtx,
     name: &str,
     token: Option<&str>,
     peer: &str,
-) -> Result<(String, Option<bool>), Refused> {
+) -> Result<Authorized, Refused> {
     let path =
         common::stream_path(name).ok_or((BAD_NAME, format!("invalid stream name {name:?}")))?;
     let verifier = ctx.verifier().ok_or((
@@ -37,9 +44,31 @@ pub fn authorize(
     let claims = verifier
         .authorize(token, &ctx.cfg.node_id, &path, Action::Publish)
         .map_err(|e| (UNAUTHORIZED, format!("stream key refused: {e}")))?;
+    take_over_mirror(ctx, &path, peer);
     path_free(ctx, &path)?;
     tracing::info!(%peer, %path, user = %claims.sub, "publish accepted");
-    Ok((path, claims.rec))
+    Ok(Authorized {
+        path,
+        record: claims.rec,
+        user: claims.sub.clone(),
+    })
+}
+
+/// A publish key for this node makes it the class's origin: the master mints one for a node
+/// only when it sends the teacher there (a draining origin's publisher moving, a teacher whose
+/// origin failed). A mirror this node keeps of the class from elsewhere ends, so that the
+/// publisher does not wait for the old origin's end to reach it.
+fn take_over_mirror(ctx: &SlaveCtx, path: &str, peer: &str) {
+    if let Some(e) = ctx.store.get(path)
+        && e.source != Source::Origin
+        && !e.stream.is_ended()
+    {
+        tracing::info!(%peer, %path, "a publish key for this node: its mirror of the class ends and it becomes the origin");
+        e.stream.end();
+        for (_, r) in e.stream.ladder() {
+            r.end();
+        }
+    }
 }
 
 /// Nobody else publishes `path` here, and it is not another node's class.
