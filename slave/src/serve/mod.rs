@@ -23,7 +23,7 @@ use media::hls::names::HlsFile;
 pub(crate) use self::auth::authorize;
 pub use self::auth::{Caller, HlsRequest, PeerAuth};
 use crate::ctx::SlaveCtx;
-use crate::hls::store::{HlsStream, SegmentBody, State as StreamState};
+use crate::hls::store::{HlsStream, SegmentBody, Source, State as StreamState};
 
 pub fn router() -> Router<Arc<SlaveCtx>> {
     Router::new()
@@ -93,12 +93,14 @@ async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiErro
             return multivariant(ctx, &entry.stream, &req).await;
         }
         None | Some(0) => entry.stream.clone(),
-        Some(track) => rendition(&entry.stream, track).await.ok_or_else(|| {
-            ApiError::not_found(
-                "not_found",
-                format!("{} has no rendition v{track}", req.path),
-            )
-        })?,
+        Some(track) => rendition(&entry.stream, track, entry.source != Source::Origin)
+            .await
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "not_found",
+                    format!("{} has no rendition v{track}", req.path),
+                )
+            })?,
     };
     let kind = match req.file {
         HlsFile::Playlist => 0,
@@ -118,13 +120,13 @@ async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiErro
 /// Rendition `track` of a class. An edge learns a ladder from its origin's multivariant
 /// playlist just after it starts mirroring the class, so a player that asks that soon waits a
 /// moment.
-async fn rendition(class: &HlsStream, track: u8) -> Option<Arc<HlsStream>> {
+async fn rendition(class: &HlsStream, track: u8, mirrored: bool) -> Option<Arc<HlsStream>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
         if let Some(s) = class.rendition(track) {
             return Some(s);
         }
-        if class.is_ended() || tokio::time::Instant::now() >= deadline {
+        if !mirrored || class.is_ended() || tokio::time::Instant::now() >= deadline {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

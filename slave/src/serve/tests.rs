@@ -295,3 +295,139 @@ async fn peers_need_the_cluster_secret() {
         assert_eq!(r.status(), want, "{auth:?}");
     }
 }
+
+/// A multitrack publish (ffmpeg 9's three-rendition ladder, a committed fixture) through the
+/// publishing path: the class's playlist is a multivariant one, each rendition's conforms, an
+/// unknown rendition is 404, and a fifth video track ends the publish with its reason.
+#[tokio::test]
+async fn a_ladder_is_a_multivariant_playlist_and_a_fifth_video_track_is_refused() {
+    use media::flv_file::{FlvFile, TagKind};
+    let f = fixture(16);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../media/src/testdata/ladder_h264_aac.flv"
+    );
+    let file = FlvFile::parse(Bytes::from(std::fs::read(path).unwrap())).unwrap();
+    let mut p = crate::ingest::publish::Publishing::start(
+        &f.ctx,
+        "live/lad",
+        Some(false),
+        "rtmp",
+        "test".into(),
+    );
+    let mut second_track_header = None;
+    for t in &file.tags {
+        let video = match t.kind {
+            TagKind::Video => true,
+            TagKind::Audio => false,
+            TagKind::Script => continue,
+        };
+        if video && t.body[0] & 0x0F == 6 && second_track_header.is_none() {
+            second_track_header = Some(t.body.clone());
+        }
+        p.media(t.ts, t.body.clone(), video).unwrap();
+    }
+    let jwt = f.token("n1", "live/lad", 600);
+    let (s, body, _) = f
+        .get(&format!("/live/lad/index.m3u8?jwt={jwt}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        media::hls::conformance::check_multivariant_playlist(&body),
+        vec![],
+        "{body}"
+    );
+    let variants = media::hls::multivariant::parse(&body).unwrap();
+    let sizes: Vec<_> = variants.iter().map(|v| v.resolution).collect();
+    assert_eq!(sizes, [Some((320, 180)), Some((160, 90)), Some((96, 54))]);
+    assert!(body.contains(&format!("v1/index.m3u8?jwt={jwt}")), "{body}");
+    for v in &variants {
+        let (s, pl, _) = f.get(&format!("/live/lad/{}?jwt={jwt}", v.uri), None).await;
+        assert_eq!(s, StatusCode::OK, "{}: {pl}", v.uri);
+        assert_eq!(
+            media::hls::conformance::check_media_playlist(&pl),
+            vec![],
+            "{pl}"
+        );
+        // Without the token, a rendition is refused as the class is.
+        let (s, _, _) = f.get(&format!("/live/lad/{}", v.uri), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, _, _) = f
+        .get(&format!("/live/lad/v7/index.m3u8?jwt={jwt}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = f
+        .get(&format!("/live/lad/x1/index.m3u8?jwt={jwt}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A fourth video track is taken; a fifth is not.
+    let mut header = second_track_header.expect("a multitrack tag").to_vec();
+    header[6] = 3;
+    p.media(0, Bytes::from(header.clone()), true).unwrap();
+    header[6] = 4;
+    let e = p.media(0, Bytes::from(header), true).unwrap_err();
+    assert!(
+        e.unsupported().unwrap().contains("at most 4 renditions"),
+        "{e}"
+    );
+    // Only the class is reported, not its renditions.
+    let classes: Vec<_> = f
+        .ctx
+        .store
+        .classes()
+        .iter()
+        .map(|e| e.stream.path.clone())
+        .collect();
+    assert!(classes.contains(&"live/lad".to_string()) && !classes.iter().any(|c| c.contains("/v")));
+}
+
+/// A publish key for this node ends a mirror of the class here: the master made this node the
+/// origin (a draining origin's publisher moving to it).
+#[tokio::test]
+async fn a_publish_key_for_this_node_takes_the_class_over_from_its_mirror() {
+    let f = fixture(16);
+    let mirror = f.ctx.store.create(
+        "live/moved",
+        HlsConfig::default(),
+        Source::Edge {
+            origin_node: "n2".into(),
+        },
+    );
+    let claims = new_claims(
+        "classcast",
+        "teacher",
+        Role::Teacher,
+        "n1",
+        "live/moved",
+        Action::Publish,
+        Duration::from_secs(600),
+    );
+    let key = f.key.sign(&claims).unwrap();
+    let a = crate::ingest::publish::authorize(&f.ctx, "moved", Some(&key), "test").unwrap();
+    assert_eq!(
+        (a.path.as_str(), a.user.as_str()),
+        ("live/moved", "teacher")
+    );
+    assert!(mirror.stream.is_ended());
+    // Another node's key takes nothing over.
+    let other = f.ctx.store.create(
+        "live/other",
+        HlsConfig::default(),
+        Source::Edge {
+            origin_node: "n2".into(),
+        },
+    );
+    let claims = new_claims(
+        "classcast",
+        "teacher",
+        Role::Teacher,
+        "n2",
+        "live/other",
+        Action::Publish,
+        Duration::from_secs(600),
+    );
+    let key = f.key.sign(&claims).unwrap();
+    assert!(crate::ingest::publish::authorize(&f.ctx, "other", Some(&key), "test").is_err());
+    assert!(!other.stream.is_ended());
+}
