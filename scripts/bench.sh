@@ -26,7 +26,9 @@
 #   BENCH_QUIET_WAIT [30]    seconds to wait for other load to settle before starting
 #   BENCH_REPORT_ONLY [0]    1: only re-render the document from the last run's results
 #   BENCH_ONLY [all]         comma-separated subset: tokens,heartbeats,latency,ingest,serving,
-#                            viewers,memory,g2g,cache,recording,webrtc,opus,https (https: section
+#                            viewers,memory,g2g,cache,recording,webrtc,opus,https,chat,ladder,netprofiles
+#                            (ladder: section 15, a teacher's multitrack ladder, needs ffmpeg 9;
+#                            netprofiles: section 16, a student on each netlab profile, needs root; https: section
 #                            13, a part over HTTPS/1.1 and HTTP/2 vs nginx with TLS; opus: section 12, Opus
 #                            encode CPU of ropus vs libopus through ffmpeg; it starts no server, so
 #                            BENCH_ONLY=opus builds only classcast-bench). With a subset, results are appended to
@@ -53,7 +55,7 @@ if [ "${BENCH_REPORT_ONLY:-0}" != 1 ]; then
   if want serving && ! command -v wrk >/dev/null 2>&1; then need+=(wrk); fi
   if want https && ! command -v h2load >/dev/null 2>&1; then need+=(nghttp2-client); fi
   # nginx-rtmp is the ingest reference (NGINX=1); serving, viewers and g2g need nginx too.
-  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache || want recording || want https; then
+  if [ "${NGINX:-auto}" = 1 ] || want serving || want viewers || want g2g || want cache || want recording || want https || want netprofiles; then
     command -v nginx >/dev/null 2>&1 && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] \
       || need+=(nginx libnginx-mod-rtmp)
   fi
@@ -82,6 +84,10 @@ only_standalone() {
   IFS=, read -ra sections <<<"$BENCH_ONLY"
   for s in "${sections[@]}"; do [ "$s" = opus ] || return 1; done
 }
+# The ladder section (15) needs ffmpeg 9 for multitrack FLV.
+if [ "${BENCH_REPORT_ONLY:-0}" != 1 ] && want ladder && [ -z "${FFMPEG9:-}" ]; then
+  . scripts/ffmpeg9.sh
+fi
 echo "[bench] building release binaries" >&2
 if [ "${BENCH_REPORT_ONLY:-0}" = 1 ] || only_standalone; then
   cargo build --release -p classcast-bench

@@ -73,15 +73,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-# ffmpeg 9 from PyPI (imageio-ffmpeg, a static build): Enhanced RTMP v2 (HEVC, AV1 and Opus in
-# FLV) that Debian's ffmpeg 5.1 cannot write (tests/e2e/codecs.rs, the codecs page test).
-FFMPEG9_VENV=${FFMPEG9_VENV:-$HOME/.cache/classcast/ffmpeg9-venv}
-[ -x "$FFMPEG9_VENV/bin/python" ] || python3 -m venv "$FFMPEG9_VENV"
-"$FFMPEG9_VENV/bin/python" -c 'import imageio_ffmpeg' 2>/dev/null \
-  || "$FFMPEG9_VENV/bin/pip" install -q --disable-pip-version-check imageio-ffmpeg==0.8.1
-FFMPEG9=$("$FFMPEG9_VENV/bin/python" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')
-export FFMPEG9
-"$FFMPEG9" -hide_banner -version | sed -n 1p
+# ffmpeg 9 (tests/e2e/codecs.rs, ladder.rs, the codecs and ladder page tests).
+. scripts/ffmpeg9.sh
 
 stage "fmt and clippy"
 cargo fmt --all -- --check

@@ -16,6 +16,10 @@ mod extra;
 mod g2g;
 #[path = "report_https.rs"]
 mod https;
+#[path = "report_ladder.rs"]
+mod ladder;
+#[path = "report_netlab.rs"]
+mod netlab_report;
 #[path = "report_opus.rs"]
 mod opus;
 #[path = "report_record.rs"]
@@ -69,9 +73,9 @@ pub fn write(
         .filter(|r| {
             r["bench"] == "ingest_cpu"
                 && r["server"] != "classcast-memory"
-                && !r["server"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("classcast-record-"))
+                && !r["server"].as_str().is_some_and(|s| {
+                    s.starts_with("classcast-record-") || ladder::is_ladder_ingest(s)
+                })
         })
         .collect();
     let machine = std::fs::read_to_string(machine)?;
@@ -218,6 +222,8 @@ pub fn write(
     opus::summary(w, &results)?;
     https::summary(w, &results)?;
     chat::summary(w, &results)?;
+    ladder::summary(w, &results)?;
+    netlab_report::summary(w, &results)?;
     writeln!(w)?;
 
     if let Some(t) = find("tokens") {
@@ -558,6 +564,8 @@ pub fn write(
     opus::section(w, &results)?;
     https::section(w, &results)?;
     chat::section(w, &results)?;
+    ladder::section(w, &results)?;
+    netlab_report::section(w, &results)?;
 
     if let Some(p) = notes
         && let Ok(n) = std::fs::read_to_string(p)

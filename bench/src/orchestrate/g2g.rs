@@ -24,7 +24,7 @@ async fn fetch_text(url: &str) -> String {
 }
 
 /// The web dependencies of bench/web (npm ci once).
-async fn npm_ci(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+pub(super) async fn npm_ci(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let web = ctx.root.join("bench/web");
     let missing = ["hls.js", "shaka-player", "playwright-core", "mpegts.js"]
         .iter()

@@ -10,6 +10,8 @@ mod cache;
 mod chat;
 pub mod finish;
 mod g2g;
+mod ladder;
+mod netprofiles;
 mod opus;
 mod procs;
 mod recording;
@@ -28,7 +30,7 @@ use clap::ValueEnum;
 
 use procs::{Launch, Output, Supervisor};
 
-pub const SECTIONS: [&str; 14] = [
+pub const SECTIONS: [&str; 16] = [
     "tokens",
     "heartbeats",
     "latency",
@@ -43,6 +45,8 @@ pub const SECTIONS: [&str; 14] = [
     "opus",
     "https",
     "chat",
+    "ladder",
+    "netprofiles",
 ];
 
 /// Sections that start no classcast process: they need neither its binary nor the test stream.
@@ -407,6 +411,12 @@ async fn run(
     }
     if args.want("opus") {
         opus::run(&ctx).await?;
+    }
+    if args.want("ladder") {
+        ladder::run(&ctx).await?;
+    }
+    if args.want("netprofiles") {
+        netprofiles::run(&ctx).await?;
     }
     // Everything measured: nothing may linger into the report's `git diff` or the next run.
     sup.stop_all();

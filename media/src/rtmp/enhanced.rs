@@ -45,6 +45,12 @@ pub struct ConnectSniffer {
 }
 
 impl ConnectSniffer {
+    /// Stops reading: what was read stays, nothing more is.
+    pub fn give_up(&mut self) {
+        self.done = true;
+        self.de = None;
+    }
+
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.done {
             return;

@@ -189,7 +189,12 @@ impl RtmpSession {
             }
         }
         self.guard.feed(bytes)?;
-        self.sniffer.feed(bytes);
+        // rml_rtmp's chunk reader can panic on hostile input: behind `catch_unwind` like every
+        // other call into it, and a panic only ends the sniffing (the session's own reader
+        // then fails on the same bytes).
+        if guarded(|| self.sniffer.feed(bytes)).is_err() {
+            self.sniffer.give_up();
+        }
         self.since_message += bytes.len();
         let session = self.session.as_mut().expect("handshake done");
         let results = guarded(|| session.handle_input(bytes))?

@@ -43,14 +43,21 @@ impl Ladder {
         if others.is_empty() {
             return None;
         }
+        // Viewers are sent H.264 (what every browser offers): a rendition in another codec is
+        // left out of their ladder.
+        let h264 = |s: &HlsStream| s.read().codecs.starts_with("avc1");
         let mut renditions: Vec<(Arc<str>, u64)> =
             std::iter::once((Arc::from(class.path.as_str()), class.average_bandwidth(0)))
                 .chain(
                     others
                         .iter()
+                        .filter(|(_, s)| h264(s))
                         .map(|(t, s)| (Arc::from(s.path.as_str()), s.average_bandwidth(*t))),
                 )
                 .collect();
+        if renditions.len() < 2 {
+            return None;
+        }
         renditions.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
         Some(Ladder {
             renditions,
