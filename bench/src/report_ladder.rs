@@ -22,8 +22,14 @@ fn ingest<'a>(r: &'a [Value], server: &str) -> Option<&'a Value> {
         .find(|v| v["bench"] == "ingest_cpu" && v["server"] == server)
 }
 
+/// The latest run per (class, player).
 fn viewers(r: &[Value]) -> Vec<&Value> {
-    r.iter().filter(|v| v["bench"] == "abr_viewer").collect()
+    let mut out: Vec<&Value> = Vec::new();
+    for v in r.iter().filter(|v| v["bench"] == "abr_viewer") {
+        out.retain(|o| o["mode"] != v["mode"] || o["transport"] != v["transport"]);
+        out.push(v);
+    }
+    out
 }
 
 fn viewer<'a>(r: &[&'a Value], mode: &str, transport: &str) -> Option<&'a Value> {
@@ -143,6 +149,20 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
         )?;
         writeln!(w, "|---|---|---|---|---|---|---|")?;
         for x in &v {
+            if x["webrtc_played"] == false {
+                writeln!(
+                    w,
+                    "| {} | WebRTC | – | did not play over WebRTC in 40 s: the page {} ({}) | | | |",
+                    x["mode"].as_str().unwrap_or("?"),
+                    if x["page_mode"] == "hls" {
+                        "fell back to LL-HLS"
+                    } else {
+                        "was still trying"
+                    },
+                    x["why"].as_str().unwrap_or("no reason given"),
+                )?;
+                continue;
+            }
             writeln!(
                 w,
                 "| {} | {} | {:.2} | {:.1} | {:.0} | {} | {} |",

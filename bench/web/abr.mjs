@@ -32,7 +32,17 @@ async function once(mode, flv, transport) {
     if (transport === 'hls') {
       await until('playing', 40000, () => page.evaluate(() => document.getElementById('video').currentTime > 1));
     } else {
-      await until('WebRTC playing', 40000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30));
+      // A stream the link cannot carry may never play over WebRTC: the page then falls back to
+      // LL-HLS, and that is the result.
+      const ok = await until('WebRTC playing', 40000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30)).then(() => true, () => false);
+      if (!ok) {
+        const st = await page.evaluate(() => ({ page_mode: window.classcast.mode, frames: window.classcast.webrtc?.frames || 0,
+          why: (window.classcast.events.find((e) => e.type === 'webrtc-fallback') || {}).why || null }));
+        const r = { bench: 'abr_viewer', mode, transport, seconds, webrtc_played: false, ...st };
+        console.log(JSON.stringify(r));
+        appendFileSync(args.results, JSON.stringify(r) + '\n');
+        return;
+      }
     }
     await watch(page);
     const counter = transport === 'hls' ? 'classcast_slave_bytes_out_total' : 'classcast_slave_webrtc_bytes_total';
@@ -42,7 +52,7 @@ async function once(mode, flv, transport) {
     const b1 = await metric(c.slave, counter);
     const s1 = await page.evaluate(() => ({ t: document.getElementById('video').currentTime, ...(window.classcast.webrtc || {}), bench: window.bench }));
     const r = {
-      bench: 'abr_viewer', mode, transport, seconds,
+      bench: 'abr_viewer', mode, transport, seconds, webrtc_played: transport === 'webrtc' ? true : null,
       bytes: b1 - b0, mbit_per_s: +((b1 - b0) * 8 / seconds / 1e6).toFixed(3),
       played_s: +(s1.t - s0.t).toFixed(2), stalls: s1.bench.stalls,
       freezes: transport === 'webrtc' ? (s1.freezes || 0) - (s0.freezes || 0) : null,

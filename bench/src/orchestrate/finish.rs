@@ -225,9 +225,14 @@ pub fn merge(last: &str, subset: &[&str], new: &str, stamp: &str) -> String {
         match *b {
             "memory" => drop(&mut keep, "\"server\":\"classcast-memory\""),
             "ingest" => {
+                // Section 7's and section 15's ingest runs are theirs.
                 let mem: Vec<String> = keep
                     .iter()
-                    .filter(|l| l.contains("\"server\":\"classcast-memory\""))
+                    .filter(|l| {
+                        l.contains("\"server\":\"classcast-memory\"")
+                            || l.contains("\"server\":\"classcast-ladder3\"")
+                            || l.contains("\"server\":\"classcast-top-only\"")
+                    })
                     .cloned()
                     .collect();
                 drop(&mut keep, "\"bench\":\"ingest_cpu\"");
@@ -247,6 +252,19 @@ pub fn merge(last: &str, subset: &[&str], new: &str, stamp: &str) -> String {
             }
             "opus" => drop(&mut keep, "\"bench\":\"opus_encode\""),
             "chat" => drop(&mut keep, "\"bench\":\"chat_relay\""),
+            "ladder" => {
+                for pat in [
+                    "\"server\":\"classcast-ladder3\"",
+                    "\"server\":\"classcast-top-only\"",
+                    "\"bench\":\"abr_viewer\"",
+                ] {
+                    drop(&mut keep, pat);
+                }
+            }
+            "netprofiles" => {
+                drop(&mut keep, "\"bench\":\"netprofile");
+                drop(&mut keep, "\"bench\":\"ttff_tcp\"");
+            }
             "viewers" => keep.retain(|l| {
                 !l.contains("\"bench\":\"viewers\"") || l.contains("\"label\":\"cache-tier:")
             }),

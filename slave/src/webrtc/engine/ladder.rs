@@ -110,11 +110,17 @@ impl Ladder {
         None
     }
 
-    /// The highest rendition's rate with headroom: what the estimator probes toward.
-    pub fn desired_bps(&self) -> u64 {
-        self.renditions
-            .first()
-            .map_or(0, |(_, b)| (*b as f64 / HEADROOM) as u64)
+    /// What the estimator probes toward for a viewer on `current`: the next rendition up, with
+    /// headroom (the top one's at the top). Probing only one step up keeps the padding a capped
+    /// link must absorb to what a move up would need.
+    pub fn desired_bps(&self, current: &str) -> u64 {
+        let i = self
+            .renditions
+            .iter()
+            .position(|(p, _)| &**p == current)
+            .unwrap_or(0);
+        let next = &self.renditions[i.saturating_sub(1)];
+        (next.1 as f64 / HEADROOM) as u64
     }
 }
 
@@ -142,6 +148,10 @@ mod tests {
             ("live/c".into(), "live/c/v1".into(), "live/c/v2".into());
         assert_eq!(l.fitting(INITIAL_ESTIMATE_BPS), mid);
         assert_eq!(l.fitting(100_000), low);
+        // Probing goes one step up: from 360p toward 720p, from 720p toward 1080p.
+        assert_eq!(l.desired_bps(&low), (1_800_000f64 / HEADROOM) as u64);
+        assert_eq!(l.desired_bps(&mid), (3_600_000f64 / HEADROOM) as u64);
+        assert_eq!(l.desired_bps(&top), (3_600_000f64 / HEADROOM) as u64);
         let t0 = Instant::now();
         // A 1.5 Mbit/s link: the estimate falls under 720p's rate.
         assert_eq!(l.estimate(&mid, 1_300_000, t0), Some(Move::Down));

@@ -183,6 +183,8 @@ impl Engine {
             let up = l.renditions.iter().position(|(p, _)| p == path)
                 < l.renditions.iter().position(|(p, _)| *p == s.video_path);
             s.video_path = path.clone();
+            let desired = str0m::bwe::Bitrate::bps(l.desired_bps(path));
+            s.rtc.bwe().set_desired_bitrate(desired);
             self.ctx
                 .metrics
                 .webrtc_rendition_switches

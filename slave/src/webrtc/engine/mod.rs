@@ -375,7 +375,7 @@ impl Engine {
         }
         if connected_now {
             if let Some(l) = &s.ladder {
-                let desired = str0m::bwe::Bitrate::bps(l.desired_bps());
+                let desired = str0m::bwe::Bitrate::bps(l.desired_bps(&s.video_path));
                 s.rtc.bwe().set_desired_bitrate(desired);
             }
             let (path, viewer) = (s.path.clone(), s.viewer.clone());
