@@ -145,14 +145,14 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
         writeln!(w)?;
         writeln!(
             w,
-            "| class | player | Mbit/s to the viewer | played (s of 60) | stalls (`waiting`) | freezes (WebRTC) | mostly at |"
+            "| class | player | Mbit/s to the viewer | played (s of 60) | stalls (`waiting`) | jumps ahead (`seeking`) | freezes (WebRTC) | mostly at |"
         )?;
-        writeln!(w, "|---|---|---|---|---|---|---|")?;
+        writeln!(w, "|---|---|---|---|---|---|---|---|")?;
         for x in &v {
             if x["webrtc_played"] == false {
                 writeln!(
                     w,
-                    "| {} | WebRTC | – | did not play over WebRTC in 40 s: the page {} ({}) | | | |",
+                    "| {} | WebRTC | – | did not play over WebRTC in 40 s: the page {} ({}) | | | | |",
                     x["mode"].as_str().unwrap_or("?"),
                     if x["page_mode"] == "hls" {
                         "fell back to LL-HLS"
@@ -165,7 +165,7 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
             }
             writeln!(
                 w,
-                "| {} | {} | {:.2} | {:.1} | {:.0} | {} | {} |",
+                "| {} | {} | {:.2} | {:.1} | {:.0} | {} | {} | {} |",
                 x["mode"].as_str().unwrap_or("?"),
                 if x["transport"] == "hls" {
                     "hls.js (LL-HLS)"
@@ -175,6 +175,7 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
                 f(x, "mbit_per_s"),
                 f(x, "played_s"),
                 f(x, "stalls"),
+                x["jumps"].as_f64().map_or("–".into(), |n| format!("{n:.0}")),
                 x["freezes"]
                     .as_f64()
                     .map_or("–".into(), |n| format!("{n:.0}")),

@@ -85,7 +85,10 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
             run(r, p, "webrtc").map_or("–".to_string(), |v| format!("{:.0}", f(v, "nacks")));
         let hls = |player: &str| {
             run(r, p, player).map_or("–".to_string(), |v| {
-                format!("{:.1} ({:.1})", f(v, "stalls_per_min"), f(v, "played_s"))
+                let jumps = v["jumps"]
+                    .as_f64()
+                    .map_or(String::new(), |j| format!(", {j:.0} jumps ahead"));
+                format!("{:.1} ({:.1} s{jumps})", f(v, "stalls_per_min"), f(v, "played_s"))
             })
         };
         writeln!(

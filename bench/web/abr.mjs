@@ -54,7 +54,7 @@ async function once(mode, flv, transport) {
     const r = {
       bench: 'abr_viewer', mode, transport, seconds, webrtc_played: transport === 'webrtc' ? true : null,
       bytes: b1 - b0, mbit_per_s: +((b1 - b0) * 8 / seconds / 1e6).toFixed(3),
-      played_s: +(s1.t - s0.t).toFixed(2), stalls: s1.bench.stalls,
+      played_s: +(s1.t - s0.t).toFixed(2), stalls: s1.bench.stalls, jumps: s1.bench.jumps,
       freezes: transport === 'webrtc' ? (s1.freezes || 0) - (s0.freezes || 0) : null,
       frames: transport === 'webrtc' ? (s1.frames || 0) - (s0.frames || 0) : null,
       seconds_at_height: s1.bench.heights,

@@ -102,7 +102,10 @@ export const loop = (procs, name, ffmpeg, flv, url) => procs.run(name, ffmpeg,
 // picture height.
 export const watch = (page, id = 'video') => page.evaluate((id) => {
   const v = document.getElementById(id);
-  window.bench = { stalls: 0, heights: {}, t0: v.currentTime };
+  window.bench = { stalls: 0, jumps: 0, heights: {}, t0: v.currentTime };
   v.addEventListener('waiting', () => { window.bench.stalls += 1; });
+  // A live player that falls behind jumps ahead (the student page's own jump, or hls.js's live
+  // sync): content skipped without a `waiting` event.
+  v.addEventListener('seeking', () => { window.bench.jumps += 1; });
   setInterval(() => { const h = v.videoHeight; window.bench.heights[h] = (window.bench.heights[h] || 0) + 1; }, 1000);
 }, id);

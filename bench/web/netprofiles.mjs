@@ -21,14 +21,15 @@ mkdirSync(args.work, { recursive: true });
 const procs = new Procs(args.work);
 const record = (r) => { console.log(JSON.stringify(r)); appendFileSync(args.results, JSON.stringify(r) + '\n'); };
 
-// nginx-rtmp with HLS (1 s fragments, as section 8), its HTTP on the lab's address.
+// nginx-rtmp with HLS (1 s fragments, as section 8), its HTTP on the lab's address; one process
+// (`master_process off`), so that ending it by PID leaves no worker behind.
 function nginx(ip, dir) {
   mkdirSync(path.join(dir, 'hls'), { recursive: true });
   mkdirSync(path.join(dir, 'logs'), { recursive: true });
   const conf = path.join(dir, 'nginx.conf');
   const d = dir;
   const text = `load_module ${args['rtmp-module']};
-worker_processes 1; pid ${d}/nginx.pid; error_log ${d}/logs/error.log warn; daemon off;
+master_process off; pid ${d}/nginx.pid; error_log ${d}/logs/error.log warn; daemon off;
 events { worker_connections 1024; }
 rtmp { server { listen 127.0.0.1:${nr}; chunk_size 4096;
   application live { live on; record off; hls on; hls_path ${d}/hls; hls_fragment 1s; hls_playlist_length 4s; } } }
@@ -100,7 +101,7 @@ async function profile(name) {
       await watch(page, id);
       await sleep(seconds * 1000);
       const r = await page.evaluate((id) => ({ t: document.getElementById(id).currentTime, ...window.bench }), id);
-      record({ bench: 'netprofile', profile: name, player, seconds, stalls: r.stalls, stalls_per_min: +(r.stalls * 60 / seconds).toFixed(2),
+      record({ bench: 'netprofile', profile: name, player, seconds, stalls: r.stalls, stalls_per_min: +(r.stalls * 60 / seconds).toFixed(2), jumps: r.jumps,
         played_s: +(r.t - r.t0).toFixed(2) });
       await page.context().close();
     }

@@ -244,6 +244,9 @@
             dropped: s.framesDropped || 0, nacks: s.nackCount || 0, lost: s.packetsLost || 0 };
         });
         if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) failover('stalled');
+        // Connected, and yet no picture: a link too thin for the class's only rendition loses a
+        // piece of every keyframe (bench section 15). LL-HLS still plays there.
+        if (pc === mine && rtcFrames === 0 && Date.now() - rtcProgress > 6000) fallback('no picture in 6 s');
       }).catch(() => {});
     } else if (hls && hls.playingDate) {
       const lat = (Date.now() - hls.playingDate.getTime()) / 1000;
