@@ -37,7 +37,8 @@ async function once(mode, flv, transport) {
       const ok = await until('WebRTC playing', 40000, () => page.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 30)).then(() => true, () => false);
       if (!ok) {
         const st = await page.evaluate(() => ({ page_mode: window.classcast.mode, frames: window.classcast.webrtc?.frames || 0,
-          why: (window.classcast.events.find((e) => e.type === 'webrtc-fallback') || {}).why || null }));
+          why: (window.classcast.events.find((e) => e.type === 'webrtc-fallback') || {}).why || null,
+          events: window.classcast.events.slice(-8).map((e) => e.type + (e.why ? ':' + e.why : '') + (e.mode ? ':' + e.mode : '')) }));
         const r = { bench: 'abr_viewer', mode, transport, seconds, webrtc_played: false, ...st };
         console.log(JSON.stringify(r));
         appendFileSync(args.results, JSON.stringify(r) + '\n');
@@ -69,8 +70,12 @@ async function once(mode, flv, transport) {
 }
 
 try {
+  // --runs ladder:hls,top-only:webrtc runs a subset (default: all four).
+  const only = args.runs ? args.runs.split(',') : null;
   for (const [mode, flv] of [['ladder', args.ladder], ['top-only', args.single]]) {
-    for (const transport of ['hls', 'webrtc']) await once(mode, flv, transport);
+    for (const transport of ['hls', 'webrtc']) {
+      if (!only || only.includes(`${mode}:${transport}`)) await once(mode, flv, transport);
+    }
   }
 } finally {
   procs.stopAll();

@@ -98,6 +98,9 @@
     const fallback = (why) => {
       if (pc !== mine || current !== tok) return;
       log({ type: 'webrtc-fallback', why });
+      // This network cannot carry the class over WebRTC (no connection, or no picture): the
+      // page does not try again when it rejoins, on this slave or another.
+      if (/^no /.test(why)) window.classcast.noWebRtc = true;
       stopWebRtc();
       playHls(tok);
     };
@@ -114,7 +117,7 @@
     } catch (e) {
       return fallback('error ' + e.message);
     }
-    rtcFrames = 0; rtcProgress = Date.now();
+    rtcFrames = 0; rtcProgress = Date.now(); rtcFallback = fallback;
     mine.onconnectionstatechange = () => {
       if (pc !== mine) return;
       if (['disconnected', 'failed'].includes(mine.connectionState)) failover('webrtc ' + mine.connectionState);
@@ -211,6 +214,8 @@
   // A stalled picture with no error (a slave that vanished mid-request) also triggers failover.
   let lastTime = 0, lastProgress = Date.now();
   let rtcFrames = 0, rtcProgress = Date.now();
+  // The current WebRTC attempt's way back to LL-HLS on the same slave (set by playWebRtc).
+  let rtcFallback = null;
   // How many checks in a row saw the picture move, on which slave: what "playing again" means.
   const progressed = () => {
     const node = current && current.node_id;
@@ -223,7 +228,10 @@
       lastTime = video.currentTime; lastProgress = Date.now();
       if (mode === 'hls') progressed();
     }
-    if (!video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) failover('stalled');
+    // A WebRTC session with no picture yet is the WebRTC checks' to judge (it falls back to
+    // LL-HLS on this slave): moving to another slave would only try WebRTC again.
+    const rtcWaiting = mode === 'webrtc' && rtcFrames === 0;
+    if (!rtcWaiting && !video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) failover('stalled');
     if (recording) {
       // A replay: the date the picture was filmed, not a latency.
       if (hls && hls.playingDate) $('latency').textContent = hls.playingDate.toLocaleString();
@@ -246,7 +254,7 @@
         if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) failover('stalled');
         // Connected, and yet no picture: a link too thin for the class's only rendition loses a
         // piece of every keyframe (bench section 15). LL-HLS still plays there.
-        if (pc === mine && rtcFrames === 0 && Date.now() - rtcProgress > 6000) fallback('no picture in 6 s');
+        if (pc === mine && rtcFrames === 0 && Date.now() - rtcProgress > 6000 && rtcFallback) rtcFallback('no picture in 6 s');
       }).catch(() => {});
     } else if (hls && hls.playingDate) {
       const lat = (Date.now() - hls.playingDate.getTime()) / 1000;
