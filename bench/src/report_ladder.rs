@@ -175,7 +175,9 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
                 f(x, "mbit_per_s"),
                 f(x, "played_s"),
                 f(x, "stalls"),
-                x["jumps"].as_f64().map_or("–".into(), |n| format!("{n:.0}")),
+                x["jumps"]
+                    .as_f64()
+                    .map_or("–".into(), |n| format!("{n:.0}")),
                 x["freezes"]
                     .as_f64()
                     .map_or("–".into(), |n| format!("{n:.0}")),

@@ -88,7 +88,11 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
                 let jumps = v["jumps"]
                     .as_f64()
                     .map_or(String::new(), |j| format!(", {j:.0} jumps ahead"));
-                format!("{:.1} ({:.1} s{jumps})", f(v, "stalls_per_min"), f(v, "played_s"))
+                format!(
+                    "{:.1} ({:.1} s{jumps})",
+                    f(v, "stalls_per_min"),
+                    f(v, "played_s")
+                )
             })
         };
         writeln!(
