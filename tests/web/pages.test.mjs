@@ -441,7 +441,7 @@ test('a ladder: behind 1.5 Mbit/s hls.js settles on 360p with no stall and WebRT
       await fast.goto(`${master}/?name=FastRtc&stream=abr&autoplay`);
       await until('WebRTC plays', 30000, () => fast.evaluate(() => window.classcast.mode === 'webrtc' && (window.classcast.webrtc?.frames || 0) > 10));
       const t0 = Date.now();
-      await until('moved up to 1080p', 30000, () => fast.evaluate(() => document.getElementById('video').videoHeight === 1080));
+      await until('moved up to 1080p', 60000, () => fast.evaluate(() => document.getElementById('video').videoHeight === 1080));
       console.log(`abr webrtc fast: on 1080p ${Date.now() - t0} ms after playing`);
     });
     const metrics = await (await fetch(`http://${ip}:${h1}/metrics`)).text();

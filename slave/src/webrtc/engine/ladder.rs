@@ -14,6 +14,10 @@ pub const INITIAL_ESTIMATE_BPS: u64 = 2_500_000;
 /// A rendition fits when its mean bit rate is at most this share of the estimate: the rest is
 /// audio, RTP and retransmission overhead, and the estimate's own error.
 const HEADROOM: f64 = 0.85;
+/// A move up needs more room than staying: the estimator overshoots a capped link's rate while
+/// it probes (bench section 15: with 0.85 both ways a viewer behind 1.5 Mbit/s went up to 720p
+/// and froze), so the hysteresis keeps a probe's overshoot from moving the viewer.
+const UP_HEADROOM: f64 = 0.7;
 /// How long the estimate must leave room for a higher rendition before a viewer is moved up,
 /// and the least time between two moves up. Down is at once.
 const UP_HOLD: Duration = Duration::from_secs(4);
@@ -88,8 +92,17 @@ impl Ladder {
     /// The send-side estimate changed for a viewer whose video now comes from `current`:
     /// whether (and where) to move it. A move is made at the target's next keyframe.
     pub fn estimate(&mut self, current: &Arc<str>, estimate: u64, now: Instant) -> Option<Move> {
-        let target = self.fitting(estimate);
+        let mut target = self.fitting(estimate);
+        // Higher than where the viewer is (or heads): only with the larger room.
         let heading = self.switch_to.clone().unwrap_or_else(|| current.clone());
+        if self.bitrate(&target) > self.bitrate(&heading) {
+            let up = self.fitting((estimate as f64 * UP_HEADROOM / HEADROOM) as u64);
+            target = if self.bitrate(&up) > self.bitrate(&heading) {
+                up
+            } else {
+                heading.clone()
+            };
+        }
         if target == heading {
             self.up_since = None;
             return None;
@@ -120,7 +133,7 @@ impl Ladder {
             .position(|(p, _)| &**p == current)
             .unwrap_or(0);
         let next = &self.renditions[i.saturating_sub(1)];
-        (next.1 as f64 / HEADROOM) as u64
+        (next.1 as f64 / UP_HEADROOM) as u64
     }
 }
 
@@ -149,9 +162,9 @@ mod tests {
         assert_eq!(l.fitting(INITIAL_ESTIMATE_BPS), mid);
         assert_eq!(l.fitting(100_000), low);
         // Probing goes one step up: from 360p toward 720p, from 720p toward 1080p.
-        assert_eq!(l.desired_bps(&low), (1_800_000f64 / HEADROOM) as u64);
-        assert_eq!(l.desired_bps(&mid), (3_600_000f64 / HEADROOM) as u64);
-        assert_eq!(l.desired_bps(&top), (3_600_000f64 / HEADROOM) as u64);
+        assert_eq!(l.desired_bps(&low), (1_800_000f64 / UP_HEADROOM) as u64);
+        assert_eq!(l.desired_bps(&mid), (3_600_000f64 / UP_HEADROOM) as u64);
+        assert_eq!(l.desired_bps(&top), (3_600_000f64 / UP_HEADROOM) as u64);
         let t0 = Instant::now();
         // A 1.5 Mbit/s link: the estimate falls under 720p's rate.
         assert_eq!(l.estimate(&mid, 1_300_000, t0), Some(Move::Down));
@@ -159,17 +172,24 @@ mod tests {
         // Moved (the engine clears `switch_to` at the keyframe).
         l.switch_to = None;
         assert_eq!(l.estimate(&low, 1_300_000, t0), None);
+        // 2.2 Mbit/s would hold 720p, but is not room enough to move up to it.
+        for s in 0..10 {
+            assert_eq!(
+                l.estimate(&low, 2_200_000, t0 + Duration::from_secs(s)),
+                None
+            );
+        }
         // Room for the top: not before UP_HOLD.
         assert_eq!(
-            l.estimate(&low, 5_000_000, t0 + Duration::from_secs(1)),
+            l.estimate(&low, 6_000_000, t0 + Duration::from_secs(1)),
             None
         );
         assert_eq!(
-            l.estimate(&low, 5_000_000, t0 + Duration::from_secs(3)),
+            l.estimate(&low, 6_000_000, t0 + Duration::from_secs(3)),
             None
         );
         assert_eq!(
-            l.estimate(&low, 5_000_000, t0 + Duration::from_secs(5)),
+            l.estimate(&low, 6_000_000, t0 + Duration::from_secs(5)),
             Some(Move::Up)
         );
         assert_eq!(l.switch_to.as_ref(), Some(&top));
