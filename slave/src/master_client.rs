@@ -244,26 +244,25 @@ impl MasterClient {
             user: user.to_string(),
             rec,
         };
-        let resp = self
+        let req = self
             .http
             .post(format!("{}{}", self.base, paths::MOVE_PUBLISHER))
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
-            .json(&body)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
+            .json(&body);
+        self.answer(req).await
     }
 
     /// A directory question to the master (cluster secret); `None` when it does not know.
     async fn lookup<T: serde::de::DeserializeOwned>(&self, path_and_query: &str) -> Option<T> {
-        let resp = self
-            .http
-            .get(format!("{}{path_and_query}", self.base))
+        let req = self.http.get(format!("{}{path_and_query}", self.base));
+        self.answer(req).await
+    }
+
+    /// Sends `req` with the cluster secret; its JSON answer, `None` for anything but a 2xx.
+    async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Option<T> {
+        let resp = req
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .timeout(Duration::from_secs(3))
             .send()

@@ -387,23 +387,27 @@ async fn a_ladder_is_a_multivariant_playlist_and_a_fifth_video_track_is_refused(
 #[tokio::test]
 async fn a_publish_key_for_this_node_takes_the_class_over_from_its_mirror() {
     let f = fixture(16);
-    let mirror = f.ctx.store.create(
-        "live/moved",
-        HlsConfig::default(),
-        Source::Edge {
-            origin_node: "n2".into(),
-        },
-    );
-    let claims = new_claims(
-        "classcast",
-        "teacher",
-        Role::Teacher,
-        "n1",
-        "live/moved",
-        Action::Publish,
-        Duration::from_secs(600),
-    );
-    let key = f.key.sign(&claims).unwrap();
+    // A mirror of `path` from n2, and a teacher's publish key for `path` on `node`.
+    let mirror_and_key = |path: &str, node: &str| {
+        let mirror = f.ctx.store.create(
+            path,
+            HlsConfig::default(),
+            Source::Edge {
+                origin_node: "n2".into(),
+            },
+        );
+        let claims = new_claims(
+            "classcast",
+            "teacher",
+            Role::Teacher,
+            node,
+            path,
+            Action::Publish,
+            Duration::from_secs(600),
+        );
+        (mirror, f.key.sign(&claims).unwrap())
+    };
+    let (mirror, key) = mirror_and_key("live/moved", "n1");
     let a = crate::ingest::publish::authorize(&f.ctx, "moved", Some(&key), "test").unwrap();
     assert_eq!(
         (a.path.as_str(), a.user.as_str()),
@@ -411,23 +415,7 @@ async fn a_publish_key_for_this_node_takes_the_class_over_from_its_mirror() {
     );
     assert!(mirror.stream.is_ended());
     // Another node's key takes nothing over.
-    let other = f.ctx.store.create(
-        "live/other",
-        HlsConfig::default(),
-        Source::Edge {
-            origin_node: "n2".into(),
-        },
-    );
-    let claims = new_claims(
-        "classcast",
-        "teacher",
-        Role::Teacher,
-        "n2",
-        "live/other",
-        Action::Publish,
-        Duration::from_secs(600),
-    );
-    let key = f.key.sign(&claims).unwrap();
+    let (other, key) = mirror_and_key("live/other", "n2");
     assert!(crate::ingest::publish::authorize(&f.ctx, "other", Some(&key), "test").is_err());
     assert!(!other.stream.is_ended());
 }
