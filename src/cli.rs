@@ -336,16 +336,16 @@ pub(crate) struct MediaTuning {
     /// Offer WebRTC playback (WHEP at /whep/live/<name>) beside LL-HLS.
     #[arg(long, env = "WEBRTC", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) webrtc: bool,
-    /// The one UDP port of this slave's WebRTC sessions (ICE-lite host candidate); 0 takes a
-    /// free port. `up` gives slave i this port + i.
+    /// The first UDP port of this slave's WebRTC engines (ICE-lite host candidates); engine k
+    /// takes this port + k; 0 takes free ports. `up` gives slave i this port + i × engines.
     #[arg(long, env = "WEBRTC_UDP_PORT", default_value_t = 8189)]
     pub(crate) webrtc_udp_port: u16,
     /// Also accept WebRTC over TCP (ICE-TCP, RFC 6544) on the same port number, for viewers
     /// whose network drops UDP: open TCP WEBRTC_UDP_PORT in the firewall too.
     #[arg(long, env = "WEBRTC_TCP", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) webrtc_tcp: bool,
-    /// Bind the first free UDP port of this range (`8189-8218`) instead: how replicas sharing
-    /// a host network get distinct ports.
+    /// Bind the first free UDP ports of this range (`8189-8218`), one per engine, instead: how
+    /// replicas sharing a host network get distinct ports.
     #[arg(long, env = "WEBRTC_UDP_PORT_RANGE")]
     pub(crate) webrtc_udp_port_range: Option<String>,
     /// The address browsers send WebRTC media to (an IP). Default: PUBLIC_HOST or the public
@@ -353,12 +353,15 @@ pub(crate) struct MediaTuning {
     #[arg(long, env = "WEBRTC_HOST")]
     pub(crate) webrtc_host: Option<String>,
     /// WebRTC viewers this slave takes at once; past it WHEP answers 503 and the master sends
-    /// viewers to a slave with room, or offers LL-HLS. One engine task sends every session's
-    /// media, so the limit is one core's worth: 250 viewers fed took 57 % of a core and 500
-    /// saturated it with 475 connected (docs/benchmarks.md section 11); 200 leaves a slower
-    /// school PC's core room for the transcoder and signalling.
-    #[arg(long, env = "MAX_WEBRTC_VIEWERS", default_value_t = 200)]
-    pub(crate) max_webrtc_viewers: u32,
+    /// viewers to a slave with room, or offers LL-HLS. Default: 100 per engine (per core), what
+    /// one core feeds with room left for ingest, the transcoder and signalling on a slower
+    /// school PC (docs/benchmarks.md section 11 measures the cost per viewer).
+    #[arg(long, env = "MAX_WEBRTC_VIEWERS")]
+    pub(crate) max_webrtc_viewers: Option<u32>,
+    /// WebRTC engines: tasks that each send their share of the sessions' media from their own
+    /// UDP port (WEBRTC_UDP_PORT, +1, …). 0: one per core.
+    #[arg(long, env = "WEBRTC_ENGINES", default_value_t = 0)]
+    pub(crate) webrtc_engines: usize,
 }
 
 #[derive(Args, Debug, Clone)]

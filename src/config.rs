@@ -221,6 +221,10 @@ pub(crate) fn slave_config(
     ports: &SlavePorts,
 ) -> anyhow::Result<slave::SlaveConfig> {
     let http_port = ports.http;
+    let engines = match a.media.webrtc_engines {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let host = match (&a.public_host, a.http_bind.ip()) {
         (Some(h), _) => h.clone(),
         (None, ip) if ip.is_loopback() => ip.to_string(),
@@ -319,7 +323,11 @@ pub(crate) fn slave_config(
                 .or_else(|| a.public_host.clone())
                 .or_else(|| a.public_url.as_deref().and_then(url_host))
                 .unwrap_or_else(|| host.clone()),
-            max_viewers: a.media.max_webrtc_viewers,
+            max_viewers: a
+                .media
+                .max_webrtc_viewers
+                .unwrap_or(slave::webrtc::VIEWERS_PER_ENGINE * engines as u32),
+            engines,
             tcp: a.media.webrtc_tcp,
         },
         client_ca: client_ca(&a.common.tls)?,

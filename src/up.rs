@@ -200,7 +200,11 @@ pub(crate) async fn run_up(mut a: UpArgs) -> anyhow::Result<()> {
         };
         let mut cfg = slave_config(&args, secret.clone(), &ports)?;
         if cfg.webrtc.udp_ports.0 != 0 {
-            let p = cfg.webrtc.udp_ports.0.saturating_add(i as u16);
+            let p = cfg
+                .webrtc
+                .udp_ports
+                .0
+                .saturating_add((i * cfg.webrtc.engines) as u16);
             cfg.webrtc.udp_ports = (p, p);
         }
         if a.lan {

@@ -66,6 +66,9 @@ enum Cmd {
         pid: Option<u32>,
         #[arg(long, default_value = "classcast")]
         label: String,
+        /// The clients' own address (their ICE candidate), e.g. a netlab namespace's.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
     },
     /// Class messages a slave relays: READERS students reading the class's messages, RATE
     /// messages a second posted in chat mode, for SECONDS; delivery, lag, the slave's CPU/RSS.
@@ -414,6 +417,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 pid,
                 label,
+                bind,
             } => {
                 let targets = whep::targets(&master, &stream, viewers).await?;
                 let r = whep::run(whep::WhepArgs {
@@ -422,6 +426,7 @@ fn main() -> anyhow::Result<()> {
                     seconds,
                     pid,
                     label,
+                    bind,
                 })
                 .await?;
                 println!("{}", serde_json::to_string(&r)?);

@@ -20,6 +20,8 @@ pub struct WhepArgs {
     /// The slave's PID, for its CPU.
     pub pid: Option<u32>,
     pub label: String,
+    /// The clients' address (their host candidate): loopback, or a lab namespace's own.
+    pub bind: std::net::IpAddr,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,12 +50,13 @@ struct One {
 }
 
 async fn client(
+    bind: std::net::IpAddr,
     url: String,
     token: String,
     until: Instant,
     done: Arc<AtomicU64>,
 ) -> anyhow::Result<One> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    let sock = UdpSocket::bind((bind, 0)).await?;
     let local = sock.local_addr()?;
     let mut rtc = Rtc::builder()
         .set_stats_interval(Some(Duration::from_secs(1)))
@@ -148,10 +151,11 @@ pub async fn run(a: WhepArgs) -> anyhow::Result<WhepResult> {
     let mut tasks = Vec::new();
     for (i, (url, token)) in a.targets.iter().cloned().enumerate().take(a.viewers) {
         let done = done.clone();
+        let bind = a.bind;
         let at = start + ramp.mul_f64(i as f64 / a.viewers.max(1) as f64);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            client(url, token, until, done).await
+            client(bind, url, token, until, done).await
         }));
     }
     // CPU over the measured window only (after the joins and their DTLS handshakes).

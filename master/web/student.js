@@ -117,7 +117,7 @@
     } catch (e) {
       return fallback('error ' + e.message);
     }
-    rtcFrames = 0; rtcProgress = Date.now(); rtcFallback = fallback;
+    rtcFrames = 0; rtcProgress = Date.now(); rtcFallback = fallback; rtcFreezes = [];
     mine.onconnectionstatechange = () => {
       if (pc !== mine) return;
       if (['disconnected', 'failed'].includes(mine.connectionState)) failover('webrtc ' + mine.connectionState);
@@ -214,6 +214,10 @@
   // A stalled picture with no error (a slave that vanished mid-request) also triggers failover.
   let lastTime = 0, lastProgress = Date.now();
   let rtcFrames = 0, rtcProgress = Date.now();
+  // The WebRTC session's freeze figures over the last FREEZE_WINDOW_MS: leaving WebRTC for LL-HLS
+  // takes FREEZE_MAX_S frozen or FREEZE_MAX_COUNT freezes in that window.
+  let rtcFreezes = [];
+  const FREEZE_WINDOW_MS = 20000, FREEZE_MAX_S = 4, FREEZE_MAX_COUNT = 10;
   // The current WebRTC attempt's way back to LL-HLS on the same slave (set by playWebRtc).
   let rtcFallback = null;
   // How many checks in a row saw the picture move, on which slave: what "playing again" means.
@@ -252,6 +256,18 @@
             dropped: s.framesDropped || 0, nacks: s.nackCount || 0, lost: s.packetsLost || 0 };
         });
         if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) failover('stalled');
+        // A picture that keeps freezing (poor Wi-Fi: 42 freezes and 19 s frozen a minute in bench
+        // section 16, against 6 and 1.4 s on busy Wi-Fi) is worse than LL-HLS's few stalls there.
+        if (pc === mine && rtcFallback && window.classcast.webrtc) {
+          const w = window.classcast.webrtc, now = Date.now();
+          rtcFreezes.push({ t: now, n: w.freezes, s: w.freeze_s });
+          while (rtcFreezes.length && now - rtcFreezes[0].t > FREEZE_WINDOW_MS) rtcFreezes.shift();
+          const first = rtcFreezes[0];
+          const frozen = w.freeze_s - first.s, count = w.freezes - first.n;
+          if (frozen >= FREEZE_MAX_S || count >= FREEZE_MAX_COUNT) {
+            rtcFallback('no smooth picture: ' + count + ' freezes, ' + frozen.toFixed(1) + ' s frozen in ' + Math.round((now - first.t) / 1000) + ' s');
+          }
+        }
         // Connected, and yet no picture: a link too thin for the class's only rendition loses a
         // piece of every keyframe (bench section 15). LL-HLS still plays there.
         if (pc === mine && rtcFrames === 0 && Date.now() - rtcProgress > 6000 && rtcFallback) rtcFallback('no picture in 6 s');

@@ -85,11 +85,14 @@ pub struct SlaveConfig {
 /// WebRTC playback (`slave/src/webrtc/`).
 pub struct WebRtcConfig {
     pub enabled: bool,
-    /// The first free port of `lo..=hi` is bound; `(0, 0)`: any free port.
+    /// One port per engine: `lo`, `lo + 1`, … (`lo == hi`), the first free ones of `lo..=hi`, or
+    /// any free ones (`(0, 0)`).
     pub udp_ports: (u16, u16),
     /// The IP (or a name resolving to one) in the host candidate.
     pub host: String,
     pub max_viewers: u32,
+    /// Engines (tasks, each with its own UDP port and its share of the sessions): one per core.
+    pub engines: usize,
     /// ICE-TCP (a passive TCP candidate on the UDP port's number) for networks that drop UDP.
     pub tcp: bool,
 }
@@ -101,6 +104,7 @@ impl Default for WebRtcConfig {
             udp_ports: (0, 0),
             host: "127.0.0.1".into(),
             max_viewers: 200,
+            engines: 2,
             tcp: true,
         }
     }

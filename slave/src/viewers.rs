@@ -69,7 +69,8 @@ impl ViewerTracker {
     }
 }
 
-/// What the heartbeat reports: sessions now against the cap.
+/// What the heartbeat reports: sessions now against the cap. Every engine admits through the
+/// one counter, so the cap holds across them.
 #[derive(Default)]
 pub struct WebRtcLoad {
     sessions: AtomicU32,
@@ -81,8 +82,20 @@ impl WebRtcLoad {
     pub fn sessions(&self) -> u32 {
         self.sessions.load(Ordering::Relaxed)
     }
-    pub fn set_sessions(&self, n: usize) {
-        self.sessions.store(n as u32, Ordering::Relaxed);
+    /// Takes a slot if fewer than `cap` are taken: the check and the count in one step, so
+    /// concurrent offers on several engines never pass the cap.
+    pub fn try_admit(&self, cap: u32) -> bool {
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+    /// Gives a slot back (a session ended).
+    pub fn leave(&self) {
+        let _ = self
+            .sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 
@@ -100,6 +113,22 @@ mod tests {
         assert_eq!(v.count(), 0);
         v.purge();
         assert_eq!(v.seen.len(), 0);
+    }
+
+    #[test]
+    fn webrtc_slots_never_pass_the_cap_across_threads() {
+        let load = std::sync::Arc::new(WebRtcLoad::default());
+        let admitted: u32 = (0..4)
+            .map(|_| {
+                let l = load.clone();
+                std::thread::spawn(move || (0..100).filter(|_| l.try_admit(50)).count() as u32)
+            })
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!((admitted, load.sessions()), (50, 50));
+        load.leave();
+        assert!(load.try_admit(50));
+        assert!(!load.try_admit(50));
     }
 
     #[test]

@@ -79,7 +79,8 @@ async fn webrtc_sessions_are_bounded() {
         2,
         Timings::default(),
         &[],
-        &["--max-webrtc-viewers", &cap],
+        // Two engines, whatever the machine's cores: the cap holds across them.
+        &["--max-webrtc-viewers", &cap, "--webrtc-engines", "2"],
     )
     .await;
     let (rtmp, key, t) = c.teacher("b").await;
@@ -256,7 +257,7 @@ async fn unconnected_sessions_per_address_are_bounded() {
         1,
         Timings::default(),
         &[],
-        &["--max-webrtc-viewers", "60"],
+        &["--max-webrtc-viewers", "60", "--webrtc-engines", "2"],
     )
     .await;
     let (rtmp, key, _) = c.teacher("b").await;
@@ -275,6 +276,13 @@ async fn unconnected_sessions_per_address_are_bounded() {
     let limited: Vec<_> = r.iter().filter(|(s, _, _)| *s == 429).collect();
     assert_eq!(created, 30, "{r:?}");
     assert_eq!(limited.len(), 10, "{r:?}");
+    // The sessions are spread over both engines (a session's URL names its engine), and the
+    // per-address count is the slave's, not each engine's.
+    let engines: std::collections::BTreeSet<_> = r
+        .iter()
+        .filter_map(|(_, _, loc)| loc.as_deref()?.rsplit_once('-').map(|(_, k)| k.to_string()))
+        .collect();
+    assert_eq!(engines.into_iter().collect::<Vec<_>>(), ["0", "1"], "{r:?}");
     assert!(
         limited[0].1.contains("pending_per_address"),
         "{}",

@@ -99,7 +99,7 @@ test('the student page over HTTPS plays WebRTC, falls back to LL-HLS, and hls.js
   await until('master up over HTTPS', 15000, () => curlJson(`${master}/health`).status === 'ok');
   run('slave', BIN, ['slave', '--master-url', master, '--node-id', 'tls1', '--rtmp-plain', 'false', '--rtmps-bind', `127.0.0.1:${r}`,
     '--http-bind', `127.0.0.1:${h}`, '--https-bind', `127.0.0.1:${hs}`, '--public-host', '127.0.0.1', '--heartbeat-interval-ms', '300',
-    '--webrtc-udp-port', String(udp), '--webrtc-tcp', 'false', '--record-dir', path.join(ART, 'rec'), ...tls], env);
+    '--webrtc-udp-port', String(udp), '--webrtc-engines', '2', '--webrtc-tcp', 'false', '--record-dir', path.join(ART, 'rec'), ...tls], env);
   await until('slave registered over HTTPS', 30000, () => curlJson(`${master}/cluster/nodes`).healthy_nodes === 1);
   const t = curlJson(`${master}/api/token`, { role: 'teacher', user_id: 't', stream: 'tls', credential: TEACHER });
   assert.match(t.rtmp_url, /^rtmps:\/\//);
@@ -132,7 +132,7 @@ test('the student page over HTTPS plays WebRTC, falls back to LL-HLS, and hls.js
   await rtc.context().close();
 
   // 2. UDP dropped: LL-HLS within 2 s, and hls.js over HTTP/2.
-  await iptables('-I', udp);
+  await iptables('-I', `${udp}:${udp + 1}`);
   try {
     const hls = await open('Hls', '');
     await shot(hls, 'hls', async () => {
@@ -161,6 +161,6 @@ test('the student page over HTTPS plays WebRTC, falls back to LL-HLS, and hls.js
     });
     await hls.context().close();
   } finally {
-    await iptables('-D', udp).catch((e) => console.log(`cleanup: ${e.message}`));
+    await iptables('-D', `${udp}:${udp + 1}`).catch((e) => console.log(`cleanup: ${e.message}`));
   }
 });

@@ -23,6 +23,34 @@ pub const MAX_CANDIDATES: usize = 32;
 pub fn max_pending_per_addr(capacity: u32) -> usize {
     (capacity as usize / 2).max(20)
 }
+/// Unconnected sessions per client address, counted across every engine of the slave (a
+/// class's students spread over them).
+#[derive(Default)]
+pub struct PendingByAddress(Mutex<HashMap<std::net::IpAddr, usize>>);
+
+impl PendingByAddress {
+    /// Counts one more unconnected session from `ip` unless `limit` are already counted.
+    pub fn try_take(&self, ip: std::net::IpAddr, limit: usize) -> bool {
+        let mut m = self.0.lock();
+        let n = m.entry(ip).or_default();
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+    /// That session connected or ended.
+    pub fn give_back(&self, ip: std::net::IpAddr) {
+        let mut m = self.0.lock();
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
 /// A session that has not connected by then is dropped (the browser went away mid-offer, or
 /// never meant to connect). ICE and DTLS take a few round trips: under a second on Wi-Fi.
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(8);
@@ -171,6 +199,24 @@ mod tests {
         assert_eq!(
             check_offer(&offer(2, 4, MAX_CANDIDATES + 1)),
             Err(OfferShape::TooManyCandidates(MAX_CANDIDATES + 1))
+        );
+    }
+
+    #[test]
+    fn pending_sessions_per_address_are_counted_and_given_back() {
+        let p = PendingByAddress::default();
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(p.try_take(a, 2) && p.try_take(a, 2));
+        assert!(!p.try_take(a, 2), "a third from one address is refused");
+        assert!(p.try_take(b, 2), "another address has its own count");
+        p.give_back(a);
+        assert!(p.try_take(a, 2));
+        p.give_back(a);
+        p.give_back(a);
+        p.give_back(a);
+        assert!(
+            p.0.lock().get(&a).is_none(),
+            "nothing kept for an address with none"
         );
     }
 

@@ -1,7 +1,8 @@
 //! WebRTC playback (WHEP, draft-ietf-wish-whep): `POST /whep/live/{name}` with an SDP offer and
 //! the viewer's node-bound token → `201 Created`, the answer, and a session URL for `PATCH`
-//! (trickle ICE) and `DELETE`. ICE-lite on one UDP port; H.264 passed through, AAC → Opus once
-//! per stream. The media itself is driven by [`engine`], one task, sans-IO str0m sessions.
+//! (trickle ICE) and `DELETE`. ICE-lite; H.264 passed through, AAC → Opus once per stream and
+//! engine. The media itself is driven by [`engine`]s, one per core, each a task with its own UDP
+//! port and its sessions (sans-IO str0m); a viewer's sessions always go to the same engine.
 
 pub mod admission;
 mod engine;
@@ -31,12 +32,13 @@ use crate::ctx::SlaveCtx;
 pub use crate::ctx::WebRtcConfig;
 use crate::viewers::WebRtcLoad;
 
-/// The handle the HTTP side talks to the engine through.
+/// The default `MAX_WEBRTC_VIEWERS` per engine (one engine per core): what one core feeds with
+/// room left for ingest, the transcoder and signalling (docs/benchmarks.md section 11).
+pub const VIEWERS_PER_ENGINE: u32 = 100;
+
+/// The handle the HTTP side talks to the engines through.
 pub struct Whep {
-    cmds: mpsc::Sender<session::Command>,
-    pub candidate: SocketAddr,
-    /// The ICE-TCP passive candidate, for viewers whose network drops UDP.
-    pub tcp_candidate: Option<SocketAddr>,
+    engines: Vec<EngineLink>,
     pub load: Arc<WebRtcLoad>,
     refusals: admission::RefusalLog,
     /// The DTLS certificate every session presents (made once at start).
@@ -46,7 +48,15 @@ pub struct Whep {
     setups: tokio::sync::Semaphore,
 }
 
-/// Binds the UDP port and starts the engine. The candidate's address is resolved once here.
+/// One engine, as the HTTP side reaches it.
+struct EngineLink {
+    cmds: mpsc::Sender<session::Command>,
+    candidate: SocketAddr,
+    /// The ICE-TCP passive candidate, for viewers whose network drops UDP.
+    tcp_candidate: Option<SocketAddr>,
+}
+
+/// Binds the engines' UDP ports and starts them. The candidates' address is resolved once here.
 pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
     let cfg = &ctx.cfg.webrtc;
     if !cfg.enabled {
@@ -58,55 +68,53 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
     } else {
         IpAddr::from([0u8; 4])
     };
-    let (lo, hi) = cfg.udp_ports;
-    let mut socket = None;
-    let mut last = None;
-    for port in lo..=hi.max(lo) {
-        match tokio::net::UdpSocket::bind((bind_ip, port)).await {
-            Ok(s) => {
-                socket = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let socket = socket.ok_or_else(|| {
-        anyhow::anyhow!(
-            "WEBRTC_UDP_PORT {lo}-{hi}: no UDP port free on {bind_ip} ({}); set another, or WEBRTC=false",
-            last.map(|e| e.to_string()).unwrap_or_default()
-        )
-    })?;
-    // One socket carries every viewer's media: a deeper send buffer rides out a burst (a
-    // keyframe to hundreds of viewers at once) instead of dropping datagrams.
-    let _ = set_send_buffer(&socket);
-    let candidate = SocketAddr::new(ip, socket.local_addr()?.port());
+    let n = cfg.engines.max(1);
+    let sockets = bind_udp(bind_ip, cfg.udp_ports, n).await?;
     let load = ctx.webrtc_load.clone();
     load.enabled.store(true, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(256);
-    let mut engine = engine::Engine::new(ctx.clone(), socket, candidate, load.clone());
-    // ICE-TCP on the same port number as the UDP socket (TCP's port space is its own).
-    let mut tcp_candidate = None;
-    if cfg.tcp {
-        match tokio::net::TcpListener::bind((bind_ip, candidate.port())).await {
-            Ok(l) => {
-                let c = SocketAddr::new(ip, candidate.port());
-                let max = cfg.max_viewers as usize + 20;
-                engine = engine.with_tcp(l, c, max);
-                tcp_candidate = Some(c);
+    let pending = Arc::new(admission::PendingByAddress::default());
+    let mut engines = Vec::with_capacity(n);
+    for socket in sockets {
+        // A deeper send buffer rides out a burst (a keyframe to hundreds of viewers at once)
+        // instead of dropping datagrams.
+        let _ = set_send_buffer(&socket);
+        let candidate = SocketAddr::new(ip, socket.local_addr()?.port());
+        let (tx, rx) = mpsc::channel(256);
+        let mut engine = engine::Engine::new(
+            ctx.clone(),
+            socket,
+            candidate,
+            load.clone(),
+            pending.clone(),
+        );
+        // ICE-TCP on the same port number as the UDP socket (TCP's port space is its own).
+        let mut tcp_candidate = None;
+        if cfg.tcp {
+            match tokio::net::TcpListener::bind((bind_ip, candidate.port())).await {
+                Ok(l) => {
+                    let c = SocketAddr::new(ip, candidate.port());
+                    let max = cfg.max_viewers as usize / n + 20;
+                    engine = engine.with_tcp(l, c, max);
+                    tcp_candidate = Some(c);
+                }
+                Err(e) => tracing::warn!(
+                    port = candidate.port(),
+                    error = %e,
+                    "webrtc: TCP port taken; viewers whose network drops UDP get LL-HLS (WEBRTC_TCP=false silences this)"
+                ),
             }
-            Err(e) => tracing::warn!(
-                port = candidate.port(),
-                error = %e,
-                "webrtc: TCP port taken; viewers whose network drops UDP get LL-HLS (WEBRTC_TCP=false silences this)"
-            ),
         }
+        tokio::spawn(engine.run(rx));
+        tracing::info!(engine = engines.len(), %candidate, tcp = ?tcp_candidate, "webrtc engine ready");
+        engines.push(EngineLink {
+            cmds: tx,
+            candidate,
+            tcp_candidate,
+        });
     }
-    tokio::spawn(engine.run(rx));
-    tracing::info!(%candidate, tcp = ?tcp_candidate, max = cfg.max_viewers, "webrtc (WHEP) ready");
+    tracing::info!(engines = n, max = cfg.max_viewers, "webrtc (WHEP) ready");
     Ok(Some(Arc::new(Whep {
-        cmds: tx,
-        candidate,
-        tcp_candidate,
+        engines,
         load,
         refusals: admission::RefusalLog::new(Duration::from_secs(10)),
         cert: str0m::crypto::from_feature_flags()
@@ -114,6 +122,44 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
             .generate_certificate(),
         setups: tokio::sync::Semaphore::new(1),
     })))
+}
+
+/// `n` UDP sockets: ports `lo`, `lo + 1`, … for one port given (any free ports for 0), or the
+/// first `n` free ports of a range.
+async fn bind_udp(
+    ip: IpAddr,
+    (lo, hi): (u16, u16),
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::UdpSocket>> {
+    let mut sockets = Vec::with_capacity(n);
+    if lo == 0 || lo >= hi {
+        for k in 0..n {
+            let port = if lo == 0 {
+                0
+            } else {
+                lo.saturating_add(k as u16)
+            };
+            let s = tokio::net::UdpSocket::bind((ip, port)).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "WEBRTC_UDP_PORT {port} (engine {k} of {n}: the engines take consecutive ports) on {ip}: {e}; set another port, fewer WEBRTC_ENGINES, or WEBRTC=false"
+                )
+            })?;
+            sockets.push(s);
+        }
+        return Ok(sockets);
+    }
+    for port in lo..=hi {
+        if let Ok(s) = tokio::net::UdpSocket::bind((ip, port)).await {
+            sockets.push(s);
+            if sockets.len() == n {
+                return Ok(sockets);
+            }
+        }
+    }
+    anyhow::bail!(
+        "WEBRTC_UDP_PORT_RANGE {lo}-{hi}: {} of the {n} UDP ports the engines need are free on {ip}; widen the range, set fewer WEBRTC_ENGINES, or WEBRTC=false",
+        sockets.len()
+    )
 }
 
 fn set_send_buffer(s: &tokio::net::UdpSocket) -> std::io::Result<()> {
@@ -149,11 +195,13 @@ async fn resolve(host: &str) -> anyhow::Result<IpAddr> {
         .ok_or_else(|| anyhow::anyhow!("WEBRTC_HOST {host:?} has no IPv4 address"))
 }
 
-/// 128 random bits: the session URL is the capability to end it (as the WHEP draft has it).
-fn session_id() -> String {
+/// 128 random bits (the session URL is the capability to end it, as the WHEP draft has it),
+/// then the engine that holds the session.
+fn session_id(engine: usize) -> String {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{hex}-{engine}")
 }
 
 /// The caller's `Authorization: Bearer` token for `path` on this node, for `action`: the
@@ -178,15 +226,38 @@ fn bearer_claims(
 }
 
 impl Whep {
+    /// The engine a key's sessions go to: always the same one for one viewer, so a new offer
+    /// with the viewer's token replaces the old session in one step on that engine.
+    fn engine_for(&self, key: &str) -> usize {
+        // FNV-1a: stable, and spread enough over a class's random token ids.
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        (h % self.engines.len() as u64) as usize
+    }
+
+    /// The engine holding session `id` (named in its URL).
+    fn engine_of(&self, id: &str) -> Option<&EngineLink> {
+        let k: usize = id.rsplit_once('-')?.1.parse().ok()?;
+        self.engines.get(k)
+    }
+
+    /// The engines' UDP candidates (what the firewall must let through).
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        self.engines.iter().map(|e| e.candidate).collect()
+    }
+
     /// A session's state and answer from `offer`: on the blocking pool, one at a time, never on
     /// the engine's task. The outer error is ours (busy, stopped), the inner one the offer's.
     /// `bwe`: the initial bandwidth estimate, for a class sent as a ladder.
     async fn set_up(
         &self,
+        engine: usize,
         offer: Bytes,
         bwe: Option<u64>,
     ) -> Result<anyhow::Result<(Box<str0m::Rtc>, String)>, ApiError> {
-        let (local, local_tcp, cert) = (self.candidate, self.tcp_candidate, self.cert.clone());
+        let e = &self.engines[engine];
+        let (local, local_tcp, cert) = (e.candidate, e.tcp_candidate, self.cert.clone());
         let _turn = tokio::time::timeout(SETUP_WAIT, self.setups.acquire())
             .await
             .map_err(|_| {
@@ -351,9 +422,12 @@ async fn offer(
             e.to_string(),
         )
     })?;
+    let viewer = crate::tickets::viewer_id(&claims.jti);
+    let k = whep.engine_for(&viewer);
     // Parsing the offer and building the session's state is the costly part of signalling.
     let (rtc, answer) = whep
         .set_up(
+            k,
             body.clone(),
             (!ladder.is_empty()).then_some(engine::INITIAL_ESTIMATE_BPS),
         )
@@ -369,14 +443,15 @@ async fn offer(
             )
         })?;
     let (tx, rx) = oneshot::channel();
-    let id = session_id();
-    whep.cmds
+    let id = session_id(k);
+    whep.engines[k]
+        .cmds
         .send(session::Command::Open {
             session: session::NewSession {
                 id: id.clone(),
                 rtc,
                 stream: entry.stream.clone(),
-                viewer: crate::tickets::viewer_id(&claims.jti),
+                viewer,
                 client: conn.map(|Extension(ConnectInfo(a))| a.ip()),
                 candidates,
                 publisher: None,
@@ -427,9 +502,12 @@ async fn end(
     Extension(whep): EngineHandle,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, &'static str), ApiError> {
-    let whep = whep.ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
+    let engine = whep
+        .as_ref()
+        .and_then(|w| w.engine_of(&id))
+        .ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
     let (tx, rx) = oneshot::channel();
-    let _ = whep
+    let _ = engine
         .cmds
         .send(session::Command::Close { id, reply: tx })
         .await;
@@ -474,8 +552,11 @@ async fn trickle(
         .filter(|l| l.starts_with("candidate:"))
         .filter_map(|l| str0m::Candidate::from_sdp_string(l).ok())
         .collect();
+    let engine = whep
+        .engine_of(&id)
+        .ok_or_else(|| ApiError::not_found("not_found", "no such session"))?;
     let (tx, rx) = oneshot::channel();
-    let _ = whep
+    let _ = engine
         .cmds
         .send(session::Command::Candidates {
             id,

@@ -59,7 +59,8 @@ pub(super) async fn publish(
     })?;
     publish::path_free(&ctx, &path)
         .map_err(|(_, why)| refuse(&ctx, StatusCode::CONFLICT, "already_published", why))?;
-    let (rtc, answer) = engine.set_up(body, None).await?.map_err(|e| {
+    let k = engine.engine_for(&claims.jti);
+    let (rtc, answer) = engine.set_up(k, body, None).await?.map_err(|e| {
         refuse(
             &ctx,
             StatusCode::BAD_REQUEST,
@@ -70,11 +71,11 @@ pub(super) async fn publish(
     // Checked again after the setup's await: the first of two racing publishers wins.
     publish::path_free(&ctx, &path)
         .map_err(|(_, why)| refuse(&ctx, StatusCode::CONFLICT, "already_published", why))?;
-    let id = session_id();
+    let id = session_id(k);
     let publishing = Publishing::start(&ctx, &path, claims.rec, "whip", format!("whip {id}"));
     let (frames_tx, frames_rx) = mpsc::channel(QUEUE);
     let (tx, rx) = oneshot::channel();
-    engine
+    engine.engines[k]
         .cmds
         .send(session::Command::Open {
             session: session::NewSession {
@@ -163,9 +164,8 @@ async fn package(
     };
     // Whatever ended it, the engine's session goes too (a no-op if it is already gone).
     let (tx, _rx) = oneshot::channel();
-    let _ = engine
-        .cmds
-        .send(session::Command::Close { id, reply: tx })
-        .await;
+    if let Some(e) = engine.engine_of(&id) {
+        let _ = e.cmds.send(session::Command::Close { id, reply: tx }).await;
+    }
     publishing.stop(&why);
 }

@@ -1,6 +1,8 @@
-//! The one task that owns this slave's WebRTC: a UDP socket shared by every session (str0m's
-//! `accepts` tells whose a datagram is), each session's sans-IO `Rtc`, and per stream with
-//! viewers one frame feed and one AAC → Opus transcoder that all its viewers share.
+//! One engine: a task that owns a UDP socket (and an ICE-TCP listener) shared by its sessions
+//! (str0m's `accepts` tells whose a datagram is), each session's sans-IO `Rtc`, and per stream
+//! with viewers here one frame feed and one AAC → Opus transcoder its viewers share. A slave
+//! runs one engine per core (`WEBRTC_ENGINES`), each on its own port; they share only the
+//! admission counts (`WebRtcLoad`, `PendingByAddress`), so the cap holds across them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,9 +15,10 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, max_pending_per_addr};
+use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, PendingByAddress, max_pending_per_addr};
 use super::feed::{Feed, StreamFeed, forward};
 
+mod batch;
 mod ladder;
 mod media_out;
 
@@ -30,7 +33,8 @@ struct Session {
     rtc: Box<Rtc>,
     path: Arc<str>,
     viewer: String,
-    client: Option<IpAddr>,
+    /// The per-address slot this session holds until it connects (or ends unconnected).
+    pending: Option<IpAddr>,
     /// Remote candidates taken so far (offer and trickle), at most MAX_CANDIDATES.
     remote_candidates: usize,
     created: Instant,
@@ -56,7 +60,6 @@ impl Session {
         rtc: Box<Rtc>,
         path: Arc<str>,
         viewer: String,
-        client: Option<IpAddr>,
         candidates: usize,
         now: Instant,
         publisher: Option<mpsc::Sender<WhipFrame>>,
@@ -67,7 +70,7 @@ impl Session {
             ladder: None,
             path,
             viewer,
-            client,
+            pending: None,
             remote_candidates: candidates,
             created: now,
             next: now,
@@ -99,7 +102,11 @@ pub(super) struct Engine {
     streams: HashMap<Arc<str>, StreamFeed>,
     feed_tx: mpsc::Sender<(Arc<str>, Feed)>,
     feed_rx: mpsc::Receiver<(Arc<str>, Feed)>,
+    /// Shared by every engine of the slave.
     load: Arc<super::WebRtcLoad>,
+    pending: Arc<PendingByAddress>,
+    /// Datagrams written since the last flush: sent `batch::BATCH` at a time.
+    batch: batch::SendBatch,
 }
 
 impl Engine {
@@ -108,6 +115,7 @@ impl Engine {
         socket: UdpSocket,
         local: SocketAddr,
         load: Arc<super::WebRtcLoad>,
+        pending: Arc<PendingByAddress>,
     ) -> Self {
         let (feed_tx, feed_rx) = mpsc::channel(4096);
         let (tcp_tx, tcp_rx) = mpsc::channel(1024);
@@ -125,6 +133,8 @@ impl Engine {
             feed_tx,
             feed_rx,
             load,
+            pending,
+            batch: Default::default(),
         }
     }
 
@@ -184,12 +194,15 @@ impl Engine {
             }
             self.timeouts();
             self.reap();
+            self.batch.flush(&self.socket);
         }
-        for (_, s) in self.sessions.drain() {
-            if s.connected {
-                self.ctx.viewers.release(&s.viewer);
+        let ids: Vec<String> = self.sessions.keys().cloned().collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.rtc.disconnect();
             }
         }
+        self.reap();
     }
 
     fn receive(&mut self, data: &[u8], proto: Protocol, source: SocketAddr) {
@@ -287,13 +300,17 @@ impl Engine {
                     if t.proto == Protocol::Tcp {
                         self.tcp.send(&t.destination, &t.contents);
                     } else {
-                        let _ = self.socket.try_send_to(&t.contents, t.destination);
+                        self.batch
+                            .push(&self.socket, t.destination, t.contents.into());
                     }
                 }
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
                         s.connected = true;
                         connected_now = true;
+                        if let Some(ip) = s.pending.take() {
+                            self.pending.give_back(ip);
+                        }
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         s.rtc.disconnect();
@@ -447,7 +464,7 @@ impl Engine {
             // before it gets here (`publish::authorize`).
             self.sessions.insert(
                 id.clone(),
-                Session::new(rtc, path, viewer, client, candidates, now, publisher),
+                Session::new(rtc, path, viewer, candidates, now, publisher),
             );
             self.drive(&id);
             return Ok(false);
@@ -467,22 +484,20 @@ impl Engine {
         if replaced {
             self.reap();
         }
-        if self.viewer_sessions() >= self.ctx.cfg.webrtc.max_viewers as usize {
+        let cap = self.ctx.cfg.webrtc.max_viewers;
+        if !self.load.try_admit(cap) {
             return Err(Refusal::Full);
         }
-        if client.is_some()
-            && self
-                .sessions
-                .values()
-                .filter(|s| !s.connected && s.client == client)
-                .count()
-                >= max_pending_per_addr(self.ctx.cfg.webrtc.max_viewers)
+        if let Some(ip) = client
+            && !self.pending.try_take(ip, max_pending_per_addr(cap))
         {
+            self.load.leave();
             return Err(Refusal::PendingFromAddress);
         }
         let ladder = ladder::Ladder::of(&stream);
         self.subscribe(&stream);
-        let mut session = Session::new(rtc, path, viewer, client, candidates, now, None);
+        let mut session = Session::new(rtc, path, viewer, candidates, now, None);
+        session.pending = client;
         if let Some(l) = ladder {
             // Every rendition's frames come in; the viewer starts on the one under the
             // initial estimate.
@@ -493,7 +508,6 @@ impl Engine {
             session.ladder = Some(l);
         }
         self.sessions.insert(id.clone(), session);
-        self.load.set_sessions(self.viewer_sessions());
         self.drive(&id);
         Ok(replaced)
     }
@@ -534,11 +548,15 @@ impl Engine {
         }
         for id in dead {
             let s = self.sessions.remove(&id).expect("listed");
+            if let Some(ip) = s.pending {
+                self.pending.give_back(ip);
+            }
             if s.publisher.is_some() {
                 // Dropping it closes the publisher's queue: the class's grace period starts.
                 tracing::info!(session = %id, path = %s.path, "whip session ended");
                 continue;
             }
+            self.load.leave();
             if s.connected {
                 self.ctx.viewers.release(&s.viewer);
                 self.ctx.metrics.webrtc_sessions.dec();
@@ -568,7 +586,6 @@ impl Engine {
             }
             live
         });
-        self.load.set_sessions(self.viewer_sessions());
     }
 
     /// Runs `write` on every connected viewer session `takes`; returns the ones written to.
@@ -583,15 +600,6 @@ impl Engine {
             .filter(|(_, s)| s.connected && takes(s) && s.publisher.is_none() && s.rtc.is_alive())
             .filter_map(|(id, s)| write(s).then(|| id.clone()))
             .collect()
-    }
-
-    /// Sessions of viewers: what `MAX_WEBRTC_VIEWERS` bounds and the heartbeat reports. A WHIP
-    /// publisher's session is not one (one per class, checked at its publish).
-    fn viewer_sessions(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.publisher.is_none())
-            .count()
     }
 
     fn drive_all(&mut self, ids: Vec<String>) {
