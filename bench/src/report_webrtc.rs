@@ -24,7 +24,8 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
          by the bench's RTMP publisher (360p30 x264 zerolatency at 1,400 kbit/s + AAC 96 kbit/s, GOP 1 s), \
          then `classcast-bench whep-viewers`: N WHEP clients (str0m, one UDP socket and one tokio task \
          each, each with its own student token from the master, joining over 1 s; the slave started with \
-         `--max-webrtc-viewers 5000` so that the steps measure past the default) play it for 10 s after \
+         `--max-webrtc-viewers 5000` so that the steps measure past the default, with its default of one \
+         WebRTC engine per core, 2 here, unless `WEBRTC_ENGINES` is set for the run) play it for 10 s after \
          their joins; a client's loss is the fraction its own \
          receive statistics count lost in the last second (the largest of its two tracks). The slave's CPU \
          is measured over the same window; with no viewer it used {} % of a core (ingest, packaging, \

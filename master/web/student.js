@@ -255,7 +255,14 @@
           window.classcast.webrtc = { frames: s.framesDecoded, buffer: buf, freezes: s.freezeCount || 0, freeze_s: s.totalFreezesDuration || 0,
             dropped: s.framesDropped || 0, nacks: s.nackCount || 0, lost: s.packetsLost || 0 };
         });
-        if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) failover('stalled');
+        if (pc === mine && rtcFrames > 0 && Date.now() - rtcProgress > 1500) {
+          // Frames stopped. After a run of freezes that is the network (LL-HLS on this slave);
+          // on a smooth picture it is the slave going away (another slave).
+          const first = rtcFreezes[0], w = window.classcast.webrtc;
+          const frozen = first && w ? w.freeze_s - first.s : 0, count = first && w ? w.freezes - first.n : 0;
+          if (rtcFallback && (frozen >= 1 || count >= 3)) rtcFallback('no smooth picture: stalled after ' + count + ' freezes, ' + frozen.toFixed(1) + ' s frozen');
+          else failover('stalled');
+        }
         // A picture that keeps freezing (poor Wi-Fi: 42 freezes and 19 s frozen a minute in bench
         // section 16, against 6 and 1.4 s on busy Wi-Fi) is worse than LL-HLS's few stalls there.
         if (pc === mine && rtcFallback && window.classcast.webrtc) {

@@ -291,7 +291,10 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
       const rtcPlayed = e.some((x) => x.type === 'mode' && x.mode === 'webrtc');
       const fb = e.find((x) => x.type === 'webrtc-fallback');
       return fb && rtcPlayed ? { why: fb.why, after_ms: fb.t - e.find((x) => x.type === 'mode' && x.mode === 'webrtc').t, frames: window.classcast.webrtc?.frames || 0 } : null;
-    })));
+    })).catch(async (e) => {
+      console.log(`wifi classroom, poor, still on WebRTC: ${JSON.stringify(await hls.evaluate(() => ({ webrtc: window.classcast.webrtc, events: window.classcast.events })))}`);
+      throw e;
+    }));
     console.log(`wifi classroom, poor: WebRTC left after ${leftRtc.after_ms} ms and ${leftRtc.frames} frames: ${leftRtc.why}`);
     assert.match(leftRtc.why, /^no smooth picture: /, 'left because the picture kept freezing');
     await withShot(hls, () => playsFor(hls, 1, 40000));

@@ -63,10 +63,13 @@ pub async fn start(ctx: &Arc<SlaveCtx>) -> anyhow::Result<Option<Arc<Whep>>> {
         return Ok(None);
     }
     let ip = resolve(&cfg.host).await?;
-    let bind_ip = if ip.is_loopback() {
-        ip
-    } else {
-        IpAddr::from([0u8; 4])
+    // The candidate's own address when it is this host's: replies then leave from the address
+    // the browser sent to, whatever interface routes back to it (a slave with several
+    // addresses answering from another fails every ICE check over UDP). A public address
+    // behind 1:1 NAT is not local: any address then.
+    let bind_ip = match std::net::UdpSocket::bind((ip, 0)) {
+        Ok(_) => ip,
+        Err(_) => IpAddr::from([0u8; 4]),
     };
     let n = cfg.engines.max(1);
     let sockets = bind_udp(bind_ip, cfg.udp_ports, n).await?;
