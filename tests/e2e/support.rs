@@ -694,6 +694,11 @@ pub fn ffmpeg_decode(url: &str, secs: u32) -> (bool, String) {
             url,
             "-t",
             &secs.to_string(),
+            // Decoded frames keep the stream's own time base: in 1/fps ticks (the default), two
+            // frames of a publisher with jittery timestamps (GStreamer's librtmp `rtmpsink`) can
+            // round to one tick, which the null muxer reports as an error that is not ours.
+            "-enc_time_base",
+            "-1",
             "-f",
             "null",
             "-",

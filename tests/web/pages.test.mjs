@@ -135,7 +135,7 @@ function iptables(op, port) {
   });
 }
 
-async function udpBlockedCluster(name, tcp, procs) {
+async function oneSlaveCluster(name, tcp, procs) {
   const [mp, r, h, udp] = await distinctPorts(4);
   const master = `http://127.0.0.1:${mp}`;
   const env = { CLUSTER_SECRET: SECRET };
@@ -159,7 +159,7 @@ test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 
   const mine = [];
   try {
     // ICE-TCP: WebRTC over TCP, with picture and sound, and the page says so.
-    const withTcp = await udpBlockedCluster('udptcp', true, mine);
+    const withTcp = await oneSlaveCluster('udptcp', true, mine);
     await iptables('-I', withTcp.udp);
     blocked.push(withTcp.udp);
     const page = await newPage('udp-blocked-tcp');
@@ -181,7 +181,7 @@ test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 
     await page.context().close();
     stop(mine.splice(0));
     // No TCP candidate either: LL-HLS within 2 s of the answer, and the page says LL-HLS.
-    const noTcp = await udpBlockedCluster('udpnotcp', false, mine);
+    const noTcp = await oneSlaveCluster('udpnotcp', false, mine);
     await iptables('-I', noTcp.udp);
     blocked.push(noTcp.udp);
     const page2 = await newPage('udp-blocked-no-tcp');
@@ -364,6 +364,53 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
   // Every namespace the test made is gone.
   const left = await new Promise((res) => { const p = spawn('ip', ['netns', 'list']); let o = ''; p.stdout.on('data', (d) => { o += d; }); p.on('exit', () => res(o)); });
   assert.ok(!/ccwbusy|ccwpoor|ccwgood/.test(left), `namespaces left: ${left}`);
+});
+
+// Issue 30: the student page over LL-HLS on the defaults (200 ms parts, PART-HOLD-BACK of three
+// part targets) plays STUDENT_SECONDS after its first frame without one `waiting` event, at the
+// latency its own figure shows (program date → now), without drifting. The bound is the
+// measured 0.72–0.95 s of bench section 8 with room for CI's shared cores; the goal of 0.7 s is
+// not met at 200 ms parts (docs/operations.md).
+const STUDENT_SECONDS = Number(process.env.STUDENT_SECONDS || 60);
+const MAX_STUDENT_LATENCY_S = 1.5;
+
+test('the student page over LL-HLS on the defaults plays a minute with no stall, under 1.5 s behind, without drift', async () => {
+  const mine = [];
+  try {
+    const c = await oneSlaveCluster('llhls', true, mine);
+    const page = await newPage('llhls-student');
+    await withShot(page, async () => {
+      await page.goto(`${c.master}/?name=Ll&stream=llhls&autoplay&webrtc=0`);
+      await playsFor(page, 1, 30000);
+      await page.evaluate(() => {
+        window.stalls = [];
+        const v = document.getElementById('video');
+        v.addEventListener('waiting', () => { window.stalls.push(v.currentTime); });
+      });
+      const t0 = await page.evaluate(() => document.getElementById('video').currentTime);
+      const lat = [];
+      for (let s = 0; s < STUDENT_SECONDS; s += 2) {
+        await sleep(2000);
+        const l = await page.evaluate(() => window.classcast.latency);
+        if (typeof l === 'number') lat.push(l);
+      }
+      const end = await page.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, mode: window.classcast.mode }));
+      const sorted = [...lat].sort((a, b) => a - b);
+      const head = lat.slice(0, 5).reduce((a, b) => a + b, 0) / Math.min(5, lat.length);
+      const tail = lat.slice(-5).reduce((a, b) => a + b, 0) / Math.min(5, lat.length);
+      const fig = { seconds: STUDENT_SECONDS, played_s: +(end.t - t0).toFixed(2), waiting: end.stalls.length, mode: end.mode,
+        latency_p50_s: sorted[Math.floor(sorted.length / 2)], latency_max_s: sorted[sorted.length - 1], drift_s: +(tail - head).toFixed(3) };
+      console.log(`student page, LL-HLS defaults: ${JSON.stringify(fig)}`);
+      assert.equal(end.mode, 'hls');
+      assert.ok(fig.played_s >= STUDENT_SECONDS - 3, `played ${fig.played_s} s of ${STUDENT_SECONDS}`);
+      assert.equal(fig.waiting, 0, `waiting events after the first frame at ${JSON.stringify(end.stalls)}`);
+      assert.ok(fig.latency_p50_s <= MAX_STUDENT_LATENCY_S, `latency p50 ${fig.latency_p50_s} s`);
+      assert.ok(Math.abs(fig.drift_s) <= 0.3, `latency drifted ${fig.drift_s} s`);
+    });
+    await page.context().close();
+  } finally {
+    stop(mine);
+  }
 });
 
 // Issue 33: ABR from the teacher's own encoder. ffmpeg 9 sends a three-rendition H.264

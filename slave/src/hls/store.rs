@@ -78,6 +78,12 @@ impl HlsStream {
         self.ladder.read().clone()
     }
 
+    /// Whether the class is sent as a ladder: what every playlist request asks, without the
+    /// clone `ladder()` makes.
+    pub fn has_ladder(&self) -> bool {
+        !self.ladder.read().is_empty()
+    }
+
     pub fn rendition(&self, track: u8) -> Option<Arc<HlsStream>> {
         self.ladder
             .read()

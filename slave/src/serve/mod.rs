@@ -88,7 +88,7 @@ async fn serve(ctx: &Arc<SlaveCtx>, req: HlsRequest) -> Result<Response, ApiErro
         ApiError::not_found("stream_not_found", format!("{} is not live here", req.path))
     })?;
     let stream = &match req.rendition {
-        None if req.file == HlsFile::Playlist && !entry.stream.ladder().is_empty() => {
+        None if req.file == HlsFile::Playlist && entry.stream.has_ladder() => {
             ctx.metrics.requests_by_kind[0].inc();
             return multivariant(ctx, &entry.stream, &req).await;
         }
