@@ -1,5 +1,6 @@
-//! What the engine writes to viewers: a stream's feed item (configs, frames, audio) to every
-//! connected viewer of that stream, and a newly connected viewer's start at the latest GOP.
+//! What the engine writes to viewers: a stream's feed (started by the first session that takes
+//! it), each item (configs, frames, audio) to every connected viewer of that stream, and a newly
+//! connected viewer's start at the latest GOP.
 //! A child of the engine's module, so it works on the engine's own state.
 
 use std::sync::Arc;
@@ -12,6 +13,32 @@ use crate::webrtc::feed::Feed;
 use crate::webrtc::transcode::{OPUS_RATE, OpusTranscoder};
 
 impl Engine {
+    /// One more session takes `stream`'s frames: its feed starts with the first.
+    pub(super) fn subscribe(&mut self, stream: &Arc<crate::hls::HlsStream>) {
+        let path: Arc<str> = stream.path.as_str().into();
+        if !self.streams.contains_key(&path) {
+            let forwarder = tokio::spawn(crate::webrtc::feed::forward(
+                stream.clone(),
+                path.clone(),
+                self.feed_tx.clone(),
+            ));
+            self.streams.insert(
+                path.clone(),
+                crate::webrtc::feed::StreamFeed {
+                    forwarder,
+                    avc: None,
+                    opus: None,
+                    opus_passthrough: false,
+                    gop: Vec::new(),
+                    epoch: None,
+                    sessions: 0,
+                },
+            );
+            self.ctx.metrics.opus_transcoders.inc();
+        }
+        self.streams.get_mut(&path).expect("inserted").sessions += 1;
+    }
+
     /// A session just connected: the stream's latest GOP, so the picture comes at once.
     pub(super) fn start(&mut self, id: &str) {
         let Some(s) = self.sessions.get_mut(id) else {

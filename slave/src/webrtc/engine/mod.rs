@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::admission::{CONNECT_DEADLINE, MAX_CANDIDATES, PendingByAddress, max_pending_per_addr};
-use super::feed::{Feed, StreamFeed, forward};
+use super::feed::{Feed, StreamFeed};
 
 mod batch;
 mod ladder;
@@ -510,29 +510,6 @@ impl Engine {
         self.sessions.insert(id.clone(), session);
         self.drive(&id);
         Ok(replaced)
-    }
-
-    /// One more session takes `stream`'s frames: its feed starts with the first.
-    fn subscribe(&mut self, stream: &Arc<crate::hls::HlsStream>) {
-        let path: Arc<str> = stream.path.as_str().into();
-        if !self.streams.contains_key(&path) {
-            let forwarder =
-                tokio::spawn(forward(stream.clone(), path.clone(), self.feed_tx.clone()));
-            self.streams.insert(
-                path.clone(),
-                StreamFeed {
-                    forwarder,
-                    avc: None,
-                    opus: None,
-                    opus_passthrough: false,
-                    gop: Vec::new(),
-                    epoch: None,
-                    sessions: 0,
-                },
-            );
-            self.ctx.metrics.opus_transcoders.inc();
-        }
-        self.streams.get_mut(&path).expect("inserted").sessions += 1;
     }
 
     /// Drops sessions that ended, and streams nobody here watches any more.
