@@ -76,6 +76,9 @@ fi
 # ffmpeg 9 (tests/e2e/codecs.rs, ladder.rs, the codecs and ladder page tests).
 . scripts/ffmpeg9.sh
 
+# A clean clone builds everything once: incremental compilation would only add its bookkeeping.
+[ "${CI:-}" = true ] && export CARGO_INCREMENTAL=0
+
 stage "fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
