@@ -161,46 +161,40 @@ pub async fn ingest(ctx: &Ctx<'_>) -> anyhow::Result<()> {
 
     if ctx.nginx {
         let rn = ctx.port(30);
-        log("4b ingest CPU reference: nginx-rtmp, 1 and 4 publishers, 30 s each");
-        let dir = ctx.work.join("nginx");
-        let conf = ctx.nginx_rtmp_conf(&dir, rn);
-        for k in [1, 4] {
-            let n = ctx.spawn_nginx("nginx-rtmp", &dir, &conf)?;
-            ctx.wait_ports(n, &dir.join("logs/error.log"), &[rn])
-                .await?;
-            let mut pids = vec![n];
-            pids.extend(children(n));
-            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-            let base = format!("rtmp://127.0.0.1:{rn}/live");
-            let a = ingest_args("nginx-rtmp", &pids.join(","), &base, k, &flv);
-            ctx.bench_run("ingest-cpu nginx-rtmp", &a).await?;
-            ctx.sup.stop(n);
-        }
-        // The reference a school would pick instead of classcast: nginx-rtmp packaging HLS
-        // (1 s fragments, written to tmpfs so no disk is measured), as classcast packages LL-HLS.
-        log(
-            "4b ingest CPU reference: nginx-rtmp with `hls on` (1 s fragments to tmpfs), 1 and 4 publishers, 30 s each",
-        );
-        let dir = std::path::PathBuf::from(format!(
+        // Relaying only (`live on`), then packaging HLS (1 s fragments to tmpfs, so no disk is
+        // measured): the reference a school would pick instead of classcast for HLS.
+        let relay = ctx.work.join("nginx");
+        let hls = std::path::PathBuf::from(format!(
             "/dev/shm/classcast-bench-nginx-hls-{}",
             std::process::id()
         ));
-        let conf = ctx.nginx_hls_conf(&dir, rn, ctx.port(31));
-        for k in [1, 4] {
-            let n = ctx.spawn_nginx("nginx-rtmp-hls", &dir, &conf)?;
-            ctx.wait_ports(n, &dir.join("logs/error.log"), &[rn])
-                .await?;
-            let mut pids = vec![n];
-            pids.extend(children(n));
-            let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-            let base = format!("rtmp://127.0.0.1:{rn}/live");
-            let a = ingest_args("nginx-rtmp-hls", &pids.join(","), &base, k, &flv);
-            ctx.bench_run("ingest-cpu nginx-rtmp-hls", &a).await?;
-            ctx.sup.stop(n);
-            let written = std::fs::read_dir(dir.join("hls")).map_or(0, |d| d.count());
-            eprintln!("nginx-rtmp wrote {written} HLS files");
+        let runs = [
+            ("nginx-rtmp", "", ctx.nginx_rtmp_conf(&relay, rn), &relay),
+            (
+                "nginx-rtmp-hls",
+                " with `hls on` (1 s fragments to tmpfs)",
+                ctx.nginx_hls_conf(&hls, rn, ctx.port(31)),
+                &hls,
+            ),
+        ];
+        for (label, what, conf, dir) in runs {
+            log(&format!(
+                "4b ingest CPU reference: nginx-rtmp{what}, 1 and 4 publishers, 30 s each"
+            ));
+            for k in [1, 4] {
+                let n = ctx.spawn_nginx(label, dir, &conf)?;
+                ctx.wait_ports(n, &dir.join("logs/error.log"), &[rn])
+                    .await?;
+                let mut pids = vec![n];
+                pids.extend(children(n));
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                let base = format!("rtmp://127.0.0.1:{rn}/live");
+                let a = ingest_args(label, &pids.join(","), &base, k, &flv);
+                ctx.bench_run(&format!("ingest-cpu {label}"), &a).await?;
+                ctx.sup.stop(n);
+            }
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&hls);
     }
 
     if ctx.xiu.is_some() {
