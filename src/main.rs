@@ -9,10 +9,12 @@ use clap::{Args, Parser};
 
 /// Every request allocates a little (headers, the playlist copy, hyper's buffers) on whichever
 /// tokio worker runs it; glibc's allocator spent ~16 % of a slave's CPU under 1,000 viewers,
-/// partly waiting on its arena lock. mimalloc's per-thread free lists avoid both.
+/// partly waiting on its arena lock. mimalloc's per-thread free lists avoid both. How it gives
+/// memory back is set in `allocator`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod allocator;
 mod cli;
 mod config;
 mod up;
@@ -225,6 +227,7 @@ fn init_logging() {
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::return_freed_memory();
     init_logging();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

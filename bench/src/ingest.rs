@@ -23,6 +23,7 @@ pub struct IngestArgs {
     pub seconds: f64,
     pub settle: f64,
     pub baseline: f64,
+    pub metrics_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +51,11 @@ pub struct IngestResult {
     pub rss_idle_mib: f64,
     pub rss_max_mib: f64,
     pub rss_end_mib: f64,
+    /// At the end, the media the server said it held, by holder (`--metrics-url`), MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_playlist_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_gop_mib: Option<f64>,
     /// CPU of the Rust publishers (this process), % of a core per stream.
     pub publisher_pct_core_per_stream: f64,
     pub publisher_max_late_ms: f64,
@@ -121,6 +127,10 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
     let th1 = thread_totals_sum(&a.pids)?;
     let rss_end = rss_mib_sum(&a.pids)?;
     rss_max = rss_max.max(rss_end);
+    let held = match &a.metrics_url {
+        Some(u) => Some(held_mib(u).await?),
+        None => None,
+    };
     for t in tasks {
         t.await?.context("publisher")?;
     }
@@ -148,6 +158,8 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
         rss_idle_mib: r3(rss_idle),
         rss_max_mib: r3(rss_max),
         rss_end_mib: r3(rss_end),
+        held_playlist_mib: held.map(|h| r3(h.0)),
+        held_gop_mib: held.map(|h| r3(h.1)),
         publisher_pct_core_per_stream: r3((self1 - self0) / wall / k * 100.0),
         publisher_max_late_ms: late as f64 / 1000.0,
         other_pct_core: r3(
@@ -155,6 +167,20 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<IngestResult> {
         ),
         goal_pct_core_per_stream: 1.0,
     })
+}
+
+/// `classcast_slave_media_held_bytes` by holder (playlist, gop), in MiB.
+async fn held_mib(url: &str) -> anyhow::Result<(f64, f64)> {
+    let body = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let value = |holder: &str| -> anyhow::Result<f64> {
+        let name = format!("classcast_slave_media_held_bytes{{held_by=\"{holder}\"}} ");
+        let line = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .with_context(|| format!("{url} has no {name}"))?;
+        Ok(line.trim().parse::<f64>()? / 1048576.0)
+    };
+    Ok((value("playlist")?, value("gop")?))
 }
 
 fn r3(x: f64) -> f64 {

@@ -196,6 +196,10 @@ enum Cmd {
         flv: PathBuf,
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        /// The server's Prometheus metrics URL: at the end, read the media it says it holds
+        /// (`classcast_slave_media_held_bytes`), to tell held media from allocator retention.
+        #[arg(long)]
+        metrics_url: Option<String>,
         /// Seconds of publishing before the measurement starts.
         #[arg(long, default_value_t = 2.0)]
         settle: f64,
@@ -439,11 +443,13 @@ fn main() -> anyhow::Result<()> {
                 streams,
                 flv,
                 seconds,
+                metrics_url,
                 settle,
                 baseline,
                 label,
             } => {
                 let r = ingest::run(ingest::IngestArgs {
+                    metrics_url,
                     label,
                     pids,
                     publish_base,

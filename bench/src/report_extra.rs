@@ -80,6 +80,18 @@ pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
             )?;
         }
     }
+    if let Some(m) = r
+        .iter()
+        .find(|v| v["bench"] == "ingest_cpu" && v["server"] == "classcast-memory")
+    {
+        let max = f(m, "rss_max_mib");
+        writeln!(
+            w,
+            "| slave RSS, {} × 6.4 Mbit/s streams, no viewers | ≤ 100 MiB | {max:.1} MiB max | {} |",
+            f(m, "streams"),
+            yes(max <= 100.0)
+        )?;
+    }
     Ok(())
 }
 
@@ -236,6 +248,20 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
             (f(m, "rss_max_mib") - f(m, "rss_idle_mib")) / f(m, "streams"),
             f(m, "pct_core_per_stream")
         )?;
+        if let (Some(pl), Some(gop)) = (m["held_playlist_mib"].as_f64(), m["held_gop_mib"].as_f64())
+        {
+            let end = f(m, "rss_end_mib");
+            writeln!(w)?;
+            writeln!(
+                w,
+                "At the end the slave said it held {pl:.1} MiB of media in its playlist windows \
+                 (the listed segments and the retention margin RFC 8216bis 6.2.2 asks for) and \
+                 {gop:.1} MiB in the latest GOPs kept for WebRTC newcomers (`classcast_slave_media_held_bytes`). \
+                 RSS then was {end:.1} MiB: {:.1} MiB over idle plus media held, which is the \
+                 allocator's own (free pages not yet given back, fragmentation) and per-stream state.",
+                end - f(m, "rss_idle_mib") - pl - gop
+            )?;
+        }
         writeln!(w)?;
     }
 

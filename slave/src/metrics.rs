@@ -1,7 +1,7 @@
 //! The slave's Prometheus metrics. Per-stream series are bounded by the number of live streams.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry as PromRegistry, TextEncoder,
 };
 
@@ -62,6 +62,9 @@ pub struct SlaveMetrics {
     pub opus_transcoders: IntGauge,
     /// WebRTC viewers of a ladder moved to another rendition, by direction (up, down).
     pub webrtc_rendition_switches: IntCounterVec,
+    /// Media bytes held in memory, by what holds them (`playlist`: the window and its
+    /// retention margin; `gop`: the latest GOP kept for WebRTC newcomers). Set at each scrape.
+    pub media_held_bytes: IntGaugeVec,
 }
 
 impl SlaveMetrics {
@@ -271,6 +274,15 @@ impl SlaveMetrics {
                 &["direction"],
             )
             .unwrap(),
+            media_held_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "classcast_slave_media_held_bytes",
+                    "Media bytes held in memory, by holder: playlist (window and retention \
+                     margin), gop (the latest GOP for WebRTC newcomers)",
+                ),
+                &["held_by"],
+            )
+            .unwrap(),
             requests_by_kind: ["playlist", "init", "segment", "part"]
                 .map(|k| http_requests.with_label_values(&[k])),
             http_requests,
@@ -296,6 +308,7 @@ impl SlaveMetrics {
             Box::new(m.rtmp_refusals.clone()),
             Box::new(m.codec_refusals.clone()),
             Box::new(m.webrtc_rendition_switches.clone()),
+            Box::new(m.media_held_bytes.clone()),
             Box::new(m.whip_publishes.clone()),
             Box::new(m.whip_refusals.clone()),
             Box::new(m.whip_dropped_frames.clone()),

@@ -233,6 +233,33 @@ async fn every_slave_serves_the_class() {
     let lag = metric(&m, "classcast_slave_mirror_lag_seconds_sum")
         / metric(&m, "classcast_slave_mirror_lag_seconds_count").max(1.0);
     assert!(lag < 0.2, "mean mirror lag {lag}s on loopback");
+    // What the slaves hold for the class, by holder: the edge mirrors the window, the origin
+    // holds it and its latest GOP, and neither holds much more than the origin took in (the
+    // fMP4 boxes and the init segment add a little to the RTMP bytes).
+    let held = |m: &str, by: &str| {
+        metric(
+            m,
+            &format!("classcast_slave_media_held_bytes{{held_by=\"{by}\"}}"),
+        )
+    };
+    let om = metrics_text(&c.http, &origin_base).await;
+    let taken = metric(&om, "classcast_slave_ingest_bytes_total");
+    for (who, text) in [("origin", &om), ("edge", &m)] {
+        let window = held(text, "playlist");
+        assert!(
+            window > 0.0 && window <= 1.5 * taken + 65536.0,
+            "{who} holds {window} B of media, origin took {taken} B"
+        );
+    }
+    assert!(held(&om, "gop") > 0.0, "the origin keeps its latest GOP");
+    // The slave ran itself again with mimalloc's options in its environment (src/allocator.rs).
+    let environ = std::fs::read(format!("/proc/{}/environ", edge.proc.child.id())).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"MIMALLOC_ARENA_EAGER_COMMIT=0"),
+        "the slave runs with mimalloc's arenas committed on demand"
+    );
 
     // --- Master restart: the directory is rebuilt within one heartbeat.
     c.master.as_mut().unwrap().kill9();

@@ -148,7 +148,9 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
                 "--flv",
                 path_str(&ctx.flv),
                 "--seconds",
-                20
+                20,
+                "--metrics-url",
+                format!("http://127.0.0.1:{hs}/metrics")
             ],
         )
         .await?;

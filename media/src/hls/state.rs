@@ -190,6 +190,22 @@ impl State {
         self.segments.back().map(|s| s.msn)
     }
 
+    /// Media bytes this stream holds: its inits, and every segment of the window and of the
+    /// retention margin (parts, or the whole segment an edge received). What the allocator
+    /// holds beyond this is its own.
+    pub fn held_bytes(&self) -> usize {
+        let inits: usize = self.inits.iter().map(|(_, b)| b.len()).sum();
+        let media: usize = self
+            .segments
+            .iter()
+            .map(|s| {
+                s.full.as_ref().map_or(0, Bytes::len)
+                    + s.parts.iter().map(|p| p.data.len()).sum::<usize>()
+            })
+            .sum();
+        inits + media
+    }
+
     pub fn segment(&self, msn: u64) -> Option<&Segment> {
         let first = self.segments.front()?.msn;
         let i = msn.checked_sub(first)? as usize;

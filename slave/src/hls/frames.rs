@@ -125,6 +125,11 @@ impl FrameFeed {
         common::now_unix_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)) <= ms
     }
 
+    /// Media bytes the latest GOP holds for newcomers.
+    pub fn gop_bytes(&self) -> usize {
+        self.latest.lock().gop_bytes
+    }
+
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
     }
