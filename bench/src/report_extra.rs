@@ -19,9 +19,17 @@ pub(super) fn when(v: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The run of `server` on `kind` with the median rate (parts are run three times).
 fn serving<'a>(r: &'a [Value], server: &str, kind: &str) -> Option<&'a Value> {
+    let mut runs = serving_runs(r, server, kind);
+    runs.sort_by(|a, b| f(a, "rps").total_cmp(&f(b, "rps")));
+    runs.get(runs.len().saturating_sub(1) / 2).copied()
+}
+
+fn serving_runs<'a>(r: &'a [Value], server: &str, kind: &str) -> Vec<&'a Value> {
     r.iter()
-        .find(|v| v["bench"] == "serving" && v["server"] == server && v["kind"] == kind)
+        .filter(|v| v["bench"] == "serving" && v["server"] == server && v["kind"] == kind)
+        .collect()
 }
 
 pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
@@ -142,6 +150,32 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
                     f(n, "non2xx")
                 )?;
             }
+        }
+        let (cc, ng) = (
+            serving_runs(r, "classcast", "part"),
+            serving_runs(r, "nginx", "part"),
+        );
+        if cc.len() > 1 && cc.len() == ng.len() {
+            let runs: Vec<String> = cc
+                .iter()
+                .zip(&ng)
+                .map(|(c, n)| {
+                    format!(
+                        "{:.0} vs {:.0} req/s ({:.2}×)",
+                        f(c, "rps"),
+                        f(n, "rps"),
+                        f(c, "rps") / f(n, "rps")
+                    )
+                })
+                .collect();
+            writeln!(w)?;
+            writeln!(
+                w,
+                "The part row is the median of {} runs, each classcast then nginx on the newest part \
+                 then listed: {}.",
+                cc.len(),
+                runs.join("; ")
+            )?;
         }
         writeln!(w)?;
     }

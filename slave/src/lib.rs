@@ -122,14 +122,18 @@ async fn health(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
 async fn metrics(State(ctx): State<Arc<SlaveCtx>>) -> impl IntoResponse {
     ctx.metrics.viewers.set(ctx.viewers.count() as i64);
     ctx.metrics.parked.set(ctx.parked.count() as i64);
-    let (mut playlist, mut gop) = (0, 0);
+    let (mut playlist, mut gop, mut gop_in_parts) = (0, 0, 0);
     for e in ctx.store.list() {
         playlist += e.stream.read().held_bytes();
-        gop += e.stream.frames.gop_bytes();
+        let (own, shared) = e.stream.frames.gop_bytes();
+        gop += own;
+        gop_in_parts += shared;
     }
     let held = &ctx.metrics.media_held_bytes;
     held.with_label_values(&["playlist"]).set(playlist as i64);
     held.with_label_values(&["gop"]).set(gop as i64);
+    held.with_label_values(&["gop_in_parts"])
+        .set(gop_in_parts as i64);
     let mut body = ctx.metrics.render();
     body.push_str(&ctx.conns.counters.render("classcast_slave"));
     (

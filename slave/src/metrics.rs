@@ -63,7 +63,9 @@ pub struct SlaveMetrics {
     /// WebRTC viewers of a ladder moved to another rendition, by direction (up, down).
     pub webrtc_rendition_switches: IntCounterVec,
     /// Media bytes held in memory, by what holds them (`playlist`: the window and its
-    /// retention margin; `gop`: the latest GOP kept for WebRTC newcomers). Set at each scrape.
+    /// retention margin; `gop`: the latest GOP kept for WebRTC newcomers, in its own buffers;
+    /// `gop_in_parts`: the GOP's frames that point into parts, already counted in `playlist`).
+    /// Set at each scrape.
     pub media_held_bytes: IntGaugeVec,
 }
 
@@ -278,7 +280,8 @@ impl SlaveMetrics {
                 Opts::new(
                     "classcast_slave_media_held_bytes",
                     "Media bytes held in memory, by holder: playlist (window and retention \
-                     margin), gop (the latest GOP for WebRTC newcomers)",
+                     margin), gop (the latest GOP for WebRTC newcomers, in its own buffers), \
+                     gop_in_parts (GOP frames pointing into parts, counted in playlist)",
                 ),
                 &["held_by"],
             )

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use media::frames::TapItem;
+use bytes::Bytes;
+use media::frames::{TapItem, VideoFrame};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
@@ -24,6 +25,8 @@ struct Latest {
     /// Video frames from the latest keyframe on (no audio: a newcomer hears from now).
     gop: Vec<Arc<TapItem>>,
     gop_bytes: usize,
+    /// How many of `gop`'s first frames now point into parts (`share_with_part`).
+    shared: usize,
 }
 
 pub struct FrameFeed {
@@ -64,6 +67,7 @@ impl FrameFeed {
                     l.video_config = Some(item.clone());
                     l.gop.clear();
                     l.gop_bytes = 0;
+                    l.shared = 0;
                 }
                 TapItem::AudioConfig(_) => l.audio_config = Some(item.clone()),
                 TapItem::Video(v) => {
@@ -75,6 +79,7 @@ impl FrameFeed {
                     if v.keyframe {
                         l.gop.clear();
                         l.gop_bytes = 0;
+                        l.shared = 0;
                     }
                     if (v.keyframe || !l.gop.is_empty())
                         && l.gop.len() < MAX_GOP_ITEMS
@@ -86,6 +91,7 @@ impl FrameFeed {
                         // Past the bounds the cache no longer starts a decoder: drop it whole.
                         l.gop.clear();
                         l.gop_bytes = 0;
+                        l.shared = 0;
                     }
                 }
                 TapItem::Audio(_) => {}
@@ -95,6 +101,33 @@ impl FrameFeed {
             let _ = self.tx.send(item);
         }
         self.last_ms.store(common::now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Points the cached GOP's frames at their copies in `part`, a part just cut from them, so
+    /// that the GOP and the playlist window hold the media once: the frames' own buffers (the
+    /// RTMP messages they came in) are then freed. A part's mdat holds its video samples first,
+    /// as sent and in order; a frame is shared only if its bytes are found there, so anything
+    /// else (another layout, a frame the packager changed) leaves the GOP as it was.
+    pub fn share_with_part(&self, part: &Bytes) {
+        let Some(mut at) = mdat_payload(part) else {
+            return;
+        };
+        let mut l = self.latest.lock();
+        let l = &mut *l;
+        while let Some(item) = l.gop.get(l.shared) {
+            let TapItem::Video(v) = &**item else { break };
+            let end = at + v.data.len();
+            if part.get(at..end) != Some(&v.data[..]) {
+                break;
+            }
+            let shared = VideoFrame {
+                data: part.slice(at..end),
+                ..v.clone()
+            };
+            l.gop[l.shared] = Arc::new(TapItem::Video(shared));
+            l.shared += 1;
+            at = end;
+        }
     }
 
     /// What a newcomer starts with (configurations, then the latest GOP) and the channel of
@@ -125,14 +158,31 @@ impl FrameFeed {
         common::now_unix_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)) <= ms
     }
 
-    /// Media bytes the latest GOP holds for newcomers.
-    pub fn gop_bytes(&self) -> usize {
-        self.latest.lock().gop_bytes
+    /// Media bytes of the latest GOP kept for newcomers: (held by it alone, shared with parts).
+    pub fn gop_bytes(&self) -> (usize, usize) {
+        let l = self.latest.lock();
+        let shared: usize = l.gop[..l.shared]
+            .iter()
+            .map(|i| match &**i {
+                TapItem::Video(v) => v.data.len(),
+                _ => 0,
+            })
+            .sum();
+        (l.gop_bytes - shared, shared)
     }
 
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
     }
+}
+
+/// Where the samples of a part (moof, then mdat) begin.
+fn mdat_payload(part: &[u8]) -> Option<usize> {
+    let size = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(part.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let moof = size(0)?;
+    (part.get(4..8)? == b"moof" && part.get(moof + 4..moof + 8)? == b"mdat").then_some(moof + 8)
 }
 
 #[cfg(test)]
@@ -193,6 +243,89 @@ mod tests {
         f.push(TapItem::VideoConfig(Bytes::from_static(b"avcC2")));
         f.push(video(40, true));
         assert!(!f.has_bframes());
+    }
+
+    /// A part as the packager lays it out: moof, then mdat with the video samples first.
+    fn part_of(video: &[&[u8]], audio: &[u8]) -> Bytes {
+        let mut p = Vec::new();
+        p.extend_from_slice(&16u32.to_be_bytes());
+        p.extend_from_slice(b"moof\0\0\0\0\0\0\0\0");
+        let body: usize = video.iter().map(|v| v.len()).sum::<usize>() + audio.len();
+        p.extend_from_slice(&(8 + body as u32).to_be_bytes());
+        p.extend_from_slice(b"mdat");
+        for v in video {
+            p.extend_from_slice(v);
+        }
+        p.extend_from_slice(audio);
+        Bytes::from(p)
+    }
+
+    fn frame(dts_ms: u64, keyframe: bool, data: &[u8]) -> TapItem {
+        TapItem::Video(VideoFrame {
+            dts_ms,
+            cts_ms: 0,
+            keyframe,
+            data: Bytes::copy_from_slice(data),
+        })
+    }
+
+    fn gop_points_into(f: &FrameFeed, part: &Bytes) -> Vec<bool> {
+        let range = part.as_ptr_range();
+        f.latest
+            .lock()
+            .gop
+            .iter()
+            .map(|i| match &**i {
+                TapItem::Video(v) => range.contains(&v.data.as_ptr()),
+                _ => false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_gop_shares_the_bytes_of_the_parts_cut_from_it() {
+        let f = FrameFeed::default();
+        f.push(frame(0, true, b"key-frame"));
+        f.push(frame(33, false, b"delta-1"));
+        f.push(frame(66, false, b"delta-2"));
+        let first = part_of(&[b"key-frame", b"delta-1"], b"aac");
+        f.share_with_part(&first);
+        assert_eq!(gop_points_into(&f, &first), [true, true, false]);
+        assert_eq!(f.gop_bytes(), (7, 16));
+        let second = part_of(&[b"delta-2"], b"");
+        f.share_with_part(&second);
+        assert_eq!(gop_points_into(&f, &second), [false, false, true]);
+        assert_eq!(f.gop_bytes(), (0, 23));
+        // What a newcomer gets is the same frames, byte for byte.
+        let (start, _rx) = f.subscribe();
+        let data: Vec<&[u8]> = start
+            .iter()
+            .filter_map(|i| match &**i {
+                TapItem::Video(v) => Some(&v.data[..]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data, [&b"key-frame"[..], b"delta-1", b"delta-2"]);
+        // A keyframe starts a GOP of its own bytes again.
+        f.push(frame(100, true, b"key-2"));
+        assert_eq!(f.gop_bytes(), (5, 0));
+    }
+
+    #[test]
+    fn a_part_that_does_not_hold_the_frames_shares_nothing() {
+        let f = FrameFeed::default();
+        f.push(frame(0, true, b"key-frame"));
+        f.push(frame(33, false, b"delta-1"));
+        // Audio first, a changed sample, not a part at all: each leaves the GOP as it was.
+        for part in [
+            part_of(&[b"aac", b"key-frame"], b""),
+            part_of(&[b"key-framX", b"delta-1"], b""),
+            Bytes::from_static(b"key-framedelta-1"),
+        ] {
+            f.share_with_part(&part);
+            assert_eq!(gop_points_into(&f, &part), [false, false]);
+        }
+        assert_eq!(f.gop_bytes(), (16, 0));
     }
 
     #[test]

@@ -199,6 +199,7 @@ impl Track {
                     }
                     let starts = starts_segment || !self.started;
                     self.started = true;
+                    self.stream.frames.share_with_part(&data);
                     self.stream
                         .push_part(data, duration, independent, starts, disc);
                     placed.push(first_dts_ms);
