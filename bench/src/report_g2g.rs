@@ -108,13 +108,16 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
              sensible setting with a 1 s GOP), at once. `bench/web/g2g.mjs` opens `page.html` in \
              headless Chromium (playwright-core; `--no-sandbox --disable-gpu \
              --disable-background-networking`), which plays it with hls.js 1.7.4 (the light build we \
-             ship) or Shaka Player, draws the video to a canvas every animation frame, decodes the clock \
+             ship), Shaka Player, or Chromium's own HLS player (`native`: the playlist URL set as the \
+             video's `src`, no library), draws the video to a canvas every animation frame, decodes the clock \
              and records Date.now() − clock for every new frame shown; with hls.js it also samples \
              `hls.latency` (the player's own distance behind the live edge it computes from the \
              playlist) and the media buffered ahead, so that glass-to-glass minus the first is what \
              happens before a frame is listed. Each run is a fresh page of 30 s; \
              the first 5 s after the first frame are not counted; stalls are `waiting` events after \
-             playback started. Everything runs on the same 2 cores under `chrt -r 1`.",
+             playback started. Everything runs on the same 2 cores under `chrt -r 1`. nginx-rtmp's \
+             HLS plays in stock hls.js (`lowLatencyMode` only; its playlist has no parts, so hls.js \
+             starts its default three target durations behind the end) and stock Shaka.",
             when(groups.first().map_or_else(|| long[0], |g| g.2[0]))
         )?;
         writeln!(w)?;

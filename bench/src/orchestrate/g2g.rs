@@ -192,11 +192,22 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         &[],
     ))
     .await?;
+    // nginx-rtmp's HLS in stock hls.js: a page that does nothing special (its playlist has no
+    // parts, so hls.js keeps its default three target durations behind the end).
     node(g2g(
         format!("nginx-rtmp-hls1s{sfx}"),
         "hls",
-        sync1.clone(),
+        format!("{{\"lowLatencyMode\":true{x}}}"),
         &url_n,
+        &[],
+    ))
+    .await?;
+    // Chromium's own HLS player (no library, no settings) on the defaults.
+    node(g2g(
+        "classcast-part200".into(),
+        "native",
+        "{}".into(),
+        &url_a,
         &[],
     ))
     .await?;
