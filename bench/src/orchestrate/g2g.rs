@@ -165,57 +165,68 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let sfx = &ctx.args.g2g_suffix;
     let ll = format!("{{\"lowLatencyMode\":true{x}}}");
     let sync1 = format!("{{\"lowLatencyMode\":true,\"liveSyncDurationCount\":1{x}}}");
-    node(g2g(
-        format!("classcast-part200{sfx}"),
-        "hls",
-        ll.clone(),
-        &url_a,
-        &[],
-    ))
-    .await?;
+    // G2G_PLAYERS picks which kinds run (hls, student, native, shaka, whep, mpegts).
+    let players: Vec<&String> = ctx.args.g2g_players.iter().filter(|p| !p.is_empty()).collect();
+    let on = |kind: &str| players.is_empty() || players.iter().any(|p| *p == kind);
+    if on("hls") {
+        node(g2g(
+            format!("classcast-part200{sfx}"),
+            "hls",
+            ll.clone(),
+            &url_a,
+            &[],
+        ))
+        .await?;
+    }
     // What the student page plays when WebRTC is off or refused, on the defaults (200 ms
     // parts): its own hls.js settings (master/web/live-hls.js: low-latency, catch-up, and a jump
     // back to the live sync position when more than a little behind).
-    node(g2g(
-        format!("classcast-part200+student-page{sfx}"),
-        "hls",
-        "student".into(),
-        &url_a,
-        &[],
-    ))
-    .await?;
-    node(g2g(
-        format!("classcast-part100{sfx}"),
-        "hls",
-        ll,
-        &url_b,
-        &[],
-    ))
-    .await?;
-    // nginx-rtmp's HLS in stock hls.js: a page that does nothing special (its playlist has no
-    // parts, so hls.js keeps its default three target durations behind the end).
-    node(g2g(
-        format!("nginx-rtmp-hls1s{sfx}"),
-        "hls",
-        format!("{{\"lowLatencyMode\":true{x}}}"),
-        &url_n,
-        &[],
-    ))
-    .await?;
+    if on("student") {
+        node(g2g(
+            format!("classcast-part200+student-page{sfx}"),
+            "hls",
+            "student".into(),
+            &url_a,
+            &[],
+        ))
+        .await?;
+    }
+    if on("hls") {
+        node(g2g(
+            format!("classcast-part100{sfx}"),
+            "hls",
+            ll.clone(),
+            &url_b,
+            &[],
+        ))
+        .await?;
+        // nginx-rtmp's HLS in stock hls.js: a page that does nothing special (its playlist has
+        // no parts, so hls.js keeps its default three target durations behind the end).
+        node(g2g(
+            format!("nginx-rtmp-hls1s{sfx}"),
+            "hls",
+            ll,
+            &url_n,
+            &[],
+        ))
+        .await?;
+    }
     // Chromium's own HLS player (no library, no settings) on the defaults.
-    node(g2g(
-        "classcast-part200".into(),
-        "native",
-        "{}".into(),
-        &url_a,
-        &[],
-    ))
-    .await?;
+    if on("native") {
+        node(g2g(
+            "classcast-part200".into(),
+            "native",
+            "{}".into(),
+            &url_a,
+            &[],
+        ))
+        .await?;
+    }
     // xiu's HLS server sends no CORS header: its Chromium runs without web security (the page
     // comes from g2g.mjs's own port). Like nginx-rtmp's HLS it has no parts, so hls.js starts
     // one target duration (liveSyncDurationCount 1; xiu says 2 s) behind the end.
     let nosec = ["--web-security", "off"];
-    if xiu {
+    if xiu && on("hls") {
         node(g2g(format!("xiu-hls1s{sfx}"), "hls", sync1, &url_x, &nosec)).await?;
         // Its HTTP-FLV in mpegts.js: no stash buffer (frames go to MSE as they come) and
         // playback-rate live sync (1.2× while more than 0.5 s is buffered, down to 0.3 s; with
@@ -230,7 +241,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         ))
         .await?;
     }
-    if ctx.args.g2g_shaka {
+    if ctx.args.g2g_shaka && on("shaka") {
         let ll = r#"{"streaming":{"lowLatencyMode":true}}"#.to_string();
         node(g2g("classcast-part200".into(), "shaka", ll, &url_a, &[])).await?;
         node(g2g(
@@ -253,7 +264,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         }
     }
     // WebRTC (WHEP) with the defaults, from the origin and from an edge of the same master.
-    if ctx.args.g2g_webrtc {
+    if ctx.args.g2g_webrtc && on("whep") {
         let (he, re) = (ctx.port(45), ctx.port(46));
         ctx.start_slave("slave-g2g-edge", pa, he, re, &part(200))
             .await?;
@@ -282,7 +293,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     // One long run of what a user gets by default (200 ms parts, the student page's hls.js
     // settings), for its stalls and drift.
     let long = ctx.args.g2g_long_s;
-    if long > 0 {
+    if long > 0 && on("student") {
         log(&format!(
             "8b stalls: classcast (default 200 ms parts), the student page's hls.js settings, one run of {long} s"
         ));

@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// 0: no WebRTC (WHEP) configurations in glass-to-glass.
     #[arg(long, env = "G2G_WEBRTC", action = clap::ArgAction::Set, value_parser = boolish(), default_value = "1")]
     pub g2g_webrtc: bool,
+    /// Comma-separated kinds of glass-to-glass runs (hls, student, native, shaka, whep); empty:
+    /// all of them. The results of the kinds not run stay as they were.
+    #[arg(long, env = "G2G_PLAYERS", value_delimiter = ',', default_value = "")]
+    pub g2g_players: Vec<String>,
 }
 
 impl RunArgs {
