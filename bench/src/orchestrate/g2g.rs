@@ -166,7 +166,12 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let ll = format!("{{\"lowLatencyMode\":true{x}}}");
     let sync1 = format!("{{\"lowLatencyMode\":true,\"liveSyncDurationCount\":1{x}}}");
     // G2G_PLAYERS picks which kinds run (hls, student, native, shaka, whep, mpegts).
-    let players: Vec<&String> = ctx.args.g2g_players.iter().filter(|p| !p.is_empty()).collect();
+    let players: Vec<&String> = ctx
+        .args
+        .g2g_players
+        .iter()
+        .filter(|p| !p.is_empty())
+        .collect();
     let on = |kind: &str| players.is_empty() || players.iter().any(|p| *p == kind);
     if on("hls") {
         node(g2g(
