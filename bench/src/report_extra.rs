@@ -290,7 +290,8 @@ pub fn sections(w: &mut String, r: &[Value]) -> std::fmt::Result {
                 w,
                 "At the end the slave said it held {pl:.1} MiB of media in its playlist windows \
                  (the listed segments and the retention margin RFC 8216bis 6.2.2 asks for) and \
-                 {gop:.1} MiB in the latest GOPs kept for WebRTC newcomers (`classcast_slave_media_held_bytes`). \
+                 {gop:.1} MiB in their own buffers in the latest GOPs kept for WebRTC newcomers (the rest of \
+                 each GOP points into its parts; `classcast_slave_media_held_bytes`). \
                  RSS then was {end:.1} MiB: {:.1} MiB over idle plus media held, which is the \
                  allocator's own (free pages not yet given back, fragmentation) and per-stream state.",
                 end - f(m, "rss_idle_mib") - pl - gop

@@ -356,6 +356,18 @@ pub fn fragment(sequence_number: u32, tracks: &[TrackRun]) -> Result<Bytes, Medi
 
 const MDAT_HEADER_LEN: usize = 8;
 
+/// Where the samples of a fragment that [`fragment`] built begin: the mdat's payload, right
+/// after the moof. The first run's samples (the video's, in a part the packager cuts) start
+/// there, back to back and in order. `None` for bytes not laid out that way.
+pub fn samples_start(fragment: &[u8]) -> Option<usize> {
+    let size = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(fragment.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let moof = size(0)?;
+    (fragment.get(4..8)? == b"moof" && fragment.get(moof + 4..moof + 8)? == b"mdat")
+        .then_some(moof + MDAT_HEADER_LEN)
+}
+
 fn traf(run: &TrackRun) -> Traf {
     // Omitting the cts column when every offset is zero (no B-frames, or
     // audio) saves 4 bytes per sample and is what other muxers do.
@@ -508,6 +520,9 @@ mod tests {
         };
         assert_eq!(moof.mfhd.sequence_number, 7);
         assert_eq!(&buf[4..8], b"mdat");
+        let start = samples_start(&frag).unwrap();
+        assert_eq!(&frag[start..start + 12], b"KEYFRAMEBAAC");
+        assert_eq!(samples_start(b"KEYFRAMEBAAC"), None);
         let expect: [(&[u8], u64); 2] = [(b"KEYFRAMEB", 90_000), (b"AAC", 44100)];
         for (traf, (payload, tfdt)) in moof.traf.iter().zip(expect) {
             assert!(traf.tfhd.default_base_is_moof);

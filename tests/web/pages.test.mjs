@@ -126,6 +126,17 @@ after(async () => {
 // slave's WebRTC ports (its two engines' ports only, removed in `finally`), so the slave's
 // ICE-TCP candidates on the same port numbers are the only way in; with it switched off (WEBRTC_TCP=false) the page
 // must play LL-HLS within 2 s. Needs root, as CI has.
+// The page's own latency figure (`window.classcast.latency`, s) every `every` s for `seconds`.
+async function latencySamples(page, seconds, every) {
+  const lat = [];
+  for (let s = 0; s < seconds; s += every) {
+    await sleep(every * 1000);
+    const l = await page.evaluate(() => window.classcast.latency);
+    if (typeof l === 'number') lat.push(l);
+  }
+  return lat;
+}
+
 function iptables(op, port) {
   return new Promise((res, rej) => {
     const p = spawn('iptables', [op, 'INPUT', '-p', 'udp', '--dport', String(port), '-m', 'comment',
@@ -319,12 +330,7 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
     const str0mDone = new Promise((res) => str0m.on('exit', res));
     const r0 = await rtc.evaluate(() => ({ ...window.classcast.webrtc }));
     const h0 = await hls.evaluate(() => document.getElementById('video').currentTime);
-    const lat = [];
-    for (let s = 0; s < WIFI_SECONDS; s += 5) {
-      await sleep(5000);
-      const l = await hls.evaluate(() => window.classcast.latency);
-      if (typeof l === 'number') lat.push(l);
-    }
+    const lat = await latencySamples(hls, WIFI_SECONDS, 5);
     const r1s = await rtc.evaluate(() => ({ ...window.classcast.webrtc, mode: window.classcast.mode }));
     const h1s = await hls.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, seeks: window.seeks, mode: window.classcast.mode }));
     await Promise.race([str0mDone, sleep(20000)]);
@@ -390,12 +396,7 @@ test('the student page over LL-HLS on the defaults plays a minute with no stall,
         v.addEventListener('waiting', () => { window.stalls.push(v.currentTime); });
       });
       const t0 = await page.evaluate(() => document.getElementById('video').currentTime);
-      const lat = [];
-      for (let s = 0; s < STUDENT_SECONDS; s += 2) {
-        await sleep(2000);
-        const l = await page.evaluate(() => window.classcast.latency);
-        if (typeof l === 'number') lat.push(l);
-      }
+      const lat = await latencySamples(page, STUDENT_SECONDS, 2);
       const end = await page.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, mode: window.classcast.mode }));
       const sorted = [...lat].sort((a, b) => a - b);
       const head = lat.slice(0, 5).reduce((a, b) => a + b, 0) / Math.min(5, lat.length);

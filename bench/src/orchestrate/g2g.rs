@@ -173,59 +173,48 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         .filter(|p| !p.is_empty())
         .collect();
     let on = |kind: &str| players.is_empty() || players.iter().any(|p| *p == kind);
-    if on("hls") {
-        node(g2g(
+    // The page-player runs, in order: (kind for G2G_PLAYERS, label, player, config, source).
+    // - the student page: what it plays when WebRTC is off or refused, on the defaults (200 ms
+    //   parts): its own hls.js settings (master/web/live-hls.js: low-latency, catch-up, and a
+    //   jump back to the live sync position when more than a little behind);
+    // - nginx-rtmp's HLS in stock hls.js: a page that does nothing special (its playlist has no
+    //   parts, so hls.js keeps its default three target durations behind the end);
+    // - Chromium's own HLS player (no library, no settings) on the defaults.
+    let runs = [
+        (
+            "hls",
             format!("classcast-part200{sfx}"),
             "hls",
             ll.clone(),
             &url_a,
-            &[],
-        ))
-        .await?;
-    }
-    // What the student page plays when WebRTC is off or refused, on the defaults (200 ms
-    // parts): its own hls.js settings (master/web/live-hls.js: low-latency, catch-up, and a jump
-    // back to the live sync position when more than a little behind).
-    if on("student") {
-        node(g2g(
+        ),
+        (
+            "student",
             format!("classcast-part200+student-page{sfx}"),
             "hls",
             "student".into(),
             &url_a,
-            &[],
-        ))
-        .await?;
-    }
-    if on("hls") {
-        node(g2g(
+        ),
+        (
+            "hls",
             format!("classcast-part100{sfx}"),
             "hls",
             ll.clone(),
             &url_b,
-            &[],
-        ))
-        .await?;
-        // nginx-rtmp's HLS in stock hls.js: a page that does nothing special (its playlist has
-        // no parts, so hls.js keeps its default three target durations behind the end).
-        node(g2g(
-            format!("nginx-rtmp-hls1s{sfx}"),
-            "hls",
-            ll,
-            &url_n,
-            &[],
-        ))
-        .await?;
-    }
-    // Chromium's own HLS player (no library, no settings) on the defaults.
-    if on("native") {
-        node(g2g(
+        ),
+        ("hls", format!("nginx-rtmp-hls1s{sfx}"), "hls", ll, &url_n),
+        (
+            "native",
             "classcast-part200".into(),
             "native",
             "{}".into(),
             &url_a,
-            &[],
-        ))
-        .await?;
+        ),
+    ];
+    for (kind, label, player, cfg, src) in runs {
+        if on(kind) {
+            node(g2g(label, player, cfg, src, &[])).await?;
+        }
     }
     // xiu's HLS server sends no CORS header: its Chromium runs without web security (the page
     // comes from g2g.mjs's own port). Like nginx-rtmp's HLS it has no parts, so hls.js starts

@@ -93,6 +93,17 @@ pub fn parse_wrk(out: &str, label: &str, server: &str, kind: &str, bytes: u64) -
     )
 }
 
+/// The newest complete part the viewer playlist at `vurl` lists (not the preload hint), and its
+/// bytes: it stays available for the 2 × PLAYLIST_WINDOW + 1 segments a slave holds (9 s by
+/// default), longer than wrk's 8 s.
+async fn newest_part(base: &str, vurl: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let listed = get(vurl, None).await?;
+    let part = newest_listed_part(&String::from_utf8_lossy(&listed))
+        .context("no EXT-X-PART in the viewer playlist")?;
+    let bytes = get(&format!("{base}/{part}"), None).await?;
+    Ok((part, bytes))
+}
+
 /// One `wrk -t2 -c200 -d8s --latency` run → one result line.
 pub(super) async fn wrk_run(
     ctx: &Ctx<'_>,
@@ -226,11 +237,7 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
     let nst = ctx.start_nginx_static(&shm.0, ns).await?;
     let viewer = get(&vurl, None).await?;
     let peer = get(&plain, Some(&ctx.secret)).await?;
-    // The newest complete part (listed, not the preload hint): it stays available for the
-    // 2 × PLAYLIST_WINDOW + 1 segments a slave holds (9 s by default), longer than wrk's 8 s.
-    let part = newest_listed_part(&String::from_utf8_lossy(&viewer))
-        .context("no EXT-X-PART in the viewer playlist")?;
-    let part_bytes = get(&format!("{base}/{part}"), None).await?;
+    let (part, part_bytes) = newest_part(&base, &vurl).await?;
     for (name, bytes) in [
         ("viewer.m3u8", &viewer),
         ("peer.m3u8", &peer),
@@ -256,16 +263,8 @@ async fn serve_and_view(ctx: &Ctx<'_>, p: u16, hs: u16, rs: u16, ns: u16) -> any
         // Three runs in turn (the goal is on their median), each on the newest part then
         // listed: a part stays available about 9 s, wrk runs 8.
         for run in 1..=3 {
-            let (part, bytes) = if run == 1 {
-                (part.clone(), part_bytes.clone())
-            } else {
-                let listed = get(&vurl, None).await?;
-                let part = newest_listed_part(&String::from_utf8_lossy(&listed))
-                    .context("no EXT-X-PART in the viewer playlist")?;
-                let bytes = get(&format!("{base}/{part}"), None).await?;
-                std::fs::write(shm.0.join("part.m4s"), &bytes)?;
-                (part, bytes)
-            };
+            let (part, bytes) = newest_part(&base, &vurl).await?;
+            std::fs::write(shm.0.join("part.m4s"), &bytes)?;
             let pb = bytes.len() as u64;
             wrk_run(
                 ctx,

@@ -106,10 +106,11 @@ impl FrameFeed {
     /// Points the cached GOP's frames at their copies in `part`, a part just cut from them, so
     /// that the GOP and the playlist window hold the media once: the frames' own buffers (the
     /// RTMP messages they came in) are then freed. A part's mdat holds its video samples first,
-    /// as sent and in order; a frame is shared only if its bytes are found there, so anything
-    /// else (another layout, a frame the packager changed) leaves the GOP as it was.
+    /// as sent and in order (`media::cmaf::samples_start`); a frame is shared only if its bytes
+    /// are found there, so anything else (another layout, a frame the packager changed) leaves
+    /// the GOP as it was. That check reads each video byte once more, once per part.
     pub fn share_with_part(&self, part: &Bytes) {
-        let Some(mut at) = mdat_payload(part) else {
+        let Some(mut at) = media::cmaf::samples_start(part) else {
             return;
         };
         let mut l = self.latest.lock();
@@ -176,15 +177,6 @@ impl FrameFeed {
     }
 }
 
-/// Where the samples of a part (moof, then mdat) begin.
-fn mdat_payload(part: &[u8]) -> Option<usize> {
-    let size = |at: usize| -> Option<usize> {
-        Some(u32::from_be_bytes(part.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let moof = size(0)?;
-    (part.get(4..8)? == b"moof" && part.get(moof + 4..moof + 8)? == b"mdat").then_some(moof + 8)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,19 +237,30 @@ mod tests {
         assert!(!f.has_bframes());
     }
 
-    /// A part as the packager lays it out: moof, then mdat with the video samples first.
+    /// A part as the packager cuts it (`media::cmaf::fragment`): a run of video samples, then
+    /// one of audio; with `audio_first`, the other way round.
+    fn part_with(video: &[&[u8]], audio: &[u8], audio_first: bool) -> Bytes {
+        use media::cmaf::{Sample, TrackRun, fragment};
+        let run = |track_id, samples: &[&[u8]]| TrackRun {
+            track_id,
+            base_media_decode_time: 0,
+            samples: samples
+                .iter()
+                .map(|d| Sample {
+                    data: Bytes::copy_from_slice(d),
+                    duration: 3000,
+                    composition_offset: 0,
+                    is_sync: false,
+                })
+                .collect(),
+        };
+        let (v, a) = (run(1, video), run(2, &[audio]));
+        let runs = if audio_first { [a, v] } else { [v, a] };
+        fragment(1, &runs).unwrap()
+    }
+
     fn part_of(video: &[&[u8]], audio: &[u8]) -> Bytes {
-        let mut p = Vec::new();
-        p.extend_from_slice(&16u32.to_be_bytes());
-        p.extend_from_slice(b"moof\0\0\0\0\0\0\0\0");
-        let body: usize = video.iter().map(|v| v.len()).sum::<usize>() + audio.len();
-        p.extend_from_slice(&(8 + body as u32).to_be_bytes());
-        p.extend_from_slice(b"mdat");
-        for v in video {
-            p.extend_from_slice(v);
-        }
-        p.extend_from_slice(audio);
-        Bytes::from(p)
+        part_with(video, audio, false)
     }
 
     fn frame(dts_ms: u64, keyframe: bool, data: &[u8]) -> TapItem {
@@ -318,7 +321,7 @@ mod tests {
         f.push(frame(33, false, b"delta-1"));
         // Audio first, a changed sample, not a part at all: each leaves the GOP as it was.
         for part in [
-            part_of(&[b"aac", b"key-frame"], b""),
+            part_with(&[b"key-frame", b"delta-1"], b"aac", true),
             part_of(&[b"key-framX", b"delta-1"], b""),
             Bytes::from_static(b"key-framedelta-1"),
         ] {
