@@ -6,6 +6,8 @@
   const video = $('video');
   const state = (t) => { $('state').textContent = t; };
   let hls = null;
+  // The live-hls.js handle of the current live hls.js player (null for a replay).
+  let liveHls = null;
   let current = null; // token response
   let user = '', stream = '';
   // A recorded class being replayed (its id), instead of the live one.
@@ -151,7 +153,7 @@
       hls = new Hls({ ...ClasscastLiveHls.config, backBufferLength: 30,
                       manifestLoadingMaxRetry: 1, levelLoadingMaxRetry: 1, fragLoadingMaxRetry: 1,
                       startPosition: recording ? 0 : -1 });
-      if (!recording) ClasscastLiveHls.attach(hls);
+      liveHls = recording ? null : ClasscastLiveHls.attach(hls, (why) => log({ type: 'steady', why }));
       hls.on(Hls.Events.ERROR, (_, data) => {
         log({ type: 'hls-error', fatal: data.fatal, details: data.details });
         if (data.fatal) failover('playback failed (' + data.details + ')');
@@ -227,6 +229,28 @@
     const p = window.classcast.progress;
     window.classcast.progress = p && p.node === node ? { node, count: p.count + 1 } : { node, count: 1 };
   };
+  // hls.js stalled for 3 s: a slave that is gone, or a network too slow for the moment (poor
+  // Wi-Fi: 8 % loss, where a TCP retransmission alone takes a second). Moving to another slave
+  // cures the first and, on a slow network, restarts the student from nothing every few
+  // seconds (a CI run: two moves and 0.8 s played in a minute). So the page asks this slave
+  // for the playlist: an answer means the network, and hls.js carries on (it raises its own
+  // target after a stall); an error or no answer in 5 s means the slave, and the page moves.
+  let asking = null, answeredAt = 0;
+  function askSlave() {
+    if (asking || Date.now() - answeredAt < 3000) return;
+    const tok = current, mine = hls;
+    asking = fetch(tok.hls_url, { cache: 'no-store', signal: AbortSignal.timeout(5000) })
+      .then((r) => {
+        if (r.body) r.body.cancel().catch(() => {});
+        if (hls !== mine) return;
+        if (!r.ok) { failover('stalled, the slave answered ' + r.status); return; }
+        answeredAt = Date.now();
+        log({ type: 'slow-network', node_id: tok.node_id });
+        if (liveHls) liveHls.steady('stalled 3 s and the slave answers');
+      })
+      .catch(() => { if (hls === mine) failover('stalled'); })
+      .finally(() => { asking = null; });
+  }
   setInterval(() => {
     if (!current) return;
     if (video.currentTime !== lastTime) {
@@ -236,7 +260,10 @@
     // A WebRTC session with no picture yet is the WebRTC checks' to judge (it falls back to
     // LL-HLS on this slave): moving to another slave would only try WebRTC again.
     const rtcWaiting = mode === 'webrtc' && rtcFrames === 0;
-    if (!rtcWaiting && !video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) failover('stalled');
+    if (!rtcWaiting && !video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) {
+      if (mode === 'hls' && hls) askSlave();
+      else failover('stalled');
+    }
     if (recording) {
       // A replay: the date the picture was filmed, not a latency.
       if (hls && hls.playingDate) $('latency').textContent = hls.playingDate.toLocaleString();

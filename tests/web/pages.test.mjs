@@ -221,12 +221,14 @@ test('a student whose network drops UDP plays WebRTC over TCP, or LL-HLS within 
 const BENCH = process.env.CLASSCAST_BENCH || path.join(ROOT, 'target/debug/classcast-bench');
 const WIFI_SECONDS = Number(process.env.WIFI_SECONDS || 60);
 // Bounds for 60 s, from measurements here (docs/benchmarks.md, "Wi-Fi classroom"): WebRTC on
-// busy Wi-Fi froze 3 times in 60 s (0–1 in 30 s runs); hls.js in low-latency mode on poor
-// Wi-Fi waited 32 times in 60 s (15–16 in 30 s runs): TCP over 8 % loss at 80 ms stalls a
-// 0.6 s hold-back about every two seconds, which is why the page plays WebRTC first. About
-// twice the measured, so that a regression (a player that stops, a stall per part) fails.
+// busy Wi-Fi froze 3 times in 60 s (0–1 in 30 s runs). hls.js on poor Wi-Fi: in low-latency
+// mode TCP over 8 % loss at 80 ms stalled a 0.6 s hold-back 22–32 times a minute; the page now
+// leaves low latency after the first stalls (master/web/live-hls.js, "steady"), and stalled
+// 4 times a minute on a quiet machine, 9 with a third process spinning on one of the two
+// cores, showing 54 and 45 s of the minute's pictures. About twice the measured, so that a
+// regression (a player that stops, a stall per part, jumps that skip the class) fails.
 const MAX_WEBRTC_FREEZES_BUSY = Math.ceil(6 * WIFI_SECONDS / 60);
-const MAX_HLS_STALLS_POOR = Math.ceil(60 * WIFI_SECONDS / 60);
+const MAX_HLS_STALLS_POOR = Math.ceil(18 * WIFI_SECONDS / 60);
 // str0m clients (the bench's WHEP generator) on good Wi-Fi beside them: every one connects and
 // is fed (a starved one receives a fraction of the 30 frames and 50 audio packets a second).
 const STR0M_CLIENTS = 8;
@@ -308,7 +310,10 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
     }));
     console.log(`wifi classroom, poor: WebRTC left after ${leftRtc.after_ms} ms and ${leftRtc.frames} frames: ${leftRtc.why}`);
     assert.match(leftRtc.why, /^no smooth picture: /, 'left because the picture kept freezing');
-    await withShot(hls, () => playsFor(hls, 1, 40000));
+    await withShot(hls, () => playsFor(hls, 1, 40000)).catch(async (e) => {
+      console.log(`wifi classroom, poor, hls.js not playing: ${JSON.stringify(await hls.evaluate(() => window.classcast.events.filter((x) => x.type !== 'latency')))}`);
+      throw e;
+    });
     assert.equal(await hls.evaluate(() => window.classcast.mode), 'hls');
     await hls.evaluate(() => {
       const v = document.getElementById('video');
@@ -329,10 +334,18 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
     str0m.stderr.on('data', (d) => { str0mOut += d; });
     const str0mDone = new Promise((res) => str0m.on('exit', res));
     const r0 = await rtc.evaluate(() => ({ ...window.classcast.webrtc }));
+    // Frames shown, beside the playhead's advance: a jump forward moves the playhead without
+    // showing what it skips.
+    const shown = () => hls.evaluate(() => { const q = document.getElementById('video').getVideoPlaybackQuality(); return q.totalVideoFrames - q.droppedVideoFrames; });
     const h0 = await hls.evaluate(() => document.getElementById('video').currentTime);
+    const f0 = await shown();
+    const n0 = await hls.evaluate(() => window.classcast.events.length);
     const lat = await latencySamples(hls, WIFI_SECONDS, 5);
     const r1s = await rtc.evaluate(() => ({ ...window.classcast.webrtc, mode: window.classcast.mode }));
-    const h1s = await hls.evaluate(() => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, seeks: window.seeks, mode: window.classcast.mode }));
+    const f1 = await shown();
+    const h1s = await hls.evaluate((n0) => ({ t: document.getElementById('video').currentTime, stalls: window.stalls, seeks: window.seeks, mode: window.classcast.mode,
+      moves: window.classcast.events.slice(n0).filter((e) => e.type === 'failover').length,
+      events: window.classcast.events.filter((e) => e.type !== 'latency').map((e) => `${e.type}:${e.details || e.why || e.mode || ''}${e.fatal ? '!' : ''}`) }), n0);
     await Promise.race([str0mDone, sleep(20000)]);
     const str0mLine = str0mOut.split('\n').find((l) => l.includes('"bench":"webrtc_viewers"'));
     const [busyLink, poorLink, goodLink] = [await busy.stop(), await poor.stop(), await good.stop()];
@@ -341,7 +354,7 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
       webrtc_busy: { seconds: WIFI_SECONDS, frames: r1s.frames - r0.frames, freezes: r1s.freezes - r0.freezes, dropped: r1s.dropped - r0.dropped,
         nacks: r1s.nacks - r0.nacks, packets_lost: r1s.lost - r0.lost, mode: r1s.mode },
       webrtc_poor_left: leftRtc,
-      hls_poor: { seconds: WIFI_SECONDS, played_s: +(h1s.t - h0).toFixed(2), stalls: h1s.stalls, jumps: h1s.seeks, latency_p50_s: lat[Math.floor(lat.length / 2)], mode: h1s.mode },
+      hls_poor: { seconds: WIFI_SECONDS, played_s: +(h1s.t - h0).toFixed(2), shown_s: +((f1 - f0) / 30).toFixed(2), stalls: h1s.stalls, jumps: h1s.seeks, latency_p50_s: lat[Math.floor(lat.length / 2)], mode: h1s.mode, moves: h1s.moves, events: h1s.events },
       str0m_good: str0mLine ? JSON.parse(str0mLine) : { out: str0mOut.slice(-2000) },
       links: { busy: busyLink, poor: poorLink, good: goodLink },
     };
@@ -350,10 +363,16 @@ test('a Wi-Fi classroom: WebRTC on busy Wi-Fi keeps playing; on poor Wi-Fi the p
     assert.ok(fig.webrtc_busy.frames >= 25 * WIFI_SECONDS, `frames kept coming: ${fig.webrtc_busy.frames}`);
     assert.ok(fig.webrtc_busy.freezes <= MAX_WEBRTC_FREEZES_BUSY, `WebRTC freezes on busy Wi-Fi: ${fig.webrtc_busy.freezes}`);
     assert.ok(busyLink.down.lost > 0, 'the busy link did lose packets');
-    // Played 58.8–59 s of 60 on a quiet machine, 41.6 s in one CI run (the link is emulated in
-    // user space and shares the two cores with Chromium and the cluster). Half the time: a
-    // player that stops, or waits on every part, fails.
-    assert.ok(fig.hls_poor.played_s >= WIFI_SECONDS / 2, `hls.js played ${fig.hls_poor.played_s} s of ${WIFI_SECONDS}`);
+    // Pictures shown, not the playhead's advance: before the page left low latency on such a
+    // network, jumps to the live edge moved the playhead 17 s further than the pictures shown
+    // (50 s "played", 33 s shown), and a CI run played 5 s of 60 while moving between slaves.
+    // Shown now: 54 s quiet, 45 s beside a spinning process (the link is emulated in user
+    // space and shares the two cores with Chromium and the cluster). Half the minute: a player
+    // that stops, or waits on every part, fails.
+    assert.ok(fig.hls_poor.shown_s >= WIFI_SECONDS / 2, `hls.js showed ${fig.hls_poor.shown_s} s of ${WIFI_SECONDS}: ${JSON.stringify(fig.hls_poor)}`);
+    // On a slow network the student stays with the slave that answers (the page asks it before
+    // moving on): a move restarts the player from nothing.
+    assert.equal(h1s.moves, 0, `no move between slaves: ${h1s.events}`);
     assert.ok(fig.hls_poor.stalls <= MAX_HLS_STALLS_POOR, `hls.js stalls on poor Wi-Fi: ${fig.hls_poor.stalls}`);
     assert.ok(poorLink.down.lost > 0, 'the poor link did lose packets');
     const sc = fig.str0m_good;
