@@ -39,6 +39,7 @@
 #   WEBRTC_STEPS [1,100,250,500]  WHEP clients of section 11 (WebRTC viewers per slave)
 #   G2G_WEBRTC [1]           0: no WebRTC (WHEP) runs in glass-to-glass
 #   G2G_PLAYERS [all]        glass-to-glass kinds to run: hls,student,native,shaka,whep
+#   NET_PROFILES [all]       section 16 profiles to run: good,busy,poor,udp-blocked
 #   CACHE_STEPS [100,250,500,1000,2000]  viewer counts of the cache tier ramp (section 9: a
 #                            slave alone, then through the shipped nginx cache in front of one)
 #   G2G_RUNS [3]             glass-to-glass runs per configuration (30 s each)

@@ -37,8 +37,14 @@ pub fn summary(w: &mut String, r: &[Value]) -> std::fmt::Result {
         f(b, "freezes_per_min"),
         f(p, "stalls_per_min"),
     )?;
+    if let Some(s) = p["shown_s"].as_f64() {
+        write!(w, " ({s:.1} s of pictures shown in 60)")?;
+    }
     if let Some(n) = run(r, "poor", "hls-nginx") {
         write!(w, " and {:.1} on nginx-rtmp's HLS", f(n, "stalls_per_min"))?;
+        if let Some(s) = n["shown_s"].as_f64() {
+            write!(w, " ({s:.1} s)")?;
+        }
     }
     write!(w, ".")?;
     if let Some(t) = ttff(r) {
@@ -69,12 +75,16 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
          both fed the 360p 1.4 Mbit/s test stream (`-c copy`), and Chromium inside the namespace, \
          60 s per player after it plays: the student page over WebRTC (Chromium's `freezeCount`), \
          the student page over LL-HLS (`webrtc=0`), and stock hls.js on nginx-rtmp's HLS \
-         (`waiting` events once playing). The same profiles as the Wi-Fi classroom page test."
+         (`waiting` events once playing; pictures shown from `getVideoPlaybackQuality`, since a jump \
+         ahead moves the playhead past pictures never shown). The student page leaves low latency \
+         on a network that keeps stalling it (`master/web/live-hls.js`, \"steady\"; \"left low \
+         latency\" in the table). The same profiles as the Wi-Fi classroom page test. \
+         `NET_PROFILES=poor` (or any of good, busy, poor, udp-blocked) re-runs some."
     )?;
     writeln!(w)?;
     writeln!(
         w,
-        "| profile | WebRTC freezes / min (freeze s) | NACKs | hls.js on classcast: stalls / min (played s) | stock hls.js on nginx-rtmp HLS: stalls / min (played s) |"
+        "| profile | WebRTC freezes / min (freeze s) | NACKs | hls.js on classcast: stalls / min (pictures shown, playhead advance) | stock hls.js on nginx-rtmp HLS: stalls / min (pictures shown, playhead advance) |"
     )?;
     writeln!(w, "|---|---|---|---|---|")?;
     for (p, label) in PROFILES {
@@ -88,8 +98,18 @@ pub fn section(w: &mut String, r: &[Value]) -> std::fmt::Result {
                 let jumps = v["jumps"]
                     .as_f64()
                     .map_or(String::new(), |j| format!(", {j:.0} jumps ahead"));
+                // Pictures shown, where measured: a jump moves the playhead past pictures
+                // never shown, so "played" alone flatters a player that jumps.
+                let shown = v["shown_s"]
+                    .as_f64()
+                    .map_or(String::new(), |s| format!("{s:.1} s shown, "));
+                let steady = if v["steady"].is_string() {
+                    "; left low latency"
+                } else {
+                    ""
+                };
                 format!(
-                    "{:.1} ({:.1} s{jumps})",
+                    "{:.1} ({shown}{:.1} s played{jumps}{steady})",
                     f(v, "stalls_per_min"),
                     f(v, "played_s")
                 )

@@ -99,10 +99,17 @@ async function profile(name) {
     for (const [player, url, id] of runs) {
       page = await play(browser, url, (id) => document.getElementById(id).currentTime > 1, id);
       await watch(page, id);
+      // Frames shown beside the playhead's advance (a jump moves the playhead past pictures
+      // never shown), and on the student page what it decided (leaving low latency, moving).
+      const shown = () => page.evaluate((id) => { const q = document.getElementById(id).getVideoPlaybackQuality(); return q.totalVideoFrames - q.droppedVideoFrames; }, id);
+      const f0 = await shown();
       await sleep(seconds * 1000);
-      const r = await page.evaluate((id) => ({ t: document.getElementById(id).currentTime, ...window.bench }), id);
+      const f1 = await shown();
+      const r = await page.evaluate((id) => ({ t: document.getElementById(id).currentTime, ...window.bench,
+        events: (window.classcast?.events || []).filter((e) => e.type === 'steady' || e.type === 'failover' || e.type === 'slow-network') }), id);
       record({ bench: 'netprofile', profile: name, player, seconds, stalls: r.stalls, stalls_per_min: +(r.stalls * 60 / seconds).toFixed(2), jumps: r.jumps,
-        played_s: +(r.t - r.t0).toFixed(2) });
+        played_s: +(r.t - r.t0).toFixed(2), shown_s: +((f1 - f0) / 30).toFixed(2),
+        ...(player === 'hls-classcast' ? { steady: r.events.find((e) => e.type === 'steady')?.why || null, moves: r.events.filter((e) => e.type === 'failover').length } : {}) });
       await page.context().close();
     }
   } finally {
@@ -144,8 +151,10 @@ async function ttff() {
 }
 
 try {
-  for (const p of ['good', 'busy', 'poor']) await profile(p);
-  await ttff();
+  // NET_PROFILES re-runs some of them, e.g. `poor` or `poor,udp-blocked`.
+  const only = (process.env.NET_PROFILES || 'good,busy,poor,udp-blocked').split(',');
+  for (const p of ['good', 'busy', 'poor']) if (only.includes(p)) await profile(p);
+  if (only.includes('udp-blocked')) await ttff();
 } finally {
   procs.stopAll();
 }
