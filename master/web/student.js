@@ -188,6 +188,9 @@
     $('node').textContent = tok.node_name + ' (' + tok.node_id + ')';
     log({ type: 'play', node_id: tok.node_id });
     if (hls) { hls.destroy(); hls = null; }
+    liveHls = null;
+    // A new player gets its own time to start before the stall rules judge it.
+    lastProgress = Date.now();
     stopWebRtc();
     // The class's questions follow the student to whichever slave plays the class.
     if (!recording) window.dispatchEvent(new CustomEvent('classcast-play', { detail: { tok, user, teacher: false } }));
@@ -232,10 +235,13 @@
   // hls.js stalled for 3 s: a slave that is gone, or a network too slow for the moment (poor
   // Wi-Fi: 8 % loss, where a TCP retransmission alone takes a second). Moving to another slave
   // cures the first and, on a slow network, restarts the student from nothing every few
-  // seconds (a CI run: two moves and 0.8 s played in a minute). So the page asks this slave
-  // for the playlist: an answer means the network, and hls.js carries on (it raises its own
-  // target after a stall); an error or no answer in 5 s means the slave, and the page moves.
+  // seconds (one run on poor Wi-Fi: two moves and 0.8 s played in a minute). So the page asks
+  // this slave for the playlist: an answer means the network, and hls.js carries on (it raises
+  // its own target after a stall); an error or no answer in 5 s means the slave, and the page
+  // moves. A slave that answers and yet feeds nothing for HLS_STUCK_MS (an edge cut off from
+  // its origin, still listing the old window) is left all the same.
   let asking = null, answeredAt = 0;
+  const HLS_STUCK_MS = 15000;
   function askSlave() {
     if (asking || Date.now() - answeredAt < 3000) return;
     const tok = current, mine = hls;
@@ -261,7 +267,7 @@
     // LL-HLS on this slave): moving to another slave would only try WebRTC again.
     const rtcWaiting = mode === 'webrtc' && rtcFrames === 0;
     if (!rtcWaiting && !video.paused && !video.ended && !video.seeking && Date.now() - lastProgress > 3000) {
-      if (mode === 'hls' && hls) askSlave();
+      if (mode === 'hls' && hls && Date.now() - lastProgress < HLS_STUCK_MS) askSlave();
       else failover('stalled');
     }
     if (recording) {
