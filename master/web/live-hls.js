@@ -32,6 +32,10 @@
   function attach(hls, onSteady) {
     let steadyWhy = null;
     let stalls = [];
+    // HOLD-BACK's three target durations, once the playlist says what they are.
+    const holdBack = (d) => {
+      if (d && d.targetduration && (hls.targetLatency || 0) < 3 * d.targetduration) hls.targetLatency = 3 * d.targetduration;
+    };
     const steady = (why) => {
       if (steadyWhy) return;
       steadyWhy = why;
@@ -39,8 +43,7 @@
       // Whole segments, one playlist reload each, and no catch-up speed: fewer and larger
       // requests, so a lost packet is more often repaired by fast retransmit than by a timeout.
       hls.lowLatencyMode = false;
-      const d = hls.latestLevelDetails;
-      if (d && d.targetduration) hls.targetLatency = Math.max(hls.targetLatency || 0, 3 * d.targetduration);
+      holdBack(hls.latestLevelDetails);
       if (onSteady) onSteady(why);
     };
     hls.on(Hls.Events.ERROR, (_, data) => {
@@ -56,7 +59,7 @@
       // where the student rewound to.
       if (!d || !d.live || !d.partHoldBack || !d.partTarget) return;
       if (steadyWhy) {
-        if ((hls.targetLatency || 0) < 3 * d.targetduration) hls.targetLatency = 3 * d.targetduration;
+        holdBack(d);
         return;
       }
       const target = hls.targetLatency || d.partHoldBack;
