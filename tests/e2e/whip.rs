@@ -53,10 +53,21 @@ async fn ffmpeg_publishes_over_whip_and_an_edge_serves_it() {
         &["--rtmp-idle-timeout-ms", "3000"],
     )
     .await;
-    let (_, _, t) = c.teacher("whip").await;
-    let whip = t["whip_url"]
-        .as_str()
-        .expect("the teacher token has whip_url");
+    // A slave counts as healthy from its registration, and says it offers WebRTC in its first
+    // heartbeat: until then a teacher's token has no whip_url (one CI run asked in between).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let t = loop {
+        let t = c.teacher("whip").await.2;
+        if t["whip_url"].is_string() || std::time::Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        t["whip_url"].is_string(),
+        "the teacher token has whip_url: {t}"
+    );
+    let whip = t["whip_url"].as_str().unwrap();
     let origin = t["node_id"].as_str().unwrap().to_string();
     assert!(whip.starts_with(&c.slave(&origin).base()), "{whip}");
     let token = publish_token(&t);
